@@ -1,0 +1,61 @@
+"""Linear layers named after their tensor-parallel role (SGLang's names).
+
+Checkpoints keep q/k/v and gate/up as separate tensors; the merged layers load each one into
+its own shard of one weight, so a forward runs one matmul instead of three (or two). A later
+tensor-parallel change shards these along the output (column) or input (row) dimension
+without touching the models.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ColumnParallelLinear(nn.Module):
+    """y = x W^T (+ b); the output dimension is split into named shards."""
+
+    def __init__(self, in_features: int, shard_sizes: dict[str, int], bias: bool = False) -> None:
+        super().__init__()
+        self.shard_offsets: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for name, size in shard_sizes.items():
+            self.shard_offsets[name] = (offset, size)
+            offset += size
+        self.weight = nn.Parameter(torch.empty(offset, in_features))
+        self.bias = nn.Parameter(torch.zeros(offset)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def load_shard(self, shard: str, tensor: torch.Tensor, is_bias: bool = False) -> None:
+        start, size = self.shard_offsets[shard]
+        target = self.bias if is_bias else self.weight
+        if tensor.shape[0] != size or (not is_bias and tensor.shape[1:] != target.shape[1:]):
+            raise ValueError(f"shard {shard!r}: expected {size} x {tuple(target.shape[1:])}, got {tuple(tensor.shape)}")
+        with torch.no_grad():
+            target[start : start + size].copy_(tensor)
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    def __init__(self, hidden: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool) -> None:
+        super().__init__(
+            hidden, {"q": num_heads * head_dim, "k": num_kv_heads * head_dim, "v": num_kv_heads * head_dim}, bias
+        )
+        self.q_size = num_heads * head_dim
+        self.kv_size = num_kv_heads * head_dim
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """gate and up projections of a gated MLP in one weight."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__(hidden, {"gate": intermediate, "up": intermediate})
+
+
+class RowParallelLinear(nn.Linear):
+    """Input dimension is the one a tensor-parallel run would split (o_proj, down_proj)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__(in_features, out_features, bias=bias)

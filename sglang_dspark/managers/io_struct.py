@@ -1,0 +1,45 @@
+"""Messages between the tokenizer manager and the scheduler (small dataclasses, no tensors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sglang_dspark.sampling.sampling_params import SamplingParams
+
+
+@dataclass
+class TokenizedGenerateReqInput:
+    rid: str
+    input_ids: list[int]
+    sampling_params: SamplingParams
+    return_logprob: bool = False
+    logprob_start_len: int = -1  # -1: no input logprobs
+    top_logprobs_num: int = 0
+
+
+@dataclass
+class AbortReq:
+    rid: str
+    message: str = "aborted"
+
+
+# (logprob, token_id); logprob is None for the first input token
+TokenLogprob = tuple[float | None, int]
+# top-k alternatives of one position as (logprob, token_id) pairs; None for the first input token
+TopLogprobs = list[tuple[float, int]] | None
+
+
+@dataclass
+class ReqOutput:
+    """What one scheduler step produced for one request; token and logprob lists are deltas."""
+
+    rid: str
+    new_output_ids: list[int]
+    finished_reason: dict | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    output_token_logprobs: list[TokenLogprob] = field(default_factory=list)
+    output_top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    input_token_logprobs: list[TokenLogprob] = field(default_factory=list)
+    input_top_logprobs: list[TopLogprobs] = field(default_factory=list)

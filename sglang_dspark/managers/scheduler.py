@@ -1,0 +1,311 @@
+"""Scheduler: continuous batching over one flat ragged token batch.
+
+Every running request has `pending_tokens` >= 1 tokens to run before its next sample: 1 for
+decode, more while its prompt is (chunk by chunk) prefilled. Each step runs all decodes plus
+prefill chunks up to `chunked_prefill_size` tokens in one forward, then samples for every
+request whose pending tokens are done.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sglang_dspark.layers.sampler import SamplingBatchInfo, compute_logprobs, greedy_or_sample, process_logits
+from sglang_dspark.managers.cache_manager import CacheManager, KVUsage
+from sglang_dspark.managers.io_struct import ReqOutput, TokenizedGenerateReqInput
+from sglang_dspark.managers.schedule_batch import FinishReason, Req
+from sglang_dspark.model_executor.forward_batch import ForwardBatch
+from sglang_dspark.model_executor.model_runner import ModelRunner
+from sglang_dspark.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+DECODE_RESERVE_PER_REQ = 8  # free slots kept per running request when admitting new prefills
+
+
+@dataclass
+class ScheduledChunk:
+    req: Req
+    num_tokens: int  # fill_ids[kv_len : kv_len + num_tokens] run in this step
+
+
+@dataclass
+class SchedulerStats:
+    num_forwards: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    generated_tokens: int = 0
+    num_retractions: int = 0
+
+
+class Scheduler:
+    def __init__(self, server_args: ServerArgs, model_dir: Path, tokenizer) -> None:
+        self.args = server_args
+        self.tokenizer = tokenizer
+        self.runner = ModelRunner(server_args, model_dir)
+        self.vocab_size = self.runner.vocab_size
+        self.context_len = self.runner.context_len
+        self.cache = CacheManager(
+            self.runner.req_to_token_pool, self.runner.token_allocator, not server_args.disable_radix_cache
+        )
+        self.eos_ids = set(self.runner.config.eos_token_ids)
+        if tokenizer.eos_token_id is not None:
+            self.eos_ids.add(tokenizer.eos_token_id)
+        self.seed_rng = random.Random(server_args.random_seed)
+        if server_args.random_seed is not None:
+            torch.manual_seed(server_args.random_seed)
+        self.waiting: deque[Req] = deque()
+        self.running: list[Req] = []
+        self.stats = SchedulerStats()
+
+    # ---- requests in and out -------------------------------------------------------------
+
+    def validate(self, req: TokenizedGenerateReqInput) -> None:
+        """Raise ValueError with a user-facing message if the request cannot run."""
+        n = len(req.input_ids)
+        if n == 0:
+            raise ValueError("the prompt is empty")
+        bad = [t for t in req.input_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"input_ids contain ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        if n >= self.context_len:
+            raise ValueError(
+                f"the prompt has {n} tokens, but the context length is {self.context_len}; shorten the prompt"
+            )
+        if n + req.sampling_params.max_new_tokens > self.context_len:
+            raise ValueError(
+                f"prompt ({n} tokens) + max_new_tokens ({req.sampling_params.max_new_tokens}) exceeds the "
+                f"context length ({self.context_len})"
+            )
+        req.sampling_params.validate(self.vocab_size)
+        if n + req.sampling_params.max_new_tokens > self.runner.max_total_tokens:
+            raise ValueError(
+                f"prompt ({n} tokens) + max_new_tokens ({req.sampling_params.max_new_tokens}) exceeds the KV pool "
+                f"({self.runner.max_total_tokens} tokens; raise --max-total-tokens)"
+            )
+        if req.return_logprob and req.logprob_start_len >= n:
+            raise ValueError(f"logprob_start_len ({req.logprob_start_len}) must be below the prompt length ({n})")
+
+    def add_request(self, req: TokenizedGenerateReqInput) -> None:
+        self.validate(req)
+        params = req.sampling_params
+        generator = None
+        if not params.is_greedy:
+            seed = params.sampling_seed
+            if seed is None and self.args.random_seed is not None:
+                seed = self.seed_rng.randrange(2**62)
+            if seed is not None:
+                generator = torch.Generator().manual_seed(seed)
+        self.waiting.append(Req(req, generator))
+
+    def abort_request(self, rid: str, message: str = "aborted") -> ReqOutput | None:
+        for queue in (self.waiting, self.running):
+            for req in queue:
+                if req.rid == rid:
+                    queue.remove(req)
+                    self.cache.release(req)
+                    req.finished_reason = FinishReason("abort", message=message)
+                    return self._make_output(req)
+        return None
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def kv_usage(self) -> KVUsage:
+        return self.cache.usage()
+
+    def flush_cache(self) -> bool:
+        return not self.has_work() and self.cache.flush()
+
+    # ---- one step --------------------------------------------------------------------------
+
+    def step(self) -> list[ReqOutput]:
+        """Schedule, run one forward, sample; returns the outputs of every request that progressed."""
+        chunks = self._schedule()
+        if not chunks:
+            return []
+        fb, sample_rows, sample_reqs, logprob_rows = self._build_forward_batch(chunks)
+        out = self.runner.forward(fb)
+        self.stats.num_forwards += 1
+        for chunk in chunks:
+            chunk.req.kv_len += chunk.num_tokens
+        self._record_input_logprobs(out.logits, logprob_rows)
+
+        outputs: list[ReqOutput] = []
+        if sample_reqs:
+            self._sample(sample_reqs, out.logits[sample_rows])
+        sampled = {id(r) for r in sample_reqs}
+        for chunk in chunks:
+            req = chunk.req
+            if req.pending_tokens == 0:  # max_new_tokens == 0: prompt only (e.g. sgl.select scoring)
+                req.finished_reason = FinishReason("length", length=0)
+            if req.finished:
+                self.running.remove(req)
+                self.cache.release(req)
+            if id(req) in sampled or req.finished:
+                outputs.append(self._make_output(req))
+        return outputs
+
+    def _schedule(self) -> list[ScheduledChunk]:
+        decodes = [r for r in self.running if r.pending_tokens == 1]
+        while self.cache.available_tokens() < len(decodes) and len(self.running) > 1:
+            self._retract(decodes)
+        chunks = [self._take(r, 1) for r in decodes]
+        budget = self.args.chunked_prefill_size
+        # running prefills continue first, then waiting requests are admitted in arrival order
+        for req in [r for r in self.running if r.pending_tokens > 1]:
+            n = min(req.pending_tokens, budget, self.cache.available_tokens())
+            if n <= 0:
+                break
+            chunks.append(self._take(req, n))
+            budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.args.max_running_requests:
+            req = self.waiting[0]
+            if not self.cache.admit(req):
+                break
+            reserve = DECODE_RESERVE_PER_REQ * len(self.running)
+            n = min(req.pending_tokens, budget, self.cache.available_tokens() - reserve)
+            if n <= 0:
+                self.cache.release(req)
+                break
+            self.waiting.popleft()
+            self.running.append(req)
+            self.stats.prompt_tokens += len(req.origin_input_ids)
+            self.stats.cached_prompt_tokens += req.prefix_len
+            chunks.append(self._take(req, n))
+            budget -= n
+        return chunks
+
+    def _take(self, req: Req, n: int) -> ScheduledChunk:
+        if self.cache.alloc_slots(req, n) is None:  # callers check available_tokens() first
+            raise RuntimeError(f"KV pool exhausted allocating {n} slots")
+        return ScheduledChunk(req, n)
+
+    def _retract(self, decodes: list[Req]) -> None:
+        """Free the newest running request's KV and put it back at the front of the queue."""
+        req = self.running.pop()
+        if req in decodes:
+            decodes.remove(req)
+        self.cache.release(req)
+        self.waiting.appendleft(req)
+        self.stats.num_retractions += 1
+        logger.warning("KV pool full: retracted request %s (%d tokens)", req.rid, len(req.fill_ids))
+
+    def _build_forward_batch(self, chunks: list[ScheduledChunk]):
+        input_ids: list[int] = []
+        positions: list[int] = []
+        sample_rows: list[int] = []
+        sample_reqs: list[Req] = []
+        logprob_rows: list[tuple[Req, int, int]] = []  # (req, flat row, position) for input logprobs
+        row = 0
+        for chunk in chunks:
+            req, n, start = chunk.req, chunk.num_tokens, chunk.req.kv_len
+            fill = req.fill_ids
+            input_ids += fill[start : start + n]
+            positions += range(start, start + n)
+            if not req.input_logprobs_done:
+                last_input = len(req.origin_input_ids) - 1
+                for p in range(max(start, req.next_input_logprob_pos), min(start + n, last_input)):
+                    logprob_rows.append((req, row + p - start, p))
+            if start + n == len(fill) and len(req.output_ids) < req.sampling_params.max_new_tokens:
+                sample_rows.append(row + n - 1)
+                sample_reqs.append(req)
+            row += n
+        logits_rows = [r for _, r, _ in logprob_rows] + sample_rows
+        pool = self.runner.req_to_token_pool
+        req_rows = torch.tensor([c.req.req_pool_idx for c in chunks], dtype=torch.int64)
+        seq_lens = [c.req.kv_len + c.num_tokens for c in chunks]
+        out_cache_loc = torch.cat(
+            [pool.req_to_token[c.req.req_pool_idx, c.req.kv_len : c.req.kv_len + c.num_tokens] for c in chunks]
+        )
+        fb = ForwardBatch(
+            input_ids=torch.tensor(input_ids, dtype=torch.int64),
+            positions=torch.tensor(positions, dtype=torch.int64),
+            out_cache_loc=out_cache_loc,
+            req_pool_indices=req_rows,
+            seq_lens=seq_lens,
+            extend_lens=[c.num_tokens for c in chunks],
+            logits_indices=torch.tensor(logits_rows, dtype=torch.int64),
+            kv_pool=self.runner.kv_pool,
+            req_to_token=pool.req_to_token,
+        )
+        # logits come back in logits_rows order: input-logprob rows first, then sampling rows
+        n_lp = len(logprob_rows)
+        sample_logit_rows = list(range(n_lp, n_lp + len(sample_rows)))
+        lp_rows = [(req, i, p) for i, (req, _, p) in enumerate(logprob_rows)]
+        return fb, sample_logit_rows, sample_reqs, lp_rows
+
+    def _record_input_logprobs(self, logits: torch.Tensor, rows: list[tuple[Req, int, int]]) -> None:
+        if not rows:
+            return
+        # logits at position p score the input token at p + 1
+        targets = torch.tensor([req.origin_input_ids[p + 1] for req, _, p in rows])
+        top_k = max(req.top_logprobs_num for req, _, _ in rows)
+        lps, top_v, top_i = compute_logprobs(logits[[i for _, i, _ in rows]], targets, top_k)
+        for j, (req, _, p) in enumerate(rows):
+            req.pending_input_logprobs.append((float(lps[j]), int(targets[j])))
+            req.pending_input_top.append(_top_pairs(top_v, top_i, j, req.top_logprobs_num))
+            req.next_input_logprob_pos = p + 1
+            req.input_logprobs_done = p + 1 == len(req.origin_input_ids) - 1
+
+    def _sample(self, reqs: list[Req], logits: torch.Tensor) -> None:
+        params = [r.sampling_params for r in reqs]
+        info = SamplingBatchInfo.from_params(params, self.vocab_size)
+        prompt_ids = [r.origin_input_ids for r in reqs]
+        output_ids = [r.output_ids for r in reqs]
+        banned = self._min_tokens_ban(reqs)
+        processed = process_logits(logits, info, prompt_ids, output_ids, banned)
+        next_ids = greedy_or_sample(processed, info, [r.generator for r in reqs]).tolist()
+        want_lp = [i for i, r in enumerate(reqs) if r.return_logprob]
+        if want_lp:
+            top_k = max(reqs[i].top_logprobs_num for i in want_lp)
+            lps, top_v, top_i = compute_logprobs(logits[want_lp], torch.tensor([next_ids[i] for i in want_lp]), top_k)
+            for j, i in enumerate(want_lp):
+                reqs[i].pending_output_logprobs.append((float(lps[j]), next_ids[i]))
+                reqs[i].pending_output_top.append(_top_pairs(top_v, top_i, j, reqs[i].top_logprobs_num))
+        for req, tok in zip(reqs, next_ids):
+            req.output_ids.append(tok)
+            self.stats.generated_tokens += 1
+            req.check_finished(self.eos_ids, self.tokenizer)
+
+    def _min_tokens_ban(self, reqs: list[Req]) -> torch.Tensor | None:
+        rows = [i for i, r in enumerate(reqs) if len(r.output_ids) < r.sampling_params.min_new_tokens]
+        if not rows:
+            return None
+        banned = torch.zeros(len(reqs), self.vocab_size, dtype=torch.bool)
+        for i in rows:
+            params = reqs[i].sampling_params
+            stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
+            banned[i, list(stop_ids)] = True
+        return banned
+
+    def _make_output(self, req: Req) -> ReqOutput:
+        new_ids = req.output_ids[req.sent_output_len :]
+        req.sent_output_len = len(req.output_ids)
+        out = ReqOutput(
+            rid=req.rid,
+            new_output_ids=new_ids,
+            finished_reason=req.finished_reason.to_json() if req.finished_reason else None,
+            prompt_tokens=len(req.origin_input_ids),
+            completion_tokens=len(req.output_ids),
+            cached_tokens=req.cached_tokens or 0,
+            output_token_logprobs=req.pending_output_logprobs,
+            output_top_logprobs=req.pending_output_top,
+            input_token_logprobs=req.pending_input_logprobs,
+            input_top_logprobs=req.pending_input_top,
+        )
+        req.pending_output_logprobs, req.pending_output_top = [], []
+        req.pending_input_logprobs, req.pending_input_top = [], []
+        return out
+
+
+def _top_pairs(values: torch.Tensor | None, indices: torch.Tensor | None, row: int, k: int):
+    if values is None or k == 0:
+        return None
+    return [(float(v), int(i)) for v, i in zip(values[row, :k], indices[row, :k])]

@@ -1,0 +1,71 @@
+"""ModelRunner: loads a model, owns the KV memory, runs forwards."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from sglang_dspark.layers.attention import build_attention_metadata
+from sglang_dspark.mem_cache.memory_pool import KVPool, ReqToTokenPool, TokenAllocator
+from sglang_dspark.model_executor.forward_batch import ForwardBatch
+from sglang_dspark.models.config import DecoderConfig
+from sglang_dspark.models.llama import ModelOutput
+from sglang_dspark.models.registry import model_class
+from sglang_dspark.models.weights import load_hf_config, load_safetensors_state
+from sglang_dspark.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+MAX_AUTO_KV_TOKENS = 1 << 18
+
+
+def physical_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class ModelRunner:
+    def __init__(self, server_args: ServerArgs, model_dir: Path) -> None:
+        self.server_args = server_args
+        self.device = server_args.device
+        self.dtype = getattr(torch, server_args.torch_dtype_name)
+        if server_args.num_threads:
+            torch.set_num_threads(server_args.num_threads)
+
+        self.hf_config = load_hf_config(model_dir)
+        self.config = DecoderConfig.from_hf(self.hf_config)
+        cls = model_class(self.config.architecture)
+        self.context_len = server_args.context_length or self.config.max_position_embeddings
+        self.model = cls(self.config).to(device=self.device, dtype=self.dtype)
+        self.model.load_weights(load_safetensors_state(model_dir))
+        self.model.eval()
+
+        cfg = self.config
+        per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+        if server_args.max_total_tokens is not None:
+            self.max_total_tokens = server_args.max_total_tokens
+        else:
+            budget = int(server_args.mem_fraction_static * physical_memory_bytes()) // per_token
+            cap = server_args.max_running_requests * self.context_len
+            self.max_total_tokens = max(1, min(budget, cap, MAX_AUTO_KV_TOKENS))
+        self.kv_pool = KVPool(
+            self.max_total_tokens, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device
+        )
+        self.token_allocator = TokenAllocator(self.max_total_tokens)
+        # two rows per running request leave room for requests that are being retracted and re-admitted
+        self.req_to_token_pool = ReqToTokenPool(2 * server_args.max_running_requests, self.context_len, self.device)
+        logger.info(
+            "model %s (%s), dtype %s, KV pool %d tokens (%.1f MiB), context %d",
+            model_dir.name, cfg.architecture, self.dtype, self.max_total_tokens,
+            self.max_total_tokens * per_token / 2**20, self.context_len,
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def forward(self, fb: ForwardBatch) -> ModelOutput:
+        fb.attn_metadata = build_attention_metadata(fb)
+        return self.model(fb)

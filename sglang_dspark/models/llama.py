@@ -1,0 +1,160 @@
+"""Llama-family decoder (Llama, SmolLM2) over a flat ragged batch; Qwen2/Qwen3 subclass it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sglang_dspark.layers.attention import paged_attention
+from sglang_dspark.layers.layernorm import RMSNorm
+from sglang_dspark.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from sglang_dspark.layers.rotary_embedding import RotaryEmbedding
+from sglang_dspark.model_executor.forward_batch import ForwardBatch
+from sglang_dspark.models.config import DecoderConfig
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # [M, V] float32, rows = forward_batch.logits_indices
+    hidden_states: list[torch.Tensor]  # one [N, d] per forward_batch.capture_layers entry
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: DecoderConfig, layer_id: int, qkv_bias: bool, qk_norm: bool) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.scale = cfg.head_dim**-0.5
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias)
+        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
+
+    def forward(self, x: torch.Tensor, fb: ForwardBatch, rotary: RotaryEmbedding) -> torch.Tensor:
+        n = x.shape[0]
+        q, k, v = self.qkv_proj(x).split(
+            [self.qkv_proj.q_size, self.qkv_proj.kv_size, self.qkv_proj.kv_size], dim=-1
+        )
+        q = q.view(n, self.num_heads, self.head_dim)
+        k = k.view(n, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotary(fb.positions, q, k)
+        out = paged_attention(q, k, v.view(n, self.num_kv_heads, self.head_dim), self.layer_id, fb, self.scale)
+        return self.o_proj(out)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig, layer_id: int, qkv_bias: bool, qk_norm: bool) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(cfg, layer_id, qkv_bias, qk_norm)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(cfg)
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, fb: ForwardBatch, rotary: RotaryEmbedding
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (layer output before the residual add, residual); their sum is the layer's output."""
+        if residual is None:
+            residual, x = x, self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, fb, rotary)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class LlamaForCausalLM(nn.Module):
+    qk_norm = False  # Qwen3 normalises q and k per head
+
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(cfg, i, self.qkv_bias(cfg), self.qk_norm) for i in range(cfg.num_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    @staticmethod
+    def qkv_bias(cfg: DecoderConfig) -> bool:
+        return cfg.attention_bias
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [M, d] (after the final norm) -> logits [M, V] float32."""
+        return F.linear(hidden, self.lm_head_weight).float()
+
+    @torch.inference_mode()
+    def forward(self, fb: ForwardBatch) -> ModelOutput:
+        capture = fb.capture_layers
+        captured: dict[int, torch.Tensor] = {}
+        x = self.embed_tokens(fb.input_ids)
+        if -1 in capture:
+            captured[-1] = x
+        residual = None
+        for i, layer in enumerate(self.layers):
+            x, residual = layer(x, residual, fb, self.rotary)
+            if i in capture:
+                captured[i] = x + residual
+        x, _ = self.norm(x, residual)
+        logits = self.compute_logits(x[fb.logits_indices])
+        return ModelOutput(logits, [captured[i] for i in capture])
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named tensors (model.layers.{i}.self_attn.q_proj.weight, ...). Raises on missing/extra."""
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        merged = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
+                  "gate_proj": ("gate_up_proj", "gate"), "up_proj": ("gate_up_proj", "up")}
+        for hf_name, tensor in weights:
+            name = hf_name.removeprefix("model.")
+            if "rotary_emb" in name or (name == "lm_head.weight" and self.lm_head is None):
+                continue
+            parts = name.split(".")
+            if len(parts) >= 2 and parts[-2] in merged:
+                module_name, shard = merged[parts[-2]]
+                target = ".".join(parts[:-2] + [module_name])
+                self.get_submodule(target).load_shard(shard, tensor, is_bias=parts[-1] == "bias")
+                loaded.add(f"{target}.{parts[-1]}:{shard}")
+                continue
+            if name not in params:
+                raise ValueError(f"unexpected weight {hf_name!r} for {type(self).__name__}")
+            if params[name].shape != tensor.shape:
+                raise ValueError(f"weight {hf_name!r}: expected shape {tuple(params[name].shape)}, got {tuple(tensor.shape)}")
+            with torch.no_grad():
+                params[name].copy_(tensor)
+            loaded.add(name)
+        missing = [n for n in self._expected_weight_keys() if n not in loaded]
+        if missing:
+            raise ValueError(f"checkpoint is missing {len(missing)} weights, e.g. {missing[:3]}")
+
+    def _expected_weight_keys(self) -> list[str]:
+        keys = []
+        for name, module in self.named_modules():
+            own = [n for n, _ in module.named_parameters(recurse=False)]
+            shards = getattr(module, "shard_offsets", None)
+            for p in own:
+                keys += [f"{name}.{p}:{s}" for s in shards] if shards else [f"{name}.{p}"]
+        return keys
