@@ -57,8 +57,13 @@ class ServerArgs:
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.grammar_backend not in GRAMMAR_BACKENDS:
-            raise ValueError(f"--grammar-backend must be one of {GRAMMAR_BACKENDS}, got {self.grammar_backend!r}")
-        if self.speculative_algorithm is not None and self.speculative_algorithm not in SPECULATIVE_ALGORITHMS:
+            raise ValueError(
+                f"--grammar-backend must be one of {GRAMMAR_BACKENDS}, got {self.grammar_backend!r}"
+            )
+        if (
+            self.speculative_algorithm is not None
+            and self.speculative_algorithm not in SPECULATIVE_ALGORITHMS
+        ):
             raise ValueError(
                 f"--speculative-algorithm must be one of {SPECULATIVE_ALGORITHMS}, "
                 f"got {self.speculative_algorithm!r}"

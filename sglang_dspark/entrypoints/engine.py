@@ -23,7 +23,9 @@ class Engine:
 
     def __init__(self, model_path: str | None = None, **kwargs) -> None:
         self.server_args = ServerArgs(model_path=model_path, **kwargs)
-        logging.basicConfig(level=self.server_args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=self.server_args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s"
+        )
         self.model_dir = resolve_model_path(self.server_args.model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.server_args.tokenizer_path or self.model_dir)
         self.tokenizer_manager = TokenizerManager(self.tokenizer)
@@ -60,7 +62,7 @@ class Engine:
             if len(reqs) != 1:
                 raise ValueError("stream=True takes a single prompt with n=1")
             return self._stream(states)
-        for state in self._run(states):
+        for _ in self._run(states):
             pass
         responses = [self.tokenizer_manager.response(s) for s in states.values()]
         return responses[0] if obj.is_single and len(responses) == 1 else responses

@@ -98,7 +98,9 @@ def _grouped_sdpa(
     qg = q.view(b, e, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(b, hkv, e * g, d)
     if mask is not None:
         mask = mask.repeat_interleave(g, dim=2)  # [B, 1, E*G, S]
-    out = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
+    out = F.scaled_dot_product_attention(
+        qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale
+    )
     return out.view(b, hkv, e, g, d).permute(0, 2, 1, 3, 4).reshape(b, e, hq, d)
 
 
@@ -127,7 +129,11 @@ def paged_attention(
         qq = q[ext.q_start : ext.q_end][None]
         if ext.mask is None:  # no cached prefix: plain causal attention over the new tokens
             res = F.scaled_dot_product_attention(
-                qq.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2), is_causal=True, scale=scale,
+                qq.transpose(1, 2),
+                kk.transpose(1, 2),
+                vv.transpose(1, 2),
+                is_causal=True,
+                scale=scale,
                 enable_gqa=hq != kk.shape[2],
             ).transpose(1, 2)
         else:

@@ -33,7 +33,9 @@ class ColumnParallelLinear(nn.Module):
         start, size = self.shard_offsets[shard]
         target = self.bias if is_bias else self.weight
         if tensor.shape[0] != size or (not is_bias and tensor.shape[1:] != target.shape[1:]):
-            raise ValueError(f"shard {shard!r}: expected {size} x {tuple(target.shape[1:])}, got {tuple(tensor.shape)}")
+            raise ValueError(
+                f"shard {shard!r}: expected {size} x {tuple(target.shape[1:])}, got {tuple(tensor.shape)}"
+            )
         with torch.no_grad():
             target[start : start + size].copy_(tensor)
 
@@ -41,7 +43,9 @@ class ColumnParallelLinear(nn.Module):
 class QKVParallelLinear(ColumnParallelLinear):
     def __init__(self, hidden: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool) -> None:
         super().__init__(
-            hidden, {"q": num_heads * head_dim, "k": num_kv_heads * head_dim, "v": num_kv_heads * head_dim}, bias
+            hidden,
+            {"q": num_heads * head_dim, "k": num_kv_heads * head_dim, "v": num_kv_heads * head_dim},
+            bias,
         )
         self.q_size = num_heads * head_dim
         self.kv_size = num_kv_heads * head_dim

@@ -55,11 +55,17 @@ class ModelRunner:
         )
         self.token_allocator = TokenAllocator(self.max_total_tokens)
         # two rows per running request leave room for requests that are being retracted and re-admitted
-        self.req_to_token_pool = ReqToTokenPool(2 * server_args.max_running_requests, self.context_len, self.device)
+        self.req_to_token_pool = ReqToTokenPool(
+            2 * server_args.max_running_requests, self.context_len, self.device
+        )
         logger.info(
             "model %s (%s), dtype %s, KV pool %d tokens (%.1f MiB), context %d",
-            model_dir.name, cfg.architecture, self.dtype, self.max_total_tokens,
-            self.max_total_tokens * per_token / 2**20, self.context_len,
+            model_dir.name,
+            cfg.architecture,
+            self.dtype,
+            self.max_total_tokens,
+            self.max_total_tokens * per_token / 2**20,
+            self.context_len,
         )
 
     @property

@@ -29,7 +29,9 @@ class LlamaAttention(nn.Module):
         self.layer_id = layer_id
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.scale = cfg.head_dim**-0.5
-        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias)
+        self.qkv_proj = QKVParallelLinear(
+            cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias
+        )
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
@@ -44,7 +46,9 @@ class LlamaAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotary(fb.positions, q, k)
-        out = paged_attention(q, k, v.view(n, self.num_kv_heads, self.head_dim), self.layer_id, fb, self.scale)
+        out = paged_attention(
+            q, k, v.view(n, self.num_kv_heads, self.head_dim), self.layer_id, fb, self.scale
+        )
         return self.o_proj(out)
 
 
@@ -91,8 +95,12 @@ class LlamaForCausalLM(nn.Module):
             LlamaDecoderLayer(cfg, i, self.qkv_bias(cfg), self.qk_norm) for i in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(
+            cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling
+        )
+        self.lm_head = (
+            None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        )
 
     @staticmethod
     def qkv_bias(cfg: DecoderConfig) -> bool:
@@ -126,8 +134,13 @@ class LlamaForCausalLM(nn.Module):
         """Load HF-named tensors (model.layers.{i}.self_attn.q_proj.weight, ...). Raises on missing/extra."""
         params = dict(self.named_parameters())
         loaded: set[str] = set()
-        merged = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
-                  "gate_proj": ("gate_up_proj", "gate"), "up_proj": ("gate_up_proj", "up")}
+        merged = {
+            "q_proj": ("qkv_proj", "q"),
+            "k_proj": ("qkv_proj", "k"),
+            "v_proj": ("qkv_proj", "v"),
+            "gate_proj": ("gate_up_proj", "gate"),
+            "up_proj": ("gate_up_proj", "up"),
+        }
         for hf_name, tensor in weights:
             name = hf_name.removeprefix("model.")
             if "rotary_emb" in name or (name == "lm_head.weight" and self.lm_head is None):
@@ -142,7 +155,9 @@ class LlamaForCausalLM(nn.Module):
             if name not in params:
                 raise ValueError(f"unexpected weight {hf_name!r} for {type(self).__name__}")
             if params[name].shape != tensor.shape:
-                raise ValueError(f"weight {hf_name!r}: expected shape {tuple(params[name].shape)}, got {tuple(tensor.shape)}")
+                raise ValueError(
+                    f"weight {hf_name!r}: expected shape {tuple(params[name].shape)}, got {tuple(tensor.shape)}"
+                )
             with torch.no_grad():
                 params[name].copy_(tensor)
             loaded.add(name)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from sglang_dspark.layers.attention import build_attention_metadata
 from sglang_dspark.mem_cache.memory_pool import KVPool
@@ -13,8 +20,14 @@ from sglang_dspark.models.config import DecoderConfig
 from sglang_dspark.models.registry import model_class
 
 TINY = dict(
-    vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6,
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
 )
 CASES = {
     "llama": (LlamaConfig, LlamaForCausalLM, dict(tie_word_embeddings=True)),
@@ -61,9 +74,15 @@ class Runner:
             seq.append(self.lens[row])
             ext.append(len(toks))
         fb = ForwardBatch(
-            input_ids=torch.tensor(ids), positions=torch.tensor(pos), out_cache_loc=torch.cat(locs),
-            req_pool_indices=torch.tensor(rows), seq_lens=seq, extend_lens=ext,
-            logits_indices=torch.arange(len(ids)), kv_pool=self.pool, req_to_token=self.req_to_token,
+            input_ids=torch.tensor(ids),
+            positions=torch.tensor(pos),
+            out_cache_loc=torch.cat(locs),
+            req_pool_indices=torch.tensor(rows),
+            seq_lens=seq,
+            extend_lens=ext,
+            logits_indices=torch.arange(len(ids)),
+            kv_pool=self.pool,
+            req_to_token=self.req_to_token,
             capture_layers=tuple(capture),
         )
         fb.attn_metadata = build_attention_metadata(fb)

