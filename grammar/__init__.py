@@ -1,1 +1,29 @@
-"""Structured-output subsystem (installed as sglang_dspark.grammar)."""
+"""Structured-output subsystem (installed as sglang_dspark.grammar).
+
+JSON schema / json_object / regex / EBNF constraints through one interface (``base``), three
+backends (xgrammar, outlines-core, llguidance), a compile cache with a thread pool and a time limit
+(``compiler``), and bitmask-to-logits masking (``mask``).
+"""
+
+from sglang_dspark.grammar.base import (
+    BaseGrammarObject,
+    Constraint,
+    ConstraintKind,
+    GrammarBackend,
+    GrammarError,
+    allocate_bitmask,
+)
+from sglang_dspark.grammar.compiler import GrammarCompiler, PendingGrammar
+from sglang_dspark.grammar.registry import create_backend
+
+__all__ = [
+    "BaseGrammarObject",
+    "Constraint",
+    "ConstraintKind",
+    "GrammarBackend",
+    "GrammarCompiler",
+    "GrammarError",
+    "PendingGrammar",
+    "allocate_bitmask",
+    "create_backend",
+]

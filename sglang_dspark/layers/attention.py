@@ -98,9 +98,7 @@ def _grouped_sdpa(
     qg = q.view(b, e, hkv, g, d).permute(0, 2, 1, 3, 4).reshape(b, hkv, e * g, d)
     if mask is not None:
         mask = mask.repeat_interleave(g, dim=2)  # [B, 1, E*G, S]
-    out = F.scaled_dot_product_attention(
-        qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale
-    )
+    out = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
     return out.view(b, hkv, e, g, d).permute(0, 2, 1, 3, 4).reshape(b, e, hq, d)
 
 

@@ -33,9 +33,7 @@ class ColumnParallelLinear(nn.Module):
         start, size = self.shard_offsets[shard]
         target = self.bias if is_bias else self.weight
         if tensor.shape[0] != size or (not is_bias and tensor.shape[1:] != target.shape[1:]):
-            raise ValueError(
-                f"shard {shard!r}: expected {size} x {tuple(target.shape[1:])}, got {tuple(tensor.shape)}"
-            )
+            raise ValueError(f"shard {shard!r}: expected {size} x {tuple(target.shape[1:])}, got {tuple(tensor.shape)}")
         with torch.no_grad():
             target[start : start + size].copy_(tensor)
 

@@ -53,8 +53,7 @@ class SamplingBatchInfo:
         temps = [0.0 if g else p.temperature for p, g in zip(params, greedy, strict=True)]
         top_ps = [1.0 if g else p.top_p for p, g in zip(params, greedy, strict=True)]
         top_ks = [
-            vocab_size if (g or p.top_k < 0) else min(p.top_k, vocab_size)
-            for p, g in zip(params, greedy, strict=True)
+            vocab_size if (g or p.top_k < 0) else min(p.top_k, vocab_size) for p, g in zip(params, greedy, strict=True)
         ]
         min_ps = [0.0 if g else p.min_p for p, g in zip(params, greedy, strict=True)]
         freq = [p.frequency_penalty for p in params]
@@ -87,9 +86,7 @@ class SamplingBatchInfo:
             need_top_p=any(x < 1.0 for x in top_ps),
             need_top_k=any(k < vocab_size for k in top_ks),
             need_min_p=any(x > 0.0 for x in min_ps),
-            has_penalties=any(f != 0.0 for f in freq)
-            or any(x != 0.0 for x in pres)
-            or any(r != 1.0 for r in rep),
+            has_penalties=any(f != 0.0 for f in freq) or any(x != 0.0 for x in pres) or any(r != 1.0 for r in rep),
         )
 
     def __len__(self) -> int:
@@ -111,9 +108,7 @@ def _token_counts(ids: Sequence[Sequence[int]], batch: int, vocab: int, device: 
     lens = [len(r) for r in ids]
     if sum(lens):
         flat = torch.tensor([t for r in ids for t in r], dtype=torch.int64, device=device)  # [N]
-        rows = torch.repeat_interleave(
-            torch.arange(batch, device=device), torch.tensor(lens, device=device)
-        )  # [N]
+        rows = torch.repeat_interleave(torch.arange(batch, device=device), torch.tensor(lens, device=device))  # [N]
         ok = (flat >= 0) & (flat < vocab)  # ids outside the vocab cannot be sampled: ignore them
         idx = (rows * vocab + flat)[ok]  # [N'] flat [B*V] positions
         counts.scatter_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
@@ -271,9 +266,7 @@ def greedy_or_sample(
     return sample(probs_from_logits(logits, info), generators)
 
 
-def compute_logprobs(
-    logits: Tensor, token_ids: Tensor, top_k: int
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def compute_logprobs(logits: Tensor, token_ids: Tensor, top_k: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """logits [N, V] (raw), token_ids [N] -> (logprob of each token [N], top-k values [N, top_k],
     top-k indices [N, top_k]); the latter two are None when top_k == 0. fp32 log_softmax."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # [N, V]

@@ -43,3 +43,48 @@ class ReqOutput:
     output_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     input_token_logprobs: list[TokenLogprob] = field(default_factory=list)
     input_top_logprobs: list[TopLogprobs] = field(default_factory=list)
+
+
+# ---- messages between the HTTP process and the scheduler process -----------------------------
+# Control messages carry an rpc_id; the scheduler process answers each with one RpcReply.
+
+
+@dataclass
+class GenerateBatchReq:
+    """The scheduler requests of one HTTP call: validated together, admitted all or none."""
+
+    rpc_id: int
+    reqs: list[TokenizedGenerateReqInput]
+
+
+@dataclass
+class FlushCacheReq:
+    rpc_id: int
+
+
+@dataclass
+class GetInternalStateReq:
+    rpc_id: int
+
+
+@dataclass
+class RpcReply:
+    rpc_id: int
+    result: object = None
+    error: str | None = None  # a user-facing message (the request was rejected)
+
+
+@dataclass
+class BatchReqOutput:
+    """Everything one scheduler step (or an abort) produced."""
+
+    outputs: list[ReqOutput]
+
+
+@dataclass
+class SchedulerInfo:
+    """Sent once by the scheduler process when the model is loaded."""
+
+    context_len: int
+    vocab_size: int
+    max_total_tokens: int

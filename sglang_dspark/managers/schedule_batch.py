@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sglang_dspark.grammar import BaseGrammarObject, PendingGrammar
 from sglang_dspark.managers.io_struct import TokenizedGenerateReqInput, TokenLogprob, TopLogprobs
 
 
@@ -38,6 +39,9 @@ class Req:
         self.generator = generator
         self.output_ids: list[int] = []
         self.finished_reason: FinishReason | None = None
+        # structured output: the compile in flight, then the grammar at the end of output_ids
+        self.pending_grammar: PendingGrammar | None = None
+        self.grammar: BaseGrammarObject | None = None
 
         # memory
         self.req_pool_idx: int | None = None

@@ -18,6 +18,7 @@ import torch
 
 from sglang_dspark.layers.sampler import SamplingBatchInfo, compute_logprobs, greedy_or_sample, process_logits
 from sglang_dspark.managers.cache_manager import CacheManager, KVUsage
+from sglang_dspark.managers.grammar_manager import GrammarManager
 from sglang_dspark.managers.io_struct import ReqOutput, TokenizedGenerateReqInput
 from sglang_dspark.managers.schedule_batch import FinishReason, Req
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
@@ -27,6 +28,7 @@ from sglang_dspark.server_args import ServerArgs
 logger = logging.getLogger(__name__)
 
 DECODE_RESERVE_PER_REQ = 8  # free slots kept per running request when admitting new prefills
+GRAMMAR_IDLE_WAIT = 0.05  # s to wait for a compile when nothing else can run (instead of spinning)
 
 
 @dataclass
@@ -42,6 +44,7 @@ class SchedulerStats:
     cached_prompt_tokens: int = 0
     generated_tokens: int = 0
     num_retractions: int = 0
+    jump_forward_tokens: int = 0  # grammar-forced tokens appended without a model step
 
 
 class Scheduler:
@@ -63,11 +66,17 @@ class Scheduler:
         self.waiting: deque[Req] = deque()
         self.running: list[Req] = []
         self.stats = SchedulerStats()
+        self.grammars = GrammarManager(server_args, tokenizer, self.vocab_size, self.eos_ids)
 
     # ---- requests in and out -------------------------------------------------------------
 
     def validate(self, req: TokenizedGenerateReqInput) -> None:
-        """Raise ValueError with a user-facing message if the request cannot run."""
+        """Raise ValueError with a user-facing message if the request cannot run. Compiles its grammar
+        (cached), waiting at most --grammar-compile-timeout: call it off the model loop."""
+        self._check_request(req)
+        self.grammars.validate(req.sampling_params)
+
+    def _check_request(self, req: TokenizedGenerateReqInput) -> None:
         n = len(req.input_ids)
         if n == 0:
             raise ValueError("the prompt is empty")
@@ -97,7 +106,9 @@ class Scheduler:
             )
 
     def add_request(self, req: TokenizedGenerateReqInput) -> None:
-        self.validate(req)
+        """Never blocks: a request with a grammar waits in self.grammars until compiled (a grammar that
+        fails then finishes it with an abort output from step())."""
+        self._check_request(req)
         params = req.sampling_params
         generator = None
         if not params.is_greedy:
@@ -106,9 +117,15 @@ class Scheduler:
                 seed = self.seed_rng.randrange(2**62)
             if seed is not None:
                 generator = torch.Generator().manual_seed(seed)
-        self.waiting.append(Req(req, generator))
+        scheduled = Req(req, generator)
+        if not self.grammars.submit(scheduled):
+            self.waiting.append(scheduled)
 
     def abort_request(self, rid: str, message: str = "aborted") -> ReqOutput | None:
+        compiling = self.grammars.remove(rid)
+        if compiling is not None:
+            compiling.finished_reason = FinishReason("abort", message=message)
+            return self._make_output(compiling)
         for queue in (self.waiting, self.running):
             for req in queue:
                 if req.rid == rid:
@@ -119,7 +136,7 @@ class Scheduler:
         return None
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.grammars.queue)
 
     def kv_usage(self) -> KVUsage:
         return self.cache.usage()
@@ -131,9 +148,14 @@ class Scheduler:
 
     def step(self) -> list[ReqOutput]:
         """Schedule, run one forward, sample; returns the outputs of every request that progressed."""
+        ready, failed = self.grammars.poll()
+        self.waiting.extend(ready)
+        outputs = [self._make_output(r) for r in failed]
         chunks = self._schedule()
         if not chunks:
-            return []
+            if not outputs:
+                self.grammars.wait(GRAMMAR_IDLE_WAIT)
+            return outputs
         fb, sample_rows, sample_reqs, logprob_rows = self._build_forward_batch(chunks)
         out = self.runner.forward(fb)
         self.stats.num_forwards += 1
@@ -141,7 +163,6 @@ class Scheduler:
             chunk.req.kv_len += chunk.num_tokens
         self._record_input_logprobs(out.logits, logprob_rows)
 
-        outputs: list[ReqOutput] = []
         if sample_reqs:
             self._sample(sample_reqs, out.logits[sample_rows])
         sampled = {id(r) for r in sample_reqs}
@@ -266,7 +287,7 @@ class Scheduler:
         info = SamplingBatchInfo.from_params(params, self.vocab_size)
         prompt_ids = [r.origin_input_ids for r in reqs]
         output_ids = [r.output_ids for r in reqs]
-        banned = self._min_tokens_ban(reqs)
+        banned = self._banned(reqs)
         processed = process_logits(logits, info, prompt_ids, output_ids, banned)
         next_ids = greedy_or_sample(processed, info, [r.generator for r in reqs]).tolist()
         want_lp = [i for i, r in enumerate(reqs) if r.return_logprob]
@@ -281,7 +302,21 @@ class Scheduler:
         for req, tok in zip(reqs, next_ids):
             req.output_ids.append(tok)
             self.stats.generated_tokens += 1
-            req.check_finished(self.eos_ids, self.tokenizer)
+            if req.grammar is not None:
+                n = len(req.output_ids)
+                self.grammars.advance(req, tok)  # may finish req, or append forced tokens
+                self.stats.jump_forward_tokens += len(req.output_ids) - n
+            if not req.finished:
+                req.check_finished(self.eos_ids, self.tokenizer)
+
+    def _banned(self, reqs: list[Req]) -> torch.Tensor | None:
+        """[B, V] bool (True = not allowed): grammar masks and min_new_tokens stop-token bans."""
+        grammar, min_tokens = self.grammars.banned(reqs), self._min_tokens_ban(reqs)
+        if grammar is None or min_tokens is None:
+            return min_tokens if grammar is None else grammar
+        both = grammar | min_tokens
+        # where the grammar allows nothing but a stop token, the grammar wins over min_new_tokens
+        return torch.where(both.all(dim=1, keepdim=True), grammar, both)
 
     def _min_tokens_ban(self, reqs: list[Req]) -> torch.Tensor | None:
         rows = [i for i, r in enumerate(reqs) if len(r.output_ids) < r.sampling_params.min_new_tokens]

@@ -53,14 +53,17 @@ class RequestState:
     output_token_logprobs: list[TokenLogprob] = field(default_factory=list)
     output_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     first_token_time: float | None = None
+    last_token_time: float | None = None
 
     @property
     def finished(self) -> bool:
         return self.finished_reason is not None
 
     def update(self, out: ReqOutput) -> None:
-        if out.new_output_ids and self.first_token_time is None:
-            self.first_token_time = time.perf_counter()
+        if out.new_output_ids:
+            self.last_token_time = time.perf_counter()
+            if self.first_token_time is None:
+                self.first_token_time = self.last_token_time
         self.output_ids += out.new_output_ids
         self.finished_reason = out.finished_reason
         self.cached_tokens = out.cached_tokens
@@ -138,6 +141,8 @@ class TokenizerManager:
             pos = text.find(reason["matched"])
             if pos >= 0:
                 text = text[:pos]
+        if not state.finished:  # streaming: cumulative texts must only ever grow
+            text = _stable_prefix(text, params.stop)
         return text
 
     def response(self, state: RequestState) -> dict:
@@ -163,3 +168,11 @@ class TokenizerManager:
 
     def _top(self, entries: list[TopLogprobs], with_text: bool) -> list[list | None]:
         return [None if pairs is None else self._lp(pairs, with_text) for pairs in entries]
+
+
+def _stable_prefix(text: str, stops: list[str]) -> str:
+    """`text` without the tail that later tokens may still rewrite: an incomplete UTF-8 character
+    (decoded as U+FFFD) or the beginning of a stop string (trimmed away if the stop completes)."""
+    text = text.rstrip("\ufffd")
+    hold = max((k for stop in stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
+    return text[: len(text) - hold]

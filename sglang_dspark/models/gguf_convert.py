@@ -3,7 +3,8 @@
 The output directory holds::
 
     config.json              transformers config (architectures, vocab size, rope, eos/bos ids, ...)
-    generation_config.json   bos/eos/pad ids from the GGUF tokenizer metadata
+    generation_config.json   bos/eos/pad ids from the GGUF tokenizer metadata (eos extended with the
+                             end-of-generation tokens llama.cpp also stops on, e.g. <|endoftext|>)
     model.safetensors        every weight dequantized to float32, in HF layout (llama/qwen2 q/k un-permuted)
     tokenizer.json, tokenizer_config.json (with the GGUF ``tokenizer.chat_template``), chat_template.jinja
     sglang_dspark_conversion.json   provenance: source file, size, mtime, conversion time
@@ -34,12 +35,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sglang_dspark.models.model_source import GGUF_MAGIC, ModelLoadError
+from sglang_dspark.models.model_source import CONVERSION_FORMAT, GGUF_MAGIC, PROVENANCE_NAME, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
-PROVENANCE_NAME = "sglang_dspark_conversion.json"
 
 # --------------------------------------------------------------------------------------------------
 # A small, fast GGUF header walker.  It validates the file (magic, version, tensor table, that the
@@ -417,6 +417,7 @@ def convert_gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
         _write_json(
             tmp / PROVENANCE_NAME,
             {
+                "format": CONVERSION_FORMAT,
                 "source": str(gguf_path.resolve()),
                 "source_size": st.st_size,
                 "source_mtime_ns": st.st_mtime_ns,

@@ -12,7 +12,7 @@ from torch import nn
 from sglang_dspark.layers.attention import paged_attention
 from sglang_dspark.layers.layernorm import RMSNorm
 from sglang_dspark.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from sglang_dspark.layers.rotary_embedding import RotaryEmbedding
+from sglang_dspark.layers.rotary_embedding import RotaryEmbedding, apply_rotary
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.models.config import DecoderConfig
 
@@ -29,26 +29,20 @@ class LlamaAttention(nn.Module):
         self.layer_id = layer_id
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.scale = cfg.head_dim**-0.5
-        self.qkv_proj = QKVParallelLinear(
-            cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias
-        )
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias)
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
 
-    def forward(self, x: torch.Tensor, fb: ForwardBatch, rotary: RotaryEmbedding) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fb: ForwardBatch, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         n = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(
-            [self.qkv_proj.q_size, self.qkv_proj.kv_size, self.qkv_proj.kv_size], dim=-1
-        )
+        q, k, v = self.qkv_proj(x).split([self.qkv_proj.q_size, self.qkv_proj.kv_size, self.qkv_proj.kv_size], dim=-1)
         q = q.view(n, self.num_heads, self.head_dim)
         k = k.view(n, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary(fb.positions, q, k)
-        out = paged_attention(
-            q, k, v.view(n, self.num_kv_heads, self.head_dim), self.layer_id, fb, self.scale
-        )
+        q, k = apply_rotary(q, k, *cos_sin)
+        out = paged_attention(q, k, v.view(n, self.num_kv_heads, self.head_dim), self.layer_id, fb, self.scale)
         return self.o_proj(out)
 
 
@@ -72,14 +66,18 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None, fb: ForwardBatch, rotary: RotaryEmbedding
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        fb: ForwardBatch,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (layer output before the residual add, residual); their sum is the layer's output."""
         if residual is None:
             residual, x = x, self.input_layernorm(x)
         else:
             x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(x, fb, rotary)
+        x = self.self_attn(x, fb, cos_sin)
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
 
@@ -95,12 +93,8 @@ class LlamaForCausalLM(nn.Module):
             LlamaDecoderLayer(cfg, i, self.qkv_bias(cfg), self.qk_norm) for i in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rotary = RotaryEmbedding(
-            cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling
-        )
-        self.lm_head = (
-            None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        )
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     @staticmethod
     def qkv_bias(cfg: DecoderConfig) -> bool:
@@ -119,11 +113,12 @@ class LlamaForCausalLM(nn.Module):
         capture = fb.capture_layers
         captured: dict[int, torch.Tensor] = {}
         x = self.embed_tokens(fb.input_ids)
+        cos_sin = self.rotary.cos_sin(fb.positions, x.dtype)
         if -1 in capture:
             captured[-1] = x
         residual = None
         for i, layer in enumerate(self.layers):
-            x, residual = layer(x, residual, fb, self.rotary)
+            x, residual = layer(x, residual, fb, cos_sin)
             if i in capture:
                 captured[i] = x + residual
         x, _ = self.norm(x, residual)

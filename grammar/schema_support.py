@@ -1,0 +1,117 @@
+"""Reject JSON-schema keywords a backend would silently ignore.
+
+A backend that drops a validation keyword (xgrammar ignores ``uniqueItems`` and ``allOf``,
+outlines-core ignores ``minimum``...) produces output that does not validate against the schema.
+Such schemas are refused up front with a 400 naming the keyword and where it is, so that every
+output we return for a schema is valid. Annotation keywords (``title``, ``format``...) are fine.
+
+``oneOf`` is approximated by ``anyOf`` in every backend; that is exact only when no value can match
+two branches, so it is accepted only when the branches have pairwise disjoint ``type`` or ``const``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sglang_dspark.grammar.base import GrammarError
+
+# Keywords no backend here can enforce in a grammar (or enforces wrongly).
+NOT_ENFORCEABLE = frozenset(
+    {
+        "uniqueItems",
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependencies",
+        "dependentRequired",
+        "dependentSchemas",
+        "propertyNames",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "contains",
+        "minContains",
+        "maxContains",
+    }
+)
+
+# Keywords whose value is a subschema, a list of subschemas, or a map of name -> subschema.
+_SUBSCHEMA = (
+    "additionalProperties",
+    "items",
+    "additionalItems",
+    "contains",
+    "not",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+)
+_SUBSCHEMA_LIST = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
+_SUBSCHEMA_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def _subschemas(schema: dict, path: str) -> Iterator[tuple[dict, str]]:
+    for key in _SUBSCHEMA:
+        if isinstance(schema.get(key), dict):
+            yield schema[key], f"{path}/{key}"
+    for key in _SUBSCHEMA_LIST:
+        if isinstance(schema.get(key), list):
+            for i, sub in enumerate(schema[key]):
+                if isinstance(sub, dict):
+                    yield sub, f"{path}/{key}/{i}"
+    for key in _SUBSCHEMA_MAP:
+        if isinstance(schema.get(key), dict):
+            for name, sub in schema[key].items():
+                if isinstance(sub, dict):
+                    yield sub, f"{path}/{key}/{name}"
+
+
+def _disjoint_branches(branches: list) -> bool:
+    """True if no JSON value can match two of the branches (judged by ``type`` or ``const``)."""
+    if not all(isinstance(b, dict) for b in branches):
+        return False
+    if all(isinstance(b.get("type"), str) for b in branches):
+        types = [b["type"] for b in branches]
+        return len(set(types)) == len(types) and not {"integer", "number"} <= set(types)
+    if all("const" in b for b in branches):
+        consts = [json.dumps(b["const"], sort_keys=True) for b in branches]
+        return len(set(consts)) == len(consts)
+    return False
+
+
+@dataclass(frozen=True)
+class SchemaSupport:
+    """What one backend enforces. ``check`` raises GrammarError naming the first keyword it cannot."""
+
+    backend: str
+    unsupported: frozenset[str]
+    multiple_of_numbers: bool = True  # False: multipleOf is enforced on integers only
+
+    def check(self, schema: dict | bool) -> None:
+        stack = [(schema, "#")]
+        while stack:
+            node, path = stack.pop()
+            if not isinstance(node, dict):
+                continue
+            for key in node:
+                if key in self.unsupported:
+                    raise GrammarError(
+                        f"the JSON schema keyword '{key}' (at {path}) is not supported by the {self.backend} "
+                        f"grammar backend: it cannot be enforced while generating"
+                    )
+            if "multipleOf" in node and not self.multiple_of_numbers and node.get("type") != "integer":
+                raise GrammarError(
+                    f"the JSON schema keyword 'multipleOf' (at {path}) is only supported on integers by the "
+                    f"{self.backend} grammar backend"
+                )
+            if isinstance(node.get("oneOf"), list) and not _disjoint_branches(node["oneOf"]):
+                raise GrammarError(
+                    f"'oneOf' (at {path}) is only supported when its branches have distinct 'type's or "
+                    f"'const's: it is generated as 'anyOf', which could match more than one branch"
+                )
+            stack.extend(_subschemas(node, path))

@@ -1,0 +1,120 @@
+"""xgrammar backend (the default): pushdown automaton with an adaptive token-mask cache.
+
+The matcher knows the stop tokens itself (accepting one terminates it) and rolls back without limit.
+Jump-forward tokenizes ``find_jump_forward_string``; a draft chain's masks come from one
+``traverse_draft_tree`` call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+import xgrammar
+
+from sglang_dspark.grammar.base import BaseGrammarObject, Constraint, ConstraintKind, GrammarBackend, GrammarError
+from sglang_dspark.grammar.schema_support import NOT_ENFORCEABLE, SchemaSupport
+from sglang_dspark.grammar.vocab import token_bytes
+
+# xgrammar ignores these (allOf: the whole schema becomes "any JSON"); multipleOf only works on integers.
+SCHEMA_SUPPORT = SchemaSupport("xgrammar", NOT_ENFORCEABLE | {"allOf"}, multiple_of_numbers=False)
+# "[08:12:10] /project/cpp/json_schema_converter.cc:4944: Unsupported type ..." -> "Unsupported type ..."
+_CPP_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
+
+
+def _reason(error: Exception) -> str:
+    return _CPP_PREFIX.sub("", str(error).strip())
+
+
+class XGrammarGrammar(BaseGrammarObject):
+    def __init__(self, matcher: xgrammar.GrammarMatcher, encode: Callable[[str], list[int]]) -> None:
+        self.matcher = matcher
+        self.encode = encode
+
+    def accept_token(self, token: int) -> bool:
+        return self.matcher.accept_token(token)
+
+    def rollback(self, num_tokens: int) -> None:
+        if num_tokens:
+            self.matcher.rollback(num_tokens)
+
+    def fill_mask(self, bitmask: torch.Tensor, row: int) -> None:
+        if self.matcher.is_terminated():  # xgrammar refuses to fill a terminated matcher's mask
+            bitmask[row].zero_()
+        else:
+            self.matcher.fill_next_token_bitmask(bitmask, row)
+
+    def is_terminated(self) -> bool:
+        return self.matcher.is_terminated()
+
+    def fork(self) -> XGrammarGrammar:
+        return XGrammarGrammar(self.matcher.fork(), self.encode)
+
+    def jump_forward_tokens(self) -> list[int]:
+        text = self.matcher.find_jump_forward_string()
+        if not text:
+            return []
+        tokens = self.encode(text)
+        return tokens[: self.validate_tokens(tokens)]
+
+    def fill_draft_masks(self, draft: Sequence[int], bitmask: torch.Tensor, row: int) -> int:
+        valid = self.validate_tokens(draft)
+        if self.is_terminated():
+            bitmask[row].zero_()
+            return 1
+        # a chain: node 0 is the current position (its token is ignored), node i + 1 follows draft[i]
+        n = valid + 1
+        next_token = torch.tensor([*range(1, n), -1], dtype=torch.int64)
+        sibling = torch.full((n,), -1, dtype=torch.int64)
+        tokens = torch.tensor([0, *draft[:valid]], dtype=torch.int64)
+        self.matcher.traverse_draft_tree(next_token, sibling, tokens, bitmask[row : row + n])
+        return n
+
+
+class XGrammarBackend(GrammarBackend):
+    name = "xgrammar"
+
+    def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
+        super().__init__(vocab_size, stop_token_ids)
+        info = xgrammar.TokenizerInfo(
+            token_bytes(tokenizer, vocab_size),
+            xgrammar.VocabType.RAW,
+            vocab_size=vocab_size,
+            stop_token_ids=self.stop_token_ids,
+        )
+        # one compile thread: the other core runs the model; our own cache replaces xgrammar's
+        self.compiler = xgrammar.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+        self.batch = xgrammar.BatchGrammarMatcher(max_threads=1)
+        self.encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+
+    def compile(self, constraint: Constraint) -> xgrammar.CompiledGrammar:
+        kind = constraint.kind
+        try:
+            if kind in (ConstraintKind.JSON_SCHEMA, ConstraintKind.JSON_OBJECT):
+                schema = constraint.schema()
+                SCHEMA_SUPPORT.check(schema)
+                # compact JSON; strict_mode=False keeps JSON Schema's defaults (additional properties allowed)
+                return self.compiler.compile_json_schema(
+                    json.dumps(schema),
+                    any_whitespace=False,
+                    separators=(",", ":"),
+                    strict_mode=False,
+                )
+            if kind == ConstraintKind.REGEX:
+                return self.compiler.compile_regex(constraint.text)
+            return self.compiler.compile_grammar(constraint.text)
+        except RuntimeError as e:
+            raise GrammarError(f"invalid {kind.value}: {_reason(e)}") from None
+
+    def make_grammar(self, compiled: xgrammar.CompiledGrammar) -> XGrammarGrammar:
+        return XGrammarGrammar(xgrammar.GrammarMatcher(compiled), self.encode)
+
+    def fill_masks(self, grammars: Sequence[XGrammarGrammar], bitmask: torch.Tensor, rows: Sequence[int]) -> None:
+        live = [(g.matcher, r) for g, r in zip(grammars, rows, strict=True) if not g.is_terminated()]
+        if live:
+            self.batch.batch_fill_next_token_bitmask([m for m, _ in live], bitmask, [r for _, r in live])
+        for g, r in zip(grammars, rows, strict=True):
+            if g.is_terminated():
+                bitmask[r].zero_()

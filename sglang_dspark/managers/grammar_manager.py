@@ -1,0 +1,138 @@
+"""The scheduler's side of structured output: compile queue, per-step masks, advancing, jump-forward.
+
+A request with a regex / json_schema / ebnf first waits here (not in the scheduler's waiting queue)
+while its grammar compiles in the grammar thread pool; the scheduler polls, so a slow compile never
+blocks the batch. Once compiled, the request's grammar object lives on ``Req.grammar``:
+
+* sampling: its row of the ``banned`` mask comes from the grammar's bitmask (stop tokens are allowed
+  only where the grammar may end);
+* after sampling: the token advances the grammar; a stop token terminates it (finish reason stop);
+* jump-forward: tokens the grammar then forces are appended to ``output_ids`` without a model step.
+  They still need KV: with them the request has ``pending_tokens`` > 1 and the scheduler runs them as
+  one extend chunk before its next sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import wait as wait_futures
+
+import torch
+
+from sglang_dspark.grammar import Constraint, GrammarCompiler, GrammarError, allocate_bitmask, create_backend
+from sglang_dspark.grammar.mask import banned_from_bitmask
+from sglang_dspark.managers.schedule_batch import FinishReason, Req
+from sglang_dspark.sampling.sampling_params import SamplingParams
+from sglang_dspark.server_args import ServerArgs
+
+logger = logging.getLogger(__name__)
+
+
+def constraint_of(params: SamplingParams) -> Constraint | None:
+    return Constraint.from_fields(regex=params.regex, json_schema=params.json_schema, ebnf=params.ebnf)
+
+
+class GrammarManager:
+    def __init__(self, args: ServerArgs, tokenizer, vocab_size: int, stop_token_ids: set[int]) -> None:
+        self.args = args
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.stop_token_ids = sorted(stop_token_ids)
+        self._compiler: GrammarCompiler | None = None  # built on first use (a backend takes 1-5 s)
+        self.queue: list[Req] = []  # compiling
+
+    @property
+    def compiler(self) -> GrammarCompiler:
+        if self.args.grammar_backend == "none":
+            raise ValueError(
+                "structured output (regex / json_schema / ebnf) needs a grammar backend; this server runs "
+                "with --grammar-backend none"
+            )
+        if self._compiler is None:
+            backend = create_backend(self.args.grammar_backend, self.tokenizer, self.vocab_size, self.stop_token_ids)
+            self._compiler = GrammarCompiler(backend, self.args.grammar_compile_timeout)
+        return self._compiler
+
+    # ---- compiling --------------------------------------------------------------------------------
+
+    def validate(self, params: SamplingParams) -> None:
+        """Compile (or find in the cache) the request's constraint, waiting at most the compile time
+        limit; raises GrammarError (a ValueError) naming the reason. For callers off the model loop."""
+        constraint = constraint_of(params)
+        if constraint is not None:
+            self.compiler.compile(constraint)
+
+    def submit(self, req: Req) -> bool:
+        """Queue req for compilation if it has a constraint (returns True); never blocks."""
+        constraint = constraint_of(req.sampling_params)
+        if constraint is None:
+            return False
+        req.pending_grammar = self.compiler.submit(constraint)
+        self.queue.append(req)
+        return True
+
+    def poll(self) -> tuple[list[Req], list[Req]]:
+        """(requests now ready to schedule, requests whose grammar failed: finished with abort)."""
+        ready, failed = [], []
+        for req in [r for r in self.queue if r.pending_grammar.ready()]:
+            self.queue.remove(req)
+            try:
+                req.grammar = self.compiler.make_grammar(req.pending_grammar.compiled())
+                ready.append(req)
+            except GrammarError as e:
+                req.finished_reason = FinishReason("abort", message=str(e))
+                failed.append(req)
+            req.pending_grammar = None
+        return ready, failed
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a queued compile finishes or ``timeout`` s pass (when there is nothing else to do)."""
+        if self.queue:
+            deadline = min(r.pending_grammar.deadline for r in self.queue)
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            wait_futures([r.pending_grammar.future for r in self.queue], timeout, FIRST_COMPLETED)
+
+    def remove(self, rid: str) -> Req | None:
+        for req in self.queue:
+            if req.rid == rid:
+                self.queue.remove(req)
+                return req
+        return None
+
+    # ---- sampling ---------------------------------------------------------------------------------
+
+    def banned(self, reqs: list[Req]) -> torch.Tensor | None:
+        """[B, V] bool, True = the grammar forbids the token (all False for unconstrained rows); None
+        if no request in the batch has a grammar."""
+        rows = [i for i, r in enumerate(reqs) if r.grammar is not None]
+        if not rows:
+            return None
+        bitmask = allocate_bitmask(len(rows), self.vocab_size)  # [R, W]
+        self.compiler.backend.fill_masks([reqs[i].grammar for i in rows], bitmask, range(len(rows)))
+        grammar_banned = banned_from_bitmask(bitmask, self.vocab_size)  # [R, V]
+        if len(rows) == len(reqs):
+            return grammar_banned
+        banned = torch.zeros(len(reqs), self.vocab_size, dtype=torch.bool)
+        banned[rows] = grammar_banned
+        return banned
+
+    def advance(self, req: Req, token: int) -> None:
+        """After ``token`` was appended to req.output_ids: advance the grammar, finish the request if
+        the grammar terminated, else append the tokens it forces (jump-forward)."""
+        grammar = req.grammar
+        if not grammar.accept_token(token):  # the mask forbids this; reaching here is a bug
+            logger.error("request %s: the grammar rejected sampled token %d", req.rid, token)
+            req.finished_reason = FinishReason("abort", message=f"the grammar rejected token {token}")
+            return
+        if grammar.is_terminated():
+            req.finished_reason = FinishReason("stop", matched=token)
+            return
+        # forced tokens have no sampled logprob: requests that report logprobs decode them one by one
+        if self.args.disable_jump_forward or req.return_logprob:
+            return
+        room = req.sampling_params.max_new_tokens - len(req.output_ids)
+        forced = grammar.jump_forward_tokens()[:room]
+        accepted = grammar.accept_tokens(forced)
+        req.output_ids += forced[:accepted]

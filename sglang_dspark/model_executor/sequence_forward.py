@@ -1,0 +1,99 @@
+"""Run a model over whole sequences on a private KV pool (no scheduler, no shared cache).
+
+Used by training (online target features), offline evaluation and tests: one ragged forward over all
+sequences, returning the captured hidden states and the logits of selected positions per sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sglang_dspark.layers.attention import build_attention_metadata
+from sglang_dspark.mem_cache.memory_pool import KVPool
+from sglang_dspark.model_executor.forward_batch import ForwardBatch
+
+
+@dataclass
+class SequenceOutput:
+    hidden_states: list[torch.Tensor]  # one [S, d] per capture layer
+    logits: torch.Tensor  # [M, V] float32 for the requested positions, in order
+
+
+class SequenceRunner:
+    """Extends sequences chunk by chunk on a private KV pool; row i of every call is sequence i."""
+
+    def __init__(self, model, rows: int, max_tokens: int, max_len: int | None = None) -> None:
+        cfg = model.config
+        self.model = model
+        dtype = next(model.parameters()).dtype
+        self.pool = KVPool(max_tokens, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype)
+        self.req_to_token = torch.zeros(rows, max_len or max_tokens, dtype=torch.int64)
+        self.next_slot = 1
+        self.lens = [0] * rows
+
+    def extend(
+        self,
+        chunks: dict[int, list[int]],
+        capture: tuple[int, ...] = (),
+        logits_positions: dict[int, list[int]] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """chunks: row -> new tokens; logits_positions: row -> offsets within its chunk (default: all).
+        Returns (logits [M, V] in row order, hidden states [N, d] per capture layer)."""
+        ids, pos, locs, rows, seq, ext, keep = [], [], [], [], [], [], []
+        for row, toks in chunks.items():
+            start, n = self.lens[row], len(toks)
+            if self.next_slot + n > self.pool.size + 1:
+                raise ValueError(f"KV pool of {self.pool.size} tokens is full")
+            slots = torch.arange(self.next_slot, self.next_slot + n)
+            self.next_slot += n
+            self.req_to_token[row, start : start + n] = slots
+            wanted = range(n) if logits_positions is None else logits_positions.get(row, [])
+            keep += [len(ids) + j for j in wanted]
+            ids += toks
+            pos += range(start, start + n)
+            locs.append(slots)
+            rows.append(row)
+            self.lens[row] += n
+            seq.append(self.lens[row])
+            ext.append(n)
+        fb = ForwardBatch(
+            input_ids=torch.tensor(ids),
+            positions=torch.tensor(pos),
+            out_cache_loc=torch.cat(locs),
+            req_pool_indices=torch.tensor(rows),
+            seq_lens=seq,
+            extend_lens=ext,
+            logits_indices=torch.tensor(keep, dtype=torch.int64),
+            kv_pool=self.pool,
+            req_to_token=self.req_to_token,
+            capture_layers=tuple(capture),
+        )
+        fb.attn_metadata = build_attention_metadata(fb)
+        out = self.model(fb)
+        return out.logits, out.hidden_states
+
+
+def forward_sequences(
+    model,
+    sequences: list[list[int]],
+    capture_layers: tuple[int, ...] = (),
+    logits_positions: list[list[int]] | None = None,
+) -> list[SequenceOutput]:
+    """One forward over whole sequences. logits_positions[i]: positions of sequence i whose logits are
+    returned (default: every position). Hidden states are cloned out of inference mode (usable by autograd)."""
+    total = sum(len(s) for s in sequences)
+    runner = SequenceRunner(model, len(sequences), total, max(len(s) for s in sequences))
+    wanted = logits_positions or [list(range(len(s))) for s in sequences]
+    logits, hidden = runner.extend(dict(enumerate(sequences)), capture_layers, dict(enumerate(wanted)))
+    out, tok, row = [], 0, 0
+    for seq, pos in zip(sequences, wanted, strict=True):
+        out.append(
+            SequenceOutput(
+                [h[tok : tok + len(seq)].clone() for h in hidden], logits[row : row + len(pos)].clone()
+            )
+        )
+        tok += len(seq)
+        row += len(pos)
+    return out

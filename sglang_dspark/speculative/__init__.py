@@ -1,0 +1,1 @@
+"""Speculative decoding: DSpark drafter, verify-length planning, confidence calibration, metrics, n-gram proposals."""

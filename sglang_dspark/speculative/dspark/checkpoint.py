@@ -1,0 +1,92 @@
+"""Drafter checkpoints: a directory with `config.json` + `model.safetensors` (DESIGN.md section 5).
+
+Writes are atomic: everything goes to a temporary sibling directory that is renamed into place, so an
+interrupt or a full disk leaves the previous checkpoint intact. Extra files (e.g. a trainer state) can
+ride along in the same directory and appear atomically with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sglang_dspark.speculative.dspark.config import DSparkConfig
+from sglang_dspark.speculative.dspark.drafter import DSparkDrafter
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PACKAGED_DIR = Path(__file__).parent / "checkpoints"
+
+
+def save_drafter(
+    drafter: DSparkDrafter,
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+    extra_files: dict[str, Callable[[Path], None]] | None = None,
+) -> Path:
+    """Write the drafter to `path` atomically; `extra_files` maps a file name to a writer(path)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        state = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in drafter.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME))
+        config = drafter.config.to_hf_dict()
+        config["torch_dtype"] = str(dtype or drafter.dtype).removeprefix("torch.")
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        for name, writer in (extra_files or {}).items():
+            writer(tmp / name)
+        _fsync_dir_files(tmp)
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _fsync_dir_files(directory: Path) -> None:
+    for f in directory.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def read_config(path: str | Path) -> DSparkConfig:
+    return DSparkConfig.from_hf_dict(json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8")))
+
+
+def load_drafter(
+    path: str | Path,
+    embed_weight: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    dtype: torch.dtype | None = None,
+) -> DSparkDrafter:
+    """Load a drafter directory and bind it to the target's embedding and LM head."""
+    path = Path(path)
+    drafter = DSparkDrafter(read_config(path), embed_weight, lm_head_weight)
+    state = load_file(str(path / WEIGHTS_NAME))
+    missing, unexpected = drafter.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"drafter checkpoint {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    target_dtype = dtype or next(iter(state.values())).dtype
+    return drafter.to(target_dtype).eval()
+
+
+def packaged_drafter(target_name: str) -> Path | None:
+    """The drafter shipped in the package for a target (by its model directory name), if any."""
+    key = target_name.lower()
+    for cand in sorted(PACKAGED_DIR.glob("*/")) if PACKAGED_DIR.is_dir() else []:
+        if (cand / CONFIG_NAME).is_file() and key.startswith(cand.name):
+            return cand
+    return None

@@ -1,0 +1,186 @@
+"""DSparkDrafter: backbone + Markov head + confidence head, sharing the target's embedding and LM head.
+
+Two entry points:
+- `teacher_forced(feats, ids, anchors)`: training / offline evaluation. Every anchor block sees the
+  context features of the positions before its anchor and, in the Markov head, the true previous token.
+- `append_context(states, feats, positions)` + `draft(states, anchor_tokens, anchor_positions, ...)`:
+  the runtime. Context K/V are cached per request; a draft runs the gamma-token block once, then the
+  Markov head samples left to right (greedy or with a temperature), optionally masking every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sglang_dspark.speculative.dspark.backbone import DraftBackbone
+from sglang_dspark.speculative.dspark.config import DSparkConfig
+from sglang_dspark.speculative.dspark.heads import ConfidenceHead, MarkovHead
+from sglang_dspark.speculative.dspark.state import DrafterState
+
+# (step k, tokens drafted so far [R, k]) -> allowed tokens [R, V] bool, or None for "no constraint"
+MaskFn = Callable[[int, torch.Tensor], torch.Tensor | None]
+
+
+@dataclass
+class TeacherForced:
+    logits: torch.Tensor  # [A, G, V] float32, draft logits (Markov bias included)
+    confidence_logits: torch.Tensor | None  # [A, G] float32, pre-sigmoid
+    labels: torch.Tensor  # [A, G] int64, the true tokens anchor + 1 .. anchor + G
+    valid: torch.Tensor  # [A, G] bool, label inside the sequence
+
+
+@dataclass
+class DraftOutput:
+    tokens: torch.Tensor  # [R, G] int64
+    probs: torch.Tensor  # [R, G, V] float32, the distribution each token was drawn from (one-hot if greedy)
+    confidence_logits: torch.Tensor | None  # [R, G] float32, pre-sigmoid (None without a confidence head)
+
+    @property
+    def confidences(self) -> torch.Tensor | None:
+        """[R, G] uncalibrated c_k; apply STS to `confidence_logits` for calibrated ones."""
+        return None if self.confidence_logits is None else torch.sigmoid(self.confidence_logits)
+
+
+class DSparkDrafter(DraftBackbone):
+    def __init__(self, cfg: DSparkConfig, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor) -> None:
+        super().__init__(cfg)
+        self.config = cfg
+        self.markov_head = MarkovHead(cfg) if cfg.has_markov else None
+        self.confidence_head = None
+        if cfg.enable_confidence_head:
+            with_markov = cfg.confidence_head_with_markov
+            self.confidence_head = ConfidenceHead(cfg.hidden_size + (cfg.markov_rank if with_markov else 0))
+        self.bind_target(embed_weight, lm_head_weight)
+
+    def bind_target(self, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor) -> None:
+        """Share the target's (frozen) embedding [V, d] and LM head [V, d]; they are not drafter parameters."""
+        v, d = self.config.vocab_size, self.config.hidden_size
+        for name, w in (("embed_tokens", embed_weight), ("lm_head", lm_head_weight)):
+            if tuple(w.shape) != (v, d):
+                raise ValueError(f"target {name} has shape {tuple(w.shape)}, drafter expects {(v, d)}")
+        self.embed_weight = embed_weight.detach()
+        self.lm_head_weight = lm_head_weight.detach()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.fc.weight.dtype
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.embed_weight).to(self.dtype)
+
+    def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden.to(self.lm_head_weight.dtype), self.lm_head_weight).float()
+
+    def _confidence(self, hidden: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor | None:
+        """hidden [..., d], prev_ids [...] -> logits [...] | None."""
+        if self.confidence_head is None:
+            return None
+        if self.config.confidence_head_with_markov:
+            hidden = torch.cat([hidden, self.markov_head.prev_embedding(prev_ids).to(hidden.dtype)], dim=-1)
+        return self.confidence_head(hidden)
+
+    def _block_input(self, anchor_tokens: torch.Tensor) -> torch.Tensor:
+        """anchor_tokens [R] -> block embeddings [R, G, d]: the anchor, then G - 1 mask tokens."""
+        block = anchor_tokens.new_full((anchor_tokens.shape[0], self.config.block_size), self.config.mask_token_id)
+        block[:, 0] = anchor_tokens
+        return self._embed(block)
+
+    def teacher_forced(self, feats: torch.Tensor, ids: torch.Tensor, anchors: torch.Tensor) -> TeacherForced:
+        """feats [S, m*d] target features of the whole sequence, ids [S], anchors [A] (positions < S - 1)."""
+        seq_len, g = ids.shape[0], self.config.block_size
+        a = anchors.shape[0]
+        offsets = torch.arange(g)
+        positions = anchors[:, None] + offsets  # [A, G]
+        ctx_kv = self.context_kv(feats[None], torch.arange(seq_len)[None])
+        # query (j, t) sees context positions < anchor_j and every slot of its own block j
+        block_id = torch.arange(a).repeat_interleave(g)  # [A*G]
+        ctx_mask = torch.arange(seq_len)[None, :] < anchors[block_id][:, None]  # [A*G, S]
+        mask = torch.cat([ctx_mask, block_id[:, None] == block_id[None, :]], dim=1)[None, None]
+        hidden = self(self._block_input(ids[anchors])[None].flatten(1, 2), positions.view(1, -1), ctx_kv, mask)
+        hidden = hidden.view(a, g, -1)
+        label_pos = positions + 1
+        valid = label_pos < seq_len
+        labels = ids[label_pos.clamp(max=seq_len - 1)]
+        prev = torch.cat([ids[anchors][:, None], labels[:, :-1]], dim=1)  # [A, G]
+        logits = self._lm_logits(hidden)
+        if self.markov_head is not None:
+            logits = self.markov_head.block_logits(logits, hidden, prev)
+        return TeacherForced(logits, self._confidence(hidden, prev), labels, valid)
+
+    @torch.no_grad()
+    def append_context(
+        self, states: list[DrafterState], feats: list[torch.Tensor], positions: list[torch.Tensor]
+    ) -> None:
+        """Add context positions to each request: feats[i] [n_i, m*d] target features, positions[i] [n_i]."""
+        counts = [f.shape[0] for f in feats]
+        kv = self.context_kv(torch.cat(feats), torch.cat(positions))
+        for i, state in enumerate(states):
+            lo = sum(counts[:i])
+            state.append([(k[lo : lo + counts[i]], v[lo : lo + counts[i]]) for k, v in kv])
+
+    def _padded_context(self, states: list[DrafterState]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """-> per layer (k, v) [R, S, Hkv, D] padded with zeros, valid [R, S] bool."""
+        s = max(st.length for st in states)
+        valid = torch.arange(s)[None, :] < torch.tensor([st.length for st in states])[:, None]
+        kv = []
+        for layer in range(len(self.layers)):
+            pair = []
+            for bufs in ("keys", "values"):
+                first = getattr(states[0], bufs)[layer]
+                out = first.new_zeros((len(states), s, *first.shape[1:]))
+                for r, st in enumerate(states):
+                    out[r, : st.length] = getattr(st, bufs)[layer][: st.length]
+                pair.append(out)
+            kv.append((pair[0], pair[1]))
+        return kv, valid
+
+    @torch.no_grad()
+    def draft(
+        self,
+        states: list[DrafterState],
+        anchor_tokens: torch.Tensor,
+        anchor_positions: torch.Tensor,
+        temperatures: torch.Tensor | None = None,
+        mask_fn: MaskFn | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DraftOutput:
+        """Draft G tokens for R requests. anchor_tokens/positions [R]; temperatures [R] (0 = greedy, default
+        all greedy); mask_fn gives the allowed tokens of each step (disallowed ones get -inf before softmax)."""
+        r, g = anchor_tokens.shape[0], self.config.block_size
+        if any(st.length == 0 for st in states):
+            raise ValueError("draft() needs at least one context position per request (call append_context)")
+        ctx_kv, ctx_valid = self._padded_context(states)
+        positions = anchor_positions[:, None] + torch.arange(g)  # [R, G]
+        mask = torch.cat([ctx_valid[:, None, :].expand(r, g, -1), ctx_valid.new_ones(r, g, g)], dim=2)[:, None]
+        hidden = self(self._block_input(anchor_tokens), positions, ctx_kv, mask)  # [R, G, d]
+        base = self._lm_logits(hidden)  # [R, G, V]
+        temps = torch.zeros(r) if temperatures is None else temperatures.float()
+        greedy = temps <= 0
+        tokens, probs, conf = [], [], []
+        prev, markov_state = anchor_tokens, None
+        for k in range(g):
+            logits = base[:, k]
+            if self.markov_head is not None:
+                bias, markov_state = self.markov_head.step(hidden[:, k], prev, markov_state)
+                logits = logits + bias.float()
+            if mask_fn is not None:
+                allowed = mask_fn(k, torch.stack(tokens, dim=1) if tokens else anchor_tokens.new_empty(r, 0))
+                if allowed is not None:
+                    logits = logits.masked_fill(~allowed, float("-inf"))
+            p = torch.softmax(logits / torch.where(greedy, 1.0, temps)[:, None], dim=-1)
+            sampled = torch.multinomial(p, 1, generator=generator).squeeze(1)
+            tok = torch.where(greedy, logits.argmax(dim=-1), sampled)
+            p = torch.where(greedy[:, None], F.one_hot(tok, p.shape[-1]).float(), p)
+            c = self._confidence(hidden[:, k], prev)
+            if c is not None:
+                conf.append(c)
+            tokens.append(tok)
+            probs.append(p)
+            prev = tok
+        return DraftOutput(
+            torch.stack(tokens, dim=1), torch.stack(probs, dim=1), torch.stack(conf, dim=1) if conf else None
+        )

@@ -1,0 +1,68 @@
+"""Sequential (Markov) heads and the confidence head of the DSpark drafter.
+
+A Markov head adds a low-rank transition bias to the parallel backbone's base logits:
+p_k(v | x_<k) = softmax(U_k + B_k(v)), computed left to right, one step per draft position:
+
+- vanilla: B_k = W2 W1[x_{k-1}]
+- gated:   B_k = W2 (g_k * W1[x_{k-1}]), g_k = sigmoid(W_g [h_k ; W1[x_{k-1}]])
+- rnn:     B_k = W2 s_k, s_k = GRU(W1[x_{k-1}], s_{k-1}), s_0 = 0
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sglang_dspark.speculative.dspark.config import DSparkConfig
+
+
+class MarkovHead(nn.Module):
+    def __init__(self, cfg: DSparkConfig) -> None:
+        super().__init__()
+        self.kind = cfg.markov_head_type
+        r = cfg.markov_rank
+        self.markov_w1 = nn.Embedding(cfg.vocab_size, r)
+        self.markov_w2 = nn.Linear(r, cfg.vocab_size, bias=False)
+        nn.init.normal_(self.markov_w1.weight, std=0.02)
+        nn.init.zeros_(self.markov_w2.weight)  # starts as the plain parallel drafter
+        if self.kind == "gated":
+            self.markov_gate = nn.Linear(cfg.hidden_size + r, r)
+        elif self.kind == "rnn":
+            self.markov_rnn = nn.GRUCell(r, r)
+
+    def prev_embedding(self, prev_ids: torch.Tensor) -> torch.Tensor:
+        """prev_ids [...] -> W1[x_{k-1}] [..., r]."""
+        return self.markov_w1(prev_ids)
+
+    def step(
+        self, hidden: torch.Tensor, prev_ids: torch.Tensor, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden [N, d], prev_ids [N], state [N, r] | None -> (logit bias [N, V], new state)."""
+        e = self.prev_embedding(prev_ids).to(hidden.dtype)  # [N, r]
+        if self.kind == "gated":
+            e = torch.sigmoid(self.markov_gate(torch.cat([hidden, e], dim=-1))) * e
+        elif self.kind == "rnn":
+            state = self.markov_rnn(e, state)
+            e = state
+        return self.markov_w2(e), state
+
+    def block_logits(self, base: torch.Tensor, hidden: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced: base [A, G, V], hidden [A, G, d], prev_ids [A, G] -> logits [A, G, V]."""
+        state = None
+        out = []
+        for k in range(base.shape[1]):
+            bias, state = self.step(hidden[:, k], prev_ids[:, k], state)
+            out.append(base[:, k] + bias.to(base.dtype))
+        return torch.stack(out, dim=1)
+
+
+class ConfidenceHead(nn.Module):
+    """c_k = sigmoid(w . [h_k ; W1[x_{k-1}]]); returns the logit (pre-sigmoid) so STS can rescale it."""
+
+    def __init__(self, input_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(input_dim, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features [..., input_dim] -> logits [...] float32."""
+        return self.proj(features).squeeze(-1).float()

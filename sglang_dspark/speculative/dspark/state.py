@@ -1,0 +1,40 @@
+"""Per-request drafter state: the context keys/values of every draft layer, grown incrementally."""
+
+from __future__ import annotations
+
+import torch
+
+
+class DrafterState:
+    """Context K/V of one request: per layer a [capacity, Hkv, D] buffer, the first `length` rows valid."""
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def append(self, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """kv: per layer (k, v) [n, Hkv, D] for the next n context positions."""
+        n = kv[0][0].shape[0]
+        if not self.keys:
+            self.keys = [k.new_empty((max(2 * n, 64), *k.shape[1:])) for k, _ in kv]
+            self.values = [v.new_empty((max(2 * n, 64), *v.shape[1:])) for _, v in kv]
+        if self.length + n > self.keys[0].shape[0]:
+            cap = 2 * (self.length + n)
+            self.keys = [_grow(b, cap, self.length) for b in self.keys]
+            self.values = [_grow(b, cap, self.length) for b in self.values]
+        for buf, (k, _) in zip(self.keys, kv, strict=True):
+            buf[self.length : self.length + n] = k
+        for buf, (_, v) in zip(self.values, kv, strict=True):
+            buf[self.length : self.length + n] = v
+        self.length += n
+
+    def truncate(self, length: int) -> None:
+        """Forget context positions >= length (e.g. a request that was retracted and re-prefilled)."""
+        self.length = min(self.length, length)
+
+
+def _grow(buf: torch.Tensor, capacity: int, length: int) -> torch.Tensor:
+    out = buf.new_empty((capacity, *buf.shape[1:]))
+    out[:length] = buf[:length]
+    return out

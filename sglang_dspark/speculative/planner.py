@@ -1,0 +1,162 @@
+"""DSpark's hardware-aware prefix scheduler (paper Algorithm 1): how many drafts each request verifies.
+
+Input: per-position confidences c[r, j] = P(draft j accepted | drafts < j accepted) of R requests
+(calibrated, see ``sts``; positions without a draft have confidence 0 and are never verified). The
+survival a[r, j] = prod_{i <= j} c[r, i] is the chance that the first j drafts all survive. Verifying B
+flat tokens gives tau* = R + sum of the admitted a (expected tokens, bonus included) at SPS(B) steps/s;
+the scheduler visits candidates in descending a and admits each while theta = tau* x SPS(B) grows.
+
+Lossless needs that admitting draft k never depends on the realisation of draft k. A candidate (r, k)
+is visited after those with larger survival only, none of which depends on x[r, k] (a[r, k + 1] does:
+its confidence reads x[r, k], and it is visited later); the early stop freezes the decision there.
+Searching past the first drop lets a[r, k + 1], i.e. x[r, k], decide whether x[r, k] is verified:
+that biases the output (paper Appendix A, reproduced in tests/speculative/test_lossless.py).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SPSTable:
+    """Target forward steps per second at a flat batch of B tokens, measured at a few probe sizes.
+
+    Between probes the step time 1 / SPS is interpolated linearly; below the first probe it is the
+    first probe's; past the last probe it grows with the last segment's slope (never shrinks).
+
+    JSON file (SGLang's ``--speculative-dspark-sps-table-path`` format)::
+
+        {"sample_batch_tokens": [1, 8, 16], "sample_steps_per_sec": [27.0, 23.8, 20.4], "max_batch_tokens": 16}
+
+    Probes strictly increasing and >= 1, rates > 0. ``max_batch_tokens`` (required by SGLang, at least
+    the largest probe) is written as the largest probe and ignored when loading.
+    """
+
+    batch_tokens: tuple[int, ...]
+    steps_per_sec: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        xs, ys = tuple(int(x) for x in self.batch_tokens), tuple(float(y) for y in self.steps_per_sec)
+        object.__setattr__(self, "batch_tokens", xs)
+        object.__setattr__(self, "steps_per_sec", ys)
+        if not xs or len(xs) != len(ys):
+            raise ValueError("SPS table needs as many rates as probes, and at least one")
+        if xs[0] < 1 or any(a >= b for a, b in zip(xs, xs[1:])):
+            raise ValueError(f"SPS probes must be strictly increasing and >= 1, got {xs}")
+        if any(y <= 0 for y in ys):
+            raise ValueError(f"SPS rates must be positive, got {ys}")
+
+    def __call__(self, batch_tokens: Tensor) -> Tensor:
+        """batch_tokens [N] -> steps per second [N] float64."""
+        xs = torch.tensor(self.batch_tokens, dtype=torch.float64)  # [P]
+        ts = 1.0 / torch.tensor(self.steps_per_sec, dtype=torch.float64)  # [P] seconds per step
+        b = batch_tokens.to(torch.float64)  # [N]
+        if len(xs) == 1:
+            return torch.full_like(b, 1.0 / float(ts[0]))
+        hi = torch.searchsorted(xs, b, right=True).clamp(1, len(xs) - 1)  # [N] segment (hi - 1, hi)
+        slope = (ts[hi] - ts[hi - 1]) / (xs[hi] - xs[hi - 1])  # [N]
+        slope = torch.where(b > xs[-1], slope.clamp_min(0.0), slope)
+        t = torch.where(b <= xs[0], ts[0], ts[hi] + slope * (b - xs[hi]))  # [N]
+        return 1.0 / t
+
+    def save(self, path: str | Path) -> None:
+        data = {
+            "sample_batch_tokens": list(self.batch_tokens),
+            "sample_steps_per_sec": list(self.steps_per_sec),
+            "max_batch_tokens": self.batch_tokens[-1],
+        }
+        Path(path).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> SPSTable:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(tuple(data["sample_batch_tokens"]), tuple(data["sample_steps_per_sec"]))
+
+
+def profile_sps(
+    forward_fn: Callable[[int], object],
+    sizes: Sequence[int],
+    repeats: int = 5,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> SPSTable:
+    """Measure SPS: ``forward_fn(B)`` runs (and synchronises) one target forward over B flat tokens; the
+    median of ``repeats`` timed calls after ``warmup`` untimed ones gives SPS(B)."""
+
+    def seconds(size: int) -> float:
+        for _ in range(warmup):
+            forward_fn(size)
+        times = []
+        for _ in range(repeats):
+            start = clock()
+            forward_fn(size)
+            times.append(clock() - start)
+        return statistics.median(times)
+
+    sizes = sorted(set(sizes))
+    return SPSTable(tuple(sizes), tuple(1.0 / seconds(size) for size in sizes))
+
+
+def survival(conf: Tensor) -> Tensor:
+    """conf [R, G] -> a [R, G]: cumulative products of the confidences (clamped to [0, 1])."""
+    return conf.float().clamp(0.0, 1.0).cumprod(dim=1)
+
+
+def _visit_order(a: Tensor) -> tuple[Tensor, Tensor]:
+    """a [R, G] -> (survival [N], request ids [N]) of the candidates with a > 0 in visit order: descending
+    survival, ties by position then request (a request's drafts always come in order)."""
+    R = a.shape[0]
+    values, order = torch.sort(a.t().reshape(-1), descending=True, stable=True)  # position-major [G * R]
+    keep = values > 0
+    return values[keep], order[keep] % R
+
+
+def plan_verify_lengths(conf: Tensor, sps: SPSTable, early_stop: bool = True) -> Tensor:
+    """conf [R, G] -> number of drafts to verify per request [R] int64 on the host (Algorithm 1).
+
+    ``early_stop=False`` searches every prefix of the visit order for the best theta: not lossless on
+    current confidences (kept to show the bias, and for ``async_batch_cap`` on realised ones).
+    """
+    R = conf.shape[0]
+    values, requests = _visit_order(survival(conf.cpu()))
+    admitted = torch.arange(values.numel() + 1)  # [N + 1] candidates admitted so far
+    tau = R + torch.cat([values.new_zeros(1), values.cumsum(0)]).double()  # [N + 1] expected tokens
+    theta = tau * sps(R + admitted)  # [N + 1] expected tokens per second
+    if early_stop:
+        drops = (theta[1:] <= theta[:-1]).nonzero()  # [D, 1] candidates that would not raise theta
+        count = int(drops[0, 0]) if drops.numel() else values.numel()
+    else:
+        count = int(theta.argmax())
+    return torch.bincount(requests[:count], minlength=R)
+
+
+def async_batch_cap(old_conf: Tensor, sps: SPSTable) -> int:
+    """Total verify budget K from confidences two steps old ([R', G]; paper section 5.2). Their drafts
+    are already verified, so the full search without early stop is safe; it overlaps with the forward."""
+    return int(plan_verify_lengths(old_conf, sps, early_stop=False).sum())
+
+
+def plan_verify_lengths_async(conf: Tensor, batch_cap: int) -> Tensor:
+    """conf [R, G] -> lengths [R] int64 on the host: the ``batch_cap`` candidates with the highest current
+    survival. Lossless: whether (r, k) is in the top K depends only on candidates visited before it."""
+    _, requests = _visit_order(survival(conf.cpu()))
+    return torch.bincount(requests[:batch_cap], minlength=conf.shape[0])
+
+
+def fixed_lengths(num_requests: int, k: int) -> Tensor:
+    """Baseline: every request verifies k drafts -> [R] int64."""
+    return torch.full((num_requests,), k, dtype=torch.int64)
+
+
+def threshold_lengths(conf: Tensor, threshold: float) -> Tensor:
+    """Baseline: conf [R, G] -> [R] int64, the drafts whose survival a[r, j] >= threshold (a prefix)."""
+    return (survival(conf) >= threshold).sum(dim=1)

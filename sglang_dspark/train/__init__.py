@@ -1,0 +1,1 @@
+"""DeepSpec-style online drafter training: data, target regeneration, losses, the training loop."""

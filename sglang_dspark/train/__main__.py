@@ -1,0 +1,61 @@
+"""`python -m sglang_dspark.train`: regenerate responses with the target, then train drafters online.
+
+Example (the shipped SmolLM2 drafters, see README "Training drafters"):
+    python -m sglang_dspark.train --config examples/train_smollm2.json --variants dspark dflash
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import torch
+
+from sglang_dspark.train.config import build_parser, config_from_args
+from sglang_dspark.train.data import SplitSpec, load_prompt_sources, select
+from sglang_dspark.train.regenerate import regenerate
+from sglang_dspark.train.trainer import Trainer
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = config_from_args(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    from sglang_dspark.entrypoints.engine import Engine
+
+    engine = Engine(
+        cfg.model_path,
+        dtype=cfg.target_dtype,
+        num_threads=cfg.num_threads,
+        max_total_tokens=cfg.gen_batch_size * (cfg.max_prompt_tokens + cfg.max_new_tokens),
+        random_seed=cfg.seed,
+        log_level="warning",
+    )
+    if cfg.prompt_files or cfg.json_schema_file:
+        sources = load_prompt_sources(cfg.prompt_files, cfg.json_schema_file, cfg.max_schema_chars)
+        prompts = select(sources, "train", cfg.per_source, SplitSpec(cfg.n_eval, cfg.n_calib))
+        regenerate(
+            engine, prompts, cfg.data_path, cfg.max_new_tokens, cfg.gen_temperature,
+            cfg.gen_batch_size, cfg.max_prompt_tokens,
+        )
+    if cfg.regenerate_only:
+        return 0
+    trainer = Trainer(cfg, engine.scheduler.runner.model, engine.tokenizer)
+    try:
+        trainer.train(cfg.data_path)
+    except KeyboardInterrupt:
+        logging.getLogger(__name__).warning("interrupted at step %d; resume from the last checkpoint", trainer.step)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""A real server (`python -m sglang_dspark.launch_server`) on a free loopback port, shared by the HTTP tests.
+
+float32 so that greedy outputs do not depend on how requests are batched (see DESIGN.md section 8).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+STARTUP_TIMEOUT_S = 600
+SERVER_FLAGS = [
+    "--dtype", "float32",
+    "--max-total-tokens", "16384",
+    "--max-running-requests", "64",
+    "--random-seed", "0",
+    "--enable-metrics",
+    "--log-level", "warning",
+]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory) -> str:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path: Path = tmp_path_factory.mktemp("server") / "server.log"
+    cmd = [sys.executable, "-m", "sglang_dspark.launch_server", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd + SERVER_FLAGS, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not come up:\n{log_path.read_text()[-5000:]}")
+            try:
+                if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def model_info(server_url) -> dict:
+    return requests.get(f"{server_url}/get_model_info", timeout=30).json()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_info):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_info["tokenizer_path"])
+
+
+@pytest.fixture(scope="session")
+def grammar_available(server_url) -> bool:
+    """Whether the server runs constrained decoding yet (issue: grammar subsystem)."""
+    body = {"text": "Answer yes or no:", "sampling_params": {"max_new_tokens": 4, "regex": "(yes|no)"}}
+    r = requests.post(f"{server_url}/generate", json=body, timeout=300)
+    if r.status_code == 400 and "not supported yet" in r.json()["error"]["message"]:
+        return False
+    assert r.status_code == 200, r.text
+    return True
+
+
+@pytest.fixture(scope="session")
+def internal_state(server_url):
+    """Returns a function giving the scheduler's live state from /server_info."""
+    return lambda: requests.get(f"{server_url}/server_info", timeout=60).json()["internal_states"][0]
+
+
+@pytest.fixture(scope="session")
+def wait_idle(internal_state):
+    """Returns a function polling until no request runs or waits and requests own no KV slot."""
+
+    def wait(tries: int = 120) -> dict:
+        for _ in range(tries):
+            state = internal_state()
+            kv = state["kv_usage"]
+            if not (state["num_running_reqs"] or state["num_waiting_reqs"] or kv["in_use"]):
+                assert kv["free"] + kv["cached"] == kv["total"], kv
+                return state
+            time.sleep(0.5)
+        raise AssertionError(f"the server did not return to idle: {state}")
+
+    return wait

@@ -1,0 +1,176 @@
+"""Structured output through the scheduler, on the real default model (float32 for exact comparisons)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from sglang_dspark import Engine
+from sglang_dspark.managers.grammar_manager import GrammarManager
+from sglang_dspark.managers.io_struct import TokenizedGenerateReqInput
+from sglang_dspark.sampling.sampling_params import SamplingParams
+
+SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "data" / "json_schemas" / "jsonschemabench_subset.jsonl"
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "pet": {"enum": ["cat", "dog", "none"]},
+    },
+    "required": ["name", "age", "pet"],
+    "additionalProperties": False,
+}
+PHONE = r"\(\d{3}\) \d{3}-\d{4}"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = Engine(dtype="float32", max_total_tokens=8192, chunked_prefill_size=256, random_seed=0)
+    yield eng
+    eng.shutdown()
+
+
+def use_backend(engine, name: str, **overrides) -> None:
+    """Swap the scheduler's grammar side (the model stays loaded)."""
+    sched = engine.scheduler
+    args = dataclasses.replace(sched.args, grammar_backend=name, **overrides)
+    sched.grammars = GrammarManager(args, sched.tokenizer, sched.vocab_size, sched.eos_ids)
+
+
+def chat(engine, text: str) -> str:
+    return engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+    )
+
+
+def greedy(max_new_tokens: int = 64, **constraint) -> dict:
+    return {"temperature": 0, "max_new_tokens": max_new_tokens, **constraint}
+
+
+def test_real_schemas_validate(engine):
+    use_backend(engine, "xgrammar")
+    records = [json.loads(line) for line in SCHEMAS.read_text().splitlines()]
+    picked = [r for r in records if r["split"] == "Glaiveai2K"][:3]
+    outs = engine.generate(
+        [chat(engine, "Generate JSON for this schema: " + json.dumps(r["schema"])) for r in picked],
+        [greedy(256, json_schema=json.dumps(r["schema"])) for r in picked],
+    )
+    for rec, out in zip(picked, outs):
+        if out["meta_info"]["finish_reason"]["type"] == "stop":
+            jsonschema.validate(json.loads(out["text"]), rec["schema"])
+        else:
+            assert out["meta_info"]["completion_tokens"] == 256
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "outlines"])
+def test_regex_and_schema_per_backend(engine, backend):
+    use_backend(engine, backend)
+    outs = engine.generate(
+        [chat(engine, "What is the phone number of the bakery?"), chat(engine, "Describe a person.")],
+        [greedy(regex=PHONE), greedy(json_schema=json.dumps(PERSON))],
+    )
+    assert re.fullmatch(PHONE, outs[0]["text"]), outs[0]["text"]
+    assert outs[0]["meta_info"]["finish_reason"] == {"type": "stop", "matched": 2}
+    jsonschema.validate(json.loads(outs[1]["text"]), PERSON)
+
+
+def test_ebnf(engine):
+    ebnf = 'root ::= "The answer is " answer "."\nanswer ::= "yes" | "no" | [0-9]+'
+    texts = []
+    for backend in ("xgrammar", "llguidance"):
+        use_backend(engine, backend, disable_jump_forward=True)
+        texts.append(engine.generate(chat(engine, "Is the sky blue?"), greedy(ebnf=ebnf))["text"])
+    assert re.fullmatch(r"The answer is (yes|no|[0-9]+)\.", texts[0])
+    assert texts[0] == texts[1]
+
+
+def test_greedy_identical_across_backends(engine):
+    """Without jump-forward, equivalent grammars give identical greedy output on every backend. (With
+    it they may differ: xgrammar tokenizes its forced string, llguidance forces canonical tokens,
+    outlines forces single-token states only.)"""
+    prompts = [chat(engine, "What is the phone number of the bakery?"), chat(engine, "Describe a person.")]
+    params = [greedy(regex=PHONE), greedy(json_schema=json.dumps(PERSON))]
+    results = {}
+    for backend in ("xgrammar", "llguidance", "outlines"):
+        use_backend(engine, backend, disable_jump_forward=True)
+        results[backend] = [o["output_ids"] for o in engine.generate(prompts, params)]
+    assert results["xgrammar"] == results["llguidance"] == results["outlines"]
+
+
+def test_jump_forward_skips_model_steps(engine):
+    prompt, params = chat(engine, "Describe a person."), greedy(json_schema=json.dumps(PERSON))
+    stats = engine.scheduler.stats
+    counts = {}
+    for disable in (True, False):
+        use_backend(engine, "xgrammar", disable_jump_forward=disable)
+        before, jumped = stats.num_forwards, stats.jump_forward_tokens
+        out = engine.generate(prompt, params)
+        jsonschema.validate(json.loads(out["text"]), PERSON)
+        counts[disable] = (stats.num_forwards - before, stats.jump_forward_tokens - jumped)
+    assert counts[True][1] == 0
+    assert counts[False][1] >= 5  # '{"name":"', '","age":', ...
+    assert counts[False][0] < counts[True][0]
+
+
+def test_bad_grammars_are_rejected_and_serving_goes_on(engine):
+    use_backend(engine, "xgrammar")
+    bad = [
+        ({"json_schema": '{"type": "objekt"}'}, "objekt"),
+        ({"json_schema": '{"type": "array", "uniqueItems": true}'}, "uniqueItems"),
+        ({"regex": "(a"}, "parenthesis"),
+        ({"ebnf": "root ::= missing"}, "missing"),
+    ]
+    for constraint, reason in bad:
+        with pytest.raises(ValueError, match=reason):
+            engine.generate("Hi", greedy(4, **constraint))
+    assert engine.generate("Hi", greedy(4, regex="(yes|no)"))["text"] in ("yes", "no")
+    use_backend(engine, "none")
+    with pytest.raises(ValueError, match="grammar-backend none"):
+        engine.generate("Hi", greedy(4, regex="a"))
+
+
+def test_catastrophic_regex_times_out(engine):
+    """outlines builds a DFA over the whole vocabulary: (a|b)*a(a|b){10} takes seconds (2^10 states);
+    the request fails at the time limit while another request is served."""
+    use_backend(engine, "outlines", grammar_compile_timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="took longer than the 1 s limit"):
+        engine.generate("Hi", greedy(4, regex="(a|b)*a(a|b){10}"))
+    assert time.monotonic() - start < 3.0
+    assert engine.generate("Hi", greedy(3))["meta_info"]["completion_tokens"] == 3
+
+
+def test_scheduler_compiles_without_blocking(engine):
+    """add_request never waits: the constrained request compiles while the other decodes; a grammar
+    that fails there finishes its request with an abort naming the reason."""
+    use_backend(engine, "xgrammar")
+    sched = engine.scheduler
+    ids = engine.tokenizer.encode(chat(engine, "Say something."))
+
+    def req(rid, **constraint):
+        return TokenizedGenerateReqInput(rid, ids, SamplingParams(**greedy(16, **constraint)))
+
+    sched.add_request(req("free"))
+    sched.add_request(req("json", json_schema=json.dumps({"type": "object", "properties": {"x": {"enum": [1, 2]}}})))
+    sched.add_request(req("broken", regex="(a"))
+    assert len(sched.grammars.queue) == 2
+    finished = {}
+    while sched.has_work():
+        for out in sched.step():
+            if out.finished_reason:
+                finished[out.rid] = out.finished_reason
+    assert finished["broken"]["type"] == "abort" and "parenthesis" in finished["broken"]["message"]
+    assert finished["json"]["type"] == "stop" and finished["free"]["type"] in ("stop", "length")
+
+
+def test_grammar_overrides_min_new_tokens(engine):
+    use_backend(engine, "xgrammar")
+    out = engine.generate("Hi", {**greedy(8, regex="(yes|no)"), "min_new_tokens": 5})
+    assert out["text"] in ("yes", "no") and out["meta_info"]["finish_reason"]["type"] == "stop"

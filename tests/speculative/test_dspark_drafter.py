@@ -1,0 +1,112 @@
+"""DSpark drafter: incremental drafting matches the teacher-forced block, masks, checkpoint round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sglang_dspark.model_executor.sequence_forward import forward_sequences
+from sglang_dspark.models.tiny import tiny_random_model
+from sglang_dspark.speculative.dspark import DrafterState, DSparkConfig, DSparkDrafter, load_drafter, save_drafter
+
+LAYERS = (-1, 1, 3)
+
+
+def make_drafter(target, markov_type: str = "vanilla", rank: int = 8, seed: int = 0) -> DSparkDrafter:
+    c = target.config
+    cfg = DSparkConfig(
+        hidden_size=c.hidden_size, intermediate_size=c.intermediate_size, num_hidden_layers=2,
+        num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim,
+        vocab_size=c.vocab_size, max_position_embeddings=512, block_size=4, target_layer_ids=LAYERS,
+        num_target_layers=c.num_layers, mask_token_id=3, markov_rank=rank, markov_head_type=markov_type,
+        enable_confidence_head=rank > 0, confidence_head_with_markov=rank > 0,
+    )
+    torch.manual_seed(seed)
+    d = DSparkDrafter(cfg, target.embed_tokens.weight, target.lm_head_weight)
+    with torch.no_grad():
+        for p in d.parameters():  # the Markov W2 starts at zero; randomise so the test sees its effect
+            p.add_(0.05 * torch.randn_like(p))
+    return d.eval()
+
+
+def features(target, ids: list[int]) -> torch.Tensor:
+    (out,) = forward_sequences(target, [ids], LAYERS)
+    return torch.cat(out.hidden_states, dim=-1)
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "gated", "rnn"])
+def test_incremental_draft_matches_teacher_forced_block(kind):
+    target = tiny_random_model()
+    d = make_drafter(target, kind)
+    ids = torch.randint(0, 97, (30,), generator=torch.Generator().manual_seed(0)).tolist()
+    feats = features(target, ids)
+    states = [DrafterState(), DrafterState()]
+    # request 0 gets its context in two chunks, request 1 in one (different lengths: padding is exercised)
+    d.append_context(states[:1], [feats[:10]], [torch.arange(10)])
+    d.append_context(states, [feats[10:20], feats[:12]], [torch.arange(10, 20), torch.arange(12)])
+    out = d.draft(states, torch.tensor([ids[20], ids[12]]), torch.tensor([20, 12]))
+    for r, anchor in enumerate((20, 12)):
+        seq = ids[: anchor + 1] + out.tokens[r].tolist()  # teacher-force the drafted tokens
+        tf = d.teacher_forced(features(target, seq), torch.tensor(seq), torch.tensor([anchor]))
+        assert torch.equal(tf.logits[0].argmax(-1), out.tokens[r])
+        torch.testing.assert_close(tf.confidence_logits[0], out.confidence_logits[r], atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_probs_and_mask_callback():
+    target = tiny_random_model()
+    d = make_drafter(target)
+    feats = features(target, list(range(10, 25)))
+    state = DrafterState()
+    d.append_context([state], [feats], [torch.arange(15)])
+    allowed = torch.zeros(1, 97, dtype=torch.bool)
+    allowed[0, 40:45] = True
+    seen = []
+
+    def mask_fn(k, drafted):
+        seen.append(drafted.shape)
+        return allowed
+
+    out = d.draft([state], torch.tensor([25]), torch.tensor([15]), torch.tensor([1.0]), mask_fn,
+                  torch.Generator().manual_seed(0))
+    assert seen == [(1, k) for k in range(4)]
+    assert ((out.tokens >= 40) & (out.tokens < 45)).all()
+    torch.testing.assert_close(out.probs.sum(-1), torch.ones(1, 4))
+    assert float(out.probs[..., :40].sum()) == 0.0
+    assert out.confidences.shape == (1, 4) and ((out.confidences > 0) & (out.confidences < 1)).all()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    target = tiny_random_model()
+    d = make_drafter(target, "gated")
+    path = save_drafter(d, tmp_path / "drafter")
+    cfg = json.loads((path / "config.json").read_text())
+    for key in ("architectures", "block_size", "target_layer_ids", "num_target_layers", "mask_token_id",
+                "markov_rank", "markov_head_type", "enable_confidence_head", "confidence_head_with_markov"):
+        assert key in cfg
+    loaded = load_drafter(path, target.embed_tokens.weight, target.lm_head_weight)
+    names = set(loaded.state_dict())
+    assert {"fc.weight", "hidden_norm.weight", "norm.weight", "layers.0.self_attn.q_proj.weight",
+            "layers.1.self_attn.k_norm.weight", "layers.0.mlp.gate_proj.weight", "markov_head.markov_w1.weight",
+            "markov_head.markov_w2.weight", "confidence_head.proj.weight"} <= names
+    assert not any("embed" in n or "lm_head" in n for n in names)
+    ids = list(range(5, 25))
+    feats = features(target, ids)
+    a = d.teacher_forced(feats, torch.tensor(ids), torch.tensor([3, 9]))
+    b = loaded.teacher_forced(feats, torch.tensor(ids), torch.tensor([3, 9]))
+    torch.testing.assert_close(a.logits, b.logits)
+    # bf16 export is half the size and loads back as bf16
+    small = load_drafter(save_drafter(d, tmp_path / "bf16", dtype=torch.bfloat16), target.embed_tokens.weight,
+                         target.lm_head_weight)
+    assert small.dtype == torch.bfloat16
+
+
+def test_dflash_variant_has_no_heads():
+    target = tiny_random_model()
+    d = make_drafter(target, rank=0)
+    assert d.markov_head is None and d.confidence_head is None
+    state = DrafterState()
+    d.append_context([state], [features(target, list(range(12)))], [torch.arange(12)])
+    out = d.draft([state], torch.tensor([1]), torch.tensor([12]))
+    assert out.tokens.shape == (1, 4) and out.confidence_logits is None

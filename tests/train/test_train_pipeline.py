@@ -1,0 +1,95 @@
+"""CI-sized training: a tiny drafter on a tiny random target learns, checkpoints survive failures, resumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import pytest
+import torch
+
+from sglang_dspark.models.tiny import tiny_random_model
+from sglang_dspark.speculative.dspark import checkpoint as ckpt_mod
+from sglang_dspark.speculative.dspark.checkpoint import load_drafter
+from sglang_dspark.train.config import TrainConfig
+from sglang_dspark.train.data import load_turn_prompts
+from sglang_dspark.train.trainer import CHECKPOINT_DIR, EXPORT_DIR, Trainer
+
+
+def write_data(path, n: int = 6, malformed: bool = True) -> None:
+    g = torch.Generator().manual_seed(0)
+    with open(path, "w") as f:
+        for i in range(n):
+            prompt = torch.randint(4, 97, (8,), generator=g).tolist()
+            resp = torch.randint(4, 97, (24,), generator=g).tolist()
+            f.write(json.dumps({"id": f"t/{i}", "source": "t", "prompt_ids": prompt, "response_ids": resp}) + "\n")
+            if malformed and i == 2:
+                f.write('{"id": "broken", "prompt_ids": [1, 2\n')
+
+
+def config(tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        output_dir=str(tmp_path / "out"), data_file=str(tmp_path / "data.jsonl"), variants=["dspark", "dflash"],
+        num_draft_layers=1, block_size=4, target_layer_ids=[-1, 1, 3], mask_token_id=3, markov_rank=8,
+        num_anchors=8, lr=3e-3, grad_accum=2, max_steps=12, save_every=4, warmup_ratio=0.1,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def read_log(path) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["variant"], []).append(float(row["loss"]))
+    return out
+
+
+def test_training_lowers_loss_and_reports_malformed_lines(tmp_path, caplog):
+    write_data(tmp_path / "data.jsonl")
+    target = tiny_random_model()
+    with caplog.at_level(logging.WARNING):
+        Trainer(config(tmp_path), target, tokenizer=None).train(tmp_path / "data.jsonl")
+    assert any("data.jsonl:4" in r.getMessage() and "malformed" in r.getMessage() for r in caplog.records)
+    losses = read_log(tmp_path / "out" / "train_log.csv")
+    for variant, curve in losses.items():
+        assert len(curve) == 12
+        assert sum(curve[-3:]) / 3 < 0.9 * sum(curve[:3]) / 3, (variant, curve)
+    for variant in ("dspark", "dflash"):
+        exported = load_drafter(tmp_path / "out" / variant / EXPORT_DIR, target.embed_tokens.weight,
+                                target.lm_head_weight)
+        assert exported.dtype == torch.bfloat16
+        assert (exported.markov_head is None) == (variant == "dflash")
+
+
+def test_failed_checkpoint_keeps_the_previous_one_and_training_resumes(tmp_path, monkeypatch):
+    write_data(tmp_path / "data.jsonl", malformed=False)
+    target = tiny_random_model()
+    Trainer(config(tmp_path, max_steps=4), target, None).train(tmp_path / "data.jsonl")
+    before = (tmp_path / "out" / "dspark" / CHECKPOINT_DIR / "model.safetensors").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod, "save_file", disk_full)
+    trainer = Trainer(config(tmp_path, max_steps=8), target, None)
+    assert trainer.step == 4  # resumed
+    with pytest.raises(OSError):  # the final export fails too: surfaced, not swallowed
+        trainer.train(tmp_path / "data.jsonl")
+    assert (tmp_path / "out" / "dspark" / CHECKPOINT_DIR / "model.safetensors").read_bytes() == before
+    assert not list((tmp_path / "out" / "dspark").glob(".*tmp*"))  # no half-written directories left
+    monkeypatch.undo()
+    resumed = Trainer(config(tmp_path, max_steps=8), target, None)
+    assert resumed.step == 4
+    resumed.train(tmp_path / "data.jsonl")
+    assert resumed.step == 8
+
+
+def test_prompt_file_with_malformed_lines(tmp_path, caplog):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"turns": ["a"]}\nnot json\n{"turns": []}\n{"turns": ["b"]}\n')
+    with caplog.at_level(logging.WARNING):
+        prompts = load_turn_prompts(path)
+    assert [p.text for p in prompts] == ["a", "b"] and [p.id for p in prompts] == ["p/0", "p/1"]
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "p.jsonl:2" in messages and "p.jsonl:3" in messages
