@@ -93,8 +93,9 @@ def run_backend(backend: str, records: list[dict], args, done: set, out_file) ->
                 for r in runnable
             ]
             t = time.perf_counter()
-            outs = engine.generate(input_ids=[prompt_ids(engine.tokenizer, r["schema"]) for r in runnable],
-                                   sampling_params=params)
+            outs = engine.generate(
+                input_ids=[prompt_ids(engine.tokenizer, r["schema"]) for r in runnable], sampling_params=params
+            )
             elapsed = time.perf_counter() - t
             for rec, out in zip(runnable, outs):
                 rows[rec["id"]].update(

@@ -1,11 +1,15 @@
 """Token bitmasks -> logits masks on CPU.
 
 A bitmask row is ``ceil(V / 32)`` int32 words, little-endian: token ``t`` is bit ``t % 8`` of byte
-``t // 8``. Unpacking goes through a [256, 8] byte lookup table (one gather for the whole batch), which
-on this CPU beats shifting every int32 by 0..31 (see benchmarks/bench_grammar.py for the numbers).
+``t // 8``. ``apply_bitmask_`` masks logits in place with xgrammar's C++ CPU kernel when xgrammar is
+installed (the fastest here, see benchmarks/bench_grammar.py; it reads any backend's bitmask, the
+layout is shared), else by unpacking through a [256, 8] byte lookup table and ``masked_fill_``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
 
 import torch
 
@@ -31,9 +35,28 @@ def banned_from_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return _unpack(bitmask, vocab_size, _BYTE_TO_BANNED)
 
 
-def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
-    """In place: logits [R, V] get -inf where bitmask [R, W] disallows. Returns logits."""
-    return logits.masked_fill_(banned_from_bitmask(bitmask, logits.shape[-1]), float("-inf"))
+@cache
+def _native_kernel() -> Callable | None:
+    try:
+        from xgrammar.kernels.apply_token_bitmask_inplace_cpu import apply_token_bitmask_inplace_cpu
+    except ImportError:
+        return None
+    return apply_token_bitmask_inplace_cpu
+
+
+def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+    """In place: logits [B, V] get -inf where bitmask [B, W] int32 disallows, in ``rows`` only (all rows
+    if None). Returns logits."""
+    kernel = _native_kernel()
+    if kernel is not None and logits.is_contiguous():
+        kernel(logits, bitmask, vocab_size=logits.shape[-1], indices=rows)
+        return logits
+    if rows is None:
+        return logits.masked_fill_(banned_from_bitmask(bitmask, logits.shape[-1]), float("-inf"))
+    index = torch.tensor(rows, dtype=torch.int64)
+    banned = banned_from_bitmask(bitmask.index_select(0, index), logits.shape[-1])  # [R, V]
+    logits[index] = logits.index_select(0, index).masked_fill_(banned, float("-inf"))
+    return logits
 
 
 def single_allowed_token(row: torch.Tensor) -> int | None:

@@ -109,6 +109,8 @@ class OutlinesBackend(GrammarBackend):
                 SCHEMA_SUPPORT.check(schema)
                 regex = build_regex_from_schema(json.dumps(schema), whitespace_pattern="")
             return Index(regex, self.vocabulary)
+        except GrammarError:
+            raise
         except (ValueError, TypeError) as e:
             raise GrammarError(f"invalid {kind.value}: {str(e).strip()}") from None
 

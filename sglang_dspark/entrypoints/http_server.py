@@ -152,8 +152,9 @@ async def abort_request(request: Request) -> dict:
 def create_app(state: ServerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.client.start()
+        receiver = state.client.start()
         yield
+        receiver.cancel()
 
     app = FastAPI(title="sglang-dspark", version=__version__, lifespan=lifespan)
     app.state.server = state

@@ -38,15 +38,13 @@ def pooled_confidence_metrics(survival: torch.Tensor, accept_lens: torch.Tensor,
     return {"ece": M.ece(pred, lab), "roc_auc": M.roc_auc(pred, lab), "brier": M.brier(pred, lab)}
 
 
-def summarize(
-    records: list[BlockRecords], mode: str, seed: int, sts_temperatures: list[float] | None
-) -> dict:
+def summarize(records: list[BlockRecords], mode: str, seed: int, sts_temperatures: list[float] | None) -> dict:
     """Metrics of one drafter on one data set in one mode."""
     acc = outcomes(records, mode, seed)
     g = acc[0].shape[1]
     accept_lens = [leading_ones(a) for a in acc]
     draft_lens = [r.valid.sum(1) for r in records]
-    visited = [simulate_rounds(a, d) for a, d in zip(accept_lens, draft_lens, strict=True)]
+    visited = [simulate_rounds(a) for a in accept_lens]
     round_acc = torch.cat([a[v] for a, v in zip(accept_lens, visited, strict=True)])
     round_draft = torch.cat([d[v] for d, v in zip(draft_lens, visited, strict=True)])
     all_acc, all_draft = torch.cat(accept_lens), torch.cat(draft_lens)

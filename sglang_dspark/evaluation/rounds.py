@@ -21,9 +21,9 @@ def sample_outcomes(alpha: torch.Tensor, valid: torch.Tensor, gen: torch.Generat
     return (torch.rand(alpha.shape, generator=gen) < alpha) & valid
 
 
-def simulate_rounds(accept_lens: torch.Tensor, draft_lens: torch.Tensor) -> torch.Tensor:
-    """accept_lens, draft_lens [A] per anchor (anchor i = response position i) -> indices [R] of the anchors
-    a decoding run visits: start at 0, then jump by accepted + 1."""
+def simulate_rounds(accept_lens: torch.Tensor) -> torch.Tensor:
+    """accept_lens [A] per anchor (anchor i = response position i) -> indices [R] of the anchors a
+    decoding run visits: start at 0, then jump by accepted + 1."""
     visited, a = [], 0
     while a < accept_lens.numel():
         visited.append(a)

@@ -4,8 +4,8 @@ A request with a regex / json_schema / ebnf first waits here (not in the schedul
 while its grammar compiles in the grammar thread pool; the scheduler polls, so a slow compile never
 blocks the batch. Once compiled, the request's grammar object lives on ``Req.grammar``:
 
-* sampling: its row of the ``banned`` mask comes from the grammar's bitmask (stop tokens are allowed
-  only where the grammar may end);
+* sampling: its row of the logits gets -inf where its grammar's bitmask forbids (stop tokens are
+  allowed only where the grammar may end), in place, before penalties (which keep -inf);
 * after sampling: the token advances the grammar; a stop token terminates it (finish reason stop);
 * jump-forward: tokens the grammar then forces are appended to ``output_ids`` without a model step.
   They still need KV: with them the request has ``pending_tokens`` > 1 and the scheduler runs them as
@@ -22,7 +22,7 @@ from concurrent.futures import wait as wait_futures
 import torch
 
 from sglang_dspark.grammar import Constraint, GrammarCompiler, GrammarError, allocate_bitmask, create_backend
-from sglang_dspark.grammar.mask import banned_from_bitmask
+from sglang_dspark.grammar.mask import apply_bitmask_
 from sglang_dspark.managers.schedule_batch import FinishReason, Req
 from sglang_dspark.sampling.sampling_params import SamplingParams
 from sglang_dspark.server_args import ServerArgs
@@ -103,20 +103,15 @@ class GrammarManager:
 
     # ---- sampling ---------------------------------------------------------------------------------
 
-    def banned(self, reqs: list[Req]) -> torch.Tensor | None:
-        """[B, V] bool, True = the grammar forbids the token (all False for unconstrained rows); None
-        if no request in the batch has a grammar."""
+    def mask_logits(self, reqs: list[Req], logits: torch.Tensor) -> torch.Tensor:
+        """In place: logits [B, V] get -inf where the requests' grammars forbid (unconstrained rows are
+        untouched). Returns logits."""
         rows = [i for i, r in enumerate(reqs) if r.grammar is not None]
-        if not rows:
-            return None
-        bitmask = allocate_bitmask(len(rows), self.vocab_size)  # [R, W]
-        self.compiler.backend.fill_masks([reqs[i].grammar for i in rows], bitmask, range(len(rows)))
-        grammar_banned = banned_from_bitmask(bitmask, self.vocab_size)  # [R, V]
-        if len(rows) == len(reqs):
-            return grammar_banned
-        banned = torch.zeros(len(reqs), self.vocab_size, dtype=torch.bool)
-        banned[rows] = grammar_banned
-        return banned
+        if rows:
+            bitmask = allocate_bitmask(len(reqs), self.vocab_size)  # [B, W]
+            self.compiler.backend.fill_masks([reqs[i].grammar for i in rows], bitmask, rows)
+            apply_bitmask_(logits, bitmask, rows)
+        return logits
 
     def advance(self, req: Req, token: int) -> None:
         """After ``token`` was appended to req.output_ids: advance the grammar, finish the request if

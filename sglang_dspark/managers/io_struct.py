@@ -43,6 +43,10 @@ class ReqOutput:
     output_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     input_token_logprobs: list[TokenLogprob] = field(default_factory=list)
     input_top_logprobs: list[TopLogprobs] = field(default_factory=list)
+    # speculative decoding totals so far (not deltas): verify rounds, drafts proposed / accepted
+    spec_verify_ct: int = 0
+    spec_proposed: int = 0
+    spec_accepted: int = 0
 
 
 # ---- messages between the HTTP process and the scheduler process -----------------------------

@@ -64,6 +64,11 @@ class Req:
             self.pending_input_top.append(None)
         self.sent_output_len = 0
 
+        # speculative decoding: verify rounds, drafts proposed and accepted
+        self.spec_verify_ct = 0
+        self.spec_proposed = 0
+        self.spec_accepted = 0
+
     @property
     def fill_ids(self) -> list[int]:
         return self.origin_input_ids + self.output_ids

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from sglang_dspark.managers.schedule_batch import FinishReason, Req
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.model_executor.model_runner import ModelRunner
 from sglang_dspark.server_args import ServerArgs
+from sglang_dspark.speculative.setup import build_spec_worker
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ GRAMMAR_IDLE_WAIT = 0.05  # s to wait for a compile when nothing else can run (i
 @dataclass
 class ScheduledChunk:
     req: Req
-    num_tokens: int  # fill_ids[kv_len : kv_len + num_tokens] run in this step
+    num_tokens: int  # tokens run in this step: fill_ids[kv_len : kv_len + num_tokens - len(drafts)] + drafts
+    drafts: list[int] = field(default_factory=list)  # speculative drafts verified in this step
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Scheduler:
         self.running: list[Req] = []
         self.stats = SchedulerStats()
         self.grammars = GrammarManager(server_args, tokenizer, self.vocab_size, self.eos_ids)
+        self.spec = build_spec_worker(server_args, self.runner)
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -130,7 +133,7 @@ class Scheduler:
             for req in queue:
                 if req.rid == rid:
                     queue.remove(req)
-                    self.cache.release(req)
+                    self._release(req)
                     req.finished_reason = FinishReason("abort", message=message)
                     return self._make_output(req)
         return None
@@ -159,20 +162,23 @@ class Scheduler:
         fb, sample_rows, sample_reqs, logprob_rows = self._build_forward_batch(chunks)
         out = self.runner.forward(fb)
         self.stats.num_forwards += 1
+        spec_chunks = [c for c in chunks if c.drafts]
         for chunk in chunks:
-            chunk.req.kv_len += chunk.num_tokens
+            chunk.req.kv_len += chunk.num_tokens - len(chunk.drafts)
         self._record_input_logprobs(out.logits, logprob_rows)
 
         if sample_reqs:
             self._sample(sample_reqs, out.logits[sample_rows])
-        sampled = {id(r) for r in sample_reqs}
+        if spec_chunks:
+            self._verify(spec_chunks, out.logits[len(logprob_rows) + len(sample_rows) :])
+        sampled = {id(r) for r in sample_reqs} | {id(c.req) for c in spec_chunks}
         for chunk in chunks:
             req = chunk.req
             if req.pending_tokens == 0:  # max_new_tokens == 0: prompt only (e.g. sgl.select scoring)
                 req.finished_reason = FinishReason("length", length=0)
             if req.finished:
                 self.running.remove(req)
-                self.cache.release(req)
+                self._release(req)
             if id(req) in sampled or req.finished:
                 outputs.append(self._make_output(req))
         return outputs
@@ -181,7 +187,7 @@ class Scheduler:
         decodes = [r for r in self.running if r.pending_tokens == 1]
         while self.cache.available_tokens() < len(decodes) and len(self.running) > 1:
             self._retract(decodes)
-        chunks = [self._take(r, 1) for r in decodes]
+        chunks = self._schedule_decodes(decodes)
         budget = self.args.chunked_prefill_size
         # running prefills continue first, then waiting requests are admitted in arrival order
         for req in [r for r in self.running if r.pending_tokens > 1]:
@@ -207,10 +213,64 @@ class Scheduler:
             budget -= n
         return chunks
 
-    def _take(self, req: Req, n: int) -> ScheduledChunk:
+    def _take(self, req: Req, n: int, drafts: list[int] | None = None) -> ScheduledChunk:
         if self.cache.alloc_slots(req, n) is None:  # callers check available_tokens() first
             raise RuntimeError(f"KV pool exhausted allocating {n} slots")
-        return ScheduledChunk(req, n)
+        return ScheduledChunk(req, n, drafts or [])
+
+    def _schedule_decodes(self, decodes: list[Req]) -> list[ScheduledChunk]:
+        """One token per decode; speculating requests add drafts while free KV allows."""
+        spec = [r for r in decodes if self._can_speculate(r)] if self.spec else []
+        drafts = {}
+        if spec:
+            room = [r.sampling_params.max_new_tokens - len(r.output_ids) - 1 for r in spec]
+            spare = self.cache.available_tokens() - len(decodes)
+            for req, d in zip(spec, self.spec.draft(spec, room)):
+                d = d[: max(spare, 0)]
+                spare -= len(d)
+                drafts[id(req)] = d
+        chunks = []
+        for req in decodes:
+            d = drafts.get(id(req), [])
+            if id(req) in drafts:
+                req.spec_verify_ct += 1
+                req.spec_proposed += len(d)
+            chunks.append(self._take(req, 1 + len(d), d))
+        return chunks
+
+    def _can_speculate(self, req: Req) -> bool:
+        """Drafts are verified for plain requests; grammar, logprob and min_new_tokens requests decode normally."""
+        return (
+            req.grammar is None
+            and not req.return_logprob
+            and len(req.output_ids) >= req.sampling_params.min_new_tokens
+        )
+
+    def _verify(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> None:
+        """Commit each request's accepted drafts + one token; free the KV slots of rejected drafts."""
+        reqs = [c.req for c in chunks]
+        committed = self.spec.verify(reqs, [c.drafts for c in chunks], logits)
+        pool = self.runner.req_to_token_pool.req_to_token
+        for chunk, tokens in zip(chunks, committed):
+            req, accepted = chunk.req, len(tokens) - 1
+            req.spec_accepted += accepted
+            appended = 0
+            for tok in tokens:
+                req.output_ids.append(tok)
+                appended += 1
+                req.check_finished(self.eos_ids, self.tokenizer)
+                if req.finished:
+                    break
+            self.stats.generated_tokens += appended
+            # KV is valid for the anchor (already counted in kv_len) and the accepted drafts that stayed
+            end = req.kv_len + len(chunk.drafts)
+            req.kv_len += min(accepted, appended)
+            self.cache.allocator.free(pool[req.req_pool_idx, req.kv_len : end].clone())
+
+    def _release(self, req: Req) -> None:
+        self.cache.release(req)
+        if self.spec:
+            self.spec.release(req.rid)
 
     def _retract(self, decodes: list[Req]) -> None:
         """Free the newest running request's KV and put it back at the front of the queue."""
@@ -227,22 +287,25 @@ class Scheduler:
         positions: list[int] = []
         sample_rows: list[int] = []
         sample_reqs: list[Req] = []
+        verify_rows: list[int] = []  # anchor + draft rows of speculating requests, after the sampling rows
         logprob_rows: list[tuple[Req, int, int]] = []  # (req, flat row, position) for input logprobs
         row = 0
         for chunk in chunks:
             req, n, start = chunk.req, chunk.num_tokens, chunk.req.kv_len
             fill = req.fill_ids
-            input_ids += fill[start : start + n]
+            input_ids += fill[start : start + n - len(chunk.drafts)] + chunk.drafts
             positions += range(start, start + n)
             if not req.input_logprobs_done:
                 last_input = len(req.origin_input_ids) - 1
                 for p in range(max(start, req.next_input_logprob_pos), min(start + n, last_input)):
                     logprob_rows.append((req, row + p - start, p))
-            if start + n == len(fill) and len(req.output_ids) < req.sampling_params.max_new_tokens:
+            if chunk.drafts:
+                verify_rows += range(row, row + n)
+            elif start + n == len(fill) and len(req.output_ids) < req.sampling_params.max_new_tokens:
                 sample_rows.append(row + n - 1)
                 sample_reqs.append(req)
             row += n
-        logits_rows = [r for _, r, _ in logprob_rows] + sample_rows
+        logits_rows = [r for _, r, _ in logprob_rows] + sample_rows + verify_rows
         pool = self.runner.req_to_token_pool
         req_rows = torch.tensor([c.req.req_pool_idx for c in chunks], dtype=torch.int64)
         seq_lens = [c.req.kv_len + c.num_tokens for c in chunks]
@@ -287,10 +350,11 @@ class Scheduler:
         info = SamplingBatchInfo.from_params(params, self.vocab_size)
         prompt_ids = [r.origin_input_ids for r in reqs]
         output_ids = [r.output_ids for r in reqs]
-        banned = self._banned(reqs)
-        processed = process_logits(logits, info, prompt_ids, output_ids, banned)
-        next_ids = greedy_or_sample(processed, info, [r.generator for r in reqs]).tolist()
         want_lp = [i for i, r in enumerate(reqs) if r.return_logprob]
+        # grammar masks go in first (penalties and biases keep -inf); logprobs stay the model's own
+        masked = self.grammars.mask_logits(reqs, logits.clone() if want_lp else logits)
+        processed = process_logits(masked, info, prompt_ids, output_ids, self._min_tokens_ban(reqs, masked))
+        next_ids = greedy_or_sample(processed, info, [r.generator for r in reqs]).tolist()
         if want_lp:
             top_k = max(reqs[i].top_logprobs_num for i in want_lp)
             lps, top_v, top_i = compute_logprobs(
@@ -309,16 +373,7 @@ class Scheduler:
             if not req.finished:
                 req.check_finished(self.eos_ids, self.tokenizer)
 
-    def _banned(self, reqs: list[Req]) -> torch.Tensor | None:
-        """[B, V] bool (True = not allowed): grammar masks and min_new_tokens stop-token bans."""
-        grammar, min_tokens = self.grammars.banned(reqs), self._min_tokens_ban(reqs)
-        if grammar is None or min_tokens is None:
-            return min_tokens if grammar is None else grammar
-        both = grammar | min_tokens
-        # where the grammar allows nothing but a stop token, the grammar wins over min_new_tokens
-        return torch.where(both.all(dim=1, keepdim=True), grammar, both)
-
-    def _min_tokens_ban(self, reqs: list[Req]) -> torch.Tensor | None:
+    def _min_tokens_ban(self, reqs: list[Req], logits: torch.Tensor) -> torch.Tensor | None:
         rows = [i for i, r in enumerate(reqs) if len(r.output_ids) < r.sampling_params.min_new_tokens]
         if not rows:
             return None
@@ -327,6 +382,8 @@ class Scheduler:
             params = reqs[i].sampling_params
             stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
             banned[i, list(stop_ids)] = True
+            if reqs[i].grammar is not None and not (torch.isfinite(logits[i]) & ~banned[i]).any():
+                banned[i] = False  # the grammar allows nothing but a stop token: it wins over min_new_tokens
         return banned
 
     def _make_output(self, req: Req) -> ReqOutput:
@@ -343,6 +400,9 @@ class Scheduler:
             output_top_logprobs=req.pending_output_top,
             input_token_logprobs=req.pending_input_logprobs,
             input_top_logprobs=req.pending_input_top,
+            spec_verify_ct=req.spec_verify_ct,
+            spec_proposed=req.spec_proposed,
+            spec_accepted=req.spec_accepted,
         )
         req.pending_output_logprobs, req.pending_output_top = [], []
         req.pending_input_logprobs, req.pending_input_top = [], []

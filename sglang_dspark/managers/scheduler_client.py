@@ -87,7 +87,6 @@ class SchedulerClient:
         self._groups: dict[str, RequestGroup] = {}
         self._rpcs: dict[int, asyncio.Future[RpcReply]] = {}
         self._rpc_ids = itertools.count()
-        self._receiver_task: asyncio.Task | None = None
         self._ipc_dir = tempfile.mkdtemp(prefix="sglang_dspark_")
         to_scheduler, from_scheduler = f"ipc://{self._ipc_dir}/in", f"ipc://{self._ipc_dir}/out"
         self._sync_ctx = zmq.Context()
@@ -124,17 +123,15 @@ class SchedulerClient:
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start routing outputs; call from inside the server's event loop."""
-        self._receiver_task = asyncio.get_running_loop().create_task(self._receive_loop())
+    def start(self) -> asyncio.Task:
+        """Start routing outputs (call inside the server's event loop; cancel the task to stop)."""
+        return asyncio.get_running_loop().create_task(self._receive_loop())
 
     @property
     def alive(self) -> bool:
         return self._proc.is_alive()
 
     def close(self) -> None:
-        if self._receiver_task is not None:
-            self._receiver_task.cancel()
         if self._proc.is_alive():
             self._proc.terminate()
             self._proc.join(10)

@@ -23,6 +23,7 @@ from sglang_dspark.managers.io_struct import (
     FlushCacheReq,
     GenerateBatchReq,
     GetInternalStateReq,
+    ReqOutput,
     RpcReply,
     SchedulerInfo,
     TokenizedGenerateReqInput,
@@ -36,19 +37,6 @@ IDLE_POLL_MS = 500  # how often an idle scheduler checks that its parent is stil
 VALIDATING_POLL_MS = 5  # how often an otherwise idle scheduler looks for finished grammar validations
 
 
-def internal_state(scheduler: Scheduler) -> dict:
-    """Live scheduler state, JSON-able: `/server_info`'s `internal_states` entry and the metric gauges."""
-    stats = scheduler.stats
-    return {
-        "num_running_reqs": len(scheduler.running),
-        "num_waiting_reqs": len(scheduler.waiting),
-        "kv_usage": dataclasses.asdict(scheduler.kv_usage()),
-        "cache_hit_rate": stats.cached_prompt_tokens / stats.prompt_tokens if stats.prompt_tokens else 0.0,
-        **dataclasses.asdict(stats),
-        "avg_spec_accept_length": None,  # set by the speculative worker once it exists
-    }
-
-
 class SchedulerLoop:
     def __init__(self, scheduler: Scheduler, inbox: zmq.Socket, outbox: zmq.Socket, parent_pid: int) -> None:
         self.scheduler = scheduler
@@ -60,11 +48,14 @@ class SchedulerLoop:
         self.validator = ThreadPoolExecutor(1, thread_name_prefix="validate")
         self.validating: list[tuple[GenerateBatchReq, Future[str | None]]] = []
         self.aborted_while_validating: dict[str, str] = {}  # rid -> abort message
+        # finished speculating requests: completion tokens and verify rounds, for the mean accept length
+        self.spec_tokens = 0
+        self.spec_rounds = 0
         self.handlers = {
             GenerateBatchReq: self._generate,
             AbortReq: self._abort,
             FlushCacheReq: lambda msg: self._reply(msg.rpc_id, self.scheduler.flush_cache()),
-            GetInternalStateReq: lambda msg: self._reply(msg.rpc_id, internal_state(self.scheduler)),
+            GetInternalStateReq: lambda msg: self._reply(msg.rpc_id, self.internal_state()),
         }
 
     def run(self) -> None:
@@ -77,8 +68,28 @@ class SchedulerLoop:
             if self.scheduler.has_work():
                 outputs = self.scheduler.step()
                 if outputs:
+                    self._count_spec(outputs)
                     self.outbox.send_pyobj(BatchReqOutput(outputs))
         logger.info("parent process %d is gone; scheduler exits", self.parent_pid)
+
+    def internal_state(self) -> dict:
+        """Live scheduler state, JSON-able: `/server_info`'s `internal_states` entry and the metric gauges."""
+        scheduler, stats = self.scheduler, self.scheduler.stats
+        return {
+            "num_running_reqs": len(scheduler.running),
+            "num_waiting_reqs": len(scheduler.waiting),
+            "kv_usage": dataclasses.asdict(scheduler.kv_usage()),
+            "cache_hit_rate": stats.cached_prompt_tokens / stats.prompt_tokens if stats.prompt_tokens else 0.0,
+            **dataclasses.asdict(stats),
+            # completion tokens per verify round over finished speculating requests; None without speculation
+            "avg_spec_accept_length": self.spec_tokens / self.spec_rounds if self.spec_rounds else None,
+        }
+
+    def _count_spec(self, outputs: list[ReqOutput]) -> None:
+        for out in outputs:
+            if out.finished_reason is not None and out.spec_verify_ct:
+                self.spec_tokens += out.completion_tokens
+                self.spec_rounds += out.spec_verify_ct
 
     def _drain_inbox(self, timeout_ms: int) -> None:
         if not self.inbox.poll(timeout_ms):

@@ -54,6 +54,7 @@ class RequestState:
     output_top_logprobs: list[TopLogprobs] = field(default_factory=list)
     first_token_time: float | None = None
     last_token_time: float | None = None
+    spec: ReqOutput | None = None  # latest output: carries the speculative decoding totals
 
     @property
     def finished(self) -> bool:
@@ -72,6 +73,7 @@ class RequestState:
         self.input_top_logprobs += out.input_top_logprobs
         self.output_token_logprobs += out.output_token_logprobs
         self.output_top_logprobs += out.output_top_logprobs
+        self.spec = out
 
 
 class TokenizerManager:
@@ -154,6 +156,13 @@ class TokenizerManager:
             "cached_tokens": state.cached_tokens,
             "e2e_latency": time.perf_counter() - state.created,
         }
+        spec = state.spec
+        if spec is not None and spec.spec_verify_ct:
+            meta["spec_verify_ct"] = spec.spec_verify_ct
+            meta["spec_accept_length"] = state.completion_tokens / spec.spec_verify_ct
+            meta["spec_accept_rate"] = spec.spec_accepted / spec.spec_proposed if spec.spec_proposed else 0.0
+            meta["spec_num_correct_drafts"] = spec.spec_accepted
+            meta["spec_num_proposed_drafts"] = spec.spec_proposed
         if state.req.return_logprob:
             meta["input_token_logprobs"] = self._lp(state.input_token_logprobs, state.return_text_in_logprobs)
             meta["output_token_logprobs"] = self._lp(

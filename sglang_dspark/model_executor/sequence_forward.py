@@ -90,9 +90,7 @@ def forward_sequences(
     out, tok, row = [], 0, 0
     for seq, pos in zip(sequences, wanted, strict=True):
         out.append(
-            SequenceOutput(
-                [h[tok : tok + len(seq)].clone() for h in hidden], logits[row : row + len(pos)].clone()
-            )
+            SequenceOutput([h[tok : tok + len(seq)].clone() for h in hidden], logits[row : row + len(pos)].clone())
         )
         tok += len(seq)
         row += len(pos)

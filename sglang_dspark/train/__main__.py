@@ -43,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         sources = load_prompt_sources(cfg.prompt_files, cfg.json_schema_file, cfg.max_schema_chars)
         prompts = select(sources, "train", cfg.per_source, SplitSpec(cfg.n_eval, cfg.n_calib))
         regenerate(
-            engine, prompts, cfg.data_path, cfg.max_new_tokens, cfg.gen_temperature,
-            cfg.gen_batch_size, cfg.max_prompt_tokens,
+            engine,
+            prompts,
+            cfg.data_path,
+            cfg.max_new_tokens,
+            cfg.gen_temperature,
+            cfg.gen_batch_size,
+            cfg.max_prompt_tokens,
         )
     if cfg.regenerate_only:
         return 0

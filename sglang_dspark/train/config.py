@@ -39,6 +39,7 @@ class TrainConfig:
     markov_rank: int = 64
     markov_head_type: str = "vanilla"
     num_anchors: int = 32
+    init_from_target: bool = True  # draft layers start as copies of the target's last layers
     # optimisation
     epochs: float = 2.0
     max_steps: int | None = None

@@ -15,9 +15,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-JSON_TASK_TEMPLATE = (
-    "Produce a JSON object matching this schema:\n{schema}\nAnswer with the JSON object only."
-)
+JSON_TASK_TEMPLATE = "Produce a JSON object matching this schema:\n{schema}\nAnswer with the JSON object only."
 
 
 @dataclass(frozen=True)
@@ -100,9 +98,7 @@ def load_prompt_sources(
     return sources
 
 
-def select(
-    sources: dict[str, list[Prompt]], which: str, per_source: int | None, spec: SplitSpec
-) -> list[Prompt]:
+def select(sources: dict[str, list[Prompt]], which: str, per_source: int | None, spec: SplitSpec) -> list[Prompt]:
     """Up to `per_source` prompts of split `which` from every source, interleaved round-robin."""
     picked = [split(p, which, spec)[:per_source] for p in sources.values()]
     out = []

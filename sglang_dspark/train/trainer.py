@@ -20,6 +20,7 @@ from sglang_dspark.model_executor.sequence_forward import forward_sequences
 from sglang_dspark.speculative.dspark import DSparkConfig, DSparkDrafter, save_drafter
 from sglang_dspark.speculative.dspark.checkpoint import load_drafter
 from sglang_dspark.train.config import TrainConfig
+from sglang_dspark.train.init import init_from_target
 from sglang_dspark.train.losses import DFLASH_WEIGHTS, DSPARK_WEIGHTS, LossWeights, dspark_loss
 from sglang_dspark.train.regenerate import Sequence, load_sequences
 
@@ -29,6 +30,7 @@ CHECKPOINT_DIR = "checkpoint"  # latest resumable state (weights + optimizer), r
 EXPORT_DIR = "drafter"  # final weights in save_dtype: what the runtime loads
 TRAINER_STATE = "trainer_state.pt"
 MASK_TOKEN_CANDIDATES = ("<|mask|>", "<mask>", "<empty_output>", "<|fim_pad|>")
+LOG_METRICS = ("loss", "ce", "l1", "conf_bce", "tau_t1", "tau_greedy")
 
 
 def default_target_layers(num_layers: int, count: int = 3) -> list[int]:
@@ -118,6 +120,8 @@ class Trainer:
             else:
                 torch.manual_seed(cfg.seed)
                 self.drafters[v] = DSparkDrafter(drafter_config(cfg, v, target.config, tokenizer), embed, head)
+                if cfg.init_from_target:
+                    init_from_target(self.drafters[v], target)
         self.layer_ids = next(iter(self.drafters.values())).config.target_layer_ids
         if any(d.config.target_layer_ids != self.layer_ids for d in self.drafters.values()):
             raise ValueError("all variants trained together must read the same target_layer_ids")
@@ -161,7 +165,8 @@ class Trainer:
         for v, d in self.drafters.items():
             state = {"optimizer": self.optimizers[v].state_dict(), "step": self.step}
             try:
-                save_drafter(d, self.out / v / CHECKPOINT_DIR, extra_files={TRAINER_STATE: lambda p, s=state: torch.save(s, p)})
+                writer = {TRAINER_STATE: lambda p, s=state: torch.save(s, p)}
+                save_drafter(d, self.out / v / CHECKPOINT_DIR, extra_files=writer)
             except OSError as e:  # e.g. disk full: the previous checkpoint is untouched, keep training
                 logger.error("checkpoint of %s at step %d failed (%s); the previous one is intact", v, self.step, e)
 
@@ -178,7 +183,9 @@ class Trainer:
         for v, d in self.drafters.items():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
                 tf = d.teacher_forced(view.feats, view.ids, anchors)
-            loss, m = dspark_loss(tf.logits.float(), target_logits, tf.labels, tf.valid, tf.confidence_logits, self.weights[v])
+            loss, m = dspark_loss(
+                tf.logits.float(), target_logits, tf.labels, tf.valid, tf.confidence_logits, self.weights[v]
+            )
             (loss / self.cfg.grad_accum).backward()
             metrics[v] = m
         return metrics
@@ -196,7 +203,7 @@ class Trainer:
         log_file = open(log_path, "a", newline="", encoding="utf-8")
         writer = csv.writer(log_file)
         if new_log:
-            writer.writerow(["step", "variant", "lr", "loss", "ce", "l1", "conf_bce", "tau_t1", "tau_greedy", "elapsed_s"])
+            writer.writerow(["step", "variant", "lr", *LOG_METRICS, "elapsed_s"])
         tb = _tensorboard(self.out / "tb")
         sequences = _usable(load_sequences(data_path, min_response=2))
         total = self.total_steps(len(sequences))
@@ -225,7 +232,8 @@ class Trainer:
                 self.step += 1
                 elapsed = time.perf_counter() - start
                 for v, m in sums.items():
-                    writer.writerow([self.step, v, f"{lr:.3g}"] + [f"{m.get(k, float('nan')):.4f}" for k in ("loss", "ce", "l1", "conf_bce", "tau_t1", "tau_greedy")] + [f"{elapsed:.0f}"])
+                    values = [f"{m.get(k, float('nan')):.4f}" for k in LOG_METRICS]
+                    writer.writerow([self.step, v, f"{lr:.3g}", *values, f"{elapsed:.0f}"])
                     if tb is not None:
                         for k, x in m.items():
                             tb.add_scalar(f"{v}/{k}", x, self.step)

@@ -5,17 +5,13 @@ float32 so that greedy outputs do not depend on how requests are batched (see DE
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-STARTUP_TIMEOUT_S = 600
+from sglang_dspark.launch_server import local_server
+
 SERVER_FLAGS = [
     "--dtype", "float32",
     "--max-total-tokens", "16384",
@@ -26,43 +22,10 @@ SERVER_FLAGS = [
 ]  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory) -> str:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path: Path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "sglang_dspark.launch_server", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd + SERVER_FLAGS, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log_path.read_text()[-5000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not come up:\n{log_path.read_text()[-5000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
+    with local_server(SERVER_FLAGS, tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="session")

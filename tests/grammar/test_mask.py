@@ -23,9 +23,22 @@ def test_unpack_matches_shift_reference(vocab):
     expected = reference_allowed(bitmask, vocab)
     assert torch.equal(allowed_from_bitmask(bitmask, vocab), expected)
     assert torch.equal(banned_from_bitmask(bitmask, vocab), ~expected)
-    logits = torch.randn(3, vocab)
-    masked = apply_bitmask_(logits.clone(), bitmask)
-    assert torch.equal(masked, logits.masked_fill(~expected, float("-inf")))
+
+
+
+@pytest.mark.parametrize("contiguous", [True, False])  # xgrammar's kernel / the torch fallback
+@pytest.mark.parametrize("rows", [None, [0, 2]])
+def test_apply_bitmask_in_place(contiguous, rows):
+    vocab = 49152
+    g = torch.Generator().manual_seed(0)
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (3, vocab // 32), generator=g, dtype=torch.int32)
+    logits = torch.randn(3, vocab, generator=g)
+    target = logits.clone() if contiguous else logits.t().contiguous().t()  # same values, column-major
+    assert apply_bitmask_(target, bitmask, rows) is target
+    expected = logits.masked_fill(~reference_allowed(bitmask, vocab), float("-inf"))
+    if rows is not None:
+        expected[1] = logits[1]
+    assert torch.equal(target, expected)
 
 
 def test_single_allowed_token_and_allow_token():

@@ -17,11 +17,22 @@ LAYERS = (-1, 1, 3)
 def make_drafter(target, markov_type: str = "vanilla", rank: int = 8, seed: int = 0) -> DSparkDrafter:
     c = target.config
     cfg = DSparkConfig(
-        hidden_size=c.hidden_size, intermediate_size=c.intermediate_size, num_hidden_layers=2,
-        num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim,
-        vocab_size=c.vocab_size, max_position_embeddings=512, block_size=4, target_layer_ids=LAYERS,
-        num_target_layers=c.num_layers, mask_token_id=3, markov_rank=rank, markov_head_type=markov_type,
-        enable_confidence_head=rank > 0, confidence_head_with_markov=rank > 0,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=2,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        vocab_size=c.vocab_size,
+        max_position_embeddings=512,
+        block_size=4,
+        target_layer_ids=LAYERS,
+        num_target_layers=c.num_layers,
+        mask_token_id=3,
+        markov_rank=rank,
+        markov_head_type=markov_type,
+        enable_confidence_head=rank > 0,
+        confidence_head_with_markov=rank > 0,
     )
     torch.manual_seed(seed)
     d = DSparkDrafter(cfg, target.embed_tokens.weight, target.lm_head_weight)
@@ -68,8 +79,9 @@ def test_sampling_probs_and_mask_callback():
         seen.append(drafted.shape)
         return allowed
 
-    out = d.draft([state], torch.tensor([25]), torch.tensor([15]), torch.tensor([1.0]), mask_fn,
-                  torch.Generator().manual_seed(0))
+    out = d.draft(
+        [state], torch.tensor([25]), torch.tensor([15]), torch.tensor([1.0]), mask_fn, torch.Generator().manual_seed(0)
+    )
     assert seen == [(1, k) for k in range(4)]
     assert ((out.tokens >= 40) & (out.tokens < 45)).all()
     torch.testing.assert_close(out.probs.sum(-1), torch.ones(1, 4))
@@ -82,14 +94,31 @@ def test_checkpoint_round_trip(tmp_path):
     d = make_drafter(target, "gated")
     path = save_drafter(d, tmp_path / "drafter")
     cfg = json.loads((path / "config.json").read_text())
-    for key in ("architectures", "block_size", "target_layer_ids", "num_target_layers", "mask_token_id",
-                "markov_rank", "markov_head_type", "enable_confidence_head", "confidence_head_with_markov"):
+    for key in (
+        "architectures",
+        "block_size",
+        "target_layer_ids",
+        "num_target_layers",
+        "mask_token_id",
+        "markov_rank",
+        "markov_head_type",
+        "enable_confidence_head",
+        "confidence_head_with_markov",
+    ):
         assert key in cfg
     loaded = load_drafter(path, target.embed_tokens.weight, target.lm_head_weight)
     names = set(loaded.state_dict())
-    assert {"fc.weight", "hidden_norm.weight", "norm.weight", "layers.0.self_attn.q_proj.weight",
-            "layers.1.self_attn.k_norm.weight", "layers.0.mlp.gate_proj.weight", "markov_head.markov_w1.weight",
-            "markov_head.markov_w2.weight", "confidence_head.proj.weight"} <= names
+    assert {
+        "fc.weight",
+        "hidden_norm.weight",
+        "norm.weight",
+        "layers.0.self_attn.q_proj.weight",
+        "layers.1.self_attn.k_norm.weight",
+        "layers.0.mlp.gate_proj.weight",
+        "markov_head.markov_w1.weight",
+        "markov_head.markov_w2.weight",
+        "confidence_head.proj.weight",
+    } <= names
     assert not any("embed" in n or "lm_head" in n for n in names)
     ids = list(range(5, 25))
     feats = features(target, ids)
@@ -97,8 +126,9 @@ def test_checkpoint_round_trip(tmp_path):
     b = loaded.teacher_forced(feats, torch.tensor(ids), torch.tensor([3, 9]))
     torch.testing.assert_close(a.logits, b.logits)
     # bf16 export is half the size and loads back as bf16
-    small = load_drafter(save_drafter(d, tmp_path / "bf16", dtype=torch.bfloat16), target.embed_tokens.weight,
-                         target.lm_head_weight)
+    small = load_drafter(
+        save_drafter(d, tmp_path / "bf16", dtype=torch.bfloat16), target.embed_tokens.weight, target.lm_head_weight
+    )
     assert small.dtype == torch.bfloat16
 
 

@@ -30,9 +30,20 @@ def write_data(path, n: int = 6, malformed: bool = True) -> None:
 
 def config(tmp_path, **kw) -> TrainConfig:
     base = dict(
-        output_dir=str(tmp_path / "out"), data_file=str(tmp_path / "data.jsonl"), variants=["dspark", "dflash"],
-        num_draft_layers=1, block_size=4, target_layer_ids=[-1, 1, 3], mask_token_id=3, markov_rank=8,
-        num_anchors=8, lr=3e-3, grad_accum=2, max_steps=12, save_every=4, warmup_ratio=0.1,
+        output_dir=str(tmp_path / "out"),
+        data_file=str(tmp_path / "data.jsonl"),
+        variants=["dspark", "dflash"],
+        num_draft_layers=1,
+        block_size=4,
+        target_layer_ids=[-1, 1, 3],
+        mask_token_id=3,
+        markov_rank=8,
+        num_anchors=8,
+        lr=3e-3,
+        grad_accum=2,
+        max_steps=12,
+        save_every=4,
+        warmup_ratio=0.1,
     )
     return TrainConfig(**{**base, **kw})
 
@@ -56,8 +67,9 @@ def test_training_lowers_loss_and_reports_malformed_lines(tmp_path, caplog):
         assert len(curve) == 12
         assert sum(curve[-3:]) / 3 < 0.9 * sum(curve[:3]) / 3, (variant, curve)
     for variant in ("dspark", "dflash"):
-        exported = load_drafter(tmp_path / "out" / variant / EXPORT_DIR, target.embed_tokens.weight,
-                                target.lm_head_weight)
+        exported = load_drafter(
+            tmp_path / "out" / variant / EXPORT_DIR, target.embed_tokens.weight, target.lm_head_weight
+        )
         assert exported.dtype == torch.bfloat16
         assert (exported.markov_head is None) == (variant == "dflash")
 

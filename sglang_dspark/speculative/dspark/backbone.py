@@ -125,9 +125,7 @@ class DraftBackbone(nn.Module):
     def rope(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rope_cos, self.rope_sin
 
-    def context_kv(
-        self, feats: torch.Tensor, positions: torch.Tensor
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def context_kv(self, feats: torch.Tensor, positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """feats [..., T, m*d] (raw target hidden states), positions [..., T] -> per layer (k, v) [..., T, Hkv, D]."""
         ctx = self.hidden_norm(self.fc(feats.to(self.fc.weight.dtype)))
         return [layer.self_attn.project_kv(ctx, positions, self.rope) for layer in self.layers]

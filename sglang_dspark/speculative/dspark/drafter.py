@@ -23,6 +23,7 @@ from sglang_dspark.speculative.dspark.state import DrafterState
 
 # (step k, tokens drafted so far [R, k]) -> allowed tokens [R, V] bool, or None for "no constraint"
 MaskFn = Callable[[int, torch.Tensor], torch.Tensor | None]
+LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per draft layer (keys, values)
 
 
 @dataclass
@@ -122,7 +123,7 @@ class DSparkDrafter(DraftBackbone):
             lo = sum(counts[:i])
             state.append([(k[lo : lo + counts[i]], v[lo : lo + counts[i]]) for k, v in kv])
 
-    def _padded_context(self, states: list[DrafterState]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    def _padded_context(self, states: list[DrafterState]) -> tuple[LayerKV, torch.Tensor]:
         """-> per layer (k, v) [R, S, Hkv, D] padded with zeros, valid [R, S] bool."""
         s = max(st.length for st in states)
         valid = torch.arange(s)[None, :] < torch.tensor([st.length for st in states])[:, None]

@@ -1,0 +1,132 @@
+"""Speculative worker: propose drafts, plan verify lengths, verify losslessly.
+
+The scheduler runs each speculating request's last committed token followed by its drafts as one
+extend on top of the cached KV; the target logits of those rows come back here. Greedy requests
+accept while draft == argmax of the processed target logits; sampling requests use exact
+rejection sampling against the processed distribution plain decoding would sample from
+(penalties see the drafts before each position, as if they had been committed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from sglang_dspark.kernels.spec_verify import draw_verify_noise, greedy_accept_lengths, rejection_sample
+from sglang_dspark.layers.sampler import SamplingBatchInfo, probs_from_logits, process_logits
+from sglang_dspark.sampling.sampling_params import SamplingParams
+from sglang_dspark.speculative.ngram import NGramIndex, propose
+from sglang_dspark.speculative.planner import SPSTable, plan_verify_lengths
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NUM_DRAFT_TOKENS = 8
+
+
+class SpecRequest(Protocol):
+    """What the worker reads of a scheduler request."""
+
+    rid: str
+    origin_input_ids: list[int]
+    output_ids: list[int]
+    sampling_params: SamplingParams
+    generator: torch.Generator | None
+
+
+@dataclass
+class Draft:
+    tokens: list[int]  # [k]
+    confidences: list[float]  # [k], c[j] = P(draft j accepted | drafts < j accepted)
+
+
+@dataclass
+class NGramProposer:
+    """Suffix matches against each request's own context, indexed incrementally."""
+
+    min_n: int = 1
+    max_n: int = 4
+    indexes: dict[str, NGramIndex] = field(default_factory=dict)
+
+    def propose(self, req: SpecRequest, num_tokens: int) -> Draft:
+        index = self.indexes.get(req.rid)
+        if index is None:
+            index = self.indexes[req.rid] = NGramIndex(self.min_n, self.max_n)
+        n = len(req.origin_input_ids) + len(req.output_ids)
+        if len(index.tokens) < n:
+            fill = req.origin_input_ids + req.output_ids
+            index.extend(fill[len(index.tokens) :])
+        proposal = propose(index, num_tokens)
+        return Draft(proposal.tokens, proposal.confidences)
+
+    def release(self, rid: str) -> None:
+        self.indexes.pop(rid, None)
+
+
+class SpecWorker:
+    def __init__(self, num_draft_tokens: int | None, vocab_size: int, sps: SPSTable | None) -> None:
+        self.num_draft_tokens = num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
+        self.vocab_size = vocab_size
+        self.sps = sps
+        self.proposer = NGramProposer()
+
+    def draft(self, reqs: list[SpecRequest], room: list[int]) -> list[list[int]]:
+        """Drafts to verify per request; room[i] caps request i's drafts (tokens it may still emit - 1)."""
+        drafts = [self.proposer.propose(r, min(self.num_draft_tokens, m)) for r, m in zip(reqs, room)]
+        width = max((len(d.tokens) for d in drafts), default=0)
+        if width == 0:
+            lengths = [0] * len(reqs)
+        elif self.sps is not None:  # Algorithm 1 with its early stop
+            conf = torch.zeros(len(reqs), width)  # [R, G], missing drafts have confidence 0
+            for i, d in enumerate(drafts):
+                conf[i, : len(d.tokens)] = torch.tensor(d.confidences)
+            lengths = plan_verify_lengths(conf, self.sps).tolist()
+        else:  # fixed length: every proposed draft
+            lengths = [len(d.tokens) for d in drafts]
+        return [d.tokens[:n] for d, n in zip(drafts, lengths)]
+
+    def verify(self, reqs: list[SpecRequest], drafts: list[list[int]], logits: torch.Tensor) -> list[list[int]]:
+        """logits [sum(len(d) + 1), V]: rows of each request's anchor + drafts, in order.
+        Returns the tokens each request commits: its accepted drafts plus one corrected/bonus token."""
+        rows_params, rows_prompt, rows_output = [], [], []
+        for req, d in zip(reqs, drafts):
+            for k in range(len(d) + 1):
+                rows_params.append(req.sampling_params)
+                rows_prompt.append(req.origin_input_ids)
+                rows_output.append(req.output_ids + d[:k])
+        info = SamplingBatchInfo.from_params(rows_params, self.vocab_size)
+        processed = process_logits(logits, info, rows_prompt, rows_output)  # [T, V]
+
+        B, K = len(reqs), max(len(d) for d in drafts)
+        draft_tokens = torch.zeros(B, K, dtype=torch.int64)  # [B, K], padded with 0
+        draft_lens = torch.tensor([len(d) for d in drafts], dtype=torch.int64)  # [B]
+        row_index = torch.zeros(B, K + 1, dtype=torch.int64)  # [B, K + 1] -> row of processed
+        start = 0
+        for b, d in enumerate(drafts):
+            draft_tokens[b, : len(d)] = torch.tensor(d, dtype=torch.int64)
+            row_index[b] = start + torch.arange(K + 1).clamp(max=len(d))
+            start += len(d) + 1
+
+        greedy = torch.tensor([r.sampling_params.is_greedy for r in reqs])
+        accept = torch.zeros(B, dtype=torch.int64)
+        nxt = torch.zeros(B, dtype=torch.int64)
+        if greedy.any():
+            g = greedy.nonzero().squeeze(1)
+            argmax = processed.argmax(dim=1)[row_index[g]]  # [Bg, K + 1]
+            accept[g], nxt[g] = greedy_accept_lengths(draft_tokens[g], draft_lens[g], argmax)
+        if (~greedy).any():
+            s = (~greedy).nonzero().squeeze(1)
+            probs = probs_from_logits(processed, info)[row_index[s]]  # [Bs, K + 1, V]
+            gens = [reqs[i].generator for i in s.tolist()]
+            uniforms, expo = draw_verify_noise(draft_lens[s], K, self.vocab_size, gens)
+            accept[s], nxt[s] = rejection_sample(draft_tokens[s], draft_lens[s], None, probs, uniforms, expo)
+
+        committed = []
+        for b, d in enumerate(drafts):
+            committed.append(d[: int(accept[b])] + [int(nxt[b])])
+        return committed
+
+    def release(self, rid: str) -> None:
+        self.proposer.release(rid)

@@ -1,0 +1,37 @@
+"""Initialise a drafter from its target: draft layers <- the target's last decoder layers, final norm <- the
+target's, `fc` <- "take the deepest captured layer". A fresh drafter then starts close to a one-layer
+continuation of the target instead of from noise, which matters with a CPU-sized training budget."""
+
+from __future__ import annotations
+
+import torch
+
+from sglang_dspark.speculative.dspark import DSparkDrafter
+
+
+def _shard(linear, name: str) -> torch.Tensor:
+    start, size = linear.shard_offsets[name]
+    return linear.weight[start : start + size]
+
+
+@torch.no_grad()
+def init_from_target(drafter: DSparkDrafter, target) -> None:
+    src_layers = target.layers[len(target.layers) - len(drafter.layers) :]
+    for dst, src in zip(drafter.layers, src_layers, strict=True):
+        qkv, gate_up = src.self_attn.qkv_proj, src.mlp.gate_up_proj
+        dst.self_attn.q_proj.weight.copy_(_shard(qkv, "q"))
+        dst.self_attn.k_proj.weight.copy_(_shard(qkv, "k"))
+        dst.self_attn.v_proj.weight.copy_(_shard(qkv, "v"))
+        dst.self_attn.o_proj.weight.copy_(src.self_attn.o_proj.weight)
+        dst.mlp.gate_proj.weight.copy_(_shard(gate_up, "gate"))
+        dst.mlp.up_proj.weight.copy_(_shard(gate_up, "up"))
+        dst.mlp.down_proj.weight.copy_(src.mlp.down_proj.weight)
+        dst.input_layernorm.weight.copy_(src.input_layernorm.weight)
+        dst.post_attention_layernorm.weight.copy_(src.post_attention_layernorm.weight)
+    drafter.norm.weight.copy_(target.norm.weight)
+    d = drafter.config.hidden_size
+    drafter.fc.weight.zero_()
+    drafter.fc.weight[:, -d:].copy_(torch.eye(d))  # the last (deepest) captured layer passes through
+    deepest = drafter.config.target_layer_ids[-1]
+    if deepest + 1 < len(target.layers):
+        drafter.hidden_norm.weight.copy_(target.layers[deepest + 1].input_layernorm.weight)
