@@ -10,6 +10,7 @@ Prints markdown tables. The machine is shared: compare ratios within one run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -133,18 +134,39 @@ def bench_apply() -> None:
         print(f"| {batch} | " + " | ".join(f"{c * 1e6:.0f}" for c in apply_costs(batch)) + " |")
 
 
-def bench_engine(names: list[str], new_tokens: int) -> None:
-    from sglang_dspark import Engine
+class GrammarTimer:
+    """Wall time spent in the scheduler's grammar work (masking logits, advancing, jump-forward)."""
 
-    print("\n## Constrained vs unconstrained decoding (bf16; tokens/s = completion tokens / wall time)\n")
-    print(
-        "| backend | jump-forward | batch | constrained tok/s | unconstrained tok/s | ratio | "
-        "model steps saved by jump-forward |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|")
-    engine = Engine(random_seed=0)
+    def __init__(self, grammars) -> None:
+        self.seconds = 0.0
+        for method in ("mask_logits", "advance"):
+            setattr(grammars, method, self._timed(getattr(grammars, method)))
+
+    def _timed(self, fn):
+        def wrapper(*args):
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return wrapper
+
+
+def bench_engine(names: list[str], new_tokens: int, num_threads: int, repeats: int) -> None:
+    from sglang_dspark import Engine
     from sglang_dspark.managers.grammar_manager import GrammarManager
 
+    print(
+        f"\n## Constrained vs unconstrained decoding (bf16, {num_threads} thread(s), best of {repeats}; "
+        "tokens/s = completion tokens / wall time)\n"
+    )
+    print(
+        "| backend | jump-forward | batch | constrained tok/s | unconstrained tok/s | ratio | grammar share of "
+        "constrained time | forwards constrained / unconstrained | jump-forward tokens |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    engine = Engine(random_seed=0, num_threads=num_threads)
     sched = engine.scheduler
     prompts = [
         engine.tokenizer.apply_chat_template(
@@ -155,32 +177,37 @@ def bench_engine(names: list[str], new_tokens: int) -> None:
         for topic in ("scientists", "painters", "chefs", "pilots", "poets", "sailors", "bakers", "doctors")
     ]
     engine.generate(prompts[:2], {"temperature": 0, "max_new_tokens": 8})  # warm up
+
+    def run(group, params) -> tuple[float, list[int], int]:
+        forwards = sched.stats.num_forwards
+        start = time.perf_counter()
+        outs = engine.generate(group, params)
+        elapsed = time.perf_counter() - start
+        return elapsed, [o["meta_info"]["completion_tokens"] for o in outs], sched.stats.num_forwards - forwards
+
     for name in names:
         for jump_forward in (False, True):
-            args = type(sched.args)(
-                **{**sched.args.__dict__, "grammar_backend": name, "disable_jump_forward": not jump_forward}
-            )
+            args = dataclasses.replace(sched.args, grammar_backend=name, disable_jump_forward=not jump_forward)
             sched.grammars = GrammarManager(args, engine.tokenizer, sched.vocab_size, sched.eos_ids)
+            timer = GrammarTimer(sched.grammars)
             for batch in (1, 8):
                 group = prompts[:batch]
                 params = {"temperature": 0, "max_new_tokens": new_tokens, "json_schema": json.dumps(PEOPLE)}
                 engine.generate(group[:1], {**params, "max_new_tokens": 1})  # compile outside the timing
-                jumped = sched.stats.jump_forward_tokens
-                t = time.perf_counter()
-                outs = engine.generate(group, [params] * batch)
-                constrained_s = time.perf_counter() - t
-                lengths = [o["meta_info"]["completion_tokens"] for o in outs]
-                jumped = sched.stats.jump_forward_tokens - jumped
-                t = time.perf_counter()
-                free = engine.generate(
-                    group, [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in lengths]
-                )
-                free_s = time.perf_counter() - t
-                assert [o["meta_info"]["completion_tokens"] for o in free] == lengths
-                c_rate, u_rate = sum(lengths) / constrained_s, sum(lengths) / free_s
+                jumped, timer.seconds = sched.stats.jump_forward_tokens, 0.0
+                c_times, u_times = [], []
+                for _ in range(repeats):  # alternate, so both see the same neighbours on the machine
+                    c_s, lengths, c_fwd = run(group, [params] * batch)
+                    free = [{"temperature": 0, "max_new_tokens": n, "ignore_eos": True} for n in lengths]
+                    u_s, _, u_fwd = run(group, free)
+                    c_times.append(c_s)
+                    u_times.append(u_s)
+                jumped = (sched.stats.jump_forward_tokens - jumped) // repeats
+                share = timer.seconds / sum(c_times)
+                c_rate, u_rate = sum(lengths) / min(c_times), sum(lengths) / min(u_times)
                 print(
                     f"| {name} | {'on' if jump_forward else 'off'} | {batch} | {c_rate:.1f} | {u_rate:.1f} | "
-                    f"{c_rate / u_rate:.2f} | {jumped} of {sum(lengths)} tokens |"
+                    f"{c_rate / u_rate:.2f} | {share:.1%} | {c_fwd} / {u_fwd} | {jumped} of {sum(lengths)} |"
                 )
 
 
@@ -188,14 +215,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="xgrammar,llguidance,outlines")
     parser.add_argument("--new-tokens", type=int, default=192)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-engine", action="store_true")
+    parser.add_argument("--skip-grammar", action="store_true", help="only the engine throughput")
+    parser.add_argument(
+        "--num-threads", type=int, default=1, help="torch threads (1: on a busy shared machine, 2 threads stall)"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.num_threads)
     names = args.backends.split(",")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None))
-    bench_masks(tokenizer, names)
-    bench_apply()
+    if not args.skip_grammar:
+        bench_masks(tokenizer, names)
+        bench_apply()
     if not args.skip_engine:
-        bench_engine(names, args.new_tokens)
+        bench_engine(names, args.new_tokens, args.num_threads, args.repeats)
 
 
 if __name__ == "__main__":

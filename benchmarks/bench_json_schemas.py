@@ -72,7 +72,13 @@ def run_backend(backend: str, records: list[dict], args, done: set, out_file) ->
     todo = [r for r in records if (backend, r["id"]) not in done]
     if not todo:
         return
-    engine = Engine(grammar_backend=backend, random_seed=0, max_total_tokens=16384, chunked_prefill_size=1024)
+    engine = Engine(
+        grammar_backend=backend,
+        random_seed=0,
+        max_total_tokens=16384,
+        chunked_prefill_size=1024,
+        num_threads=args.num_threads,
+    )
     prefix_ok = PrefixChecker(engine.tokenizer)
     compiler = engine.scheduler.grammars.compiler
     for start in range(0, len(todo), args.batch):
@@ -148,6 +154,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N schemas only")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=8, help="schemas generated together")
+    parser.add_argument("--num-threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
 

@@ -21,8 +21,9 @@ _BYTE_TO_BANNED = ~_BYTE_TO_ALLOWED
 
 def _unpack(bitmask: torch.Tensor, vocab_size: int, table: torch.Tensor) -> torch.Tensor:
     rows = bitmask.shape[0]
-    as_bytes = bitmask.contiguous().view(torch.uint8).long()  # [R, 4W]
-    return table[as_bytes].view(rows, -1)[:, :vocab_size]  # [R, 32W] -> [R, V]
+    as_bytes = bitmask.contiguous().view(torch.uint8).flatten().int()  # [R * 4W]
+    # index_select on the [256, 8] table: several times faster than advanced indexing here
+    return table.index_select(0, as_bytes).view(rows, -1)[:, :vocab_size]  # [R, 32W] -> [R, V]
 
 
 def allowed_from_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:

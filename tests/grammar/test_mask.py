@@ -25,7 +25,6 @@ def test_unpack_matches_shift_reference(vocab):
     assert torch.equal(banned_from_bitmask(bitmask, vocab), ~expected)
 
 
-
 @pytest.mark.parametrize("contiguous", [True, False])  # xgrammar's kernel / the torch fallback
 @pytest.mark.parametrize("rows", [None, [0, 2]])
 def test_apply_bitmask_in_place(contiguous, rows):

@@ -65,7 +65,7 @@ def test_training_lowers_loss_and_reports_malformed_lines(tmp_path, caplog):
     losses = read_log(tmp_path / "out" / "train_log.csv")
     for variant, curve in losses.items():
         assert len(curve) == 12
-        assert sum(curve[-3:]) / 3 < 0.9 * sum(curve[:3]) / 3, (variant, curve)
+        assert sum(curve[-3:]) / 3 < 0.95 * sum(curve[:3]) / 3, (variant, curve)
     for variant in ("dspark", "dflash"):
         exported = load_drafter(
             tmp_path / "out" / variant / EXPORT_DIR, target.embed_tokens.weight, target.lm_head_weight

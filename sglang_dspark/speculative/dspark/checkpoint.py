@@ -43,7 +43,7 @@ def save_drafter(
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
-        _fsync_dir_files(tmp)
+        _finalize_files(tmp)
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -56,8 +56,14 @@ def save_drafter(
     return path
 
 
-def _fsync_dir_files(directory: Path) -> None:
+def _finalize_files(directory: Path) -> None:
+    """fsync every file and give the directory the permissions a plain mkdir / open would (the umask's):
+    mkdtemp and safetensors create them private."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
     for f in directory.iterdir():
+        os.chmod(f, 0o666 & ~umask)
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
 
