@@ -138,7 +138,7 @@ def write_table(results: Path, table: Path) -> str:
     reasons: Counter = Counter()
     for r in rows:
         if r["outcome"] == "compile_error":
-            reasons[(r["backend"], r["reason"].split(":")[0][:90])] += 1
+            reasons[(r["backend"], r["reason"].removeprefix("invalid json_schema: ")[:100])] += 1
     lines += ["", "Most frequent compile-error reasons:", ""]
     lines += [f"- {b}: {msg} ({n})" for (b, msg), n in reasons.most_common(12)]
     text = "\n".join(lines) + "\n"

@@ -92,7 +92,7 @@ class Engine:
         return self.scheduler.kv_usage()
 
     def shutdown(self) -> None:
-        for req in [*self.scheduler.waiting, *self.scheduler.running]:
+        for req in [*self.scheduler.grammars.queue, *self.scheduler.waiting, *self.scheduler.running]:
             self.scheduler.abort_request(req.rid, "engine shut down")
 
     def __enter__(self) -> Engine:
