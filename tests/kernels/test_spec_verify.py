@@ -1,12 +1,7 @@
 import importlib
-import os
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    # Triton runs on CPU only in its interpreter; the flag must be set before triton is first imported.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from sglang_dspark.kernels.spec_verify import draw_verify_noise, greedy_accept_lengths, rejection_sample
 
