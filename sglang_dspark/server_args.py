@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+CPU_LINEAR_KERNELS = ("auto", "native", "torch")
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "llguidance", "none")
 SPECULATIVE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
 
@@ -50,6 +51,8 @@ class ServerArgs:
     # Misc.
     random_seed: int | None = None
     num_threads: int | None = None  # torch intra-op threads; None = all cores
+    # bf16 matmuls: auto = the native kernel on CPUs without bf16 GEMM (AVX2), native = always, torch = never
+    cpu_linear_kernel: str = "auto"
     log_level: str = "info"
     enable_metrics: bool = False
 
@@ -60,17 +63,13 @@ class ServerArgs:
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.grammar_backend not in GRAMMAR_BACKENDS:
+            raise ValueError(f"--grammar-backend must be one of {GRAMMAR_BACKENDS}, got {self.grammar_backend!r}")
+        if self.speculative_algorithm is not None and self.speculative_algorithm not in SPECULATIVE_ALGORITHMS:
             raise ValueError(
-                f"--grammar-backend must be one of {GRAMMAR_BACKENDS}, got {self.grammar_backend!r}"
+                f"--speculative-algorithm must be one of {SPECULATIVE_ALGORITHMS}, got {self.speculative_algorithm!r}"
             )
-        if (
-            self.speculative_algorithm is not None
-            and self.speculative_algorithm not in SPECULATIVE_ALGORITHMS
-        ):
-            raise ValueError(
-                f"--speculative-algorithm must be one of {SPECULATIVE_ALGORITHMS}, "
-                f"got {self.speculative_algorithm!r}"
-            )
+        if self.cpu_linear_kernel not in CPU_LINEAR_KERNELS:
+            raise ValueError(f"--cpu-linear-kernel must be one of {CPU_LINEAR_KERNELS}, got {self.cpu_linear_kernel!r}")
         if self.tp_size != 1:
             raise ValueError("--tp-size > 1 is not supported yet")
         for name in ("max_running_requests", "chunked_prefill_size", "max_prefill_tokens"):
@@ -104,6 +103,8 @@ class ServerArgs:
                 kwargs["choices"] = GRAMMAR_BACKENDS
             elif f.name == "speculative_algorithm":
                 kwargs["choices"] = SPECULATIVE_ALGORITHMS
+            elif f.name == "cpu_linear_kernel":
+                kwargs["choices"] = CPU_LINEAR_KERNELS
             parser.add_argument(flag, **kwargs)
 
     @classmethod

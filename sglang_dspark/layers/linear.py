@@ -4,6 +4,9 @@ Checkpoints keep q/k/v and gate/up as separate tensors; the merged layers load e
 its own shard of one weight, so a forward runs one matmul instead of three (or two). A later
 tensor-parallel change shards these along the output (column) or input (row) dimension
 without touching the models.
+
+Every layer computes ``linear_fn(x, weight, bias)``: ``F.linear`` unless the model runner picks a
+faster kernel for the hardware (``use_linear_fn``; see kernels/cpu_linear.py).
 """
 
 from __future__ import annotations
@@ -12,22 +15,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang_dspark.kernels.cpu_linear import LinearFn
 
-class ColumnParallelLinear(nn.Module):
-    """y = x W^T (+ b); the output dimension is split into named shards."""
 
-    def __init__(self, in_features: int, shard_sizes: dict[str, int], bias: bool = False) -> None:
+class LinearBase(nn.Module):
+    """y = x W^T (+ b) with W [out_features, in_features]."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
         super().__init__()
-        self.shard_offsets: dict[str, tuple[int, int]] = {}
-        offset = 0
-        for name, size in shard_sizes.items():
-            self.shard_offsets[name] = (offset, size)
-            offset += size
-        self.weight = nn.Parameter(torch.empty(offset, in_features))
-        self.bias = nn.Parameter(torch.zeros(offset)) if bias else None
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.linear_fn: LinearFn = F.linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        """x [..., in] -> [..., out]."""
+        flat = x.reshape(-1, x.shape[-1])
+        return self.linear_fn(flat, self.weight, self.bias).view(*x.shape[:-1], -1)
+
+
+def use_linear_fn(model: nn.Module, fn: LinearFn) -> None:
+    """Route every LinearBase of `model` (and the model's own ``linear_fn``, e.g. its LM head) through fn."""
+    for module in model.modules():
+        if isinstance(module, LinearBase) or "linear_fn" in vars(module):
+            module.linear_fn = fn
+
+
+class ColumnParallelLinear(LinearBase):
+    """The output dimension is split into named shards."""
+
+    def __init__(self, in_features: int, shard_sizes: dict[str, int], bias: bool = False) -> None:
+        offsets: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for name, size in shard_sizes.items():
+            offsets[name] = (offset, size)
+            offset += size
+        super().__init__(in_features, offset, bias)
+        self.shard_offsets = offsets
 
     def load_shard(self, shard: str, tensor: torch.Tensor, is_bias: bool = False) -> None:
         start, size = self.shard_offsets[shard]
@@ -56,8 +79,8 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         super().__init__(hidden, {"gate": intermediate, "up": intermediate})
 
 
-class RowParallelLinear(nn.Linear):
+class RowParallelLinear(LinearBase):
     """Input dimension is the one a tensor-parallel run would split (o_proj, down_proj)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
-        super().__init__(in_features, out_features, bias=bias)
+        super().__init__(in_features, out_features, bias)

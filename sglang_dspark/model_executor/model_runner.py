@@ -7,8 +7,11 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from sglang_dspark.kernels.cpu_linear import select_linear_fn
 from sglang_dspark.layers.attention import build_attention_metadata
+from sglang_dspark.layers.linear import use_linear_fn
 from sglang_dspark.mem_cache.memory_pool import KVPool, ReqToTokenPool, TokenAllocator
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.models.config import DecoderConfig
@@ -41,6 +44,8 @@ class ModelRunner:
         self.model = cls(self.config).to(device=self.device, dtype=self.dtype)
         self.model.load_weights(load_safetensors_state(model_dir))
         self.model.eval()
+        self.linear_fn = select_linear_fn(server_args.cpu_linear_kernel, self.device, self.dtype)
+        use_linear_fn(self.model, self.linear_fn)
 
         cfg = self.config
         per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype)
@@ -55,14 +60,13 @@ class ModelRunner:
         )
         self.token_allocator = TokenAllocator(self.max_total_tokens)
         # two rows per running request leave room for requests that are being retracted and re-admitted
-        self.req_to_token_pool = ReqToTokenPool(
-            2 * server_args.max_running_requests, self.context_len, self.device
-        )
+        self.req_to_token_pool = ReqToTokenPool(2 * server_args.max_running_requests, self.context_len, self.device)
         logger.info(
-            "model %s (%s), dtype %s, KV pool %d tokens (%.1f MiB), context %d",
+            "model %s (%s), dtype %s, matmul %s, KV pool %d tokens (%.1f MiB), context %d",
             model_dir.name,
             cfg.architecture,
             self.dtype,
+            "native bf16 kernel" if self.linear_fn is not F.linear else "torch",
             self.max_total_tokens,
             self.max_total_tokens * per_token / 2**20,
             self.context_len,
