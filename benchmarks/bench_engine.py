@@ -126,17 +126,17 @@ def main() -> None:
     gguf = default_model_gguf() if args.model == "default" else qwen_coder_gguf()
     bandwidth = measure_bandwidth_gbs()
     rows = []  # (engine, batch-1 tok/s, batch-8 tok/s)
-    # bf16 matmuls: the native kernel (auto) and torch's own, to show what the kernel buys on this CPU
+    # bf16: the native CPU kernels (auto) and torch's own ops, to show what the kernels buy on this CPU
     kernels = ["auto", "torch"] if args.dtype == "bfloat16" else ["auto"]
     for kernel in kernels:
-        engine = Engine(model_path=str(gguf), dtype=args.dtype, cpu_linear_kernel=kernel, log_level="warning")
+        engine = Engine(model_path=str(gguf), dtype=args.dtype, cpu_kernels=kernel, log_level="warning")
         tok = engine.tokenizer
         prompts = [chat_ids(tok, p) for p in load_prompts(args.data_dir, args.num_prompts)]
         batch = min(8, len(prompts))
         weight_bytes = sum(p.numel() * p.element_size() for p in engine.scheduler.runner.model.parameters())
-        native = engine.scheduler.runner.linear_fn is not torch.nn.functional.linear
+        native = engine.scheduler.runner.cpu_ops is not None
         bench_ours(engine, prompts[:1], 8, 1)  # warm-up
-        name = "sglang-dspark" + (" (native bf16 matmul)" if native else " (torch matmul)" if len(kernels) > 1 else "")
+        name = "sglang-dspark" + (" (native CPU kernels)" if native else " (torch ops)" if len(kernels) > 1 else "")
         rows.append(
             (name, bench_ours(engine, prompts, args.new_tokens, 1), bench_ours(engine, prompts, args.new_tokens, batch))
         )

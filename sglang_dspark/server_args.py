@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-CPU_LINEAR_KERNELS = ("auto", "native", "torch")
+CPU_KERNELS = ("auto", "native", "torch")
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "llguidance", "none")
 SPECULATIVE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
 
@@ -51,8 +51,9 @@ class ServerArgs:
     # Misc.
     random_seed: int | None = None
     num_threads: int | None = None  # torch intra-op threads; None = all cores
-    # bf16 matmuls: auto = the native kernel on CPUs without bf16 GEMM (AVX2), native = always, torch = never
-    cpu_linear_kernel: str = "auto"
+    # bf16 on CPU: auto = native C++ kernels (matmul, norm, decode attention) where torch lacks bf16 GEMM
+    # (AVX2 without AVX-512), native = whenever the CPU has AVX2, torch = never
+    cpu_kernels: str = "auto"
     log_level: str = "info"
     enable_metrics: bool = False
 
@@ -68,8 +69,8 @@ class ServerArgs:
             raise ValueError(
                 f"--speculative-algorithm must be one of {SPECULATIVE_ALGORITHMS}, got {self.speculative_algorithm!r}"
             )
-        if self.cpu_linear_kernel not in CPU_LINEAR_KERNELS:
-            raise ValueError(f"--cpu-linear-kernel must be one of {CPU_LINEAR_KERNELS}, got {self.cpu_linear_kernel!r}")
+        if self.cpu_kernels not in CPU_KERNELS:
+            raise ValueError(f"--cpu-kernels must be one of {CPU_KERNELS}, got {self.cpu_kernels!r}")
         if self.tp_size != 1:
             raise ValueError("--tp-size > 1 is not supported yet")
         for name in ("max_running_requests", "chunked_prefill_size", "max_prefill_tokens"):
@@ -103,8 +104,8 @@ class ServerArgs:
                 kwargs["choices"] = GRAMMAR_BACKENDS
             elif f.name == "speculative_algorithm":
                 kwargs["choices"] = SPECULATIVE_ALGORITHMS
-            elif f.name == "cpu_linear_kernel":
-                kwargs["choices"] = CPU_LINEAR_KERNELS
+            elif f.name == "cpu_kernels":
+                kwargs["choices"] = CPU_KERNELS
             parser.add_argument(flag, **kwargs)
 
     @classmethod

@@ -3,36 +3,15 @@
 // PyTorch's bf16 matmul on such CPUs runs one matrix-vector product per row of x, so a batch of
 // M decode tokens reads the weights M times. Here every weight row is read from memory once,
 // widened to fp32 in registers, and multiplied with a tile of up to 4 rows of x (kept in fp32).
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
-#include <immintrin.h>
 
 #include <algorithm>
-#include <cstdint>
-#include <cstring>
+
+#include "ops.h"
 
 namespace {
 
 constexpr int64_t kRowBlock = 64;  // rows of x per pass over a weight block (fp32, stays in L2)
-
-inline __m256 load_bf16x8(const uint16_t* p) {
-  __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-inline float bf16_to_float(uint16_t v) {
-  uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
 
 // out[m][n] = dot(x[m], w[n]) for an MT x NB tile; x rows are fp32, w rows bf16, both K long.
 template <int MT, int NB>
@@ -103,8 +82,4 @@ torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& weight, c
   for (int64_t n = nblocks * NB; n < N; ++n)  // odd N: the last weight row alone
     rows_tile<1>(xp, M, K, wp + n * K, bp, n, yp, N);
   return y.to(x.scalar_type());
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("bf16_linear", &bf16_linear, "y = x W^T (+ b) with bf16 W, fp32 accumulation (AVX2 + FMA)");
 }

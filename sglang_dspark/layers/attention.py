@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sglang_dspark.kernels.cpu_ops import DecodeAttentionFn
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 
 SHORT_EXTEND_MAX = 16  # extends up to this many tokens join the padded group
@@ -36,9 +37,11 @@ class AttentionMetadata:
     short_extend: int  # E
     is_pure_decode: bool  # every request extends by exactly one token, in flat order
     long: list[LongExtend]
+    short_seq_lens: torch.Tensor | None = None  # [Bp] int64 KV length of each short extend
+    native_decode: DecodeAttentionFn | None = None  # pure decode without gathering K/V (kernels/cpu_ops.py)
 
 
-def build_attention_metadata(fb: ForwardBatch) -> AttentionMetadata:
+def build_attention_metadata(fb: ForwardBatch, native_decode: DecodeAttentionFn | None = None) -> AttentionMetadata:
     short = [i for i, e in enumerate(fb.extend_lens) if e <= SHORT_EXTEND_MAX]
     long_ids = [i for i, e in enumerate(fb.extend_lens) if e > SHORT_EXTEND_MAX]
     starts = [0]
@@ -85,6 +88,8 @@ def build_attention_metadata(fb: ForwardBatch) -> AttentionMetadata:
         short_extend=ext,
         is_pure_decode=is_pure_decode,
         long=long,
+        short_seq_lens=seq,
+        native_decode=native_decode,
     )
 
 
@@ -102,6 +107,11 @@ def _grouped_sdpa(
     return out.view(b, hkv, e, g, d).permute(0, 2, 1, 3, 4).reshape(b, e, hq, d)
 
 
+def _gather(buf: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """buf [T, H, D], slots [...] -> [..., H, D]; index_select copies whole rows (2-4x faster than buf[slots])."""
+    return buf.index_select(0, slots.reshape(-1)).view(*slots.shape, *buf.shape[1:])
+
+
 def paged_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, fb: ForwardBatch, scale: float
 ) -> torch.Tensor:
@@ -112,18 +122,21 @@ def paged_attention(
     k_buf, v_buf = pool.k_buffer[layer_id], pool.v_buffer[layer_id]
     n, hq, d = q.shape
 
+    if meta.is_pure_decode and meta.native_decode is not None:
+        slots, lens = meta.short_kv_slots, meta.short_seq_lens
+        return meta.native_decode(q.contiguous(), k_buf, v_buf, slots, lens, scale).view(n, hq * d)
     if meta.is_pure_decode:
         slots = meta.short_kv_slots
-        out = _grouped_sdpa(q[:, None], k_buf[slots], v_buf[slots], meta.short_mask, scale)
+        out = _grouped_sdpa(q[:, None], _gather(k_buf, slots), _gather(v_buf, slots), meta.short_mask, scale)
         return out.reshape(n, hq * d)
 
     out = q.new_empty(n, hq, d)
     if meta.short_kv_slots is not None:
         slots = meta.short_kv_slots
-        res = _grouped_sdpa(q[meta.short_q_index], k_buf[slots], v_buf[slots], meta.short_mask, scale)
+        res = _grouped_sdpa(q[meta.short_q_index], _gather(k_buf, slots), _gather(v_buf, slots), meta.short_mask, scale)
         out[meta.short_q_index[meta.short_q_valid]] = res[meta.short_q_valid]
     for ext in meta.long:
-        kk, vv = k_buf[ext.kv_slots][None], v_buf[ext.kv_slots][None]
+        kk, vv = _gather(k_buf, ext.kv_slots)[None], _gather(v_buf, ext.kv_slots)[None]
         qq = q[ext.q_start : ext.q_end][None]
         if ext.mask is None:  # no cached prefix: plain causal attention over the new tokens
             res = F.scaled_dot_product_attention(

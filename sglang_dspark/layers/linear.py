@@ -6,7 +6,7 @@ tensor-parallel change shards these along the output (column) or input (row) dim
 without touching the models.
 
 Every layer computes ``linear_fn(x, weight, bias)``: ``F.linear`` unless the model runner picks a
-faster kernel for the hardware (``use_linear_fn``; see kernels/cpu_linear.py).
+faster kernel for the hardware (kernels/cpu_ops.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sglang_dspark.kernels.cpu_linear import LinearFn
+from sglang_dspark.kernels.cpu_ops import LinearFn
 
 
 class LinearBase(nn.Module):
@@ -31,13 +31,6 @@ class LinearBase(nn.Module):
         """x [..., in] -> [..., out]."""
         flat = x.reshape(-1, x.shape[-1])
         return self.linear_fn(flat, self.weight, self.bias).view(*x.shape[:-1], -1)
-
-
-def use_linear_fn(model: nn.Module, fn: LinearFn) -> None:
-    """Route every LinearBase of `model` (and the model's own ``linear_fn``, e.g. its LM head) through fn."""
-    for module in model.modules():
-        if isinstance(module, LinearBase) or "linear_fn" in vars(module):
-            module.linear_fn = fn
 
 
 class ColumnParallelLinear(LinearBase):

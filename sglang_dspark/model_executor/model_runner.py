@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from sglang_dspark.kernels.cpu_linear import select_linear_fn
+from sglang_dspark.kernels.cpu_ops import CpuOps, select_cpu_ops
 from sglang_dspark.layers.attention import build_attention_metadata
-from sglang_dspark.layers.linear import use_linear_fn
+from sglang_dspark.layers.layernorm import RMSNorm
+from sglang_dspark.layers.linear import LinearBase
 from sglang_dspark.mem_cache.memory_pool import KVPool, ReqToTokenPool, TokenAllocator
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.models.config import DecoderConfig
@@ -29,6 +30,15 @@ def physical_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def use_cpu_ops(model: nn.Module, ops: CpuOps) -> None:
+    """Route the model's matmuls (LinearBase layers and the LM head) and RMSNorms through native kernels."""
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.cpu_ops = ops
+        elif isinstance(module, LinearBase) or "linear_fn" in vars(module):
+            module.linear_fn = ops.linear
+
+
 class ModelRunner:
     def __init__(self, server_args: ServerArgs, model_dir: Path) -> None:
         self.server_args = server_args
@@ -44,8 +54,9 @@ class ModelRunner:
         self.model = cls(self.config).to(device=self.device, dtype=self.dtype)
         self.model.load_weights(load_safetensors_state(model_dir))
         self.model.eval()
-        self.linear_fn = select_linear_fn(server_args.cpu_linear_kernel, self.device, self.dtype)
-        use_linear_fn(self.model, self.linear_fn)
+        self.cpu_ops = select_cpu_ops(server_args.cpu_kernels, self.device, self.dtype)
+        if self.cpu_ops is not None:
+            use_cpu_ops(self.model, self.cpu_ops)
 
         cfg = self.config
         per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype)
@@ -62,11 +73,11 @@ class ModelRunner:
         # two rows per running request leave room for requests that are being retracted and re-admitted
         self.req_to_token_pool = ReqToTokenPool(2 * server_args.max_running_requests, self.context_len, self.device)
         logger.info(
-            "model %s (%s), dtype %s, matmul %s, KV pool %d tokens (%.1f MiB), context %d",
+            "model %s (%s), dtype %s, %s kernels, KV pool %d tokens (%.1f MiB), context %d",
             model_dir.name,
             cfg.architecture,
             self.dtype,
-            "native bf16 kernel" if self.linear_fn is not F.linear else "torch",
+            "native CPU" if self.cpu_ops else "torch",
             self.max_total_tokens,
             self.max_total_tokens * per_token / 2**20,
             self.context_len,
@@ -77,5 +88,5 @@ class ModelRunner:
         return self.config.vocab_size
 
     def forward(self, fb: ForwardBatch) -> ModelOutput:
-        fb.attn_metadata = build_attention_metadata(fb)
+        fb.attn_metadata = build_attention_metadata(fb, self.cpu_ops.decode_attention if self.cpu_ops else None)
         return self.model(fb)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sglang_dspark.kernels.cpu_linear import LinearFn
+from sglang_dspark.kernels.cpu_ops import LinearFn
 from sglang_dspark.layers.attention import paged_attention
 from sglang_dspark.layers.layernorm import RMSNorm
 from sglang_dspark.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -96,7 +96,7 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.linear_fn: LinearFn = F.linear  # the LM head's matmul (see layers.linear.use_linear_fn)
+        self.linear_fn: LinearFn = F.linear  # the LM head's matmul, like LinearBase.linear_fn
 
     @staticmethod
     def qkv_bias(cfg: DecoderConfig) -> bool:

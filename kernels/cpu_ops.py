@@ -1,0 +1,110 @@
+"""Native C++ kernels for bf16 inference on x86 CPUs with AVX2 + FMA but no AVX-512 (csrc/).
+
+On such CPUs PyTorch runs a bf16 ``x @ W^T`` as one matrix-vector product per row of ``x``, so the
+weights are read once per token: batch-8 decode is 8x slower than batch 1 and prefill slower still;
+and its bf16 ``rms_norm`` and per-layer K/V gathers cost more than the math they do. The kernels:
+
+- ``linear``: reads every weight row once per tile of 4 rows of ``x``, fp32 accumulation;
+- ``rms_norm`` / ``add_rms_norm``: HF's rounding order, one pass, residual add fused;
+- ``decode_attention``: one query per request over its K/V read in place from the token pool.
+
+They are compiled on first use with torch's JIT extension builder (about a minute; cached in
+~/.cache/torch_extensions) and checked against torch before they are used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+LinearFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (x [M, K], weight [N, K], bias [N]) -> [M, N]
+# (q [B, Hq, D], k_buf/v_buf [T, Hkv, D], slots [B, S], seq_lens [B], scale) -> [B, Hq, D]
+DecodeAttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, float], Tensor]
+SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
+
+
+@dataclass(frozen=True)
+class CpuOps:
+    linear: LinearFn
+    rms_norm: Callable[[Tensor, Tensor, float], Tensor]  # x [N, d], weight [d], eps -> [N, d]
+    add_rms_norm: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]  # -> (normed, x + residual)
+    decode_attention: DecodeAttentionFn
+
+
+def cpu_lacks_bf16_gemm() -> bool:
+    """True on CPUs where torch's bf16 matmul falls back to per-row products (below AVX-512)."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT", "NO AVX")
+
+
+@cache
+def load_cpu_ops() -> CpuOps:
+    """Build (once per process) and check the kernels; raises RuntimeError if they can't be built."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
+        raise RuntimeError(f"the native CPU kernels need AVX2 + FMA (CPU capability: {capability})")
+    from torch.utils.cpp_extension import load
+
+    logger.info("building the native CPU kernels (first use only, about a minute)")
+    module = load(
+        name="sglang_dspark_cpu_ops",
+        sources=[str(p) for p in SOURCES],
+        extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],  # OpenMP: at::parallel_for threads
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
+    ops = CpuOps(module.bf16_linear, module.rms_norm, module.add_rms_norm, module.decode_attention)
+    _check_against_torch(ops)
+    return ops
+
+
+def _check_against_torch(ops: CpuOps) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 40, generator=gen).bfloat16()
+    w = torch.randn(11, 40, generator=gen).bfloat16()
+    b = torch.randn(11, generator=gen).bfloat16()
+    _expect_close("linear", ops.linear(x, w, b), F.linear(x.float(), w.float(), b.float()))
+    g = torch.randn(40, generator=gen).bfloat16()
+    _expect_close("rms_norm", ops.rms_norm(x, g, 1e-6), F.rms_norm(x.float(), (40,), g.float(), 1e-6))
+    q = torch.randn(2, 4, 16, generator=gen).bfloat16()
+    kv = torch.randn(2, 2, 7, 2, 16, generator=gen).bfloat16()  # [k/v, B, S, Hkv, D]
+    slots = torch.arange(14).view(2, 7)
+    k, v = kv.float().transpose(2, 3)  # [B, Hkv, S, D]
+    want = F.scaled_dot_product_attention(q.float()[:, :, None], k, v, enable_gqa=True)[:, :, 0]
+    got = ops.decode_attention(q, kv[0].reshape(14, 2, 16), kv[1].reshape(14, 2, 16), slots, torch.tensor([7, 7]), 0.25)
+    _expect_close("decode_attention", got, want)
+
+
+def _expect_close(name: str, got: Tensor, want: Tensor) -> None:
+    if not torch.allclose(got.float(), want, rtol=2e-2, atol=2e-2):
+        raise RuntimeError(
+            f"native {name} kernel disagrees with torch (max error {(got.float() - want).abs().max():.3g})"
+        )
+
+
+def select_cpu_ops(choice: str, device: str, dtype: torch.dtype) -> CpuOps | None:
+    """The native kernels, or None for torch's ops (``--cpu-kernels``).
+
+    ``auto`` takes the native kernels for bf16 on CPUs without native bf16 GEMM and falls back to
+    torch with a warning if they cannot be built; ``native`` insists (build errors propagate); both
+    leave other dtypes and devices to torch (the kernels are for bf16 weights).
+    """
+    if device != "cpu" or dtype != torch.bfloat16 or choice == "torch":
+        return None
+    if choice == "native":
+        return load_cpu_ops()
+    if not cpu_lacks_bf16_gemm():
+        return None
+    try:
+        return load_cpu_ops()
+    except Exception as e:  # no compiler, no ninja, unexpected CPU: the model still runs, only slower
+        logger.warning("native CPU kernels unavailable (%s); using torch's bf16 ops", e)
+        return None

@@ -1,0 +1,149 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sglang_dspark.kernels.cpu_ops import load_cpu_ops, select_cpu_ops
+from sglang_dspark.layers.layernorm import RMSNorm
+from sglang_dspark.layers.linear import QKVParallelLinear, RowParallelLinear
+from sglang_dspark.model_executor.model_runner import use_cpu_ops
+
+pytestmark = pytest.mark.skipif(
+    torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="native kernels need AVX2 + FMA"
+)
+
+
+@pytest.fixture(scope="module")
+def ops():
+    return load_cpu_ops()
+
+
+def _gen(*key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(hash(key) % 2**31)
+
+
+# ---------------------------------------------------------------- linear
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 9, 67])  # every row-tile remainder, and more than one row block
+@pytest.mark.parametrize("n, k", [(64, 32), (33, 40), (7, 13)])  # odd N (last row alone), K not a multiple of 8
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_matches_fp32_reference(ops, m, n, k, bias):
+    gen = _gen(m, n, k)
+    x = torch.randn(m, k, generator=gen).bfloat16()
+    w = torch.randn(n, k, generator=gen).bfloat16()
+    b = torch.randn(n, generator=gen).bfloat16() if bias else None
+    want = F.linear(x.float(), w.float(), None if b is None else b.float())  # exact products of bf16 inputs
+    got = ops.linear(x, w, b)
+    assert got.dtype == torch.bfloat16 and got.shape == (m, n)
+    # fp32 accumulation, one bf16 rounding of the output: relative error <= 2^-8
+    torch.testing.assert_close(got.float(), want, rtol=2**-8, atol=1e-5)
+
+
+def test_linear_fp32_input_gives_fp32_output(ops):
+    x, w = torch.randn(3, 16), torch.randn(5, 16).bfloat16()
+    got = ops.linear(x, w, None)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, x @ w.float().t(), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_rejects_bad_weights(ops):
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        ops.linear(torch.randn(2, 4).bfloat16(), torch.randn(3, 4), None)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        ops.linear(torch.randn(2, 4).bfloat16(), torch.randn(4, 3).bfloat16().t(), None)  # not contiguous
+    with pytest.raises(RuntimeError, match="K"):
+        ops.linear(torch.randn(2, 5).bfloat16(), torch.randn(3, 4).bfloat16(), None)
+
+
+# ---------------------------------------------------------------- rms_norm
+
+
+def _hf_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, written out."""
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * normed.to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n", [1, 5, 40])
+def test_rms_norm_matches_hf(ops, dtype, n):
+    gen = _gen(n, 576)
+    x = (3 * torch.randn(n, 576, generator=gen)).to(dtype)
+    r = torch.randn(n, 576, generator=gen).to(dtype)
+    w = torch.randn(576, generator=gen).to(dtype)
+    tol = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(ops.rms_norm(x, w, 1e-5), _hf_rms_norm(x, w, 1e-5), **tol)
+    normed, total = ops.add_rms_norm(x, r, w, 1e-5)
+    assert torch.equal(total, x + r)  # the residual sum is rounded to the dtype exactly like torch's add
+    torch.testing.assert_close(normed, _hf_rms_norm(x + r, w, 1e-5), **tol)
+    assert not torch.equal(r, total)  # inputs are not modified in place
+
+
+def test_rms_norm_module_routes_through_kernel(ops):
+    norm = RMSNorm(64, 1e-6).bfloat16()
+    torch.nn.init.normal_(norm.weight)
+    x, r = torch.randn(2, 3, 64).bfloat16(), torch.randn(2, 3, 64).bfloat16()
+    want_n, want_sum = norm(x, r)
+    norm.cpu_ops = ops
+    got_n, got_sum = norm(x, r)
+    assert got_n.shape == (2, 3, 64) and torch.equal(got_sum, want_sum)
+    torch.testing.assert_close(got_n, want_n, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(norm(x), _hf_rms_norm(x, norm.weight, 1e-6), rtol=1e-2, atol=1e-2)
+
+
+# ---------------------------------------------------------------- decode attention
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("hq, hkv", [(4, 4), (6, 2), (9, 3)])
+def test_decode_attention_matches_sdpa_over_gathered_kv(ops, dtype, hq, hkv):
+    gen = _gen(hq, hkv)
+    d, pool = 32, 50
+    k_buf = torch.randn(pool, hkv, d, generator=gen).to(dtype)
+    v_buf = torch.randn(pool, hkv, d, generator=gen).to(dtype)
+    lens = torch.tensor([1, 7, 13])
+    slots = torch.randperm(pool, generator=gen)[: 3 * 13].view(3, 13)  # scattered slots, padding past each length
+    q = torch.randn(3, hq, d, generator=gen).to(dtype)
+    got = ops.decode_attention(q, k_buf, v_buf, slots, lens, d**-0.5)
+    for b in range(3):
+        kk = k_buf[slots[b, : lens[b]]].float().transpose(0, 1)  # [Hkv, S, D]
+        vv = v_buf[slots[b, : lens[b]]].float().transpose(0, 1)
+        want = F.scaled_dot_product_attention(q[b].float()[:, None], kk, vv, scale=d**-0.5, enable_gqa=True)[:, 0]
+        tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+        torch.testing.assert_close(got[b].float(), want, rtol=tol, atol=tol)
+
+
+def test_decode_attention_rejects_bad_lengths(ops):
+    q, kv = torch.randn(1, 2, 8), torch.randn(4, 2, 8)
+    with pytest.raises(RuntimeError, match="seq_lens"):
+        ops.decode_attention(q, kv, kv, torch.zeros(1, 3, dtype=torch.long), torch.tensor([4]), 1.0)
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        ops.decode_attention(
+            torch.randn(1, 2, 6), torch.randn(4, 2, 6), torch.randn(4, 2, 6), torch.zeros(1, 1), torch.tensor([1]), 1.0
+        )
+
+
+# ---------------------------------------------------------------- selection and wiring
+
+
+def test_selection():
+    assert select_cpu_ops("torch", "cpu", torch.bfloat16) is None
+    assert select_cpu_ops("native", "cpu", torch.float32) is None  # the kernels are for bf16 weights only
+    assert select_cpu_ops("auto", "cuda", torch.bfloat16) is None
+    assert select_cpu_ops("native", "cpu", torch.bfloat16) is not None
+
+
+def test_layers_route_through_the_kernels(ops):
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(QKVParallelLinear(32, 8, 4, 2, bias=True), RowParallelLinear(64, 16), RMSNorm(16))
+    for p in layers.parameters():
+        torch.nn.init.normal_(p)
+    layers = layers.bfloat16()
+    x = torch.randn(2, 3, 32).bfloat16()  # leading dims are flattened and restored
+    want = layers(x)
+    use_cpu_ops(layers, ops)
+    assert layers[0].linear_fn is ops.linear and layers[1].linear_fn is ops.linear and layers[2].cpu_ops is ops
+    got = layers(x)
+    assert got.shape == want.shape == (2, 3, 16)
+    torch.testing.assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
