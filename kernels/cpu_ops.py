@@ -15,7 +15,10 @@ They are compiled on first use with torch's JIT extension builder (about a minut
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -54,16 +57,33 @@ def load_cpu_ops() -> CpuOps:
     from torch.utils.cpp_extension import load
 
     logger.info("building the native CPU kernels (first use only, about a minute)")
-    module = load(
-        name="sglang_dspark_cpu_ops",
-        sources=[str(p) for p in SOURCES],
-        extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],  # OpenMP: at::parallel_for threads
-        extra_ldflags=["-fopenmp"],
-        verbose=False,
-    )
+    with _ninja_on_path():
+        module = load(
+            name="sglang_dspark_cpu_ops",
+            sources=[str(p) for p in SOURCES],
+            extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],  # OpenMP: at::parallel_for threads
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
     ops = CpuOps(module.bf16_linear, module.rms_norm, module.add_rms_norm, module.decode_attention)
     _check_against_torch(ops)
     return ops
+
+
+@contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch's builder runs `ninja` from PATH; the pip-installed one sits in the (maybe not activated) venv."""
+    if shutil.which("ninja"):
+        yield
+        return
+    import ninja
+
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + old
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
 
 
 def _check_against_torch(ops: CpuOps) -> None:
