@@ -9,7 +9,10 @@ blocks the batch. Once compiled, the request's grammar object lives on ``Req.gra
 * after sampling: the token advances the grammar; a stop token terminates it (finish reason stop);
 * jump-forward: tokens the grammar then forces are appended to ``output_ids`` without a model step.
   They still need KV: with them the request has ``pending_tokens`` > 1 and the scheduler runs them as
-  one extend chunk before its next sample.
+  one extend chunk before its next sample;
+* speculative decoding: drafts are cut at the first token the grammar rejects, and each verify row's
+  logits get the mask of the grammar state after the drafts before it, so verification accepts exactly
+  what masked plain decoding would produce.
 """
 
 from __future__ import annotations
@@ -113,17 +116,48 @@ class GrammarManager:
             apply_bitmask_(logits, bitmask, rows)
         return logits
 
+    def mask_draft_logits(self, reqs: list[Req], drafts: list[list[int]], logits: torch.Tensor) -> torch.Tensor:
+        """In place: logits [sum(len(d) + 1), V], rows of each request's anchor + drafts in order; the row
+        after drafts[:i] gets the mask of the grammar state after them. Drafts must be grammar-valid
+        (see valid_draft). Returns logits."""
+        starts, rows, grammars, chains = 0, [], [], []
+        for req, d in zip(reqs, drafts, strict=True):
+            if req.grammar is not None:
+                rows.append(starts)
+                grammars.append(req.grammar)
+                chains.append(d)
+            starts += len(d) + 1
+        if grammars:
+            bitmask = allocate_bitmask(logits.shape[0], self.vocab_size)  # [T, W]
+            filled = self.compiler.backend.fill_draft_masks(grammars, chains, bitmask, rows)
+            masked = [r + i for r, n in zip(rows, filled, strict=True) for i in range(n)]
+            apply_bitmask_(logits, bitmask, masked)
+        return logits
+
+    @staticmethod
+    def valid_draft(req: Req, draft: list[int]) -> list[int]:
+        """The longest prefix of draft that req's grammar accepts (all of it without a grammar)."""
+        return draft if req.grammar is None else draft[: req.grammar.validate_tokens(draft)]
+
     def advance(self, req: Req, token: int) -> None:
         """After ``token`` was appended to req.output_ids: advance the grammar, finish the request if
         the grammar terminated, else append the tokens it forces (jump-forward)."""
-        grammar = req.grammar
-        if not grammar.accept_token(token):  # the mask forbids this; reaching here is a bug
+        self.accept(req, token)
+        if not req.finished:
+            self.jump_forward(req)
+
+    def accept(self, req: Req, token: int) -> None:
+        """Advance req's grammar by an appended token; finishes req if the grammar terminated (or, a bug,
+        rejected the token)."""
+        if not req.grammar.accept_token(token):  # the mask forbids this; reaching here is a bug
             logger.error("request %s: the grammar rejected sampled token %d", req.rid, token)
             req.finished_reason = FinishReason("abort", message=f"the grammar rejected token {token}")
-            return
-        if grammar.is_terminated():
+        elif req.grammar.is_terminated():
             req.finished_reason = FinishReason("stop", matched=token)
-            return
+
+    def jump_forward(self, req: Req) -> None:
+        """Append the tokens req's grammar forces from here (unless disabled or logprobs are wanted)."""
+        grammar = req.grammar
         # forced tokens have no sampled logprob: requests that report logprobs decode them one by one
         if self.args.disable_jump_forward or req.return_logprob:
             return

@@ -47,6 +47,9 @@ class ReqOutput:
     spec_verify_ct: int = 0
     spec_proposed: int = 0
     spec_accepted: int = 0
+    # per verify round, in the request's last output only: drafts verified, drafts accepted
+    spec_draft_lens: list[int] | None = None
+    spec_accept_lens: list[int] | None = None
 
 
 # ---- messages between the HTTP process and the scheduler process -----------------------------

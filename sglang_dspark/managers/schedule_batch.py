@@ -68,6 +68,8 @@ class Req:
         self.spec_verify_ct = 0
         self.spec_proposed = 0
         self.spec_accepted = 0
+        self.spec_draft_lens: list[int] = []  # per verify round
+        self.spec_accept_lens: list[int] = []
 
     @property
     def fill_ids(self) -> list[int]:

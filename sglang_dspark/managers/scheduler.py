@@ -226,7 +226,7 @@ class Scheduler:
             room = [r.sampling_params.max_new_tokens - len(r.output_ids) - 1 for r in spec]
             spare = self.cache.available_tokens() - len(decodes)
             for req, d in zip(spec, self.spec.draft(spec, room)):
-                d = d[: max(spare, 0)]
+                d = self.grammars.valid_draft(req, d[: max(spare, 0)])
                 spare -= len(d)
                 drafts[id(req)] = d
         chunks = []
@@ -235,33 +235,42 @@ class Scheduler:
             if id(req) in drafts:
                 req.spec_verify_ct += 1
                 req.spec_proposed += len(d)
+                req.spec_draft_lens.append(len(d))
+                if not d:  # nothing to verify: a plain decode step, a round that accepts 0 drafts
+                    req.spec_accept_lens.append(0)
             chunks.append(self._take(req, 1 + len(d), d))
         return chunks
 
     def _can_speculate(self, req: Req) -> bool:
-        """Drafts are verified for plain requests; grammar, logprob and min_new_tokens requests decode normally."""
-        return (
-            req.grammar is None
-            and not req.return_logprob
-            and len(req.output_ids) >= req.sampling_params.min_new_tokens
-        )
+        """Drafts are verified for plain and grammar requests; logprob and min_new_tokens requests decode normally."""
+        return not req.return_logprob and len(req.output_ids) >= req.sampling_params.min_new_tokens
 
     def _verify(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> None:
         """Commit each request's accepted drafts + one token; free the KV slots of rejected drafts."""
         reqs = [c.req for c in chunks]
-        committed = self.spec.verify(reqs, [c.drafts for c in chunks], logits)
+        drafts = [c.drafts for c in chunks]
+        committed = self.spec.verify(reqs, drafts, self.grammars.mask_draft_logits(reqs, drafts, logits))
         pool = self.runner.req_to_token_pool.req_to_token
         for chunk, tokens in zip(chunks, committed):
             req, accepted = chunk.req, len(tokens) - 1
             req.spec_accepted += accepted
+            req.spec_accept_lens.append(accepted)
             appended = 0
             for tok in tokens:
                 req.output_ids.append(tok)
                 appended += 1
-                req.check_finished(self.eos_ids, self.tokenizer)
+                if req.grammar is not None:
+                    self.grammars.accept(req, tok)
+                if not req.finished:
+                    req.check_finished(self.eos_ids, self.tokenizer)
                 if req.finished:
                     break
             self.stats.generated_tokens += appended
+            if req.grammar is not None and not req.finished:
+                n = len(req.output_ids)
+                self.grammars.jump_forward(req)  # forced tokens: KV comes with the next extend
+                self.stats.jump_forward_tokens += len(req.output_ids) - n
+                req.check_finished(self.eos_ids, self.tokenizer)
             # KV is valid for the anchor (already counted in kv_len) and the accepted drafts that stayed
             end = req.kv_len + len(chunk.drafts)
             req.kv_len += min(accepted, appended)
@@ -403,6 +412,8 @@ class Scheduler:
             spec_verify_ct=req.spec_verify_ct,
             spec_proposed=req.spec_proposed,
             spec_accepted=req.spec_accepted,
+            spec_draft_lens=req.spec_draft_lens if req.finished else None,
+            spec_accept_lens=req.spec_accept_lens if req.finished else None,
         )
         req.pending_output_logprobs, req.pending_output_top = [], []
         req.pending_input_logprobs, req.pending_input_top = [], []

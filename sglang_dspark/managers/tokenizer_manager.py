@@ -163,6 +163,9 @@ class TokenizerManager:
             meta["spec_accept_rate"] = spec.spec_accepted / spec.spec_proposed if spec.spec_proposed else 0.0
             meta["spec_num_correct_drafts"] = spec.spec_accepted
             meta["spec_num_proposed_drafts"] = spec.spec_proposed
+            if spec.spec_draft_lens is not None:  # the final output: per-round detail
+                meta["spec_draft_lens"] = spec.spec_draft_lens
+                meta["spec_accept_lens"] = spec.spec_accept_lens
         if state.req.return_logprob:
             meta["input_token_logprobs"] = self._lp(state.input_token_logprobs, state.return_text_in_logprobs)
             meta["output_token_logprobs"] = self._lp(

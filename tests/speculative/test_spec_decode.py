@@ -60,6 +60,49 @@ def test_ngram_greedy_is_lossless_at_batch_1_and_8(plain, sps_path, radix):
         spec.shutdown()
 
 
+STATES_SCHEMA = json.dumps({
+    "type": "object",
+    "properties": {"states": {"type": "array", "items": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "capital": {"type": "string"}},
+        "required": ["name", "capital"],
+    }}},
+    "required": ["states"],
+})
+
+
+@pytest.mark.parametrize("jump_forward", [True, False])
+def test_ngram_greedy_with_json_schema_is_lossless(plain, sps_path, jump_forward):
+    """Grammar requests speculate too: drafts are cut where the grammar rejects them and every verify row is
+    masked by the grammar state after the drafts before it, so outputs equal masked plain decoding."""
+    args = {"dtype": "float32", "max_total_tokens": 4096, "log_level": "warning",
+            "disable_jump_forward": not jump_forward}
+    base = Engine(**args)
+    spec = Engine(**args, speculative_algorithm="NGRAM", speculative_dspark_sps_table_path=sps_path)
+    try:
+        params = {**GREEDY, "max_new_tokens": 96, "json_schema": STATES_SCHEMA}
+        ids = [chat(base, p) for p in PROMPTS]
+        expected = [base.generate(input_ids=i, sampling_params=params)["output_ids"] for i in ids]
+        one = [spec.generate(input_ids=i, sampling_params=params) for i in ids]
+        assert [r["output_ids"] for r in one] == expected
+        batch = spec.generate(input_ids=(ids * 3)[:8], sampling_params=params)
+        assert [r["output_ids"] for r in batch] == (expected * 3)[:8]
+        meta = [r["meta_info"] for r in one + batch]
+        assert sum(m["spec_num_correct_drafts"] for m in meta) > 0
+        for m in meta:  # the per-round detail adds up to the totals
+            assert len(m["spec_draft_lens"]) == len(m["spec_accept_lens"]) == m["spec_verify_ct"]
+            assert sum(m["spec_accept_lens"]) == m["spec_num_correct_drafts"]
+            assert sum(m["spec_draft_lens"]) == m["spec_num_proposed_drafts"]
+            assert all(0 <= a <= d for a, d in zip(m["spec_accept_lens"], m["spec_draft_lens"]))
+        for r in one:
+            if r["meta_info"]["finish_reason"]["type"] == "stop":
+                json.loads(r["text"])
+        assert spec.kv_usage().in_use == 0
+    finally:
+        base.shutdown()
+        spec.shutdown()
+
+
 def test_unknown_speculative_algorithm_lists_valid_ones():
     with pytest.raises(ValueError, match="DSPARK.*NGRAM.*STANDALONE"):
         ServerArgs(speculative_algorithm="EAGLE")

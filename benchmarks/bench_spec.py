@@ -1,0 +1,137 @@
+"""Speculative decoding vs plain decoding, in one run: tokens/s, tau, conditional acceptance, verify budget.
+
+    python benchmarks/bench_spec.py                                  # NGRAM and DSPARK vs none, all workloads
+    python benchmarks/bench_spec.py --algorithms NGRAM --workloads json --concurrency 1,4
+
+Workloads (first --num-prompts of each, chat-formatted, greedy, --max-new-tokens): ``code`` = mbpp,
+``chat`` = arena-hard-v2, ``json`` = JSON-schema tasks from the JSONSchemaBench subset (the prompt asks for
+an object following the schema, and the request carries it as ``json_schema``). Each concurrency level c
+sends the prompts in groups of c requests that run together (c in flight). Every algorithm runs on its own
+Engine over the same prompts, one after the other; the speed-up column divides by plain decoding at the
+same workload and level.
+
+Columns: tok/s = generated tokens / wall time of the level; tau = tokens committed per verify round (bonus
+included); cond. acceptance@k = P(draft k accepted | drafts 1..k-1 accepted, draft k verified); verify
+budget = mean drafts verified per request per round (what the confidence scheduler chose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from sglang_dspark import Engine
+from sglang_dspark.speculative.metrics import conditional_acceptance, tau
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+WORKLOADS = ("code", "chat", "json")
+SHOWN_POSITIONS = 4
+
+
+def load_workload(name: str, n: int) -> list[tuple[str, dict]]:
+    """(user message, extra sampling params) for the first n items of a workload."""
+    if name == "json":
+        path = DATA / "json_schemas" / "jsonschemabench_subset.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][:n]
+        return [
+            (
+                f"Generate a JSON object that follows this JSON schema:\n{json.dumps(r['schema'])}",
+                {"json_schema": json.dumps(r["schema"])},
+            )
+            for r in rows
+        ]
+    path = DATA / "prompts" / {"code": "mbpp.jsonl", "chat": "arena-hard-v2.jsonl"}[name]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][:n]
+    return [(r["turns"][0], {}) for r in rows]
+
+
+def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, max_new_tokens: int) -> dict:
+    tok = engine.tokenizer
+    ids = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": m}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        for m, _ in items
+    ]
+    params = [{"temperature": 0, "max_new_tokens": max_new_tokens, **extra} for _, extra in items]
+    tokens, draft_lens, accept_lens = 0, [], []
+    t = time.perf_counter()
+    for start in range(0, len(items), concurrency):
+        outs = engine.generate(
+            input_ids=ids[start : start + concurrency], sampling_params=params[start : start + concurrency]
+        )
+        for out in outs:
+            meta = out["meta_info"]
+            tokens += meta["completion_tokens"]
+            draft_lens += meta.get("spec_draft_lens", [])
+            accept_lens += meta.get("spec_accept_lens", [])
+    elapsed = time.perf_counter() - t
+    row = {"tok_s": tokens / elapsed, "tokens": tokens}
+    if draft_lens:
+        d, a = torch.tensor(draft_lens), torch.tensor(accept_lens)
+        row["tau"] = tau(a)
+        row["cond"] = conditional_acceptance(a, d, SHOWN_POSITIONS).tolist()
+        row["budget"] = float(d.double().mean())
+    return row
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None or x != x else format(x, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--algorithms", default="NGRAM,DSPARK", help="compared with plain decoding")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    args = ap.parse_args()
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    workloads = args.workloads.split(",")
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        raise SystemExit(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
+    items = {w: load_workload(w, args.num_prompts) for w in workloads}
+    results: dict[str, dict[str, dict[int, dict]]] = {}
+    for algo in [None, *args.algorithms.split(",")]:
+        name = algo or "none"
+        engine = Engine(speculative_algorithm=algo, dtype=args.dtype, log_level="warning")
+        engine.generate("warm-up", {"max_new_tokens": 4})
+        for w in workloads:
+            for c in levels:
+                row = run_level(engine, items[w], c, args.max_new_tokens)
+                results.setdefault(w, {}).setdefault(name, {})[c] = row
+                print(f"{w:5} {name:7} c={c:<3} {fmt(row['tok_s'], '.1f')} tok/s tau {fmt(row.get('tau'))}", flush=True)
+        engine.shutdown()
+
+    print(
+        f"\n{args.num_prompts} prompts per workload, greedy, {args.max_new_tokens} new tokens, "
+        f"{torch.get_num_threads()} threads\n"
+    )
+    cond_cols = " | ".join(f"cond@{k + 1}" for k in range(SHOWN_POSITIONS))
+    print(f"| workload | algorithm | concurrency | tok/s | speed-up | tau | {cond_cols} | verify budget |")
+    print("|---|---|---:|---:|---:|---:|" + "---:|" * SHOWN_POSITIONS + "---:|")
+    for w, by_algo in results.items():
+        for name, by_level in by_algo.items():
+            for c, row in by_level.items():
+                base = by_algo["none"][c]["tok_s"]
+                cond = row.get("cond", [None] * SHOWN_POSITIONS)
+                print(
+                    f"| {w} | {name} | {c} | {row['tok_s']:.1f} | {row['tok_s'] / base:.2f}x | {fmt(row.get('tau'))} | "
+                    + " | ".join(fmt(x) for x in cond)
+                    + f" | {fmt(row.get('budget'), '.1f')} |"
+                )
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
