@@ -36,6 +36,8 @@ SCHEMA_SUPPORT = SchemaSupport(
         "minProperties",
         "maxProperties",
     },
+    combinator_siblings=False,
+    negated_pattern_classes=False,
 )
 MAX_ROLLBACK = 4096  # states a Guide remembers (speculation rolls back a draft length at most)
 MAX_JUMP_FORWARD = 64

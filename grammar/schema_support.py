@@ -7,6 +7,8 @@ output we return for a schema is valid. Annotation keywords (``title``, ``format
 
 ``oneOf`` is approximated by ``anyOf`` in every backend; that is exact only when no value can match
 two branches, so it is accepted only when the branches have pairwise disjoint ``type`` or ``const``.
+xgrammar and outlines-core do not intersect ``anyOf`` / ``oneOf`` with validation keywords next to it
+(xgrammar enforces only the branches, outlines only the siblings): there such a node is refused.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ _SUBSCHEMA = (
 )
 _SUBSCHEMA_LIST = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
 _SUBSCHEMA_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+# Keywords that never constrain a value (annotations, identifiers, definitions used elsewhere).
+_ANNOTATIONS = frozenset(
+    {"$schema", "$id", "$comment", "title", "description", "examples", "default", "$defs", "definitions"}
+)
 
 
 def _subschemas(schema: dict, path: str) -> Iterator[tuple[dict, str]]:
@@ -84,6 +90,29 @@ def _disjoint_branches(branches: list) -> bool:
     return False
 
 
+_JSON_TYPES = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+}
+
+
+def _check_enum_type(node: dict, path: str) -> None:
+    """An enum value of another type than the node's `type` can never validate: refuse the contradiction
+    (backends would generate it anyway)."""
+    types = node.get("type")
+    types = [types] if isinstance(types, str) else types
+    if not isinstance(node.get("enum"), list) or not isinstance(types, list):
+        return
+    for value in node["enum"]:
+        if not any(_JSON_TYPES.get(t, lambda v: True)(value) for t in types):
+            raise GrammarError(f"'enum' value {json.dumps(value)} (at {path}) does not have the node's type {types}")
+
+
 @dataclass(frozen=True)
 class SchemaSupport:
     """What one backend enforces. ``check`` raises GrammarError naming the first keyword it cannot."""
@@ -91,6 +120,8 @@ class SchemaSupport:
     backend: str
     unsupported: frozenset[str]
     multiple_of_numbers: bool = True  # False: multipleOf is enforced on integers only
+    combinator_siblings: bool = True  # False: anyOf / oneOf are not intersected with keywords next to them
+    negated_pattern_classes: bool = True  # False: a `[^...]` in a string pattern may emit raw quotes / controls
 
     def check(self, schema: dict | bool) -> None:
         stack = [(schema, "#")]
@@ -114,4 +145,19 @@ class SchemaSupport:
                     f"'oneOf' (at {path}) is only supported when its branches have distinct 'type's or "
                     f"'const's: it is generated as 'anyOf', which could match more than one branch"
                 )
+            _check_enum_type(node, path)
+            pattern = node.get("pattern")
+            if isinstance(pattern, str) and "[^" in pattern and not self.negated_pattern_classes:
+                raise GrammarError(
+                    f"the string 'pattern' (at {path}) has a negated character class, which the {self.backend} "
+                    f"grammar backend would let match unescaped quotes and control characters (invalid JSON)"
+                )
+            for combinator in ("anyOf", "oneOf"):
+                siblings = sorted(k for k in node if k not in _ANNOTATIONS and k not in ("anyOf", "oneOf"))
+                if combinator in node and siblings and not self.combinator_siblings:
+                    raise GrammarError(
+                        f"'{combinator}' (at {path}) next to the keywords {siblings} is not supported by the "
+                        f"{self.backend} grammar backend: it cannot enforce both (move them into every branch, "
+                        f"or use --grammar-backend llguidance)"
+                    )
             stack.extend(_subschemas(node, path))

@@ -155,3 +155,28 @@ def test_token_bytes_match_xgrammar_decoding(tokenizer):
     assert ours[:3] == [b"", b"", b""]  # <|endoftext|>, <|im_start|>, <|im_end|>
     assert all(o == t for o, t in zip(ours, theirs) if o)
     assert ours[encode(tokenizer, " hello")[0]] == b" hello"
+
+
+def _accepts_whole(backend, compiled, tokenizer, text) -> bool:
+    grammar = backend.make_grammar(compiled)
+    ids = encode(tokenizer, text)
+    return grammar.accept_tokens(ids) == len(ids) and grammar.accept_token(EOS)
+
+
+def test_any_of_next_to_other_keywords_is_enforced_or_refused(backend, tokenizer):
+    """From JSONSchemaBench (Github_easy/o65451): xgrammar enforced only the anyOf branches, outlines only the
+    siblings, so both produced objects that do not validate; they must refuse such schemas instead."""
+    schema = {
+        "anyOf": [{"required": ["title"]}, {"required": ["description"]}],
+        "properties": {"date": {"type": "string"}, "title": {"type": "string"}, "description": {"type": "string"}},
+        "required": ["date"],
+        "type": "object",
+    }
+    try:
+        compiled = backend.compile(Constraint.from_fields(json_schema=json.dumps(schema)))
+    except GrammarError as e:
+        assert backend.name in ("xgrammar", "outlines") and "anyOf" in str(e)
+        return
+    assert _accepts_whole(backend, compiled, tokenizer, '{"date":"d","title":"t"}')
+    assert not _accepts_whole(backend, compiled, tokenizer, '{"x":1}')  # no date, no title/description
+    assert not _accepts_whole(backend, compiled, tokenizer, '{"date":"d"}')  # no title/description

@@ -46,3 +46,27 @@ def test_constraint_from_fields():
         Constraint.from_fields(json_schema="{")
     with pytest.raises(GrammarError, match="object or a boolean"):
         Constraint(ConstraintKind.JSON_SCHEMA, "[1]").schema()
+
+
+def test_combinator_siblings_refused_only_where_unsupported():
+    schema = {"type": "object", "required": ["a"], "anyOf": [{"required": ["b"]}, {"required": ["c"]}]}
+    with pytest.raises(GrammarError, match=r"'anyOf' \(at #\) next to the keywords \['required', 'type'\]"):
+        SchemaSupport("x", frozenset(), combinator_siblings=False).check(schema)
+    SchemaSupport("x", frozenset()).check(schema)
+    # annotations next to a combinator are fine everywhere
+    SchemaSupport("x", frozenset(), combinator_siblings=False).check(
+        {"title": "t", "$schema": "s", "anyOf": [{"type": "string"}, {"type": "integer"}]}
+    )
+
+
+def test_enum_of_another_type_and_negated_pattern_classes():
+    """From JSONSchemaBench (Github_easy/o30360, o27354): outlines generated an enum string for a node typed
+    object, and raw quotes inside a string whose pattern was `^/[^\\u0000]+$`."""
+    support = SchemaSupport("x", frozenset(), negated_pattern_classes=False)
+    with pytest.raises(GrammarError, match=r"'enum' value \"A\" \(at #/properties/b\)"):
+        support.check({"properties": {"b": {"type": "object", "enum": ["A"]}}})
+    SchemaSupport("x", frozenset()).check({"type": ["string", "null"], "enum": ["A", None]})
+    with pytest.raises(GrammarError, match="negated character class"):
+        support.check({"type": "string", "pattern": "^/[^\\u0000]+$"})
+    SchemaSupport("x", frozenset()).check({"type": "string", "pattern": "^/[^\\u0000]+$"})
+    support.check({"type": "string", "pattern": "^[a-z]+$"})
