@@ -172,10 +172,13 @@ class DSparkDrafter(DraftBackbone):
                 allowed = mask_fn(k, torch.stack(tokens, dim=1) if tokens else anchor_tokens.new_empty(r, 0))
                 if allowed is not None:
                     logits = logits.masked_fill(~allowed, float("-inf"))
-            p = torch.softmax(logits / torch.where(greedy, 1.0, temps)[:, None], dim=-1)
-            sampled = torch.multinomial(p, 1, generator=generator).squeeze(1)
-            tok = torch.where(greedy, logits.argmax(dim=-1), sampled)
-            p = torch.where(greedy[:, None], F.one_hot(tok, p.shape[-1]).float(), p)
+            tok = logits.argmax(dim=-1)  # [R]
+            p = F.one_hot(tok, logits.shape[-1]).float()  # [R, V]
+            if not greedy.all():  # an all-greedy batch draws no random numbers
+                p_sampled = torch.softmax(logits / torch.where(greedy, 1.0, temps)[:, None], dim=-1)
+                sampled = torch.multinomial(p_sampled, 1, generator=generator).squeeze(1)
+                tok = torch.where(greedy, tok, sampled)
+                p = torch.where(greedy[:, None], p, p_sampled)
             c = self._confidence(hidden[:, k], prev)
             if c is not None:
                 conf.append(c)
