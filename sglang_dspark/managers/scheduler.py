@@ -69,7 +69,7 @@ class Scheduler:
         self.running: list[Req] = []
         self.stats = SchedulerStats()
         self.grammars = GrammarManager(server_args, tokenizer, self.vocab_size, self.eos_ids)
-        self.spec = build_spec_worker(server_args, self.runner)
+        self.spec = build_spec_worker(server_args, self.runner, model_dir)
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -160,8 +160,12 @@ class Scheduler:
                 self.grammars.wait(GRAMMAR_IDLE_WAIT)
             return outputs
         fb, sample_rows, sample_reqs, logprob_rows = self._build_forward_batch(chunks)
+        if self.spec:
+            fb.capture_layers = self.spec.capture_layers
         out = self.runner.forward(fb)
         self.stats.num_forwards += 1
+        if fb.capture_layers:  # DSPARK: the drafter's context features, kept by KV slot
+            self.spec.store_features(out.hidden_states, fb.out_cache_loc)
         spec_chunks = [c for c in chunks if c.drafts]
         for chunk in chunks:
             chunk.req.kv_len += chunk.num_tokens - len(chunk.drafts)

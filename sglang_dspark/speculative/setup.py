@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
 from sglang_dspark.model_executor.model_runner import ModelRunner
 from sglang_dspark.model_executor.sequence_forward import SequenceRunner
+from sglang_dspark.models.config import DecoderConfig
 from sglang_dspark.server_args import ServerArgs
+from sglang_dspark.speculative.dspark import DSparkConfig, load_drafter
+from sglang_dspark.speculative.dspark.checkpoint import CONFIG_NAME, packaged_drafter, read_config
+from sglang_dspark.speculative.dspark_proposer import ConfidenceCalibration, DSparkProposer
 from sglang_dspark.speculative.planner import SPSTable, profile_sps
-from sglang_dspark.speculative.spec_worker import SpecWorker
+from sglang_dspark.speculative.spec_worker import DEFAULT_NUM_DRAFT_TOKENS, NGramProposer, SpecWorker
+from sglang_dspark.speculative.sts import STSCalibration
 
 logger = logging.getLogger(__name__)
 
 SPS_PROBE_SIZES = (1, 2, 4, 8, 16, 32, 64)
 SPS_PROBE_CONTEXT = 256  # tokens of cached context behind each probe, like a running request
+AVAILABLE_ALGORITHMS = ("DSPARK", "NGRAM")  # server_args.SPECULATIVE_ALGORITHMS also names STANDALONE
 
 
 def profile_runner_sps(runner: ModelRunner, sizes: tuple[int, ...] = SPS_PROBE_SIZES) -> SPSTable:
@@ -34,15 +41,84 @@ def profile_runner_sps(runner: ModelRunner, sizes: tuple[int, ...] = SPS_PROBE_S
     return SPSTable(measured.batch_tokens, tuple((1.0 / step_times).tolist()))
 
 
-def build_spec_worker(args: ServerArgs, runner: ModelRunner) -> SpecWorker | None:
+def build_spec_worker(args: ServerArgs, runner: ModelRunner, model_dir: Path) -> SpecWorker | None:
     algo = args.speculative_algorithm
     if algo is None:
         return None
-    if algo != "NGRAM":
-        raise ValueError(f"--speculative-algorithm {algo} is not available yet; use NGRAM")
+    if algo not in AVAILABLE_ALGORITHMS:
+        raise ValueError(f"--speculative-algorithm {algo} is not available yet; use one of {AVAILABLE_ALGORITHMS}")
+    if algo == "DSPARK":
+        proposer = build_dspark_proposer(args, runner, model_dir)
+        block = proposer.drafter.config.block_size
+        num_draft_tokens = min(args.speculative_num_draft_tokens or block, block)
+    else:
+        proposer = NGramProposer()
+        num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
     if args.speculative_dspark_sps_table_path:
         sps = SPSTable.load(args.speculative_dspark_sps_table_path)
     else:
         sps = profile_runner_sps(runner)
         logger.info("profiled SPS(B): %s", dict(zip(sps.batch_tokens, (round(v, 1) for v in sps.steps_per_sec))))
-    return SpecWorker(args.speculative_num_draft_tokens, runner.vocab_size, sps)
+    return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, sps)
+
+
+def build_dspark_proposer(args: ServerArgs, runner: ModelRunner, model_dir: Path) -> DSparkProposer:
+    """Load the drafter (--speculative-draft-model-path, else the one shipped for the target) and its STS."""
+    if args.speculative_draft_model_path:
+        path = Path(args.speculative_draft_model_path)
+    else:
+        path = packaged_drafter(model_dir.name)
+        if path is None:
+            raise ValueError(
+                f"no DSpark drafter ships for {model_dir.name}; pass --speculative-draft-model-path "
+                "(train one with python -m sglang_dspark.train)"
+            )
+    if not (path / CONFIG_NAME).is_file():
+        raise ValueError(f"drafter checkpoint {path} has no {CONFIG_NAME}")
+    cfg = read_config(path)
+    check_drafter_matches_target(cfg, runner.config, path)
+    if args.speculative_dspark_block_size not in (None, cfg.block_size):
+        raise ValueError(
+            f"--speculative-dspark-block-size {args.speculative_dspark_block_size} differs from the block size "
+            f"{cfg.block_size} the drafter {path} was trained with"
+        )
+    target = runner.model
+    drafter = load_drafter(path, target.embed_tokens.weight, target.lm_head_weight, dtype=runner.dtype)
+    calibration = load_calibration(args.speculative_dspark_confidence_sts_path, path, cfg.block_size)
+    logger.info("DSpark drafter %s (block %d, target layers %s)", path, cfg.block_size, cfg.target_layer_ids)
+    num_slots = runner.max_total_tokens
+    return DSparkProposer(drafter, runner.req_to_token_pool.req_to_token, num_slots, calibration, args.random_seed)
+
+
+def check_drafter_matches_target(cfg: DSparkConfig, target: DecoderConfig, path: Path) -> None:
+    """Raise a ValueError naming every drafter/target size that differs."""
+    pairs = {
+        "vocab_size": (cfg.vocab_size, target.vocab_size),
+        "hidden_size": (cfg.hidden_size, target.hidden_size),
+        "num_target_layers": (cfg.num_target_layers, target.num_layers),
+    }
+    wrong = [f"{name} {mine} (target {theirs})" for name, (mine, theirs) in pairs.items() if mine != theirs]
+    if wrong:
+        raise ValueError(f"drafter checkpoint {path} does not fit the target model: " + ", ".join(wrong))
+
+
+def load_calibration(sts_path: str | None, drafter_dir: Path, block_size: int) -> ConfidenceCalibration:
+    """--speculative-dspark-confidence-sts-path for every draft, else the drafter directory's
+    sts_greedy.json / sts_t1.json for greedy / sampled drafts where present (raw confidences otherwise)."""
+
+    def temperatures(path: Path) -> tuple[float, ...] | None:
+        if not path.is_file():
+            return None
+        temps = STSCalibration.load(path).temperatures
+        if len(temps) < block_size:
+            raise ValueError(f"STS file {path} has {len(temps)} temperatures, the drafter drafts {block_size}")
+        return temps
+
+    if sts_path:
+        temps = temperatures(Path(sts_path))
+        if temps is None:
+            raise ValueError(f"--speculative-dspark-confidence-sts-path {sts_path} does not exist")
+        return ConfidenceCalibration(temps, temps)
+    return ConfidenceCalibration(
+        temperatures(drafter_dir / "sts_greedy.json"), temperatures(drafter_dir / "sts_t1.json")
+    )

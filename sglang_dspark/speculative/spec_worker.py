@@ -4,7 +4,11 @@ The scheduler runs each speculating request's last committed token followed by i
 extend on top of the cached KV; the target logits of those rows come back here. Greedy requests
 accept while draft == argmax of the processed target logits; sampling requests use exact
 rejection sampling against the processed distribution plain decoding would sample from
-(penalties see the drafts before each position, as if they had been committed).
+(penalties see the drafts before each position, as if they had been committed), with the
+distributions the drafts were drawn from (one-hot for deterministic drafts).
+
+Proposers: ``NGramProposer`` here, ``DSparkProposer`` (speculative/dspark_proposer.py). A proposer
+with ``capture_layers`` gets the target's hidden states of those layers after every forward.
 """
 
 from __future__ import annotations
@@ -34,12 +38,25 @@ class SpecRequest(Protocol):
     output_ids: list[int]
     sampling_params: SamplingParams
     generator: torch.Generator | None
+    grammar: object | None
+    req_pool_idx: int | None  # row of the request-to-KV-slot table
 
 
 @dataclass
 class Draft:
     tokens: list[int]  # [k]
     confidences: list[float]  # [k], c[j] = P(draft j accepted | drafts < j accepted)
+    probs: torch.Tensor | None = None  # [k, V] distributions the drafts were sampled from; None = deterministic
+
+
+class Proposer(Protocol):
+    capture_layers: tuple[int, ...]  # target layers whose hidden states store_features receives; -1 = embeddings
+
+    def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]: ...
+
+    def store_features(self, hidden_states: list[torch.Tensor], slots: torch.Tensor) -> None: ...
+
+    def release(self, rid: str) -> None: ...
 
 
 @dataclass
@@ -49,8 +66,12 @@ class NGramProposer:
     min_n: int = 1
     max_n: int = 4
     indexes: dict[str, NGramIndex] = field(default_factory=dict)
+    capture_layers: tuple[int, ...] = ()
 
-    def propose(self, req: SpecRequest, num_tokens: int) -> Draft:
+    def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]:
+        return [self._propose_one(r, n) for r, n in zip(reqs, num_tokens)]
+
+    def _propose_one(self, req: SpecRequest, num_tokens: int) -> Draft:
         index = self.indexes.get(req.rid)
         if index is None:
             index = self.indexes[req.rid] = NGramIndex(self.min_n, self.max_n)
@@ -61,20 +82,33 @@ class NGramProposer:
         proposal = propose(index, num_tokens)
         return Draft(proposal.tokens, proposal.confidences)
 
+    def store_features(self, hidden_states: list[torch.Tensor], slots: torch.Tensor) -> None:
+        raise RuntimeError("the n-gram proposer captures no hidden states")
+
     def release(self, rid: str) -> None:
         self.indexes.pop(rid, None)
 
 
 class SpecWorker:
-    def __init__(self, num_draft_tokens: int | None, vocab_size: int, sps: SPSTable | None) -> None:
-        self.num_draft_tokens = num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
+    def __init__(self, proposer: Proposer, num_draft_tokens: int, vocab_size: int, sps: SPSTable | None) -> None:
+        self.proposer = proposer
+        self.num_draft_tokens = num_draft_tokens
         self.vocab_size = vocab_size
         self.sps = sps
-        self.proposer = NGramProposer()
+        self.draft_probs: dict[str, torch.Tensor] = {}  # rid -> [k, V] of the sampled drafts now being verified
+
+    @property
+    def capture_layers(self) -> tuple[int, ...]:
+        return self.proposer.capture_layers
+
+    def store_features(self, hidden_states: list[torch.Tensor], slots: torch.Tensor) -> None:
+        """After a target forward that captured `capture_layers`: hidden_states [N, d] each, slots [N] KV slots."""
+        self.proposer.store_features(hidden_states, slots)
 
     def draft(self, reqs: list[SpecRequest], room: list[int]) -> list[list[int]]:
         """Drafts to verify per request; room[i] caps request i's drafts (tokens it may still emit - 1)."""
-        drafts = [self.proposer.propose(r, min(self.num_draft_tokens, m)) for r, m in zip(reqs, room)]
+        drafts = self.proposer.propose(reqs, [min(self.num_draft_tokens, m) for m in room])
+        self.draft_probs = {r.rid: d.probs for r, d in zip(reqs, drafts) if d.probs is not None}
         width = max((len(d.tokens) for d in drafts), default=0)
         if width == 0:
             lengths = [0] * len(reqs)
@@ -121,12 +155,25 @@ class SpecWorker:
             probs = probs_from_logits(processed, info)[row_index[s]]  # [Bs, K + 1, V]
             gens = [reqs[i].generator for i in s.tolist()]
             uniforms, expo = draw_verify_noise(draft_lens[s], K, self.vocab_size, gens)
-            accept[s], nxt[s] = rejection_sample(draft_tokens[s], draft_lens[s], None, probs, uniforms, expo)
+            q = self._draft_probs([reqs[i] for i in s.tolist()], draft_tokens[s], draft_lens[s])
+            accept[s], nxt[s] = rejection_sample(draft_tokens[s], draft_lens[s], q, probs, uniforms, expo)
 
         committed = []
         for b, d in enumerate(drafts):
             committed.append(d[: int(accept[b])] + [int(nxt[b])])
         return committed
+
+    def _draft_probs(self, reqs: list[SpecRequest], tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor | None:
+        """tokens [B, K], lens [B] -> draft distributions [B, K, V] (one-hot for deterministic drafts), or None
+        when every draft is deterministic. Drafts cut after proposal keep the probabilities of their prefix."""
+        if not any(r.rid in self.draft_probs for r in reqs):
+            return None
+        q = torch.nn.functional.one_hot(tokens, self.vocab_size).float()  # [B, K, V]
+        for b, r in enumerate(reqs):
+            if r.rid in self.draft_probs:
+                n = int(lens[b])
+                q[b, :n] = self.draft_probs[r.rid][:n]
+        return q
 
     def release(self, rid: str) -> None:
         self.proposer.release(rid)

@@ -1,0 +1,123 @@
+"""DSpark proposer: drafts from the DSpark drafter, conditioned on the target's hidden states.
+
+Every target forward captures the hidden states of the drafter's `target_layer_ids`; `store_features`
+keeps them by KV slot, so a token's features live exactly as long as its KV, including radix-cached
+prefixes that another request computed. Before drafting, each request's `DrafterState` is extended
+with the features of its newly committed positions only (the slots of positions state.length ..
+anchor - 1): a rejected draft's slot lies past the committed length, is freed and never read.
+
+Drafts are greedy (one-hot p_d) for greedy requests and for grammar requests (the scheduler cuts a
+draft at its first grammar-rejected token, which is lossless only for deterministic drafts); other
+requests sample at their temperature and hand the drafter's distributions to rejection sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sglang_dspark.speculative.dspark import DrafterState, DSparkDrafter
+from sglang_dspark.speculative.spec_worker import Draft, SpecRequest
+from sglang_dspark.speculative.sts import apply_sts
+
+
+@dataclass(frozen=True)
+class ConfidenceCalibration:
+    """STS temperatures per draft position, for greedy and for sampled drafts; None = raw sigmoid."""
+
+    greedy: tuple[float, ...] | None = None
+    sampling: tuple[float, ...] | None = None
+
+    def __call__(self, logits: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
+        """logits [R, G] pre-sigmoid, sampled [R] bool -> confidences [R, G] fp32."""
+
+        def calibrate(temps: tuple[float, ...] | None) -> torch.Tensor:
+            return torch.sigmoid(logits.float()) if temps is None else apply_sts(logits, temps)
+
+        return torch.where(sampled[:, None], calibrate(self.sampling), calibrate(self.greedy))
+
+
+class DSparkProposer:
+    def __init__(
+        self,
+        drafter: DSparkDrafter,
+        req_to_token: torch.Tensor,
+        num_slots: int,
+        calibration: ConfidenceCalibration,
+        seed: int | None = None,
+    ) -> None:
+        cfg = drafter.config
+        self.drafter = drafter
+        self.req_to_token = req_to_token  # [rows, context] KV slot of every (request, position)
+        self.capture_layers = cfg.target_layer_ids
+        self.features = torch.zeros(num_slots, len(cfg.target_layer_ids) * cfg.hidden_size, dtype=drafter.dtype)
+        self.calibration = calibration
+        self.states: dict[str, DrafterState] = {}
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    def store_features(self, hidden_states: list[torch.Tensor], slots: torch.Tensor) -> None:
+        """hidden_states: one [N, d] per capture layer of a target forward; slots [N] its tokens' KV slots."""
+        self.features[slots] = torch.cat(hidden_states, dim=-1).to(self.features.dtype)  # [N, m*d]
+
+    def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]:
+        """Up to num_tokens[i] (at most the block size) drafts per request, drafted as one batch."""
+        cfg = self.drafter.config
+        drafts = [Draft([], []) for _ in reqs]
+        # the block's positions anchor .. anchor + G - 1 must have RoPE entries
+        active = [
+            i
+            for i, (r, n) in enumerate(zip(reqs, num_tokens))
+            if n > 0 and _anchor_position(r) + cfg.block_size <= cfg.max_position_embeddings
+        ]
+        if not active:
+            return drafts
+        batch = [reqs[i] for i in active]
+        states = self._extend_context(batch)
+        anchors = torch.tensor([r.output_ids[-1] if r.output_ids else r.origin_input_ids[-1] for r in batch])  # [R]
+        positions = torch.tensor([_anchor_position(r) for r in batch])  # [R]
+        temps = torch.tensor([_draft_temperature(r) for r in batch])  # [R], 0 = greedy
+        out = self.drafter.draft(states, anchors, positions, temps, generator=self.generator)
+        sampled = temps > 0  # [R]
+        if out.confidence_logits is None:  # no confidence head (DFlash): offer the whole block
+            conf = torch.ones(out.tokens.shape)  # [R, G]
+        else:
+            conf = self.calibration(out.confidence_logits, sampled)  # [R, G]
+        for j, i in enumerate(active):
+            n = min(num_tokens[i], cfg.block_size)
+            probs = out.probs[j, :n] if sampled[j] else None  # [n, V]
+            drafts[i] = Draft(out.tokens[j, :n].tolist(), conf[j, :n].tolist(), probs)
+        return drafts
+
+    def _extend_context(self, reqs: list[SpecRequest]) -> list[DrafterState]:
+        """Append the stored features of each request's committed positions not yet in its state."""
+        states, grow, feats, positions = [], [], [], []
+        for r in reqs:
+            state = self.states.setdefault(r.rid, DrafterState())
+            states.append(state)
+            end = _anchor_position(r)
+            if state.length < end:
+                slots = self.req_to_token[r.req_pool_idx, state.length : end]  # [n]
+                grow.append(state)
+                feats.append(self.features[slots])  # [n, m*d]
+                positions.append(torch.arange(state.length, end))  # [n]
+        if grow:
+            self.drafter.append_context(grow, feats, positions)
+        return states
+
+    def release(self, rid: str) -> None:
+        self.states.pop(rid, None)
+
+
+def _anchor_position(req: SpecRequest) -> int:
+    """Position of the last committed token: the anchor, whose features come with the verify forward."""
+    return len(req.origin_input_ids) + len(req.output_ids) - 1
+
+
+def _draft_temperature(req: SpecRequest) -> float:
+    params = req.sampling_params
+    return 0.0 if params.is_greedy or req.grammar is not None else params.temperature
