@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from sglang_dspark import Engine
 from sglang_dspark.server_args import ServerArgs
+from sglang_dspark.speculative.dspark import DSparkConfig, DSparkDrafter, save_drafter
 
 PROMPTS = [
     "Write a python class for a linked list with insert, delete and print methods.",
@@ -21,8 +23,15 @@ GREEDY = {"temperature": 0, "max_new_tokens": 64}
 def sps_path(tmp_path_factory):
     # measured on this CPU (DESIGN.md section 8): flat to ~8 tokens, then slower
     path = tmp_path_factory.mktemp("sps") / "sps.json"
-    path.write_text(json.dumps({"sample_batch_tokens": [1, 8, 16, 64],
-                                "sample_steps_per_sec": [27.0, 23.8, 20.4, 10.0], "max_batch_tokens": 64}))
+    path.write_text(
+        json.dumps(
+            {
+                "sample_batch_tokens": [1, 8, 16, 64],
+                "sample_steps_per_sec": [27.0, 23.8, 20.4, 10.0],
+                "max_batch_tokens": 64,
+            }
+        )
+    )
     return str(path)
 
 
@@ -39,10 +48,22 @@ def chat(engine, prompt):
     )
 
 
+def spec_engine(algorithm: str, sps_path: str, **kwargs) -> Engine:
+    return Engine(
+        dtype="float32",
+        max_total_tokens=4096,
+        log_level="warning",
+        speculative_algorithm=algorithm,
+        speculative_dspark_sps_table_path=sps_path,
+        **kwargs,
+    )
+
+
 @pytest.mark.parametrize("radix", [True, False])
-def test_ngram_greedy_is_lossless_at_batch_1_and_8(plain, sps_path, radix):
-    spec = Engine(dtype="float32", max_total_tokens=4096, log_level="warning", speculative_algorithm="NGRAM",
-                  speculative_dspark_sps_table_path=sps_path, disable_radix_cache=not radix)
+@pytest.mark.parametrize("algorithm", ["NGRAM", "DSPARK"])
+def test_greedy_is_lossless_at_batch_1_and_8(plain, sps_path, algorithm, radix):
+    """DSPARK drafts with the drafter shipped for the default model (SmolLM2-135M-Instruct)."""
+    spec = spec_engine(algorithm, sps_path, disable_radix_cache=not radix)
     try:
         ids = [chat(plain, p) for p in PROMPTS]
         expected = [plain.generate(input_ids=i, sampling_params=GREEDY)["output_ids"] for i in ids]
@@ -60,23 +81,34 @@ def test_ngram_greedy_is_lossless_at_batch_1_and_8(plain, sps_path, radix):
         spec.shutdown()
 
 
-STATES_SCHEMA = json.dumps({
-    "type": "object",
-    "properties": {"states": {"type": "array", "items": {
+STATES_SCHEMA = json.dumps(
+    {
         "type": "object",
-        "properties": {"name": {"type": "string"}, "capital": {"type": "string"}},
-        "required": ["name", "capital"],
-    }}},
-    "required": ["states"],
-})
+        "properties": {
+            "states": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "capital": {"type": "string"}},
+                    "required": ["name", "capital"],
+                },
+            }
+        },
+        "required": ["states"],
+    }
+)
 
 
 @pytest.mark.parametrize("jump_forward", [True, False])
 def test_ngram_greedy_with_json_schema_is_lossless(plain, sps_path, jump_forward):
     """Grammar requests speculate too: drafts are cut where the grammar rejects them and every verify row is
     masked by the grammar state after the drafts before it, so outputs equal masked plain decoding."""
-    args = {"dtype": "float32", "max_total_tokens": 4096, "log_level": "warning",
-            "disable_jump_forward": not jump_forward}
+    args = {
+        "dtype": "float32",
+        "max_total_tokens": 4096,
+        "log_level": "warning",
+        "disable_jump_forward": not jump_forward,
+    }
     base = Engine(**args)
     spec = Engine(**args, speculative_algorithm="NGRAM", speculative_dspark_sps_table_path=sps_path)
     try:
@@ -106,3 +138,65 @@ def test_ngram_greedy_with_json_schema_is_lossless(plain, sps_path, jump_forward
 def test_unknown_speculative_algorithm_lists_valid_ones():
     with pytest.raises(ValueError, match="DSPARK.*NGRAM.*STANDALONE"):
         ServerArgs(speculative_algorithm="EAGLE")
+
+
+REPETITIVE = "Repeat after me five times, one per line: the quick brown fox jumps over the lazy dog."
+
+
+def test_dspark_fills_spec_meta_info_and_accepts_drafts(plain, sps_path):
+    spec = spec_engine("DSPARK", sps_path)
+    try:
+        greedy = spec.generate(input_ids=chat(plain, REPETITIVE), sampling_params={**GREEDY, "max_new_tokens": 96})
+        m = greedy["meta_info"]
+        assert m["spec_verify_ct"] > 0 and m["spec_num_proposed_drafts"] > 0
+        assert m["spec_num_correct_drafts"] > 0  # the shipped drafter gets some of the repetition right
+        assert m["spec_accept_length"] == pytest.approx(m["completion_tokens"] / m["spec_verify_ct"])
+        assert m["spec_accept_rate"] == pytest.approx(m["spec_num_correct_drafts"] / m["spec_num_proposed_drafts"])
+        assert len(m["spec_draft_lens"]) == len(m["spec_accept_lens"]) == m["spec_verify_ct"]
+        # sampling requests draft at their temperature and verify with the drafter's distributions
+        sampled = spec.generate(
+            input_ids=chat(plain, REPETITIVE),
+            sampling_params={"temperature": 0.8, "max_new_tokens": 32, "sampling_seed": 1},
+        )
+        s = sampled["meta_info"]
+        assert s["completion_tokens"] == len(sampled["output_ids"]) > 0 and s["spec_verify_ct"] > 0
+        assert sum(s["spec_accept_lens"]) == s["spec_num_correct_drafts"]
+        assert spec.kv_usage().in_use == 0
+    finally:
+        spec.shutdown()
+
+
+def save_tiny_drafter(path, vocab_size: int, hidden_size: int, num_target_layers: int) -> str:
+    cfg = DSparkConfig(
+        hidden_size=hidden_size,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        vocab_size=vocab_size,
+        block_size=4,
+        target_layer_ids=(0, num_target_layers - 1),
+        num_target_layers=num_target_layers,
+        markov_rank=8,
+    )
+    table = torch.zeros(vocab_size, hidden_size)
+    return str(save_drafter(DSparkDrafter(cfg, table, table), path))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ((97, 64, 30), r"vocab_size 97 \(target 49152\), hidden_size 64 \(target 576\)"),
+        ((49152, 576, 4), r"num_target_layers 4 \(target 30\)"),
+    ],
+)
+def test_dspark_checkpoint_that_does_not_fit_the_target_fails_at_start_up(tmp_path, sps_path, sizes, message):
+    path = save_tiny_drafter(tmp_path / "drafter", *sizes)
+    with pytest.raises(ValueError, match=message):
+        spec_engine("DSPARK", sps_path, speculative_draft_model_path=path)
+
+
+def test_standalone_is_refused_with_the_available_algorithms(sps_path):
+    with pytest.raises(ValueError, match="STANDALONE is not available yet.*DSPARK.*NGRAM"):
+        spec_engine("STANDALONE", sps_path)
