@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from sglang_dspark import Engine
+from sglang_dspark.managers.tokenizer_manager import GenerateReqInput
+from sglang_dspark.model_executor.sequence_forward import forward_sequences
 from sglang_dspark.server_args import ServerArgs
 from sglang_dspark.speculative.dspark import DSparkConfig, DSparkDrafter, save_drafter
 
@@ -140,7 +142,7 @@ def test_unknown_speculative_algorithm_lists_valid_ones():
         ServerArgs(speculative_algorithm="EAGLE")
 
 
-REPETITIVE = "Repeat after me five times, one per line: the quick brown fox jumps over the lazy dog."
+REPETITIVE = "Count from 1 to 30, separated by commas."  # greedy: "1. 1\n2. 2\n3. 3\n..." for 96+ tokens
 
 
 def test_dspark_fills_spec_meta_info_and_accepts_drafts(plain, sps_path):
@@ -162,6 +164,31 @@ def test_dspark_fills_spec_meta_info_and_accepts_drafts(plain, sps_path):
         assert s["completion_tokens"] == len(sampled["output_ids"]) > 0 and s["spec_verify_ct"] > 0
         assert sum(s["spec_accept_lens"]) == s["spec_num_correct_drafts"]
         assert spec.kv_usage().in_use == 0
+    finally:
+        spec.shutdown()
+
+
+def test_dspark_drafter_context_is_the_committed_tokens_only(plain, sps_path):
+    """Mid-generation, a request's drafter context equals the target features of its committed tokens from one
+    plain forward: rejected drafts left nothing behind, and nothing was recomputed out of order."""
+    spec = spec_engine("DSPARK", sps_path)
+    try:
+        sched = spec.scheduler
+        obj = GenerateReqInput(input_ids=chat(plain, REPETITIVE), sampling_params={**GREEDY, "max_new_tokens": 48})
+        (tokenized,) = spec.tokenizer_manager.tokenize(obj)
+        sched.add_request(tokenized)
+        while not sched.running or len(sched.running[0].output_ids) < 32:
+            assert sched.has_work()  # the request is still running
+            sched.step()
+        req, proposer = sched.running[0], sched.spec.proposer
+        assert sum(req.spec_draft_lens) > sum(req.spec_accept_lens)  # some drafts were rejected
+        state = proposer.states[req.rid]
+        assert 0 < state.length <= req.kv_len
+        (ref,) = forward_sequences(sched.runner.model, [req.fill_ids[: state.length]], proposer.capture_layers)
+        kv = proposer.drafter.context_kv(torch.cat(ref.hidden_states, dim=-1), torch.arange(state.length))
+        for (k, v), keys, values in zip(kv, state.keys, state.values):
+            torch.testing.assert_close(keys[: state.length], k, rtol=1e-3, atol=1e-3)
+            torch.testing.assert_close(values[: state.length], v, rtol=1e-3, atol=1e-3)
     finally:
         spec.shutdown()
 
