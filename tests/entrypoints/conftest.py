@@ -41,17 +41,6 @@ def tokenizer(model_info):
 
 
 @pytest.fixture(scope="session")
-def grammar_available(server_url) -> bool:
-    """Whether the server runs constrained decoding yet (issue: grammar subsystem)."""
-    body = {"text": "Answer yes or no:", "sampling_params": {"max_new_tokens": 4, "regex": "(yes|no)"}}
-    r = requests.post(f"{server_url}/generate", json=body, timeout=300)
-    if r.status_code == 400 and "not supported yet" in r.json()["error"]["message"]:
-        return False
-    assert r.status_code == 200, r.text
-    return True
-
-
-@pytest.fixture(scope="session")
 def internal_state(server_url):
     """Returns a function giving the scheduler's live state from /server_info."""
     return lambda: requests.get(f"{server_url}/server_info", timeout=60).json()["internal_states"][0]

@@ -71,7 +71,5 @@ def test_run_batch(backend):
         assert state["city"] == capital.run(country=country, backend=backend)["city"]
 
 
-def test_regex_gen(backend, grammar_available):
-    if not grammar_available:
-        pytest.skip("needs the grammar backend (structured output is not wired in yet)")
+def test_regex_gen(backend):
     assert re.fullmatch(r"[0-9]{4}", year.run(backend=backend)["year"])

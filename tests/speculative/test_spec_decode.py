@@ -61,18 +61,24 @@ def spec_engine(algorithm: str, sps_path: str, **kwargs) -> Engine:
     )
 
 
+def assert_same_as_plain(plain, spec, params):
+    """PROMPTS one at a time and 8 at once through spec give plain's outputs; returns (one, batch) responses."""
+    ids = [chat(plain, p) for p in PROMPTS]
+    expected = [plain.generate(input_ids=i, sampling_params=params)["output_ids"] for i in ids]
+    one = [spec.generate(input_ids=i, sampling_params=params) for i in ids]
+    assert [r["output_ids"] for r in one] == expected
+    batch = spec.generate(input_ids=(ids * 3)[:8], sampling_params=params)
+    assert [r["output_ids"] for r in batch] == (expected * 3)[:8]
+    return one, batch
+
+
 @pytest.mark.parametrize("radix", [True, False])
 @pytest.mark.parametrize("algorithm", ["NGRAM", "DSPARK"])
 def test_greedy_is_lossless_at_batch_1_and_8(plain, sps_path, algorithm, radix):
     """DSPARK drafts with the drafter shipped for the default model (SmolLM2-135M-Instruct)."""
     spec = spec_engine(algorithm, sps_path, disable_radix_cache=not radix)
     try:
-        ids = [chat(plain, p) for p in PROMPTS]
-        expected = [plain.generate(input_ids=i, sampling_params=GREEDY)["output_ids"] for i in ids]
-        one = [spec.generate(input_ids=i, sampling_params=GREEDY) for i in ids]
-        assert [r["output_ids"] for r in one] == expected
-        batch = spec.generate(input_ids=(ids * 3)[:8], sampling_params=GREEDY)
-        assert [r["output_ids"] for r in batch] == (expected * 3)[:8]
+        one, batch = assert_same_as_plain(plain, spec, GREEDY)
         meta = [r["meta_info"] for r in one + batch]
         assert sum(m["spec_num_correct_drafts"] for m in meta) > 0  # drafts were really verified and accepted
         for m in meta:
@@ -115,12 +121,7 @@ def test_ngram_greedy_with_json_schema_is_lossless(plain, sps_path, jump_forward
     spec = Engine(**args, speculative_algorithm="NGRAM", speculative_dspark_sps_table_path=sps_path)
     try:
         params = {**GREEDY, "max_new_tokens": 96, "json_schema": STATES_SCHEMA}
-        ids = [chat(base, p) for p in PROMPTS]
-        expected = [base.generate(input_ids=i, sampling_params=params)["output_ids"] for i in ids]
-        one = [spec.generate(input_ids=i, sampling_params=params) for i in ids]
-        assert [r["output_ids"] for r in one] == expected
-        batch = spec.generate(input_ids=(ids * 3)[:8], sampling_params=params)
-        assert [r["output_ids"] for r in batch] == (expected * 3)[:8]
+        one, batch = assert_same_as_plain(base, spec, params)
         meta = [r["meta_info"] for r in one + batch]
         assert sum(m["spec_num_correct_drafts"] for m in meta) > 0
         for m in meta:  # the per-round detail adds up to the totals
