@@ -6,7 +6,8 @@ and its bf16 ``rms_norm`` and per-layer K/V gathers cost more than the math they
 
 - ``linear``: reads every weight row once per tile of 4 rows of ``x``, fp32 accumulation;
 - ``rms_norm`` / ``add_rms_norm``: HF's rounding order, one pass, residual add fused;
-- ``decode_attention``: one query per request over its K/V read in place from the token pool.
+- ``pool_attention``: decode, verify and short-extend queries over K/V read in place from the token
+  pool (causal: query n sees the first ``kv_lens[n]`` slots of its request's slot row).
 
 They are compiled on first use with torch's JIT extension builder (about a minute; cached in
 ~/.cache/torch_extensions) and checked against torch before they are used.
@@ -30,8 +31,8 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 LinearFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (x [M, K], weight [N, K], bias [N]) -> [M, N]
-# (q [B, Hq, D], k_buf/v_buf [T, Hkv, D], slots [B, S], seq_lens [B], scale) -> [B, Hq, D]
-DecodeAttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, float], Tensor]
+# (q [N, Hq, D], k_buf/v_buf [T, Hkv, D], slots [B, S], q_rows [N], kv_lens [N], scale) -> [N, Hq, D]
+PoolAttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, float], Tensor]
 SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
 
 
@@ -40,7 +41,7 @@ class CpuOps:
     linear: LinearFn
     rms_norm: Callable[[Tensor, Tensor, float], Tensor]  # x [N, d], weight [d], eps -> [N, d]
     add_rms_norm: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]  # -> (normed, x + residual)
-    decode_attention: DecodeAttentionFn
+    pool_attention: PoolAttentionFn
 
 
 def cpu_lacks_bf16_gemm() -> bool:
@@ -65,7 +66,7 @@ def load_cpu_ops() -> CpuOps:
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
-    ops = CpuOps(module.bf16_linear, module.rms_norm, module.add_rms_norm, module.decode_attention)
+    ops = CpuOps(module.bf16_linear, module.rms_norm, module.add_rms_norm, module.pool_attention)
     _check_against_torch(ops)
     return ops
 
@@ -99,8 +100,9 @@ def _check_against_torch(ops: CpuOps) -> None:
     slots = torch.arange(14).view(2, 7)
     k, v = kv.float().transpose(2, 3)  # [B, Hkv, S, D]
     want = F.scaled_dot_product_attention(q.float()[:, :, None], k, v, enable_gqa=True)[:, :, 0]
-    got = ops.decode_attention(q, kv[0].reshape(14, 2, 16), kv[1].reshape(14, 2, 16), slots, torch.tensor([7, 7]), 0.25)
-    _expect_close("decode_attention", got, want)
+    k_buf, v_buf = kv[0].reshape(14, 2, 16), kv[1].reshape(14, 2, 16)
+    got = ops.pool_attention(q, k_buf, v_buf, slots, torch.tensor([0, 1]), torch.tensor([7, 7]), 0.25)
+    _expect_close("pool_attention", got, want)
 
 
 def _expect_close(name: str, got: Tensor, want: Tensor) -> None:

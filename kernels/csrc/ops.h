@@ -9,9 +9,11 @@
 // y = x W^T (+ b): x [M, K], W [N, K] bf16 -> [M, N] in x's dtype, fp32 accumulation.
 torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias);
 
-// Attention of one new query token per request over its cached keys/values in the token-level pool.
-torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k_buf, const torch::Tensor& v_buf,
-                               const torch::Tensor& slots, const torch::Tensor& seq_lens, double scale);
+// Attention of query tokens over keys/values read in place from the token-level pool: query n sees the
+// first kv_lens[n] slots of slots[q_rows[n]].
+torch::Tensor pool_attention(const torch::Tensor& q, const torch::Tensor& k_buf, const torch::Tensor& v_buf,
+                             const torch::Tensor& slots, const torch::Tensor& q_rows, const torch::Tensor& kv_lens,
+                             double scale);
 
 // HF RMSNorm of x [N, d]; with a residual, of x + residual, returning (normed, x + residual).
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);

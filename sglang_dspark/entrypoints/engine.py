@@ -23,9 +23,7 @@ class Engine:
 
     def __init__(self, model_path: str | None = None, **kwargs) -> None:
         self.server_args = ServerArgs(model_path=model_path, **kwargs)
-        logging.basicConfig(
-            level=self.server_args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=self.server_args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
         self.model_dir = resolve_model_path(self.server_args.model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.server_args.tokenizer_path or self.model_dir)
         self.tokenizer_manager = TokenizerManager(self.tokenizer)

@@ -1,9 +1,12 @@
 """Attention over a flat, ragged token batch backed by the token-level KV pool.
 
-Requests with few new tokens (decode, speculative verification) are padded into one batched
-SDPA call; long extends (prefill chunks) run one SDPA call each, so a 512-token chunk never
-pads the decode requests next to it. Grouped-query attention folds the query heads of one KV
-head into the query-length axis, so K/V are never repeated.
+Requests with few new tokens (decode, speculative verification, short extends) form the short
+group; long extends (prefill chunks) run one SDPA call each, so a 512-token chunk never pads the
+requests next to it. With the native CPU kernels (kernels/cpu_ops.py) the short group attends
+over K/V read in place from the pool, each query seeing its request's keys up to its own
+position; without them it is padded into one batched SDPA call over gathered K/V. Grouped-query
+attention folds the query heads of one KV head into the query-length axis, so K/V are never
+repeated.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sglang_dspark.kernels.cpu_ops import DecodeAttentionFn
+from sglang_dspark.kernels.cpu_ops import PoolAttentionFn
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 
-SHORT_EXTEND_MAX = 16  # extends up to this many tokens join the padded group
+SHORT_EXTEND_MAX = 16  # extends up to this many tokens join the short group
 
 
 @dataclass
@@ -28,50 +31,81 @@ class LongExtend:
 
 
 @dataclass
+class PaddedShortGroup:
+    """Short extends padded to [Bp, E] queries over [Bp, S] gathered keys, for torch's SDPA."""
+
+    q_index: torch.Tensor | None  # [Bp, E] flat-token rows (padding -> row 0); None when every request decodes
+    q_valid: torch.Tensor | None  # [Bp, E] bool
+    kv_slots: torch.Tensor  # [Bp, S] int64 (padding -> slot 0)
+    mask: torch.Tensor | None  # [Bp, 1, E, S] bool, None when every key is visible
+
+
+@dataclass
+class PoolShortGroup:
+    """Short-extend queries for the native kernel, which reads K/V in place from the pool."""
+
+    q_index: torch.Tensor | None  # [Ns] flat-token rows of the short queries; None = all tokens, in order
+    q_rows: torch.Tensor  # [Ns] int64 row of kv_slots holding each query's request
+    kv_lens: torch.Tensor  # [Ns] int64 keys each query sees (causal)
+    kv_slots: torch.Tensor  # [Bs, S] int64
+    attend: PoolAttentionFn
+
+
+@dataclass
 class AttentionMetadata:
-    # Padded group of short extends (Bp requests, E = max new tokens, S = max KV length).
-    short_q_index: torch.Tensor | None  # [Bp, E] flat-token rows (padding -> row 0); None if all decode
-    short_q_valid: torch.Tensor | None  # [Bp, E] bool
-    short_kv_slots: torch.Tensor | None  # [Bp, S] int64 (padding -> slot 0)
-    short_mask: torch.Tensor | None  # [Bp, 1, E, S] bool, None when every key is visible
-    short_extend: int  # E
-    is_pure_decode: bool  # every request extends by exactly one token, in flat order
+    short: PaddedShortGroup | PoolShortGroup | None
     long: list[LongExtend]
-    short_seq_lens: torch.Tensor | None = None  # [Bp] int64 KV length of each short extend
-    native_decode: DecodeAttentionFn | None = None  # pure decode without gathering K/V (kernels/cpu_ops.py)
 
 
-def build_attention_metadata(fb: ForwardBatch, native_decode: DecodeAttentionFn | None = None) -> AttentionMetadata:
-    short = [i for i, e in enumerate(fb.extend_lens) if e <= SHORT_EXTEND_MAX]
-    long_ids = [i for i, e in enumerate(fb.extend_lens) if e > SHORT_EXTEND_MAX]
+def build_attention_metadata(fb: ForwardBatch, pool_attention: PoolAttentionFn | None = None) -> AttentionMetadata:
     starts = [0]
     for e in fb.extend_lens:
         starts.append(starts[-1] + e)
-    rows = fb.req_pool_indices.tolist()
-
-    long = []
-    for i in long_ids:
-        e, s = fb.extend_lens[i], fb.seq_lens[i]
-        slots = fb.req_to_token[rows[i], :s]
-        prefix = s - e
-        mask = None
-        if prefix > 0:
-            mask = torch.arange(s)[None, :] <= (prefix + torch.arange(e))[:, None]
-        long.append(LongExtend(starts[i], starts[i + 1], slots, mask))
-
-    is_pure_decode = not long_ids and all(e == 1 for e in fb.extend_lens)
+    short = [i for i, e in enumerate(fb.extend_lens) if e <= SHORT_EXTEND_MAX]
+    long = [_long_extend(fb, i, starts[i]) for i, e in enumerate(fb.extend_lens) if e > SHORT_EXTEND_MAX]
     if not short:
-        return AttentionMetadata(None, None, None, None, 0, False, long)
-
-    ext = max(fb.extend_lens[i] for i in short)
+        return AttentionMetadata(None, long)
     max_s = max(fb.seq_lens[i] for i in short)
-    seq = torch.tensor([fb.seq_lens[i] for i in short])  # [Bp]
-    elen = torch.tensor([fb.extend_lens[i] for i in short])  # [Bp]
+    kv_slots = fb.req_to_token[fb.req_pool_indices[short]][:, :max_s]  # [Bs, S]
+    elen = torch.tensor([fb.extend_lens[i] for i in short])  # [Bs]
+    seq = torch.tensor([fb.seq_lens[i] for i in short])  # [Bs]
+    if pool_attention is not None:
+        return AttentionMetadata(_pool_group(short, starts, elen, seq, kv_slots, not long, pool_attention), long)
+    return AttentionMetadata(_padded_group(short, starts, elen, seq, kv_slots, not long), long)
+
+
+def _long_extend(fb: ForwardBatch, i: int, q_start: int) -> LongExtend:
+    e, s = fb.extend_lens[i], fb.seq_lens[i]
+    slots = fb.req_to_token[int(fb.req_pool_indices[i]), :s]
+    prefix = s - e
+    mask = torch.arange(s)[None, :] <= (prefix + torch.arange(e))[:, None] if prefix > 0 else None
+    return LongExtend(q_start, q_start + e, slots, mask)
+
+
+def _pool_group(
+    short: list[int],
+    starts: list[int],
+    elen: torch.Tensor,
+    seq: torch.Tensor,
+    kv_slots: torch.Tensor,
+    all_short: bool,
+    attend: PoolAttentionFn,
+) -> PoolShortGroup:
+    q_rows = torch.repeat_interleave(torch.arange(len(short)), elen)  # [Ns]
+    first = torch.cumsum(elen, 0) - elen  # [Bs] offset of each request's first query in the group
+    offset = torch.arange(len(q_rows)) - first[q_rows]  # [Ns] j: position among the request's new tokens
+    kv_lens = (seq - elen)[q_rows] + offset + 1
+    q_index = None if all_short else torch.tensor([starts[i] for i in short])[q_rows] + offset
+    return PoolShortGroup(q_index, q_rows, kv_lens, kv_slots.contiguous(), attend)
+
+
+def _padded_group(
+    short: list[int], starts: list[int], elen: torch.Tensor, seq: torch.Tensor, kv_slots: torch.Tensor, all_short: bool
+) -> PaddedShortGroup:
+    ext, max_s = int(elen.max()), kv_slots.shape[1]
     kv_pos = torch.arange(max_s)
     kv_valid = kv_pos[None, :] < seq[:, None]  # [Bp, S]
-    kv_slots = fb.req_to_token[fb.req_pool_indices[short]][:, :max_s]
     kv_slots = torch.where(kv_valid, kv_slots, torch.zeros_like(kv_slots))
-
     q_off = torch.arange(ext)
     q_valid = q_off[None, :] < elen[:, None]  # [Bp, E]
     q_index = torch.tensor([starts[i] for i in short])[:, None] + q_off[None, :]
@@ -80,16 +114,12 @@ def build_attention_metadata(fb: ForwardBatch, native_decode: DecodeAttentionFn 
     q_abs = (seq - elen)[:, None] + q_off[None, :]  # [Bp, E]
     mask = (kv_pos[None, None, :] <= q_abs[:, :, None]) & kv_valid[:, None, :]  # [Bp, E, S]
     need_mask = not bool(mask[q_valid].all())
-    return AttentionMetadata(
-        short_q_index=None if is_pure_decode else q_index,
-        short_q_valid=None if is_pure_decode else q_valid,
-        short_kv_slots=kv_slots,
-        short_mask=mask[:, None] if need_mask else None,
-        short_extend=ext,
-        is_pure_decode=is_pure_decode,
-        long=long,
-        short_seq_lens=seq,
-        native_decode=native_decode,
+    pure_decode = all_short and ext == 1
+    return PaddedShortGroup(
+        q_index=None if pure_decode else q_index,
+        q_valid=None if pure_decode else q_valid,
+        kv_slots=kv_slots,
+        mask=mask[:, None] if need_mask else None,
     )
 
 
@@ -121,20 +151,23 @@ def paged_attention(
     pool.set_kv(layer_id, fb.out_cache_loc, k, v)
     k_buf, v_buf = pool.k_buffer[layer_id], pool.v_buffer[layer_id]
     n, hq, d = q.shape
+    short = meta.short
 
-    if meta.is_pure_decode and meta.native_decode is not None:
-        slots, lens = meta.short_kv_slots, meta.short_seq_lens
-        return meta.native_decode(q.contiguous(), k_buf, v_buf, slots, lens, scale).view(n, hq * d)
-    if meta.is_pure_decode:
-        slots = meta.short_kv_slots
-        out = _grouped_sdpa(q[:, None], _gather(k_buf, slots), _gather(v_buf, slots), meta.short_mask, scale)
-        return out.reshape(n, hq * d)
+    if isinstance(short, PoolShortGroup) and short.q_index is None:
+        out = short.attend(q.contiguous(), k_buf, v_buf, short.kv_slots, short.q_rows, short.kv_lens, scale)
+        return out.view(n, hq * d)
+    if isinstance(short, PaddedShortGroup) and short.q_index is None:  # pure decode
+        kk, vv = _gather(k_buf, short.kv_slots), _gather(v_buf, short.kv_slots)
+        return _grouped_sdpa(q[:, None], kk, vv, short.mask, scale).reshape(n, hq * d)
 
     out = q.new_empty(n, hq, d)
-    if meta.short_kv_slots is not None:
-        slots = meta.short_kv_slots
-        res = _grouped_sdpa(q[meta.short_q_index], _gather(k_buf, slots), _gather(v_buf, slots), meta.short_mask, scale)
-        out[meta.short_q_index[meta.short_q_valid]] = res[meta.short_q_valid]
+    if isinstance(short, PoolShortGroup):
+        qs = q.index_select(0, short.q_index)
+        out[short.q_index] = short.attend(qs, k_buf, v_buf, short.kv_slots, short.q_rows, short.kv_lens, scale)
+    elif isinstance(short, PaddedShortGroup):
+        kk, vv = _gather(k_buf, short.kv_slots), _gather(v_buf, short.kv_slots)
+        res = _grouped_sdpa(q[short.q_index], kk, vv, short.mask, scale)
+        out[short.q_index[short.q_valid]] = res[short.q_valid]
     for ext in meta.long:
         kk, vv = _gather(k_buf, ext.kv_slots)[None], _gather(v_buf, ext.kv_slots)[None]
         qq = q[ext.q_start : ext.q_end][None]

@@ -85,9 +85,7 @@ class Scheduler:
             raise ValueError("the prompt is empty")
         bad = [t for t in req.input_ids if not 0 <= t < self.vocab_size]
         if bad:
-            raise ValueError(
-                f"input_ids contain ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}"
-            )
+            raise ValueError(f"input_ids contain ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
         if n >= self.context_len:
             raise ValueError(
                 f"the prompt has {n} tokens, but the context length is {self.context_len}; shorten the prompt"
@@ -104,9 +102,7 @@ class Scheduler:
                 f"({self.runner.max_total_tokens} tokens; raise --max-total-tokens)"
             )
         if req.return_logprob and req.logprob_start_len >= n:
-            raise ValueError(
-                f"logprob_start_len ({req.logprob_start_len}) must be below the prompt length ({n})"
-            )
+            raise ValueError(f"logprob_start_len ({req.logprob_start_len}) must be below the prompt length ({n})")
 
     def add_request(self, req: TokenizedGenerateReqInput) -> None:
         """Never blocks: a request with a grammar waits in self.grammars until compiled (a grammar that
@@ -323,10 +319,7 @@ class Scheduler:
         req_rows = torch.tensor([c.req.req_pool_idx for c in chunks], dtype=torch.int64)
         seq_lens = [c.req.kv_len + c.num_tokens for c in chunks]
         out_cache_loc = torch.cat(
-            [
-                pool.req_to_token[c.req.req_pool_idx, c.req.kv_len : c.req.kv_len + c.num_tokens]
-                for c in chunks
-            ]
+            [pool.req_to_token[c.req.req_pool_idx, c.req.kv_len : c.req.kv_len + c.num_tokens] for c in chunks]
         )
         fb = ForwardBatch(
             input_ids=torch.tensor(input_ids, dtype=torch.int64),
@@ -370,9 +363,7 @@ class Scheduler:
         next_ids = greedy_or_sample(processed, info, [r.generator for r in reqs]).tolist()
         if want_lp:
             top_k = max(reqs[i].top_logprobs_num for i in want_lp)
-            lps, top_v, top_i = compute_logprobs(
-                logits[want_lp], torch.tensor([next_ids[i] for i in want_lp]), top_k
-            )
+            lps, top_v, top_i = compute_logprobs(logits[want_lp], torch.tensor([next_ids[i] for i in want_lp]), top_k)
             for j, i in enumerate(want_lp):
                 reqs[i].pending_output_logprobs.append((float(lps[j]), next_ids[i]))
                 reqs[i].pending_output_top.append(_top_pairs(top_v, top_i, j, reqs[i].top_logprobs_num))

@@ -124,22 +124,14 @@ class TokenizerManager:
         params = state.req.sampling_params
         ids = state.output_ids
         reason = state.finished_reason or {}
-        if (
-            reason.get("type") == "stop"
-            and isinstance(reason.get("matched"), int)
-            and not params.no_stop_trim
-        ):
+        if reason.get("type") == "stop" and isinstance(reason.get("matched"), int) and not params.no_stop_trim:
             ids = ids[:-1]
         text = self.tokenizer.decode(
             ids,
             skip_special_tokens=params.skip_special_tokens,
             spaces_between_special_tokens=params.spaces_between_special_tokens,
         )
-        if (
-            reason.get("type") == "stop"
-            and isinstance(reason.get("matched"), str)
-            and not params.no_stop_trim
-        ):
+        if reason.get("type") == "stop" and isinstance(reason.get("matched"), str) and not params.no_stop_trim:
             pos = text.find(reason["matched"])
             if pos >= 0:
                 text = text[:pos]
@@ -168,9 +160,7 @@ class TokenizerManager:
                 meta["spec_accept_lens"] = spec.spec_accept_lens
         if state.req.return_logprob:
             meta["input_token_logprobs"] = self._lp(state.input_token_logprobs, state.return_text_in_logprobs)
-            meta["output_token_logprobs"] = self._lp(
-                state.output_token_logprobs, state.return_text_in_logprobs
-            )
+            meta["output_token_logprobs"] = self._lp(state.output_token_logprobs, state.return_text_in_logprobs)
             meta["input_top_logprobs"] = self._top(state.input_top_logprobs, state.return_text_in_logprobs)
             meta["output_top_logprobs"] = self._top(state.output_top_logprobs, state.return_text_in_logprobs)
         return {"text": self.output_text(state), "output_ids": list(state.output_ids), "meta_info": meta}

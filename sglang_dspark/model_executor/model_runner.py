@@ -88,5 +88,5 @@ class ModelRunner:
         return self.config.vocab_size
 
     def forward(self, fb: ForwardBatch) -> ModelOutput:
-        fb.attn_metadata = build_attention_metadata(fb, self.cpu_ops.decode_attention if self.cpu_ops else None)
+        fb.attn_metadata = build_attention_metadata(fb, self.cpu_ops.pool_attention if self.cpu_ops else None)
         return self.model(fb)

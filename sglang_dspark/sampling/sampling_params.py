@@ -208,9 +208,7 @@ class SamplingParams:
         if self.min_new_tokens < 0:
             errs.append(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
         elif self.min_new_tokens > self.max_new_tokens >= 0:
-            errs.append(
-                f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})"
-            )
+            errs.append(f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})")
         if self.n < 1:
             errs.append(f"n must be >= 1, got {self.n}")
         constraints = [k for k in ("regex", "json_schema", "ebnf") if getattr(self, k) is not None]

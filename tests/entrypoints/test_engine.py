@@ -101,9 +101,7 @@ def test_stream_is_cumulative_and_abort_frees_kv(engine):
     assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
     assert chunks[-1]["meta_info"]["finish_reason"] is not None
     assert chunks[-1]["output_ids"] == engine.generate(PROMPTS[3], GREEDY)["output_ids"]
-    stream = engine.generate(
-        PROMPTS[0], {"temperature": 0, "max_new_tokens": 200, "ignore_eos": True}, stream=True
-    )
+    stream = engine.generate(PROMPTS[0], {"temperature": 0, "max_new_tokens": 200, "ignore_eos": True}, stream=True)
     for i, _ in enumerate(stream):
         if i == 3:
             break
@@ -144,12 +142,8 @@ def test_sampling_parameters(engine):
     many = engine.generate(PROMPTS[3], {**sp, "n": 3})
     assert len(many) == 3 and len({tuple(r["output_ids"]) for r in many}) == 3
     # output logprobs: greedy tokens are the top-1 alternative
-    out = engine.generate(
-        PROMPTS[0], GREEDY, return_logprob=True, top_logprobs_num=2, return_text_in_logprobs=True
-    )
-    for (lp, tid, text), top in zip(
-        out["meta_info"]["output_token_logprobs"], out["meta_info"]["output_top_logprobs"]
-    ):
+    out = engine.generate(PROMPTS[0], GREEDY, return_logprob=True, top_logprobs_num=2, return_text_in_logprobs=True)
+    for (lp, tid, text), top in zip(out["meta_info"]["output_token_logprobs"], out["meta_info"]["output_top_logprobs"]):
         assert top[0][1] == tid and abs(top[0][0] - lp) < 1e-5 and text == tok.decode([tid])
     assert_idle(engine)
 

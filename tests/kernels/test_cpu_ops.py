@@ -92,36 +92,41 @@ def test_rms_norm_module_routes_through_kernel(ops):
     torch.testing.assert_close(norm(x), _hf_rms_norm(x, norm.weight, 1e-6), rtol=1e-2, atol=1e-2)
 
 
-# ---------------------------------------------------------------- decode attention
+# ---------------------------------------------------------------- pool attention
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("hq, hkv", [(4, 4), (6, 2), (9, 3)])
-def test_decode_attention_matches_sdpa_over_gathered_kv(ops, dtype, hq, hkv):
+def test_pool_attention_matches_sdpa_over_gathered_kv(ops, dtype, hq, hkv):
     gen = _gen(hq, hkv)
     d, pool = 32, 50
     k_buf = torch.randn(pool, hkv, d, generator=gen).to(dtype)
     v_buf = torch.randn(pool, hkv, d, generator=gen).to(dtype)
-    lens = torch.tensor([1, 7, 13])
     slots = torch.randperm(pool, generator=gen)[: 3 * 13].view(3, 13)  # scattered slots, padding past each length
-    q = torch.randn(3, hq, d, generator=gen).to(dtype)
-    got = ops.decode_attention(q, k_buf, v_buf, slots, lens, d**-0.5)
-    for b in range(3):
-        kk = k_buf[slots[b, : lens[b]]].float().transpose(0, 1)  # [Hkv, S, D]
-        vv = v_buf[slots[b, : lens[b]]].float().transpose(0, 1)
-        want = F.scaled_dot_product_attention(q[b].float()[:, None], kk, vv, scale=d**-0.5, enable_gqa=True)[:, 0]
+    # decode queries (one per row), several queries on one row (a verify chain), rows out of order
+    rows = torch.tensor([2, 0, 1, 1, 1, 2])
+    lens = torch.tensor([13, 1, 5, 6, 7, 4])
+    q = torch.randn(6, hq, d, generator=gen).to(dtype)
+    got = ops.pool_attention(q, k_buf, v_buf, slots, rows, lens, d**-0.5)
+    for n in range(6):
+        kv_slots = slots[rows[n], : lens[n]]
+        kk, vv = k_buf[kv_slots].float().transpose(0, 1), v_buf[kv_slots].float().transpose(0, 1)  # [Hkv, S, D]
+        want = F.scaled_dot_product_attention(q[n].float()[:, None], kk, vv, scale=d**-0.5, enable_gqa=True)[:, 0]
         tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
-        torch.testing.assert_close(got[b].float(), want, rtol=tol, atol=tol)
+        torch.testing.assert_close(got[n].float(), want, rtol=tol, atol=tol)
 
 
-def test_decode_attention_rejects_bad_lengths(ops):
-    q, kv = torch.randn(1, 2, 8), torch.randn(4, 2, 8)
-    with pytest.raises(RuntimeError, match="seq_lens"):
-        ops.decode_attention(q, kv, kv, torch.zeros(1, 3, dtype=torch.long), torch.tensor([4]), 1.0)
+def test_pool_attention_rejects_bad_inputs(ops):
+    q, kv, slots = torch.randn(1, 2, 8), torch.randn(4, 2, 8), torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="kv_lens"):
+        ops.pool_attention(q, kv, kv, slots, torch.tensor([0]), torch.tensor([4]), 1.0)
+    with pytest.raises(RuntimeError, match="q_rows"):
+        ops.pool_attention(q, kv, kv, slots, torch.tensor([1]), torch.tensor([2]), 1.0)
+    with pytest.raises(RuntimeError, match="q_rows and kv_lens"):
+        ops.pool_attention(q, kv, kv, slots, torch.tensor([0, 0]), torch.tensor([2]), 1.0)
     with pytest.raises(RuntimeError, match="multiple of 8"):
-        ops.decode_attention(
-            torch.randn(1, 2, 6), torch.randn(4, 2, 6), torch.randn(4, 2, 6), torch.zeros(1, 1), torch.tensor([1]), 1.0
-        )
+        kv6 = torch.randn(4, 2, 6)
+        ops.pool_attention(torch.randn(1, 2, 6), kv6, kv6, slots, torch.tensor([0]), torch.tensor([1]), 1.0)
 
 
 # ---------------------------------------------------------------- selection and wiring

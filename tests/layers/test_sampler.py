@@ -157,9 +157,7 @@ def test_frequency_presence_random_against_loop():
 
 def test_process_logits_bias_and_banned():
     logits = rand_logits(2, 8)
-    info = SamplingBatchInfo.from_params(
-        [SamplingParams(logit_bias={"3": 5.0, 0: -1.0}), SamplingParams()], 8
-    )
+    info = SamplingBatchInfo.from_params([SamplingParams(logit_bias={"3": 5.0, 0: -1.0}), SamplingParams()], 8)
     banned = torch.zeros(2, 8, dtype=torch.bool)
     banned[0, 3] = True
     banned[1, [1, 2]] = True

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sglang_dspark import Engine
+from sglang_dspark.kernels.cpu_ops import select_cpu_ops
 from sglang_dspark.managers.tokenizer_manager import GenerateReqInput
 from sglang_dspark.model_executor.sequence_forward import forward_sequences
 from sglang_dspark.server_args import ServerArgs
@@ -86,6 +87,25 @@ def test_greedy_is_lossless_at_batch_1_and_8(plain, sps_path, algorithm, radix):
         usage = spec.kv_usage()
         assert usage.in_use == 0 and usage.free + usage.cached == usage.total
     finally:
+        spec.shutdown()
+
+
+@pytest.mark.skipif(
+    select_cpu_ops("auto", "cpu", torch.bfloat16) is None, reason="needs the native CPU kernels (AVX2 + FMA)"
+)
+@pytest.mark.parametrize("algorithm", ["NGRAM", "DSPARK"])
+def test_bf16_greedy_with_native_kernels_is_lossless(sps_path, algorithm):
+    """The native kernels compute every row independently of the batch (the verify chain and the decode
+    token go through the same attention kernel), so bf16 speculation is token-identical too. The radix
+    cache is off: a cached prompt recomputes its last token as a short extend instead of in the prefill."""
+    args = {"dtype": "bfloat16", "max_total_tokens": 4096, "log_level": "warning", "disable_radix_cache": True}
+    base = Engine(**args)
+    spec = Engine(**args, speculative_algorithm=algorithm, speculative_dspark_sps_table_path=sps_path)
+    try:
+        one, batch = assert_same_as_plain(base, spec, GREEDY)
+        assert sum(r["meta_info"]["spec_num_correct_drafts"] for r in one + batch) > 0
+    finally:
+        base.shutdown()
         spec.shutdown()
 
 
