@@ -14,14 +14,18 @@ import math
 
 import torch
 
+from sglang_dspark.kernels.cpu_ops import PoolAttentionFn
 from sglang_dspark.model_executor.sequence_forward import SequenceRunner
 from sglang_dspark.speculative.planner import profile_sps
 
 
-def verify_forward_fn(model, max_tokens: int, context: int, per_request: int):
-    """-> forward_fn(B): one forward of B tokens spread over requests with `context`-token prefixes."""
+def verify_forward_fn(
+    model, max_tokens: int, context: int, per_request: int, pool_attention: PoolAttentionFn | None = None
+):
+    """-> forward_fn(B): one forward of B tokens spread over requests with `context`-token prefixes.
+    pool_attention: the native attention kernel when the runtime uses it (ModelRunner.cpu_ops)."""
     rows = math.ceil(max_tokens / per_request)
-    runner = SequenceRunner(model, rows, rows * (context + per_request), context + per_request)
+    runner = SequenceRunner(model, rows, rows * (context + per_request), context + per_request, pool_attention)
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     runner.extend({r: torch.randint(0, vocab, (context,), generator=g).tolist() for r in range(rows)})
@@ -57,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     engine = Engine(
         args.model_path, dtype=args.dtype, max_total_tokens=64, num_threads=args.num_threads, log_level="warning"
     )
-    fn = verify_forward_fn(engine.scheduler.runner.model, max(args.sizes), args.context, args.tokens_per_request)
+    runner = engine.scheduler.runner
+    attention = runner.cpu_ops.pool_attention if runner.cpu_ops else None
+    fn = verify_forward_fn(runner.model, max(args.sizes), args.context, args.tokens_per_request, attention)
     table = profile_sps(fn, args.sizes, repeats=args.repeats)
     table.save(args.output)
     for b, s in zip(table.batch_tokens, table.steps_per_sec, strict=True):

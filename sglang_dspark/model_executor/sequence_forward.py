@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sglang_dspark.kernels.cpu_ops import PoolAttentionFn
 from sglang_dspark.layers.attention import build_attention_metadata
 from sglang_dspark.mem_cache.memory_pool import KVPool
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
@@ -24,9 +25,17 @@ class SequenceOutput:
 class SequenceRunner:
     """Extends sequences chunk by chunk on a private KV pool; row i of every call is sequence i."""
 
-    def __init__(self, model, rows: int, max_tokens: int, max_len: int | None = None) -> None:
+    def __init__(
+        self,
+        model,
+        rows: int,
+        max_tokens: int,
+        max_len: int | None = None,
+        pool_attention: PoolAttentionFn | None = None,  # the native kernel, as the ModelRunner uses it
+    ) -> None:
         cfg = model.config
         self.model = model
+        self.pool_attention = pool_attention
         dtype = next(model.parameters()).dtype
         self.pool = KVPool(max_tokens, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype)
         self.req_to_token = torch.zeros(rows, max_len or max_tokens, dtype=torch.int64)
@@ -70,7 +79,7 @@ class SequenceRunner:
             req_to_token=self.req_to_token,
             capture_layers=tuple(capture),
         )
-        fb.attn_metadata = build_attention_metadata(fb)
+        fb.attn_metadata = build_attention_metadata(fb, self.pool_attention)
         out = self.model(fb)
         return out.logits, out.hidden_states
 

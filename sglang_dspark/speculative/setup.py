@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from sglang_dspark.model_executor.model_runner import ModelRunner
-from sglang_dspark.model_executor.sequence_forward import SequenceRunner
 from sglang_dspark.models.config import DecoderConfig
+from sglang_dspark.profile_sps import verify_forward_fn
 from sglang_dspark.server_args import ServerArgs
 from sglang_dspark.speculative.dspark import DSparkConfig, load_drafter
 from sglang_dspark.speculative.dspark.checkpoint import CONFIG_NAME, packaged_drafter, read_config
@@ -25,17 +25,14 @@ SPS_PROBE_CONTEXT = 256  # tokens of cached context behind each probe, like a ru
 AVAILABLE_ALGORITHMS = ("DSPARK", "NGRAM")  # server_args.SPECULATIVE_ALGORITHMS also names STANDALONE
 
 
-def profile_runner_sps(runner: ModelRunner, sizes: tuple[int, ...] = SPS_PROBE_SIZES) -> SPSTable:
-    """SPS(B): target forwards per second extending B tokens on top of a cached context."""
-    seq = SequenceRunner(runner.model, rows=1, max_tokens=SPS_PROBE_CONTEXT + 8 * max(sizes))
-    seq.extend({0: [1] * SPS_PROBE_CONTEXT})
-
-    def forward(size: int) -> None:
-        seq.extend({0: [1] * size}, logits_positions={0: list(range(size))})
-        seq.lens[0] -= size  # drop the probe again: every call extends the same context
-        seq.next_slot -= size
-
-    measured = profile_sps(forward, sizes, repeats=3)
+def profile_runner_sps(
+    runner: ModelRunner, tokens_per_request: int, sizes: tuple[int, ...] = SPS_PROBE_SIZES
+) -> SPSTable:
+    """SPS(B): target forwards per second over B tokens laid out as verify rounds (requests of up to
+    tokens_per_request tokens on cached contexts), through the attention path the runtime uses."""
+    attention = runner.cpu_ops.pool_attention if runner.cpu_ops else None
+    forward = verify_forward_fn(runner.model, max(sizes), SPS_PROBE_CONTEXT, tokens_per_request, attention)
+    measured = profile_sps(forward, sizes, repeats=5)
     # a bigger batch never runs faster: noise from other tenants must not invert the table
     step_times = torch.tensor([1.0 / v for v in measured.steps_per_sec]).cummax(0).values
     return SPSTable(measured.batch_tokens, tuple((1.0 / step_times).tolist()))
@@ -57,7 +54,7 @@ def build_spec_worker(args: ServerArgs, runner: ModelRunner, model_dir: Path) ->
     if args.speculative_dspark_sps_table_path:
         sps = SPSTable.load(args.speculative_dspark_sps_table_path)
     else:
-        sps = profile_runner_sps(runner)
+        sps = profile_runner_sps(runner, num_draft_tokens + 1)
         logger.info("profiled SPS(B): %s", dict(zip(sps.batch_tokens, (round(v, 1) for v in sps.steps_per_sec))))
     return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, sps)
 
