@@ -33,6 +33,20 @@ class LinearBase(nn.Module):
         return self.linear_fn(flat, self.weight, self.bias).view(*x.shape[:-1], -1)
 
 
+class ReplicatedLinear(nn.Linear):
+    """``nn.Linear`` (same initialisation and state-dict names, so trainable drafter modules keep their
+    checkpoint format) whose matmul is ``linear_fn``, like LinearBase."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.linear_fn: LinearFn = F.linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] -> [..., out]."""
+        flat = x.reshape(-1, x.shape[-1])
+        return self.linear_fn(flat, self.weight, self.bias).view(*x.shape[:-1], -1)
+
+
 class ColumnParallelLinear(LinearBase):
     """The output dimension is split into named shards."""
 

@@ -6,9 +6,12 @@ prefixes that another request computed. Before drafting, each request's `Drafter
 with the features of its newly committed positions only (the slots of positions state.length ..
 anchor - 1): a rejected draft's slot lies past the committed length, is freed and never read.
 
-Drafts are greedy (one-hot p_d) for greedy requests and for grammar requests (the scheduler cuts a
-draft at its first grammar-rejected token, which is lossless only for deterministic drafts); other
-requests sample at their temperature and hand the drafter's distributions to rejection sampling.
+Drafts are greedy (one-hot p_d) for greedy requests and for grammar requests; other requests sample
+at their temperature and hand the drafter's distributions to rejection sampling. Grammar requests draft
+under their grammar (DESIGN.md 4.1): each sequential step of the Markov head is masked by the state of a
+fork of the request's grammar after the tokens drafted before it, and a token the grammar forces (the
+only one allowed) gets confidence 1, since the masked target must pick it too. (The scheduler still cuts
+a draft after the grammar terminates.)
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sglang_dspark.grammar.base import allocate_bitmask
+from sglang_dspark.grammar.mask import allowed_from_bitmask
 from sglang_dspark.speculative.dspark import DrafterState, DSparkDrafter
 from sglang_dspark.speculative.spec_worker import Draft, SpecRequest
 from sglang_dspark.speculative.sts import apply_sts
@@ -81,12 +86,15 @@ class DSparkProposer:
         anchors = torch.tensor([r.output_ids[-1] if r.output_ids else r.origin_input_ids[-1] for r in batch])  # [R]
         positions = torch.tensor([_anchor_position(r) for r in batch])  # [R]
         temps = torch.tensor([_draft_temperature(r) for r in batch])  # [R], 0 = greedy
-        out = self.drafter.draft(states, anchors, positions, temps, generator=self.generator)
+        walk = DraftGrammarWalk(batch, cfg.vocab_size, cfg.block_size)
+        mask_fn = walk if walk.active else None
+        out = self.drafter.draft(states, anchors, positions, temps, mask_fn=mask_fn, generator=self.generator)
         sampled = temps > 0  # [R]
         if out.confidence_logits is None:  # no confidence head (DFlash): offer the whole block
             conf = torch.ones(out.tokens.shape)  # [R, G]
         else:
             conf = self.calibration(out.confidence_logits, sampled)  # [R, G]
+        conf = conf.masked_fill(walk.forced, 1.0)
         for j, i in enumerate(active):
             n = min(num_tokens[i], cfg.block_size)
             probs = out.probs[j, :n] if sampled[j] else None  # [n, V]
@@ -111,6 +119,39 @@ class DSparkProposer:
 
     def release(self, rid: str) -> None:
         self.states.pop(rid, None)
+
+
+class DraftGrammarWalk:
+    """The drafter's MaskFn for a batch: the grammar requests' allowed tokens at each draft step.
+
+    Each grammar request walks a fork of its grammar (the request's own state is never touched) along
+    the tokens drafted so far; rows without a grammar, or whose fork terminated, are unconstrained
+    (the scheduler cuts those drafts). ``forced[r, k]``: step k of row r allowed exactly one token."""
+
+    def __init__(self, reqs: list[SpecRequest], vocab_size: int, block_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.forks = {i: r.grammar.fork() for i, r in enumerate(reqs) if r.grammar is not None}
+        self.forced = torch.zeros(len(reqs), block_size, dtype=torch.bool)  # [R, G]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.forks)
+
+    def __call__(self, step: int, drafted: torch.Tensor) -> torch.Tensor:
+        """drafted [R, step] -> allowed [R, V] bool."""
+        bitmask = allocate_bitmask(drafted.shape[0], self.vocab_size)  # [R, W], all allowed
+        for row, grammar in list(self.forks.items()):
+            if step > 0 and not grammar.accept_token(int(drafted[row, step - 1])):
+                del self.forks[row]  # cannot happen for a masked token unless the grammar ended
+                continue
+            if grammar.is_terminated():
+                del self.forks[row]
+                continue
+            grammar.fill_mask(bitmask, row)
+        allowed = allowed_from_bitmask(bitmask, self.vocab_size)  # [R, V]
+        rows = torch.tensor(sorted(self.forks), dtype=torch.int64)
+        self.forced[rows, step] = allowed[rows].sum(dim=1) == 1
+        return allowed
 
 
 def _anchor_position(req: SpecRequest) -> int:

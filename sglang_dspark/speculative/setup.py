@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from sglang_dspark.model_executor.model_runner import ModelRunner
+from sglang_dspark.model_executor.model_runner import ModelRunner, use_cpu_ops
 from sglang_dspark.models.config import DecoderConfig
 from sglang_dspark.profile_sps import verify_forward_fn
 from sglang_dspark.server_args import ServerArgs
@@ -81,6 +81,8 @@ def build_dspark_proposer(args: ServerArgs, runner: ModelRunner, model_dir: Path
         )
     target = runner.model
     drafter = load_drafter(path, target.embed_tokens.weight, target.lm_head_weight, dtype=runner.dtype)
+    if runner.cpu_ops is not None:
+        use_cpu_ops(drafter, runner.cpu_ops)
     calibration = load_calibration(args.speculative_dspark_confidence_sts_path, path, cfg.block_size)
     logger.info("DSpark drafter %s (block %d, target layers %s)", path, cfg.block_size, cfg.target_layer_ids)
     num_slots = runner.max_total_tokens

@@ -127,10 +127,11 @@ STATES_SCHEMA = json.dumps(
 )
 
 
-@pytest.mark.parametrize("jump_forward", [True, False])
-def test_ngram_greedy_with_json_schema_is_lossless(plain, sps_path, jump_forward):
-    """Grammar requests speculate too: drafts are cut where the grammar rejects them and every verify row is
-    masked by the grammar state after the drafts before it, so outputs equal masked plain decoding."""
+@pytest.mark.parametrize("algorithm, jump_forward", [("NGRAM", True), ("NGRAM", False), ("DSPARK", True)])
+def test_greedy_with_json_schema_is_lossless(plain, sps_path, algorithm, jump_forward):
+    """Grammar requests speculate too: NGRAM drafts are cut where the grammar rejects them, DSPARK drafts
+    under the grammar's mask, and every verify row is masked by the grammar state after the drafts before
+    it, so outputs equal masked plain decoding."""
     args = {
         "dtype": "float32",
         "max_total_tokens": 4096,
@@ -138,7 +139,7 @@ def test_ngram_greedy_with_json_schema_is_lossless(plain, sps_path, jump_forward
         "disable_jump_forward": not jump_forward,
     }
     base = Engine(**args)
-    spec = Engine(**args, speculative_algorithm="NGRAM", speculative_dspark_sps_table_path=sps_path)
+    spec = Engine(**args, speculative_algorithm=algorithm, speculative_dspark_sps_table_path=sps_path)
     try:
         params = {**GREEDY, "max_new_tokens": 96, "json_schema": STATES_SCHEMA}
         one, batch = assert_same_as_plain(base, spec, params)

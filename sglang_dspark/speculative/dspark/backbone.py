@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglang_dspark.layers.layernorm import RMSNorm
+from sglang_dspark.layers.linear import ReplicatedLinear
 from sglang_dspark.speculative.dspark.config import DSparkConfig
 
 
@@ -41,10 +42,10 @@ class DraftAttention(nn.Module):
             cfg.head_dim,
         )
         d, hd = cfg.hidden_size, cfg.head_dim
-        self.q_proj = nn.Linear(d, self.num_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
+        self.q_proj = ReplicatedLinear(d, self.num_heads * hd, bias=False)
+        self.k_proj = ReplicatedLinear(d, self.num_kv_heads * hd, bias=False)
+        self.v_proj = ReplicatedLinear(d, self.num_kv_heads * hd, bias=False)
+        self.o_proj = ReplicatedLinear(self.num_heads * hd, d, bias=False)
         self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
 
@@ -79,9 +80,9 @@ class DraftAttention(nn.Module):
 class DraftMLP(nn.Module):
     def __init__(self, cfg: DSparkConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = ReplicatedLinear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = ReplicatedLinear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = ReplicatedLinear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -113,7 +114,7 @@ class DraftBackbone(nn.Module):
     def __init__(self, cfg: DSparkConfig) -> None:
         super().__init__()
         m = len(cfg.target_layer_ids)
-        self.fc = nn.Linear(m * cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.fc = ReplicatedLinear(m * cfg.hidden_size, cfg.hidden_size, bias=False)
         self.hidden_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.layers = nn.ModuleList(DraftDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sglang_dspark.kernels.cpu_ops import LinearFn
 from sglang_dspark.speculative.dspark.backbone import DraftBackbone
 from sglang_dspark.speculative.dspark.config import DSparkConfig
 from sglang_dspark.speculative.dspark.heads import ConfidenceHead, MarkovHead
@@ -55,6 +56,7 @@ class DSparkDrafter(DraftBackbone):
         if cfg.enable_confidence_head:
             with_markov = cfg.confidence_head_with_markov
             self.confidence_head = ConfidenceHead(cfg.hidden_size + (cfg.markov_rank if with_markov else 0))
+        self.linear_fn: LinearFn = F.linear  # the LM head's matmul; model_runner.use_cpu_ops may swap it
         self.bind_target(embed_weight, lm_head_weight)
 
     def bind_target(self, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor) -> None:
@@ -74,7 +76,8 @@ class DSparkDrafter(DraftBackbone):
         return F.embedding(ids, self.embed_weight).to(self.dtype)
 
     def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden.to(self.lm_head_weight.dtype), self.lm_head_weight).float()
+        flat = hidden.reshape(-1, hidden.shape[-1]).to(self.lm_head_weight.dtype)
+        return self.linear_fn(flat, self.lm_head_weight, None).view(*hidden.shape[:-1], -1).float()
 
     def _confidence(self, hidden: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor | None:
         """hidden [..., d], prev_ids [...] -> logits [...] | None."""

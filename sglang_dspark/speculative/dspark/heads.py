@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sglang_dspark.layers.linear import ReplicatedLinear
 from sglang_dspark.speculative.dspark.config import DSparkConfig
 
 
@@ -22,11 +23,11 @@ class MarkovHead(nn.Module):
         self.kind = cfg.markov_head_type
         r = cfg.markov_rank
         self.markov_w1 = nn.Embedding(cfg.vocab_size, r)
-        self.markov_w2 = nn.Linear(r, cfg.vocab_size, bias=False)
+        self.markov_w2 = ReplicatedLinear(r, cfg.vocab_size, bias=False)
         nn.init.normal_(self.markov_w1.weight, std=0.02)
         nn.init.zeros_(self.markov_w2.weight)  # starts as the plain parallel drafter
         if self.kind == "gated":
-            self.markov_gate = nn.Linear(cfg.hidden_size + r, r)
+            self.markov_gate = ReplicatedLinear(cfg.hidden_size + r, r)
         elif self.kind == "rnn":
             self.markov_rnn = nn.GRUCell(r, r)
 
