@@ -69,7 +69,7 @@ class Scheduler:
         self.running: list[Req] = []
         self.stats = SchedulerStats()
         self.grammars = GrammarManager(server_args, tokenizer, self.vocab_size, self.eos_ids)
-        self.spec = build_spec_worker(server_args, self.runner, model_dir)
+        self.spec = build_spec_worker(server_args, self.runner, model_dir, self.cache.tree)
 
     # ---- requests in and out -------------------------------------------------------------
 

@@ -111,6 +111,24 @@ class RadixCache:
             self._evictable += len(leaf)
         return pos
 
+    def continuation(self, key: list[int], length: int) -> list[int]:
+        """Up to ``length`` cached tokens that followed the whole of ``key`` (along the most recently used
+        branch), or [] if ``key`` is not entirely cached. Read-only: no split, no access-time update."""
+        node, pos, offset = self.root, 0, 0  # offset: tokens of node.key that key matched
+        while pos < len(key):
+            child = node.children.get(key[pos])
+            if child is None:
+                return []
+            offset = _common_prefix_len(child.key, key[pos:])
+            if offset < len(child) and pos + offset < len(key):
+                return []  # key leaves the tree inside this edge
+            node, pos = child, pos + offset
+        out = list(node.key[offset : offset + length])
+        while len(out) < length and node.children:
+            node = max(node.children.values(), key=lambda c: c.last_access_time)
+            out += node.key[: length - len(out)]
+        return out
+
     def _split(self, child: TreeNode, plen: int) -> TreeNode:
         """Split ``child`` after ``plen`` tokens; return the new upper node (same lock_ref)."""
         parent = child.parent

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from sglang_dspark.mem_cache.radix_cache import RadixCache
 from sglang_dspark.model_executor.model_runner import ModelRunner, use_cpu_ops
 from sglang_dspark.models.config import DecoderConfig
 from sglang_dspark.profile_sps import verify_forward_fn
@@ -38,7 +39,10 @@ def profile_runner_sps(
     return SPSTable(measured.batch_tokens, tuple((1.0 / step_times).tolist()))
 
 
-def build_spec_worker(args: ServerArgs, runner: ModelRunner, model_dir: Path) -> SpecWorker | None:
+def build_spec_worker(
+    args: ServerArgs, runner: ModelRunner, model_dir: Path, radix: RadixCache | None = None
+) -> SpecWorker | None:
+    """radix: the scheduler's prefix cache, whose cached continuations the n-gram proposer also searches."""
     algo = args.speculative_algorithm
     if algo is None:
         return None
@@ -49,7 +53,7 @@ def build_spec_worker(args: ServerArgs, runner: ModelRunner, model_dir: Path) ->
         block = proposer.drafter.config.block_size
         num_draft_tokens = min(args.speculative_num_draft_tokens or block, block)
     else:
-        proposer = NGramProposer()
+        proposer = NGramProposer(radix=radix)
         num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
     if args.speculative_dspark_sps_table_path:
         sps = SPSTable.load(args.speculative_dspark_sps_table_path)

@@ -21,6 +21,7 @@ import torch
 
 from sglang_dspark.kernels.spec_verify import draw_verify_noise, greedy_accept_lengths, rejection_sample
 from sglang_dspark.layers.sampler import SamplingBatchInfo, probs_from_logits, process_logits
+from sglang_dspark.mem_cache.radix_cache import RadixCache
 from sglang_dspark.sampling.sampling_params import SamplingParams
 from sglang_dspark.speculative.ngram import NGramIndex, propose
 from sglang_dspark.speculative.planner import SPSTable, plan_verify_lengths
@@ -61,10 +62,15 @@ class Proposer(Protocol):
 
 @dataclass
 class NGramProposer:
-    """Suffix matches against each request's own context, indexed incrementally."""
+    """Suffix matches against each request's own context, indexed incrementally. With ``radix``, a
+    request whose whole context is cached (an earlier request had the same tokens so far) drafts the
+    radix tree's cached continuation instead (DESIGN.md 4.2): it matches the whole context, not a
+    few-token suffix, so it comes first, with confidence ``radix_confidence`` per token (a prior)."""
 
     min_n: int = 1
     max_n: int = 4
+    radix: RadixCache | None = None
+    radix_confidence: float = 0.9
     indexes: dict[str, NGramIndex] = field(default_factory=dict)
     capture_layers: tuple[int, ...] = ()
 
@@ -79,6 +85,9 @@ class NGramProposer:
         if len(index.tokens) < n:
             fill = req.origin_input_ids + req.output_ids
             index.extend(fill[len(index.tokens) :])
+        cached = self.radix.continuation(index.tokens, num_tokens) if self.radix is not None and num_tokens else []
+        if cached:
+            return Draft(cached, [self.radix_confidence] * len(cached))
         proposal = propose(index, num_tokens)
         return Draft(proposal.tokens, proposal.confidences)
 

@@ -56,6 +56,23 @@ def test_insert_match_shared_prefix_with_splits():
     _check_sizes(cache)
 
 
+def test_continuation_follows_the_whole_key_then_the_latest_branch():
+    cache = RadixCache(TokenAllocator(32))
+    cache.insert([1, 2, 3, 4, 5], _slots(1, 2, 3, 4, 5))
+    cache.insert([1, 2, 7, 8], _slots(6, 7, 8, 9))  # splits at [1, 2]; [7, 8] is the newer branch
+    assert cache.continuation([1, 2, 3], 5) == [4, 5]  # ends inside an edge: the rest of it
+    assert cache.continuation([1, 2], 1) == [7]  # the most recently used branch
+    cache.match_prefix([1, 2, 3, 4])  # touches (and splits) that branch
+    nodes_before = len(cache._nodes())
+    assert cache.continuation([1, 2], 5) == [3, 4, 5]  # now [3, 4, 5] is the latest
+    assert cache.continuation([1], 2) == [2, 3]  # continues across nodes, capped at length
+    assert cache.continuation([1, 2, 3, 4, 5], 3) == []  # nothing cached after the key
+    assert cache.continuation([1, 2, 9], 3) == [] and cache.continuation([5], 3) == []  # key not all cached
+    assert cache.continuation([1, 3], 3) == []  # leaves the tree inside an edge
+    assert cache.continuation([], 2) == [1, 2]
+    assert len(cache._nodes()) == nodes_before  # read-only: no splits
+
+
 def test_insert_returns_already_present_prefix_len():
     cache = RadixCache(TokenAllocator(32))
     assert cache.insert([1, 2, 3], _slots(1, 2, 3)) == 0

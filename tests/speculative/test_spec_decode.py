@@ -109,6 +109,26 @@ def test_bf16_greedy_with_native_kernels_is_lossless(sps_path, algorithm):
         spec.shutdown()
 
 
+@pytest.mark.parametrize("radix", [True, False])
+def test_ngram_drafts_the_radix_trees_cached_continuation(sps_path, radix):
+    """A request whose tokens so far are all cached (here: the same prompt again) gets the cached
+    continuation as drafts; without the radix cache the second run drafts exactly like the first."""
+    spec = spec_engine("NGRAM", sps_path, disable_radix_cache=not radix)
+    try:
+        ids = chat(spec, PROMPTS[0])
+        first = spec.generate(input_ids=ids, sampling_params=GREEDY)
+        second = spec.generate(input_ids=ids, sampling_params=GREEDY)
+    finally:
+        spec.shutdown()
+    assert second["output_ids"] == first["output_ids"]
+    m1, m2 = first["meta_info"], second["meta_info"]
+    if radix:
+        assert m2["spec_num_correct_drafts"] > 2 * m1["spec_num_correct_drafts"]
+        assert m2["spec_verify_ct"] < m1["spec_verify_ct"]
+    else:
+        assert m2["spec_accept_lens"] == m1["spec_accept_lens"]
+
+
 STATES_SCHEMA = json.dumps(
     {
         "type": "object",
