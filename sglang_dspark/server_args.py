@@ -47,6 +47,7 @@ class ServerArgs:
     speculative_dspark_block_size: int | None = None
     speculative_dspark_sps_table_path: str | None = None
     speculative_dspark_confidence_sts_path: str | None = None
+    speculative_dspark_disable_ngram: bool = False  # DSPARK alone, without the n-gram / radix proposer
 
     # Misc.
     random_seed: int | None = None

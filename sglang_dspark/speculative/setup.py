@@ -16,7 +16,12 @@ from sglang_dspark.speculative.dspark import DSparkConfig, load_drafter
 from sglang_dspark.speculative.dspark.checkpoint import CONFIG_NAME, packaged_drafter, read_config
 from sglang_dspark.speculative.dspark_proposer import ConfidenceCalibration, DSparkProposer
 from sglang_dspark.speculative.planner import SPSTable, profile_sps
-from sglang_dspark.speculative.spec_worker import DEFAULT_NUM_DRAFT_TOKENS, NGramProposer, SpecWorker
+from sglang_dspark.speculative.spec_worker import (
+    DEFAULT_NUM_DRAFT_TOKENS,
+    BestOfProposer,
+    NGramProposer,
+    SpecWorker,
+)
 from sglang_dspark.speculative.sts import STSCalibration
 
 logger = logging.getLogger(__name__)
@@ -49,9 +54,13 @@ def build_spec_worker(
     if algo not in AVAILABLE_ALGORITHMS:
         raise ValueError(f"--speculative-algorithm {algo} is not available yet; use one of {AVAILABLE_ALGORITHMS}")
     if algo == "DSPARK":
-        proposer = build_dspark_proposer(args, runner, model_dir)
-        block = proposer.drafter.config.block_size
+        dspark = build_dspark_proposer(args, runner, model_dir)
+        block = dspark.drafter.config.block_size
         num_draft_tokens = min(args.speculative_num_draft_tokens or block, block)
+        # per request, the drafter's or the n-gram / radix draft, whichever expects more accepted tokens
+        proposer = (
+            dspark if args.speculative_dspark_disable_ngram else BestOfProposer((dspark, NGramProposer(radix=radix)))
+        )
     else:
         proposer = NGramProposer(radix=radix)
         num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS

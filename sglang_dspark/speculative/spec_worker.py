@@ -98,6 +98,39 @@ class NGramProposer:
         self.indexes.pop(rid, None)
 
 
+@dataclass
+class BestOfProposer:
+    """Several proposers; per request, the draft with the most expected committed drafts,
+    sum_j prod_{i <= j} c_i (DESIGN.md 4.2: e.g. the DSpark drafter and the n-gram / radix proposer).
+    At most one of them may capture target hidden states."""
+
+    proposers: tuple[Proposer, ...]
+
+    def __post_init__(self) -> None:
+        if sum(bool(p.capture_layers) for p in self.proposers) > 1:
+            raise ValueError("at most one combined proposer may capture hidden states")
+
+    @property
+    def capture_layers(self) -> tuple[int, ...]:
+        return next((p.capture_layers for p in self.proposers if p.capture_layers), ())
+
+    def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]:
+        candidates = [p.propose(reqs, num_tokens) for p in self.proposers]  # [P][R]
+        return [max(options, key=expected_drafts) for options in zip(*candidates)]
+
+    def store_features(self, hidden_states: list[torch.Tensor], slots: torch.Tensor) -> None:
+        next(p for p in self.proposers if p.capture_layers).store_features(hidden_states, slots)
+
+    def release(self, rid: str) -> None:
+        for p in self.proposers:
+            p.release(rid)
+
+
+def expected_drafts(draft: Draft) -> float:
+    """Expected accepted drafts if all were verified: the sum of the survival probabilities."""
+    return float(torch.tensor(draft.confidences, dtype=torch.float64).clamp(0, 1).cumprod(0).sum())
+
+
 class SpecWorker:
     def __init__(self, proposer: Proposer, num_draft_tokens: int, vocab_size: int, sps: SPSTable | None) -> None:
         self.proposer = proposer

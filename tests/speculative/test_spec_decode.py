@@ -74,10 +74,14 @@ def assert_same_as_plain(plain, spec, params):
 
 
 @pytest.mark.parametrize("radix", [True, False])
-@pytest.mark.parametrize("algorithm", ["NGRAM", "DSPARK"])
-def test_greedy_is_lossless_at_batch_1_and_8(plain, sps_path, algorithm, radix):
-    """DSPARK drafts with the drafter shipped for the default model (SmolLM2-135M-Instruct)."""
-    spec = spec_engine(algorithm, sps_path, disable_radix_cache=not radix)
+@pytest.mark.parametrize(
+    "algorithm, alone", [("NGRAM", False), ("DSPARK", False), ("DSPARK", True)], ids=["ngram", "dspark", "drafter"]
+)
+def test_greedy_is_lossless_at_batch_1_and_8(plain, sps_path, algorithm, alone, radix):
+    """DSPARK drafts with the drafter shipped for the default model (SmolLM2-135M-Instruct), combined per
+    request with the n-gram proposer, or alone (--speculative-dspark-disable-ngram)."""
+    extra = {"speculative_dspark_disable_ngram": True} if alone else {}
+    spec = spec_engine(algorithm, sps_path, disable_radix_cache=not radix, **extra)
     try:
         one, batch = assert_same_as_plain(plain, spec, GREEDY)
         meta = [r["meta_info"] for r in one + batch]
@@ -213,7 +217,7 @@ def test_dspark_fills_spec_meta_info_and_accepts_drafts(plain, sps_path):
 def test_dspark_drafter_context_is_the_committed_tokens_only(plain, sps_path):
     """Mid-generation, a request's drafter context equals the target features of its committed tokens from one
     plain forward: rejected drafts left nothing behind, and nothing was recomputed out of order."""
-    spec = spec_engine("DSPARK", sps_path)
+    spec = spec_engine("DSPARK", sps_path, speculative_dspark_disable_ngram=True)
     try:
         sched = spec.scheduler
         obj = GenerateReqInput(input_ids=chat(plain, REPETITIVE), sampling_params={**GREEDY, "max_new_tokens": 48})
