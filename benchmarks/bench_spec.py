@@ -9,7 +9,8 @@ JSONSchemaBench subset (the prompt asks for an object following the schema, and 
 as ``json_schema``). Each concurrency level c
 sends the prompts in groups of c requests that run together (c in flight). Every algorithm runs on its own
 Engine over the same prompts, one after the other; the speed-up column divides by plain decoding at the
-same workload and level.
+same workload and level. The radix cache is flushed before every level (the levels repeat the same
+prompts, and NGRAM would draft the earlier level's cached outputs).
 
 Columns: tok/s = generated tokens / wall time of the level; tau = tokens committed per verify round (bonus
 included); cond. acceptance@k = P(draft k accepted | drafts 1..k-1 accepted, draft k verified); verify
@@ -122,6 +123,7 @@ def main() -> None:
             items["json"] = [it for it in items["json"] if compiles(engine, it[1]["json_schema"])][: args.num_prompts]
         for w in workloads:
             for c in levels:
+                engine.flush_cache()  # cold radix cache: no level reuses the prompts or outputs of another
                 row = run_level(engine, items[w], c, args.max_new_tokens)
                 results.setdefault(w, {}).setdefault(name, {})[c] = row
                 print(f"{w:5} {name:7} c={c:<3} {fmt(row['tok_s'], '.1f')} tok/s tau {fmt(row.get('tau'))}", flush=True)
