@@ -6,10 +6,11 @@
 Workloads (first --num-prompts of each, chat-formatted, greedy, --max-new-tokens): ``code`` = mbpp,
 ``chat`` = arena-hard-v2 (prompts up to 3000 characters), ``json`` = JSON-schema tasks from the
 JSONSchemaBench subset (the prompt asks for an object following the schema, and the request carries it
-as ``json_schema``). Each concurrency level c
-sends the prompts in groups of c requests that run together (c in flight). Every algorithm runs on its own
-Engine over the same prompts, one after the other; the speed-up column divides by plain decoding at the
-same workload and level. The radix cache is flushed before every level (the levels repeat the same
+as ``json_schema``). Each concurrency level c sends the prompts in groups of c requests that run together
+(c in flight). Every algorithm runs on its own Engine over the same prompts; the engines stay alive
+together and take turns level by level (a shared machine's drift then hits each alike; run one after the
+other, a later engine measured up to 15% slower here). The speed-up column divides by plain decoding at
+the same workload and level. The radix cache is flushed before every level (the levels repeat the same
 prompts, and NGRAM would draft the earlier level's cached outputs).
 
 Columns: tok/s = generated tokens / wall time of the level; tau = tokens committed per verify round (bonus
@@ -115,18 +116,22 @@ def main() -> None:
         raise SystemExit(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
     items = {w: load_workload(w, args.num_prompts * 2 if w == "json" else args.num_prompts) for w in workloads}
     results: dict[str, dict[str, dict[int, dict]]] = {}
+    engines = {}  # all alive at once: levels run interleaved, so drift of a shared machine hits each alike
     for algo in [None, *args.algorithms.split(",")]:
-        name = algo or "none"
-        engine = Engine(speculative_algorithm=algo, dtype=args.dtype, log_level="warning")
+        engine = Engine(speculative_algorithm=algo, dtype=args.dtype, max_total_tokens=32768, log_level="warning")
         engine.generate("warm-up", {"max_new_tokens": 4})
-        if "json" in items and algo is None:  # schemas the grammar backend refuses (a 400) are left out
-            items["json"] = [it for it in items["json"] if compiles(engine, it[1]["json_schema"])][: args.num_prompts]
-        for w in workloads:
-            for c in levels:
+        engines[algo or "none"] = engine
+    if "json" in items:  # schemas the grammar backend refuses (a 400) are left out
+        items["json"] = [it for it in items["json"] if compiles(engines["none"], it[1]["json_schema"])]
+        items["json"] = items["json"][: args.num_prompts]
+    for w in workloads:
+        for c in levels:
+            for name, engine in engines.items():
                 engine.flush_cache()  # cold radix cache: no level reuses the prompts or outputs of another
                 row = run_level(engine, items[w], c, args.max_new_tokens)
                 results.setdefault(w, {}).setdefault(name, {})[c] = row
                 print(f"{w:5} {name:7} c={c:<3} {fmt(row['tok_s'], '.1f')} tok/s tau {fmt(row.get('tau'))}", flush=True)
+    for engine in engines.values():
         engine.shutdown()
 
     print(
