@@ -131,6 +131,33 @@ def expected_drafts(draft: Draft) -> float:
     return float(torch.tensor(draft.confidences, dtype=torch.float64).clamp(0, 1).cumprod(0).sum())
 
 
+@dataclass
+class ProposalBackoff:
+    """When the planner verified none of the proposed drafts (the load is too high for them to pay),
+    skip proposing for the next 1, 2, 4 .. ``max_skip`` rounds while the batch is at least as large,
+    with one proposing round in between. Drafting costs time (the DSpark drafter about half a target
+    step at batch 16), and skipping it never changes the output."""
+
+    max_skip: int = 16
+    skip: int = 0  # rounds left to skip
+    span: int = 0  # length of the current backoff
+    batch: int = 0  # batch size at which nothing was verified
+
+    def should_skip(self, batch: int) -> bool:
+        if self.skip > 0 and batch >= self.batch:
+            self.skip -= 1
+            return True
+        return False
+
+    def record(self, batch: int, verified: int) -> None:
+        """After planning a round with proposals: how many drafts it verified."""
+        if verified:
+            self.skip = self.span = 0
+        else:
+            self.span = min(max(1, 2 * self.span), self.max_skip)
+            self.skip, self.batch = self.span, batch
+
+
 class SpecWorker:
     def __init__(self, proposer: Proposer, num_draft_tokens: int, vocab_size: int, sps: SPSTable | None) -> None:
         self.proposer = proposer
@@ -138,6 +165,7 @@ class SpecWorker:
         self.vocab_size = vocab_size
         self.sps = sps
         self.draft_probs: dict[str, torch.Tensor] = {}  # rid -> [k, V] of the sampled drafts now being verified
+        self.backoff = ProposalBackoff()
 
     @property
     def capture_layers(self) -> tuple[int, ...]:
@@ -149,6 +177,9 @@ class SpecWorker:
 
     def draft(self, reqs: list[SpecRequest], room: list[int]) -> list[list[int]]:
         """Drafts to verify per request; room[i] caps request i's drafts (tokens it may still emit - 1)."""
+        if self.sps is not None and self.backoff.should_skip(len(reqs)):
+            self.draft_probs = {}
+            return [[] for _ in reqs]
         drafts = self.proposer.propose(reqs, [min(self.num_draft_tokens, m) for m in room])
         self.draft_probs = {r.rid: d.probs for r, d in zip(reqs, drafts) if d.probs is not None}
         width = max((len(d.tokens) for d in drafts), default=0)
@@ -159,6 +190,7 @@ class SpecWorker:
             for i, d in enumerate(drafts):
                 conf[i, : len(d.tokens)] = torch.tensor(d.confidences)
             lengths = plan_verify_lengths(conf, self.sps).tolist()
+            self.backoff.record(len(reqs), sum(lengths))
         else:  # fixed length: every proposed draft
             lengths = [len(d.tokens) for d in drafts]
         return [d.tokens[:n] for d, n in zip(drafts, lengths)]

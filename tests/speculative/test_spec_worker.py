@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from sglang_dspark.speculative.spec_worker import BestOfProposer, Draft, expected_drafts
+from sglang_dspark.speculative.spec_worker import BestOfProposer, Draft, ProposalBackoff, expected_drafts
 
 
 @dataclass
@@ -52,3 +52,19 @@ def test_best_of_picks_per_request_and_routes_features():
 def test_best_of_refuses_two_feature_consumers():
     with pytest.raises(ValueError, match="at most one"):
         BestOfProposer((FixedProposer({}, capture_layers=(1,)), FixedProposer({}, capture_layers=(2,))))
+
+
+def test_backoff_doubles_while_nothing_is_verified_and_resets():
+    b = ProposalBackoff(max_skip=4)
+    skipped = []
+    for _ in range(12):
+        if b.should_skip(16):
+            skipped.append(True)
+            continue
+        skipped.append(False)
+        b.record(16, 0)  # proposed, nothing verified
+    # propose, skip 1, propose, skip 2, propose, skip 4, propose, skip 4 (capped)
+    assert skipped == [False, True, False, True, True, False, True, True, True, True, False, True]
+    assert b.should_skip(16) and not b.should_skip(8)  # a smaller batch proposes again at once
+    b.record(8, 3)
+    assert not b.should_skip(16)  # drafts were verified: no more skipping
