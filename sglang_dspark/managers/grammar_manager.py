@@ -134,10 +134,27 @@ class GrammarManager:
             apply_bitmask_(logits, bitmask, masked)
         return logits
 
-    @staticmethod
-    def valid_draft(req: Req, draft: list[int]) -> list[int]:
-        """The longest prefix of draft that req's grammar accepts (all of it without a grammar)."""
-        return draft if req.grammar is None else draft[: req.grammar.validate_tokens(draft)]
+    def valid_draft(self, req: Req, draft: list[int]) -> list[int]:
+        """The longest prefix of draft that req's grammar accepts (all of it without a grammar), cut before
+        the first draft token after which the grammar forces tokens when jump-forward is on: plain
+        decoding would append the forced tokenization there instead of sampling, so no verify row may
+        sample at or past that state (the forced tokens follow the round's commit, as in plain decoding)."""
+        grammar = req.grammar
+        if grammar is None:
+            return draft
+        forcing = not (self.args.disable_jump_forward or req.return_logprob)
+        accepted = keep = 0
+        for tok in draft:
+            if grammar.is_terminated() or not grammar.accept_token(tok):
+                break
+            accepted += 1
+            if forcing and not grammar.is_terminated() and grammar.jump_forward_tokens():
+                keep = accepted - 1  # the row after this token would sample where plain decoding forces
+                break
+            keep = accepted
+        if accepted:
+            grammar.rollback(accepted)
+        return draft[:keep]
 
     def advance(self, req: Req, token: int) -> None:
         """After ``token`` was appended to req.output_ids: advance the grammar, finish the request if
