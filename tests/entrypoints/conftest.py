@@ -23,6 +23,12 @@ SERVER_FLAGS = [
 
 
 @pytest.fixture(scope="session")
+def server_flags() -> list[str]:
+    """The shared server's flags, for tests that launch a variant of it."""
+    return list(SERVER_FLAGS)
+
+
+@pytest.fixture(scope="session")
 def server_url(tmp_path_factory) -> str:
     with local_server(SERVER_FLAGS, tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url

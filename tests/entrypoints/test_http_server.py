@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from sglang_dspark.launch_server import local_server
+
 GREEDY = {"temperature": 0, "max_new_tokens": 12}
 # prompts with confident greedy continuations, so outputs do not hinge on near-ties
 PROMPTS = ["1, 2, 3, 4, 5,", "Monday, Tuesday, Wednesday,", "a, b, c, d, e,", "January, February, March,"]
@@ -254,6 +256,12 @@ def test_64_concurrent_clients_a_third_disconnecting_mid_stream(server_url, wait
     assert requests.get(f"{server_url}/health_generate", timeout=300).status_code == 200
 
 
+def metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
+    assert m, f"{name} missing from /metrics"
+    return float(m.group(1))
+
+
 def test_metrics(server_url):
     generate(server_url, {"text": PROMPTS[0], "sampling_params": {**GREEDY, "max_new_tokens": 3}})
     r = requests.get(f"{server_url}/metrics", timeout=60)
@@ -261,9 +269,7 @@ def test_metrics(server_url):
     text = r.text
 
     def value(name: str) -> float:
-        m = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
-        assert m, f"{name} missing from /metrics"
-        return float(m.group(1))
+        return metric(text, name)
 
     assert value("sglang:num_requests_total") >= 1
     assert value("sglang:prompt_tokens_total") > 0 and value("sglang:generation_tokens_total") >= 3
@@ -273,3 +279,23 @@ def test_metrics(server_url):
     assert value("sglang:num_running_reqs") == 0 and value("sglang:num_queue_reqs") == 0
     assert value("sglang:token_usage") == 0
     assert 0 <= value("sglang:cache_hit_rate") <= 1
+
+
+def test_speculative_server_reports_accept_length(tmp_path, server_flags):
+    """With --speculative-algorithm NGRAM: spec fields in meta_info, SGLang's avg_spec_accept_length in
+    /server_info and the sglang:spec_accept_length gauge agree with the requests' own counts."""
+    sps = tmp_path / "sps.json"
+    sps.write_text(json.dumps({"sample_batch_tokens": [1, 16], "sample_steps_per_sec": [27.0, 20.0]}))
+    flags = [*server_flags, "--speculative-algorithm", "NGRAM", "--speculative-dspark-sps-table-path", str(sps)]
+    with local_server(flags, tmp_path / "server.log") as url:
+        text = "Repeat ten times: red green blue, red green blue, red green blue, red green blue,"
+        out = generate(url, {"text": text, "sampling_params": {**GREEDY, "max_new_tokens": 40}})
+        meta = out["meta_info"]
+        assert meta["spec_verify_ct"] > 0 and meta["spec_num_correct_drafts"] > 0
+        state = requests.get(f"{url}/server_info", timeout=60).json()
+        accept_length = state["internal_states"][0]["avg_spec_accept_length"]
+        assert accept_length == pytest.approx(meta["completion_tokens"] / meta["spec_verify_ct"])
+        assert accept_length > 1
+        assert metric(requests.get(f"{url}/metrics", timeout=60).text, "sglang:spec_accept_length") == (
+            pytest.approx(accept_length)
+        )
