@@ -23,7 +23,7 @@ import torch
 from sglang_dspark.grammar.base import allocate_bitmask
 from sglang_dspark.grammar.mask import allowed_from_bitmask
 from sglang_dspark.speculative.dspark import DrafterState, DSparkDrafter
-from sglang_dspark.speculative.spec_worker import Draft, SpecRequest
+from sglang_dspark.speculative.spec_worker import Draft, SpecRequest, draft_temperature
 from sglang_dspark.speculative.sts import apply_sts
 
 
@@ -85,7 +85,7 @@ class DSparkProposer:
         states = self._extend_context(batch)
         anchors = torch.tensor([r.output_ids[-1] if r.output_ids else r.origin_input_ids[-1] for r in batch])  # [R]
         positions = torch.tensor([_anchor_position(r) for r in batch])  # [R]
-        temps = torch.tensor([_draft_temperature(r) for r in batch])  # [R], 0 = greedy
+        temps = torch.tensor([draft_temperature(r) for r in batch])  # [R], 0 = greedy
         walk = DraftGrammarWalk(batch, cfg.vocab_size, cfg.block_size)
         mask_fn = walk if walk.active else None
         out = self.drafter.draft(states, anchors, positions, temps, mask_fn=mask_fn, generator=self.generator)
@@ -157,8 +157,3 @@ class DraftGrammarWalk:
 def _anchor_position(req: SpecRequest) -> int:
     """Position of the last committed token: the anchor, whose features come with the verify forward."""
     return len(req.origin_input_ids) + len(req.output_ids) - 1
-
-
-def _draft_temperature(req: SpecRequest) -> float:
-    params = req.sampling_params
-    return 0.0 if params.is_greedy or req.grammar is not None else params.temperature

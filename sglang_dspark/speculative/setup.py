@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from sglang_dspark.mem_cache.radix_cache import RadixCache
 from sglang_dspark.model_executor.model_runner import ModelRunner, use_cpu_ops
 from sglang_dspark.models.config import DecoderConfig
+from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.profile_sps import verify_forward_fn
 from sglang_dspark.server_args import ServerArgs
 from sglang_dspark.speculative.dspark import DSparkConfig, load_drafter
@@ -22,13 +24,15 @@ from sglang_dspark.speculative.spec_worker import (
     NGramProposer,
     SpecWorker,
 )
+from sglang_dspark.speculative.standalone_proposer import StandaloneProposer
 from sglang_dspark.speculative.sts import STSCalibration
 
 logger = logging.getLogger(__name__)
 
 SPS_PROBE_SIZES = (1, 2, 4, 8, 16, 32, 64)
 SPS_PROBE_CONTEXT = 256  # tokens of cached context behind each probe, like a running request
-AVAILABLE_ALGORITHMS = ("DSPARK", "NGRAM")  # server_args.SPECULATIVE_ALGORITHMS also names STANDALONE
+AVAILABLE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
+DEFAULT_STANDALONE_DRAFT_TOKENS = 4  # one draft-model step per token
 
 
 def profile_runner_sps(
@@ -61,6 +65,9 @@ def build_spec_worker(
         proposer = (
             dspark if args.speculative_dspark_disable_ngram else BestOfProposer((dspark, NGramProposer(radix=radix)))
         )
+    elif algo == "STANDALONE":
+        proposer = build_standalone_proposer(args, runner)
+        num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_STANDALONE_DRAFT_TOKENS
     else:
         proposer = NGramProposer(radix=radix)
         num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
@@ -70,6 +77,31 @@ def build_spec_worker(
         sps = profile_runner_sps(runner, num_draft_tokens + 1)
         logger.info("profiled SPS(B): %s", dict(zip(sps.batch_tokens, (round(v, 1) for v in sps.steps_per_sec))))
     return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, sps)
+
+
+def build_standalone_proposer(args: ServerArgs, runner: ModelRunner) -> StandaloneProposer:
+    """The draft model of --speculative-draft-model-path in its own ModelRunner (same dtype, kernels and
+    KV capacity as the target); its vocabulary must be the target's."""
+    if not args.speculative_draft_model_path:
+        raise ValueError(
+            "--speculative-algorithm STANDALONE needs --speculative-draft-model-path (a small model "
+            "with the target's tokenizer)"
+        )
+    draft_dir = resolve_model_path(args.speculative_draft_model_path)
+    draft_args = dataclasses.replace(
+        args,
+        model_path=str(draft_dir),
+        speculative_algorithm=None,
+        max_total_tokens=runner.max_total_tokens,
+        context_length=runner.context_len,
+    )
+    draft = ModelRunner(draft_args, draft_dir)
+    if draft.vocab_size != runner.vocab_size:
+        raise ValueError(
+            f"draft model {draft_dir} has vocab_size {draft.vocab_size}, the target {runner.vocab_size}: "
+            "STANDALONE needs the target's tokenizer"
+        )
+    return StandaloneProposer(draft, args.random_seed)
 
 
 def build_dspark_proposer(args: ServerArgs, runner: ModelRunner, model_dir: Path) -> DSparkProposer:

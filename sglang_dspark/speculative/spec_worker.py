@@ -50,6 +50,13 @@ class Draft:
     probs: torch.Tensor | None = None  # [k, V] distributions the drafts were sampled from; None = deterministic
 
 
+def draft_temperature(req: SpecRequest) -> float:
+    """0 (greedy drafts) for greedy and grammar requests (the scheduler may cut a grammar request's draft,
+    which is lossless for deterministic drafts only), else the request's temperature."""
+    params = req.sampling_params
+    return 0.0 if params.is_greedy or req.grammar is not None else params.temperature
+
+
 class Proposer(Protocol):
     capture_layers: tuple[int, ...]  # target layers whose hidden states store_features receives; -1 = embeddings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from sglang_dspark import Engine
 from sglang_dspark.kernels.cpu_ops import select_cpu_ops
 from sglang_dspark.managers.tokenizer_manager import GenerateReqInput
 from sglang_dspark.model_executor.sequence_forward import forward_sequences
+from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.server_args import ServerArgs
 from sglang_dspark.speculative.dspark import DSparkConfig, DSparkDrafter, save_drafter
 
@@ -270,6 +272,52 @@ def test_dspark_checkpoint_that_does_not_fit_the_target_fails_at_start_up(tmp_pa
         spec_engine("DSPARK", sps_path, speculative_draft_model_path=path)
 
 
-def test_standalone_is_refused_with_the_available_algorithms(sps_path):
-    with pytest.raises(ValueError, match="STANDALONE is not available yet.*DSPARK.*NGRAM"):
+def save_tiny_draft_model(path, vocab_size: int = 49152) -> str:
+    """A 2-layer random Llama in HF format: a draft model that is mostly wrong."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
+    return str(path)
+
+
+@pytest.mark.parametrize("radix", [True, False])
+@pytest.mark.parametrize("draft", ["target", "tiny"])
+def test_standalone_greedy_is_lossless(plain, sps_path, tmp_path, draft, radix):
+    """Draft model = the target itself (drafts almost always right) or a tiny random model (almost always
+    wrong); either way the output is plain decoding's, and the draft model's KV is freed after the requests."""
+    if draft == "target":
+        path, sps = str(resolve_model_path(None)), sps_path
+    else:  # a flat SPS table: every draft with a positive confidence is verified, however unlikely
+        path, sps = save_tiny_draft_model(tmp_path / "draft"), str(tmp_path / "flat_sps.json")
+        Path(sps).write_text(json.dumps({"sample_batch_tokens": [1, 64], "sample_steps_per_sec": [20.0, 20.0]}))
+    spec = spec_engine("STANDALONE", sps, speculative_draft_model_path=path, disable_radix_cache=not radix)
+    try:
+        one, batch = assert_same_as_plain(plain, spec, GREEDY)
+        meta = [r["meta_info"] for r in one + batch]
+        correct, proposed = (sum(m[k] for m in meta) for k in ("spec_num_correct_drafts", "spec_num_proposed_drafts"))
+        if draft == "target":
+            assert correct > 0.9 * proposed > 0
+        else:
+            assert proposed > 0 and correct < 0.2 * proposed
+        assert spec.scheduler.spec.proposer.kv_in_use() == 0
+    finally:
+        spec.shutdown()
+
+
+def test_standalone_needs_a_draft_model_with_the_targets_vocabulary(sps_path, tmp_path):
+    with pytest.raises(ValueError, match="STANDALONE needs --speculative-draft-model-path"):
         spec_engine("STANDALONE", sps_path)
+    path = save_tiny_draft_model(tmp_path / "draft", vocab_size=97)
+    with pytest.raises(ValueError, match="vocab_size 97, the target 49152"):
+        spec_engine("STANDALONE", sps_path, speculative_draft_model_path=path)
