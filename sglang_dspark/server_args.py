@@ -10,6 +10,17 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 CPU_KERNELS = ("auto", "native", "torch")
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "llguidance", "none")
 SPECULATIVE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
+# adaptive = Algorithm 1 with its early stop; async = paper section 5.2 (budget from older confidences);
+# fixed = every proposed draft; threshold = drafts whose survival reaches --speculative-dspark-verify-threshold
+VERIFY_MODES = ("adaptive", "async", "fixed", "threshold")
+# fields whose value must be one of a list (None allowed where the default is None)
+CHOICES = {
+    "dtype": DTYPES,
+    "grammar_backend": GRAMMAR_BACKENDS,
+    "speculative_algorithm": SPECULATIVE_ALGORITHMS,
+    "speculative_dspark_verify_mode": VERIFY_MODES,
+    "cpu_kernels": CPU_KERNELS,
+}
 
 
 @dataclass
@@ -48,6 +59,8 @@ class ServerArgs:
     speculative_dspark_sps_table_path: str | None = None
     speculative_dspark_confidence_sts_path: str | None = None
     speculative_dspark_disable_ngram: bool = False  # DSPARK alone, without the n-gram / radix proposer
+    speculative_dspark_verify_mode: str = "adaptive"  # how many drafts each request verifies: VERIFY_MODES
+    speculative_dspark_verify_threshold: float = 0.5  # survival cut-off of the threshold mode
 
     # Misc.
     random_seed: int | None = None
@@ -62,16 +75,10 @@ class ServerArgs:
         self.validate()
 
     def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.grammar_backend not in GRAMMAR_BACKENDS:
-            raise ValueError(f"--grammar-backend must be one of {GRAMMAR_BACKENDS}, got {self.grammar_backend!r}")
-        if self.speculative_algorithm is not None and self.speculative_algorithm not in SPECULATIVE_ALGORITHMS:
-            raise ValueError(
-                f"--speculative-algorithm must be one of {SPECULATIVE_ALGORITHMS}, got {self.speculative_algorithm!r}"
-            )
-        if self.cpu_kernels not in CPU_KERNELS:
-            raise ValueError(f"--cpu-kernels must be one of {CPU_KERNELS}, got {self.cpu_kernels!r}")
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices and not (value is None and getattr(ServerArgs, name) is None):
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {choices}, got {value!r}")
         if self.tp_size != 1:
             raise ValueError("--tp-size > 1 is not supported yet")
         for name in ("max_running_requests", "chunked_prefill_size", "max_prefill_tokens"):
@@ -83,6 +90,8 @@ class ServerArgs:
             raise ValueError("--grammar-compile-timeout must be positive")
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError("--mem-fraction-static must be in (0, 1)")
+        if not 0.0 < self.speculative_dspark_verify_threshold <= 1.0:
+            raise ValueError("--speculative-dspark-verify-threshold must be in (0, 1]")
 
     @property
     def torch_dtype_name(self) -> str:
@@ -99,14 +108,8 @@ class ServerArgs:
             kwargs: dict = {"default": f.default}
             base = f.type.split("|")[0].strip()
             kwargs["type"] = {"int": int, "float": float}.get(base, str)
-            if f.name == "dtype":
-                kwargs["choices"] = DTYPES
-            elif f.name == "grammar_backend":
-                kwargs["choices"] = GRAMMAR_BACKENDS
-            elif f.name == "speculative_algorithm":
-                kwargs["choices"] = SPECULATIVE_ALGORITHMS
-            elif f.name == "cpu_kernels":
-                kwargs["choices"] = CPU_KERNELS
+            if f.name in CHOICES:
+                kwargs["choices"] = CHOICES[f.name]
             parser.add_argument(flag, **kwargs)
 
     @classmethod

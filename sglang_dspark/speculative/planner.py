@@ -152,11 +152,6 @@ def plan_verify_lengths_async(conf: Tensor, batch_cap: int) -> Tensor:
     return torch.bincount(requests[:batch_cap], minlength=conf.shape[0])
 
 
-def fixed_lengths(num_requests: int, k: int) -> Tensor:
-    """Baseline: every request verifies k drafts -> [R] int64."""
-    return torch.full((num_requests,), k, dtype=torch.int64)
-
-
 def threshold_lengths(conf: Tensor, threshold: float) -> Tensor:
     """Baseline: conf [R, G] -> [R] int64, the drafts whose survival a[r, j] >= threshold (a prefix)."""
     return (survival(conf) >= threshold).sum(dim=1)

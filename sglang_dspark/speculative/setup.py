@@ -26,6 +26,7 @@ from sglang_dspark.speculative.spec_worker import (
 )
 from sglang_dspark.speculative.standalone_proposer import StandaloneProposer
 from sglang_dspark.speculative.sts import STSCalibration
+from sglang_dspark.speculative.verify_policy import make_verify_policy
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +72,15 @@ def build_spec_worker(
     else:
         proposer = NGramProposer(radix=radix)
         num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
+    mode = args.speculative_dspark_verify_mode
+    sps = None
     if args.speculative_dspark_sps_table_path:
         sps = SPSTable.load(args.speculative_dspark_sps_table_path)
-    else:
+    elif mode in ("adaptive", "async"):  # the load-adaptive modes need SPS(B) of this machine
         sps = profile_runner_sps(runner, num_draft_tokens + 1)
         logger.info("profiled SPS(B): %s", dict(zip(sps.batch_tokens, (round(v, 1) for v in sps.steps_per_sec))))
-    return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, sps)
+    policy = make_verify_policy(mode, sps, args.speculative_dspark_verify_threshold)
+    return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, policy)
 
 
 def build_standalone_proposer(args: ServerArgs, runner: ModelRunner) -> StandaloneProposer:

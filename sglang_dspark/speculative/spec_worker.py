@@ -24,7 +24,7 @@ from sglang_dspark.layers.sampler import SamplingBatchInfo, probs_from_logits, p
 from sglang_dspark.mem_cache.radix_cache import RadixCache
 from sglang_dspark.sampling.sampling_params import SamplingParams
 from sglang_dspark.speculative.ngram import NGramIndex, propose
-from sglang_dspark.speculative.planner import SPSTable, plan_verify_lengths
+from sglang_dspark.speculative.verify_policy import VerifyPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -166,11 +166,11 @@ class ProposalBackoff:
 
 
 class SpecWorker:
-    def __init__(self, proposer: Proposer, num_draft_tokens: int, vocab_size: int, sps: SPSTable | None) -> None:
+    def __init__(self, proposer: Proposer, num_draft_tokens: int, vocab_size: int, policy: VerifyPolicy) -> None:
         self.proposer = proposer
         self.num_draft_tokens = num_draft_tokens
         self.vocab_size = vocab_size
-        self.sps = sps
+        self.policy = policy
         self.draft_probs: dict[str, torch.Tensor] = {}  # rid -> [k, V] of the sampled drafts now being verified
         self.backoff = ProposalBackoff()
 
@@ -184,22 +184,19 @@ class SpecWorker:
 
     def draft(self, reqs: list[SpecRequest], room: list[int]) -> list[list[int]]:
         """Drafts to verify per request; room[i] caps request i's drafts (tokens it may still emit - 1)."""
-        if self.sps is not None and self.backoff.should_skip(len(reqs)):
+        if self.backoff.should_skip(len(reqs)):
             self.draft_probs = {}
             return [[] for _ in reqs]
         drafts = self.proposer.propose(reqs, [min(self.num_draft_tokens, m) for m in room])
         self.draft_probs = {r.rid: d.probs for r, d in zip(reqs, drafts) if d.probs is not None}
         width = max((len(d.tokens) for d in drafts), default=0)
         if width == 0:
-            lengths = [0] * len(reqs)
-        elif self.sps is not None:  # Algorithm 1 with its early stop
-            conf = torch.zeros(len(reqs), width)  # [R, G], missing drafts have confidence 0
-            for i, d in enumerate(drafts):
-                conf[i, : len(d.tokens)] = torch.tensor(d.confidences)
-            lengths = plan_verify_lengths(conf, self.sps).tolist()
-            self.backoff.record(len(reqs), sum(lengths))
-        else:  # fixed length: every proposed draft
-            lengths = [len(d.tokens) for d in drafts]
+            return [[] for _ in reqs]
+        conf = torch.zeros(len(reqs), width)  # [R, G], missing drafts have confidence 0
+        for i, d in enumerate(drafts):
+            conf[i, : len(d.tokens)] = torch.tensor(d.confidences)
+        lengths = self.policy.lengths(conf, torch.tensor([len(d.tokens) for d in drafts])).tolist()
+        self.backoff.record(len(reqs), sum(lengths))
         return [d.tokens[:n] for d, n in zip(drafts, lengths)]
 
     def verify(self, reqs: list[SpecRequest], drafts: list[list[int]], logits: torch.Tensor) -> list[list[int]]:

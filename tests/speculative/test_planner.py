@@ -6,7 +6,6 @@ import torch
 from sglang_dspark.speculative.planner import (
     SPSTable,
     async_batch_cap,
-    fixed_lengths,
     plan_verify_lengths,
     plan_verify_lengths_async,
     profile_sps,
@@ -127,8 +126,7 @@ def test_async_cap_is_the_full_search_budget_and_current_step_takes_top_k():
     assert plan_verify_lengths_async(torch.ones(2, 2), 2).tolist() == [1, 1]
 
 
-def test_baselines():
-    assert fixed_lengths(3, 4).tolist() == [4, 4, 4]
+def test_threshold_baseline():
     conf = torch.tensor([[0.9, 0.9, 0.9], [0.5, 1.0, 1.0]])  # a = [.9 .81 .729], [.5 .5 .5]
     assert threshold_lengths(conf, 0.8).tolist() == [2, 0]
     assert threshold_lengths(conf, 0.5).tolist() == [3, 3]

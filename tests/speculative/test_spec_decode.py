@@ -96,6 +96,18 @@ def test_greedy_is_lossless_at_batch_1_and_8(plain, sps_path, algorithm, alone, 
         spec.shutdown()
 
 
+@pytest.mark.parametrize("mode", ["async", "fixed", "threshold"])
+def test_every_verify_mode_is_lossless(plain, sps_path, mode):
+    """--speculative-dspark-verify-mode: the paper's asynchronous planner and the two baselines (the
+    default, adaptive, is every other test here)."""
+    spec = spec_engine("NGRAM", sps_path, speculative_dspark_verify_mode=mode, speculative_dspark_verify_threshold=0.3)
+    try:
+        one, batch = assert_same_as_plain(plain, spec, GREEDY)
+        assert sum(r["meta_info"]["spec_num_correct_drafts"] for r in one + batch) > 0
+    finally:
+        spec.shutdown()
+
+
 @pytest.mark.skipif(
     select_cpu_ops("auto", "cpu", torch.bfloat16) is None, reason="needs the native CPU kernels (AVX2 + FMA)"
 )
