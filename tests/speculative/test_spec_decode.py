@@ -118,7 +118,8 @@ def test_bf16_greedy_with_native_kernels_is_lossless(sps_path, algorithm):
     cache is off: a cached prompt recomputes its last token as a short extend instead of in the prefill."""
     args = {"dtype": "bfloat16", "max_total_tokens": 4096, "log_level": "warning", "disable_radix_cache": True}
     base = Engine(**args)
-    spec = Engine(**args, speculative_algorithm=algorithm, speculative_dspark_sps_table_path=sps_path)
+    draft = {"speculative_draft_model_path": str(resolve_model_path(None))} if algorithm == "STANDALONE" else {}
+    spec = Engine(**args, speculative_algorithm=algorithm, speculative_dspark_sps_table_path=sps_path, **draft)
     try:
         one, batch = assert_same_as_plain(base, spec, GREEDY)
         assert sum(r["meta_info"]["spec_num_correct_drafts"] for r in one + batch) > 0
@@ -165,11 +166,13 @@ STATES_SCHEMA = json.dumps(
 )
 
 
-@pytest.mark.parametrize("algorithm, jump_forward", [("NGRAM", True), ("NGRAM", False), ("DSPARK", True)])
+@pytest.mark.parametrize(
+    "algorithm, jump_forward", [("NGRAM", True), ("NGRAM", False), ("DSPARK", True), ("STANDALONE", True)]
+)
 def test_greedy_with_json_schema_is_lossless(plain, sps_path, algorithm, jump_forward):
-    """Grammar requests speculate too: NGRAM drafts are cut where the grammar rejects them, DSPARK drafts
-    under the grammar's mask, and every verify row is masked by the grammar state after the drafts before
-    it, so outputs equal masked plain decoding."""
+    """Grammar requests speculate too: NGRAM and STANDALONE (the target as draft model) drafts are cut where
+    the grammar rejects them, DSPARK drafts under the grammar's mask, and every verify row is masked by the
+    grammar state after the drafts before it, so outputs equal masked plain decoding."""
     args = {
         "dtype": "float32",
         "max_total_tokens": 4096,
@@ -177,7 +180,8 @@ def test_greedy_with_json_schema_is_lossless(plain, sps_path, algorithm, jump_fo
         "disable_jump_forward": not jump_forward,
     }
     base = Engine(**args)
-    spec = Engine(**args, speculative_algorithm=algorithm, speculative_dspark_sps_table_path=sps_path)
+    draft = {"speculative_draft_model_path": str(resolve_model_path(None))} if algorithm == "STANDALONE" else {}
+    spec = Engine(**args, speculative_algorithm=algorithm, speculative_dspark_sps_table_path=sps_path, **draft)
     try:
         params = {**GREEDY, "max_new_tokens": 96, "json_schema": STATES_SCHEMA}
         one, batch = assert_same_as_plain(base, spec, params)
