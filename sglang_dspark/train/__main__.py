@@ -2,6 +2,9 @@
 
 Example (the shipped SmolLM2 drafters, see README "Training drafters"):
     python -m sglang_dspark.train --config examples/train_smollm2.json --variants dspark dflash
+Held-out data for calibrate / eval (greedy responses of the eval split):
+    python -m sglang_dspark.train --config examples/train_smollm2.json --split eval --regenerate-only \
+        --gen-temperature 0 --data-file runs/data/eval_t0.jsonl
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if cfg.prompt_files or cfg.json_schema_file:
         sources = load_prompt_sources(cfg.prompt_files, cfg.json_schema_file, cfg.max_schema_chars)
-        prompts = select(sources, "train", cfg.per_source, SplitSpec(cfg.n_eval, cfg.n_calib))
+        prompts = select(sources, cfg.split, cfg.per_source, SplitSpec(cfg.n_eval, cfg.n_calib))
         regenerate(
             engine,
             prompts,

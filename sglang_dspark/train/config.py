@@ -10,6 +10,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sglang_dspark.train.data import SPLITS
+
 VARIANTS = ("dspark", "dflash")
 
 
@@ -30,6 +32,8 @@ class TrainConfig:
     gen_batch_size: int = 48
     max_prompt_tokens: int = 384
     regenerate_only: bool = False
+    # which prompts to regenerate: train, or the held-out eval / calib split (those need regenerate_only)
+    split: str = "train"
     # drafter
     variants: list[str] = field(default_factory=lambda: ["dspark"])  # dflash = the ablation
     num_draft_layers: int = 1
@@ -60,6 +64,12 @@ class TrainConfig:
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise ValueError(f"unknown variants {bad}; choose from {VARIANTS}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.split != "train" and not self.regenerate_only:
+            raise ValueError(
+                f"--split {self.split} regenerates held-out data: add --regenerate-only (never train on it)"
+            )
 
     @property
     def data_path(self) -> Path:

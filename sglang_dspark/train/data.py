@@ -71,6 +71,9 @@ def load_json_schema_tasks(path: Path | str, max_schema_chars: int, source: str 
     return out
 
 
+SPLITS = ("train", "eval", "calib")
+
+
 @dataclass(frozen=True)
 class SplitSpec:
     n_eval: int = 50

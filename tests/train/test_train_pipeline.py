@@ -105,3 +105,22 @@ def test_prompt_file_with_malformed_lines(tmp_path, caplog):
     assert [p.text for p in prompts] == ["a", "b"] and [p.id for p in prompts] == ["p/0", "p/1"]
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "p.jsonl:2" in messages and "p.jsonl:3" in messages
+
+
+def test_regenerate_only_writes_the_requested_split(tmp_path):
+    """`--split eval --regenerate-only`: the target's greedy responses to the held-out prompts only."""
+    from sglang_dspark.train.__main__ import main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"turns": [f"Say the number {i}."]}) + "\n" for i in range(6)))
+    out = tmp_path / "eval.jsonl"
+    flags = ["--prompt-files", str(prompts), "--n-eval", "2", "--n-calib", "1", "--max-new-tokens", "4"]
+    flags += ["--gen-temperature", "0", "--target-dtype", "float32", "--gen-batch-size", "4"]
+    assert main([*flags, "--split", "eval", "--regenerate-only", "--data-file", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == ["p/0", "p/1"]
+    assert all(r["temperature"] == 0 and 0 < len(r["response_ids"]) <= 4 for r in records)
+    with pytest.raises(ValueError, match="--regenerate-only"):
+        TrainConfig(split="eval")
+    with pytest.raises(ValueError, match="split must be one of"):
+        TrainConfig(split="test", regenerate_only=True)
