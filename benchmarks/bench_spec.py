@@ -2,6 +2,8 @@
 
     python benchmarks/bench_spec.py                                  # NGRAM and DSPARK vs none, all workloads
     python benchmarks/bench_spec.py --algorithms NGRAM --workloads json --concurrency 1,4
+    python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:fixed,NGRAM:threshold   # verify modes
+    python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:raw   # without the online calibration
 
 Workloads (first --num-prompts of each, chat-formatted, greedy, --max-new-tokens): ``code`` = mbpp,
 ``chat`` = arena-hard-v2 (prompts up to 3000 characters), ``json`` = JSON-schema tasks from the
@@ -100,7 +102,12 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--algorithms", default="NGRAM,DSPARK", help="compared with plain decoding")
+    ap.add_argument(
+        "--algorithms",
+        default="NGRAM,DSPARK",
+        help="compared with plain decoding; ALGO:MODE sets --speculative-dspark-verify-mode (default adaptive), "
+        "ALGO[:MODE]:raw also --speculative-dspark-disable-online-calibration",
+    )
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--num-prompts", type=int, default=16)
@@ -117,10 +124,19 @@ def main() -> None:
     items = {w: load_workload(w, args.num_prompts * 2 if w == "json" else args.num_prompts) for w in workloads}
     results: dict[str, dict[str, dict[int, dict]]] = {}
     engines = {}  # all alive at once: levels run interleaved, so drift of a shared machine hits each alike
-    for algo in [None, *args.algorithms.split(",")]:
-        engine = Engine(speculative_algorithm=algo, dtype=args.dtype, max_total_tokens=32768, log_level="warning")
+    for name in ["none", *args.algorithms.split(",")]:
+        algo, *options = name.split(":")
+        modes = [o for o in options if o != "raw"]
+        spec = {
+            "speculative_algorithm": algo,
+            "speculative_dspark_verify_mode": modes[0] if modes else "adaptive",
+            "speculative_dspark_disable_online_calibration": "raw" in options,
+        }
+        engine = Engine(
+            dtype=args.dtype, max_total_tokens=32768, log_level="warning", **(spec if name != "none" else {})
+        )
         engine.generate("warm-up", {"max_new_tokens": 4})
-        engines[algo or "none"] = engine
+        engines[name] = engine
     if "json" in items:  # schemas the grammar backend refuses (a 400) are left out
         items["json"] = [it for it in items["json"] if compiles(engines["none"], it[1]["json_schema"])]
         items["json"] = items["json"][: args.num_prompts]
@@ -130,7 +146,9 @@ def main() -> None:
                 engine.flush_cache()  # cold radix cache: no level reuses the prompts or outputs of another
                 row = run_level(engine, items[w], c, args.max_new_tokens)
                 results.setdefault(w, {}).setdefault(name, {})[c] = row
-                print(f"{w:5} {name:7} c={c:<3} {fmt(row['tok_s'], '.1f')} tok/s tau {fmt(row.get('tau'))}", flush=True)
+                print(
+                    f"{w:5} {name:15} c={c:<3} {fmt(row['tok_s'], '.1f')} tok/s tau {fmt(row.get('tau'))}", flush=True
+                )
     for engine in engines.values():
         engine.shutdown()
 

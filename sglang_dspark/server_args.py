@@ -61,6 +61,8 @@ class ServerArgs:
     speculative_dspark_disable_ngram: bool = False  # DSPARK alone, without the n-gram / radix proposer
     speculative_dspark_verify_mode: str = "adaptive"  # how many drafts each request verifies: VERIFY_MODES
     speculative_dspark_verify_threshold: float = 0.5  # survival cut-off of the threshold mode
+    # plan on the proposers' own confidences instead of ones calibrated on the verify rounds so far
+    speculative_dspark_disable_online_calibration: bool = False
 
     # Misc.
     random_seed: int | None = None

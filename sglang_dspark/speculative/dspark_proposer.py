@@ -98,7 +98,8 @@ class DSparkProposer:
         for j, i in enumerate(active):
             n = min(num_tokens[i], cfg.block_size)
             probs = out.probs[j, :n] if sampled[j] else None  # [n, V]
-            drafts[i] = Draft(out.tokens[j, :n].tolist(), conf[j, :n].tolist(), probs)
+            source = "dspark" if probs is None else "dspark/sampled"
+            drafts[i] = Draft(out.tokens[j, :n].tolist(), conf[j, :n].tolist(), probs, source)
         return drafts
 
     def _extend_context(self, reqs: list[SpecRequest]) -> list[DrafterState]:

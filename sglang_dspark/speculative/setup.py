@@ -17,11 +17,13 @@ from sglang_dspark.server_args import ServerArgs
 from sglang_dspark.speculative.dspark import DSparkConfig, load_drafter
 from sglang_dspark.speculative.dspark.checkpoint import CONFIG_NAME, packaged_drafter, read_config
 from sglang_dspark.speculative.dspark_proposer import ConfidenceCalibration, DSparkProposer
+from sglang_dspark.speculative.online_calibration import CalibratedProposer, OnlineCalibration
 from sglang_dspark.speculative.planner import SPSTable, profile_sps
 from sglang_dspark.speculative.spec_worker import (
     DEFAULT_NUM_DRAFT_TOKENS,
     BestOfProposer,
     NGramProposer,
+    Proposer,
     SpecWorker,
 )
 from sglang_dspark.speculative.standalone_proposer import StandaloneProposer
@@ -58,19 +60,26 @@ def build_spec_worker(
         return None
     if algo not in AVAILABLE_ALGORITHMS:
         raise ValueError(f"--speculative-algorithm {algo} is not available yet; use one of {AVAILABLE_ALGORITHMS}")
+    calibration = None if args.speculative_dspark_disable_online_calibration else OnlineCalibration()
+
+    def calibrated(p: Proposer) -> Proposer:
+        return p if calibration is None else CalibratedProposer(p, calibration)
+
     if algo == "DSPARK":
         dspark = build_dspark_proposer(args, runner, model_dir)
         block = dspark.drafter.config.block_size
         num_draft_tokens = min(args.speculative_num_draft_tokens or block, block)
         # per request, the drafter's or the n-gram / radix draft, whichever expects more accepted tokens
         proposer = (
-            dspark if args.speculative_dspark_disable_ngram else BestOfProposer((dspark, NGramProposer(radix=radix)))
+            calibrated(dspark)
+            if args.speculative_dspark_disable_ngram
+            else BestOfProposer((calibrated(dspark), calibrated(NGramProposer(radix=radix))))
         )
     elif algo == "STANDALONE":
-        proposer = build_standalone_proposer(args, runner)
+        proposer = calibrated(build_standalone_proposer(args, runner))
         num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_STANDALONE_DRAFT_TOKENS
     else:
-        proposer = NGramProposer(radix=radix)
+        proposer = calibrated(NGramProposer(radix=radix))
         num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
     mode = args.speculative_dspark_verify_mode
     sps = None
@@ -80,7 +89,7 @@ def build_spec_worker(
         sps = profile_runner_sps(runner, num_draft_tokens + 1)
         logger.info("profiled SPS(B): %s", dict(zip(sps.batch_tokens, (round(v, 1) for v in sps.steps_per_sec))))
     policy = make_verify_policy(mode, sps, args.speculative_dspark_verify_threshold)
-    return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, policy)
+    return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, policy, calibration)
 
 
 def build_standalone_proposer(args: ServerArgs, runner: ModelRunner) -> StandaloneProposer:

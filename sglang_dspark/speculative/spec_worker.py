@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -25,6 +25,9 @@ from sglang_dspark.mem_cache.radix_cache import RadixCache
 from sglang_dspark.sampling.sampling_params import SamplingParams
 from sglang_dspark.speculative.ngram import NGramIndex, propose
 from sglang_dspark.speculative.verify_policy import VerifyPolicy
+
+if TYPE_CHECKING:
+    from sglang_dspark.speculative.online_calibration import OnlineCalibration
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ class Draft:
     tokens: list[int]  # [k]
     confidences: list[float]  # [k], c[j] = P(draft j accepted | drafts < j accepted)
     probs: torch.Tensor | None = None  # [k, V] distributions the drafts were sampled from; None = deterministic
+    source: str = "draft"  # which proposer (and how) made it, for the online calibration
+    raw_confidences: list[float] | None = None  # [k] before online calibration, when it was applied
 
 
 def draft_temperature(req: SpecRequest) -> float:
@@ -94,9 +99,9 @@ class NGramProposer:
             index.extend(fill[len(index.tokens) :])
         cached = self.radix.continuation(index.tokens, num_tokens) if self.radix is not None and num_tokens else []
         if cached:
-            return Draft(cached, [self.radix_confidence] * len(cached))
+            return Draft(cached, [self.radix_confidence] * len(cached), source="radix")
         proposal = propose(index, num_tokens)
-        return Draft(proposal.tokens, proposal.confidences)
+        return Draft(proposal.tokens, proposal.confidences, source="ngram")
 
     def store_features(self, hidden_states: list[torch.Tensor], slots: torch.Tensor) -> None:
         raise RuntimeError("the n-gram proposer captures no hidden states")
@@ -166,12 +171,22 @@ class ProposalBackoff:
 
 
 class SpecWorker:
-    def __init__(self, proposer: Proposer, num_draft_tokens: int, vocab_size: int, policy: VerifyPolicy) -> None:
+    def __init__(
+        self,
+        proposer: Proposer,
+        num_draft_tokens: int,
+        vocab_size: int,
+        policy: VerifyPolicy,
+        calibration: OnlineCalibration | None = None,
+    ) -> None:
+        """calibration: learns from every verified round; the proposer's drafts are calibrated by it
+        (online_calibration.CalibratedProposer) when given."""
         self.proposer = proposer
         self.num_draft_tokens = num_draft_tokens
         self.vocab_size = vocab_size
         self.policy = policy
-        self.draft_probs: dict[str, torch.Tensor] = {}  # rid -> [k, V] of the sampled drafts now being verified
+        self.calibration = calibration
+        self.proposals: dict[str, Draft] = {}  # rid -> the proposal whose drafts are now being verified
         self.backoff = ProposalBackoff()
 
     @property
@@ -185,10 +200,10 @@ class SpecWorker:
     def draft(self, reqs: list[SpecRequest], room: list[int]) -> list[list[int]]:
         """Drafts to verify per request; room[i] caps request i's drafts (tokens it may still emit - 1)."""
         if self.backoff.should_skip(len(reqs)):
-            self.draft_probs = {}
+            self.proposals = {}
             return [[] for _ in reqs]
         drafts = self.proposer.propose(reqs, [min(self.num_draft_tokens, m) for m in room])
-        self.draft_probs = {r.rid: d.probs for r, d in zip(reqs, drafts) if d.probs is not None}
+        self.proposals = {r.rid: d for r, d in zip(reqs, drafts)}
         width = max((len(d.tokens) for d in drafts), default=0)
         if width == 0:
             return [[] for _ in reqs]
@@ -236,21 +251,24 @@ class SpecWorker:
             q = self._draft_probs([reqs[i] for i in s.tolist()], draft_tokens[s], draft_lens[s])
             accept[s], nxt[s] = rejection_sample(draft_tokens[s], draft_lens[s], q, probs, uniforms, expo)
 
-        committed = []
-        for b, d in enumerate(drafts):
-            committed.append(d[: int(accept[b])] + [int(nxt[b])])
-        return committed
+        if self.calibration is not None:
+            for req, d, a in zip(reqs, drafts, accept.tolist()):
+                proposal = self.proposals.get(req.rid)
+                if d and proposal is not None and proposal.raw_confidences is not None:
+                    self.calibration.observe(proposal.source, proposal.raw_confidences, len(d), a)
+        return [d[: int(a)] + [int(n)] for d, a, n in zip(drafts, accept, nxt)]
 
     def _draft_probs(self, reqs: list[SpecRequest], tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor | None:
         """tokens [B, K], lens [B] -> draft distributions [B, K, V] (one-hot for deterministic drafts), or None
         when every draft is deterministic. Drafts cut after proposal keep the probabilities of their prefix."""
-        if not any(r.rid in self.draft_probs for r in reqs):
+        probs = {r.rid: p.probs for r in reqs if (p := self.proposals.get(r.rid)) is not None and p.probs is not None}
+        if not probs:
             return None
         q = torch.nn.functional.one_hot(tokens, self.vocab_size).float()  # [B, K, V]
         for b, r in enumerate(reqs):
-            if r.rid in self.draft_probs:
+            if r.rid in probs:
                 n = int(lens[b])
-                q[b, :n] = self.draft_probs[r.rid][:n]
+                q[b, :n] = probs[r.rid][:n]
         return q
 
     def release(self, rid: str) -> None:

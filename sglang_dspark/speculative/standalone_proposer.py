@@ -59,7 +59,8 @@ class StandaloneProposer:
             rid = reqs[i].rid
             self._truncate(rid, min(self.lengths[rid], len(contexts[i])))  # drafted tokens' KV goes
             sampled = temps[active.index(i)] > 0
-            drafts[i] = Draft(tokens[i], confs[i], torch.stack(probs[i]) if sampled and probs[i] else None)
+            q = torch.stack(probs[i]) if sampled and probs[i] else None
+            drafts[i] = Draft(tokens[i], confs[i], q, "standalone" if q is None else "standalone/sampled")
         return drafts
 
     def release(self, rid: str) -> None:
