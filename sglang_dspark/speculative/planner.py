@@ -152,6 +152,16 @@ def plan_verify_lengths_async(conf: Tensor, batch_cap: int) -> Tensor:
     return torch.bincount(requests[:batch_cap], minlength=conf.shape[0])
 
 
+def drafting_pays(conf: Tensor, lengths: Tensor, sps: SPSTable, draft_seconds: float) -> bool:
+    """conf [R, G], lengths [R] drafts to verify: whether the round is expected to emit tokens faster
+    than a plain decode step of the R requests once the drafting time is counted."""
+    R, G = conf.shape
+    verified = torch.arange(G) < lengths[:, None]  # [R, G]
+    expected_tokens = R + float((survival(conf) * verified).sum())
+    spec_seconds = 1.0 / float(sps(torch.tensor([R + int(lengths.sum())]))) + draft_seconds
+    return expected_tokens / spec_seconds > R * float(sps(torch.tensor([R])))
+
+
 def threshold_lengths(conf: Tensor, threshold: float) -> Tensor:
     """Baseline: conf [R, G] -> [R] int64, the drafts whose survival a[r, j] >= threshold (a prefix)."""
     return (survival(conf) >= threshold).sum(dim=1)

@@ -14,6 +14,7 @@ with ``capture_layers`` gets the target's hidden states of those layers after ev
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,6 +25,7 @@ from sglang_dspark.layers.sampler import SamplingBatchInfo, probs_from_logits, p
 from sglang_dspark.mem_cache.radix_cache import RadixCache
 from sglang_dspark.sampling.sampling_params import SamplingParams
 from sglang_dspark.speculative.ngram import NGramIndex, propose
+from sglang_dspark.speculative.planner import SPSTable, drafting_pays
 from sglang_dspark.speculative.verify_policy import VerifyPolicy
 
 if TYPE_CHECKING:
@@ -145,15 +147,16 @@ def expected_drafts(draft: Draft) -> float:
 
 @dataclass
 class ProposalBackoff:
-    """When the planner verified none of the proposed drafts (the load is too high for them to pay),
-    skip proposing for the next 1, 2, 4 .. ``max_skip`` rounds while the batch is at least as large,
-    with one proposing round in between. Drafting costs time (the DSpark drafter about half a target
-    step at batch 16), and skipping it never changes the output."""
+    """When a round's proposals did not pay (the planner verified none of them, or the expected tokens
+    per second of the round, drafting time included, fell below a plain decode step's), skip proposing
+    for the next 1, 2, 4 .. ``max_skip`` rounds while the batch is at least as large, with one proposing
+    round in between. Drafting costs time (the DSpark drafter about half a target step at batch 16), and
+    skipping it never changes the output."""
 
     max_skip: int = 16
     skip: int = 0  # rounds left to skip
     span: int = 0  # length of the current backoff
-    batch: int = 0  # batch size at which nothing was verified
+    batch: int = 0  # batch size at which proposing did not pay
 
     def should_skip(self, batch: int) -> bool:
         if self.skip > 0 and batch >= self.batch:
@@ -161,9 +164,9 @@ class ProposalBackoff:
             return True
         return False
 
-    def record(self, batch: int, verified: int) -> None:
-        """After planning a round with proposals: how many drafts it verified."""
-        if verified:
+    def record(self, batch: int, paid: bool) -> None:
+        """After planning a round with proposals: whether they paid."""
+        if paid:
             self.skip = self.span = 0
         else:
             self.span = min(max(1, 2 * self.span), self.max_skip)
@@ -178,14 +181,17 @@ class SpecWorker:
         vocab_size: int,
         policy: VerifyPolicy,
         calibration: OnlineCalibration | None = None,
+        sps: SPSTable | None = None,
     ) -> None:
         """calibration: learns from every verified round; the proposer's drafts are calibrated by it
-        (online_calibration.CalibratedProposer) when given."""
+        (online_calibration.CalibratedProposer) when given. sps: the target's SPS(B), with which a round
+        whose drafting time outweighs its expected gain counts as not paying (ProposalBackoff)."""
         self.proposer = proposer
         self.num_draft_tokens = num_draft_tokens
         self.vocab_size = vocab_size
         self.policy = policy
         self.calibration = calibration
+        self.sps = sps
         self.proposals: dict[str, Draft] = {}  # rid -> the proposal whose drafts are now being verified
         self.backoff = ProposalBackoff()
 
@@ -202,7 +208,9 @@ class SpecWorker:
         if self.backoff.should_skip(len(reqs)):
             self.proposals = {}
             return [[] for _ in reqs]
+        start = time.perf_counter()
         drafts = self.proposer.propose(reqs, [min(self.num_draft_tokens, m) for m in room])
+        draft_seconds = time.perf_counter() - start
         self.proposals = {r.rid: d for r, d in zip(reqs, drafts)}
         width = max((len(d.tokens) for d in drafts), default=0)
         if width == 0:
@@ -210,9 +218,10 @@ class SpecWorker:
         conf = torch.zeros(len(reqs), width)  # [R, G], missing drafts have confidence 0
         for i, d in enumerate(drafts):
             conf[i, : len(d.tokens)] = torch.tensor(d.confidences)
-        lengths = self.policy.lengths(conf, torch.tensor([len(d.tokens) for d in drafts])).tolist()
-        self.backoff.record(len(reqs), sum(lengths))
-        return [d.tokens[:n] for d, n in zip(drafts, lengths)]
+        lengths = self.policy.lengths(conf, torch.tensor([len(d.tokens) for d in drafts]))
+        paid = bool(lengths.sum()) and (self.sps is None or drafting_pays(conf, lengths, self.sps, draft_seconds))
+        self.backoff.record(len(reqs), paid)
+        return [d.tokens[:n] for d, n in zip(drafts, lengths.tolist())]
 
     def verify(self, reqs: list[SpecRequest], drafts: list[list[int]], logits: torch.Tensor) -> list[list[int]]:
         """logits [sum(len(d) + 1), V]: rows of each request's anchor + drafts, in order.

@@ -6,6 +6,7 @@ import torch
 from sglang_dspark.speculative.planner import (
     SPSTable,
     async_batch_cap,
+    drafting_pays,
     plan_verify_lengths,
     plan_verify_lengths_async,
     profile_sps,
@@ -130,3 +131,11 @@ def test_threshold_baseline():
     conf = torch.tensor([[0.9, 0.9, 0.9], [0.5, 1.0, 1.0]])  # a = [.9 .81 .729], [.5 .5 .5]
     assert threshold_lengths(conf, 0.8).tolist() == [2, 0]
     assert threshold_lengths(conf, 0.5).tolist() == [3, 3]
+
+
+def test_drafting_pays_counts_the_drafting_time():
+    conf, lengths = torch.tensor([[0.9, 0.9]]), torch.tensor([2])  # 1 + 0.9 + 0.81 expected tokens
+    assert drafting_pays(conf, lengths, CPU_SPS, draft_seconds=0.0)
+    assert drafting_pays(conf, lengths, CPU_SPS, draft_seconds=0.05)  # 2.71 tokens in ~88 ms vs 1 in 37
+    assert not drafting_pays(conf, lengths, CPU_SPS, draft_seconds=0.07)
+    assert not drafting_pays(conf, torch.tensor([0]), CPU_SPS, draft_seconds=0.001)  # nothing verified

@@ -3,7 +3,9 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from sglang_dspark.speculative.spec_worker import BestOfProposer, Draft, ProposalBackoff, expected_drafts
+from sglang_dspark.speculative.planner import SPSTable
+from sglang_dspark.speculative.spec_worker import BestOfProposer, Draft, ProposalBackoff, SpecWorker, expected_drafts
+from sglang_dspark.speculative.verify_policy import FixedVerify
 
 
 @dataclass
@@ -62,9 +64,19 @@ def test_backoff_doubles_while_nothing_is_verified_and_resets():
             skipped.append(True)
             continue
         skipped.append(False)
-        b.record(16, 0)  # proposed, nothing verified
+        b.record(16, False)  # proposed, did not pay
     # propose, skip 1, propose, skip 2, propose, skip 4, propose, skip 4 (capped)
     assert skipped == [False, True, False, True, True, False, True, True, True, True, False, True]
     assert b.should_skip(16) and not b.should_skip(8)  # a smaller batch proposes again at once
-    b.record(8, 3)
+    b.record(8, True)
     assert not b.should_skip(16)  # drafts were verified: no more skipping
+
+
+@pytest.mark.parametrize("steps_per_sec, skips", [(1.0, False), (1e7, True)])
+def test_worker_backs_off_when_drafting_costs_more_than_it_gains(steps_per_sec, skips):
+    """With a target step of 0.1 us no drafting pays (it takes longer than that); at 1 s every draft does."""
+    sps = SPSTable((1, 64), (steps_per_sec, steps_per_sec))
+    proposer = FixedProposer({"a": Draft([1, 2], [0.9, 0.9])})
+    worker = SpecWorker(proposer, 2, vocab_size=8, policy=FixedVerify(), sps=sps)
+    assert worker.draft([Req("a")], [4]) == [[1, 2]]  # verified either way: drafting already happened
+    assert worker.draft([Req("a")], [4]) == ([[]] if skips else [[1, 2]])
