@@ -89,7 +89,9 @@ def build_spec_worker(
         sps = profile_runner_sps(runner, num_draft_tokens + 1)
         logger.info("profiled SPS(B): %s", dict(zip(sps.batch_tokens, (round(v, 1) for v in sps.steps_per_sec))))
     policy = make_verify_policy(mode, sps, args.speculative_dspark_verify_threshold)
-    return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, policy, calibration, sps)
+    # the baselines (fixed, threshold) verify what they verify, without the drafting-cost backoff
+    adaptive_sps = sps if mode in ("adaptive", "async") else None
+    return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, policy, calibration, adaptive_sps)
 
 
 def build_standalone_proposer(args: ServerArgs, runner: ModelRunner) -> StandaloneProposer:
