@@ -3,8 +3,8 @@
 Every policy maps the round's confidences conf [R, G] (0 where a request has no draft) and the proposed
 draft lengths [R] to verify lengths [R] with lengths <= draft lengths. Verification is exact whatever the
 lengths, so every policy is lossless as long as a draft's own realisation never decides whether it is
-verified (see ``planner``): the adaptive and async policies keep that property, fixed and threshold
-policies trivially have it (they read the confidences of earlier positions only).
+verified (see ``planner``): the adaptive and async policies keep that property; fixed reads no
+confidence, and threshold decides on draft k from c[r, <= k], which depend on the drafts before k only.
 """
 
 from __future__ import annotations
