@@ -28,7 +28,7 @@ from sglang_dspark.speculative.spec_worker import (
 )
 from sglang_dspark.speculative.standalone_proposer import StandaloneProposer
 from sglang_dspark.speculative.sts import STSCalibration
-from sglang_dspark.speculative.verify_policy import make_verify_policy
+from sglang_dspark.speculative.verify_policy import LOAD_ADAPTIVE_MODES, make_verify_policy
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +85,12 @@ def build_spec_worker(
     sps = None
     if args.speculative_dspark_sps_table_path:
         sps = SPSTable.load(args.speculative_dspark_sps_table_path)
-    elif mode in ("adaptive", "async"):  # the load-adaptive modes need SPS(B) of this machine
+    elif mode in LOAD_ADAPTIVE_MODES:  # they need SPS(B) of this machine
         sps = profile_runner_sps(runner, num_draft_tokens + 1)
         logger.info("profiled SPS(B): %s", dict(zip(sps.batch_tokens, (round(v, 1) for v in sps.steps_per_sec))))
     policy = make_verify_policy(mode, sps, args.speculative_dspark_verify_threshold)
     # the baselines (fixed, threshold) verify what they verify, without the drafting-cost backoff
-    adaptive_sps = sps if mode in ("adaptive", "async") else None
+    adaptive_sps = sps if mode in LOAD_ADAPTIVE_MODES else None
     return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, policy, calibration, adaptive_sps)
 
 

@@ -23,6 +23,8 @@ from sglang_dspark.speculative.planner import (
     threshold_lengths,
 )
 
+LOAD_ADAPTIVE_MODES = ("adaptive", "async")  # the modes that plan on SPS(B)
+
 
 class VerifyPolicy(Protocol):
     def lengths(self, conf: Tensor, draft_lens: Tensor) -> Tensor:
@@ -79,7 +81,7 @@ class ThresholdVerify:
 
 def make_verify_policy(mode: str, sps: SPSTable | None, threshold: float) -> VerifyPolicy:
     """The policy of ``--speculative-dspark-verify-mode``; adaptive and async need the SPS table."""
-    if mode in ("adaptive", "async"):
+    if mode in LOAD_ADAPTIVE_MODES:
         if sps is None:
             raise ValueError(f"verify mode {mode!r} needs an SPS table")
         return AdaptiveVerify(sps) if mode == "adaptive" else AsyncVerify(sps)

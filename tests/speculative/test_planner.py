@@ -14,11 +14,6 @@ from sglang_dspark.speculative.planner import (
     threshold_lengths,
 )
 
-APPENDIX_A_SPS = SPSTable((1, 2, 3), (1.0, 0.5, 0.45))
-# This machine, SmolLM2-135M (DESIGN.md section 8): appending 1 / 8 / 16 tokens costs 37 / 42 / 49 ms.
-CPU_SPS = SPSTable((1, 8, 16), (1000 / 37, 1000 / 42, 1000 / 49))
-
-
 # ---------------------------------------------------------------- SPS table
 
 
@@ -41,12 +36,12 @@ def test_sps_rejects_bad_tables(sizes, rates):
         SPSTable(sizes, rates)
 
 
-def test_sps_json_roundtrip_in_sglang_format(tmp_path):
+def test_sps_json_roundtrip_in_sglang_format(tmp_path, cpu_sps):
     path = tmp_path / "sps.json"
-    CPU_SPS.save(path)
+    cpu_sps.save(path)
     data = json.loads(path.read_text())
     assert data["sample_batch_tokens"] == [1, 8, 16] and data["max_batch_tokens"] == 16
-    assert SPSTable.load(path) == CPU_SPS
+    assert SPSTable.load(path) == cpu_sps
 
 
 def test_profile_sps_times_the_forward_with_the_median():
@@ -70,14 +65,14 @@ def test_survival_is_the_cumulative_product():
     assert survival(conf).tolist() == [[0.5, 0.25, 0.25], [1.0, 0.0, 0.0]]
 
 
-def test_appendix_a_plans():
+def test_appendix_a_plans(appendix_a_sps):
     """x1 = A: c = (0.8, 0.9). Admitting draft 1 drops theta (1.0 -> 0.9): the early stop verifies none,
     the full search finds theta = 2.52 * 0.45 = 1.134 > 1 with both. x1 = B: c2 = 0, nothing is worth it."""
     after_a, after_b = torch.tensor([[0.8, 0.9]]), torch.tensor([[0.8, 0.0]])
-    assert plan_verify_lengths(after_a, APPENDIX_A_SPS).tolist() == [0]
-    assert plan_verify_lengths(after_a, APPENDIX_A_SPS, early_stop=False).tolist() == [2]
-    assert plan_verify_lengths(after_b, APPENDIX_A_SPS).tolist() == [0]
-    assert plan_verify_lengths(after_b, APPENDIX_A_SPS, early_stop=False).tolist() == [0]
+    assert plan_verify_lengths(after_a, appendix_a_sps).tolist() == [0]
+    assert plan_verify_lengths(after_a, appendix_a_sps, early_stop=False).tolist() == [2]
+    assert plan_verify_lengths(after_b, appendix_a_sps).tolist() == [0]
+    assert plan_verify_lengths(after_b, appendix_a_sps, early_stop=False).tolist() == [0]
 
 
 def test_greedy_visit_admits_by_descending_survival():
@@ -98,17 +93,17 @@ def test_growing_sps_never_admits_missing_drafts():
         assert plan_verify_lengths(conf, growing, early_stop).tolist() == [2, 0]
 
 
-def test_empty_batch():
-    assert plan_verify_lengths(torch.zeros(0, 5), CPU_SPS).tolist() == []
+def test_empty_batch(cpu_sps):
+    assert plan_verify_lengths(torch.zeros(0, 5), cpu_sps).tolist() == []
     assert plan_verify_lengths_async(torch.zeros(0, 5), 3).tolist() == []
 
 
-def test_verify_budget_per_request_falls_as_load_grows():
+def test_verify_budget_per_request_falls_as_load_grows(cpu_sps):
     g = torch.Generator().manual_seed(0)
     budgets = []
     for R in (1, 2, 4, 8, 16, 32, 64, 128):
         conf = 0.6 + 0.35 * torch.rand(R, 7, generator=g)  # gamma = 7, fairly confident drafter
-        budgets.append(plan_verify_lengths(conf, CPU_SPS).float().mean().item())
+        budgets.append(plan_verify_lengths(conf, cpu_sps).float().mean().item())
     assert all(a >= b for a, b in zip(budgets, budgets[1:])), budgets
     assert budgets[0] == 7 and budgets[3] >= 4 and budgets[-1] < 1, budgets
 
@@ -116,9 +111,9 @@ def test_verify_budget_per_request_falls_as_load_grows():
 # ---------------------------------------------------------------- asynchronous variant and baselines
 
 
-def test_async_cap_is_the_full_search_budget_and_current_step_takes_top_k():
+def test_async_cap_is_the_full_search_budget_and_current_step_takes_top_k(appendix_a_sps):
     old = torch.tensor([[0.8, 0.9]])
-    assert async_batch_cap(old, APPENDIX_A_SPS) == 2
+    assert async_batch_cap(old, appendix_a_sps) == 2
     conf = torch.tensor([[0.9, 0.9, 0.9], [0.5, 1.0, 0.9]])  # a = [.9 .81 .729], [.5 .5 .45]
     assert plan_verify_lengths_async(conf, 3).tolist() == [3, 0]
     assert plan_verify_lengths_async(conf, 4).tolist() == [3, 1]
@@ -133,9 +128,9 @@ def test_threshold_baseline():
     assert threshold_lengths(conf, 0.5).tolist() == [3, 3]
 
 
-def test_drafting_pays_counts_the_drafting_time():
+def test_drafting_pays_counts_the_drafting_time(cpu_sps):
     conf, lengths = torch.tensor([[0.9, 0.9]]), torch.tensor([2])  # 1 + 0.9 + 0.81 expected tokens
-    assert drafting_pays(conf, lengths, CPU_SPS, draft_seconds=0.0)
-    assert drafting_pays(conf, lengths, CPU_SPS, draft_seconds=0.05)  # 2.71 tokens in ~88 ms vs 1 in 37
-    assert not drafting_pays(conf, lengths, CPU_SPS, draft_seconds=0.07)
-    assert not drafting_pays(conf, torch.tensor([0]), CPU_SPS, draft_seconds=0.001)  # nothing verified
+    assert drafting_pays(conf, lengths, cpu_sps, draft_seconds=0.0)
+    assert drafting_pays(conf, lengths, cpu_sps, draft_seconds=0.05)  # 2.71 tokens in ~88 ms vs 1 in 37
+    assert not drafting_pays(conf, lengths, cpu_sps, draft_seconds=0.07)
+    assert not drafting_pays(conf, torch.tensor([0]), cpu_sps, draft_seconds=0.001)  # nothing verified
