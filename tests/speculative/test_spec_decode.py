@@ -15,6 +15,7 @@ from sglang_dspark.model_executor.sequence_forward import forward_sequences
 from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.server_args import ServerArgs
 from sglang_dspark.speculative.dspark import DSparkConfig, DSparkDrafter, save_drafter
+from sglang_dspark.speculative.verify_policy import AsyncVerify, FixedVerify, ThresholdVerify
 
 PROMPTS = [
     "Write a python class for a linked list with insert, delete and print methods.",
@@ -92,6 +93,7 @@ def test_greedy_is_lossless_at_batch_1_and_8(plain, sps_path, algorithm, alone, 
         assert sum(m["spec_num_correct_drafts"] for m in meta) > 0  # drafts were really verified and accepted
         for m in meta:
             assert m["spec_accept_length"] == pytest.approx(m["completion_tokens"] / m["spec_verify_ct"])
+        assert spec.scheduler.spec.calibration.counts  # the verified rounds fed the online calibration
         usage = spec.kv_usage()
         assert usage.in_use == 0 and usage.free + usage.cached == usage.total
     finally:
@@ -106,6 +108,8 @@ def test_every_verify_mode_is_lossless(plain, sps_path, mode):
     try:
         one, batch = assert_same_as_plain(plain, spec, GREEDY)
         assert sum(r["meta_info"]["spec_num_correct_drafts"] for r in one + batch) > 0
+        expected = {"async": AsyncVerify, "fixed": FixedVerify, "threshold": ThresholdVerify}[mode]
+        assert type(spec.scheduler.spec.policy) is expected
     finally:
         spec.shutdown()
 
