@@ -75,14 +75,15 @@ def run_backend(backend: str, records: list[dict], args, done: set, out_file) ->
     engine = Engine(
         grammar_backend=backend,
         random_seed=0,
-        max_total_tokens=16384,
+        max_total_tokens=65536,
+        max_running_requests=args.running,
         chunked_prefill_size=1024,
         num_threads=args.num_threads,
     )
     prefix_ok = PrefixChecker(engine.tokenizer)
     compiler = engine.scheduler.grammars.compiler
-    for start in range(0, len(todo), args.batch):
-        group = todo[start : start + args.batch]
+    for start in range(0, len(todo), args.chunk):  # continuous batching within a chunk
+        group = todo[start : start + args.chunk]
         rows, runnable = {}, []
         for rec in group:
             text = json.dumps(rec["schema"])
@@ -107,7 +108,7 @@ def run_backend(backend: str, records: list[dict], args, done: set, out_file) ->
                 rows[rec["id"]].update(
                     outcome=judge(rec["schema"], out, prefix_ok),
                     completion_tokens=out["meta_info"]["completion_tokens"],
-                    batch_s=round(elapsed, 2),
+                    chunk_s=round(elapsed, 2),
                     text=out["text"],
                 )
         for rec in group:
@@ -153,7 +154,8 @@ def main() -> None:
     parser.add_argument("--backends", default="xgrammar,llguidance,outlines")
     parser.add_argument("--limit", type=int, default=None, help="first N schemas only")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=8, help="schemas generated together")
+    parser.add_argument("--running", type=int, default=16, help="schemas decoded together (max running requests)")
+    parser.add_argument("--chunk", type=int, default=64, help="schemas per generate call (the unit of resuming)")
     parser.add_argument("--num-threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()

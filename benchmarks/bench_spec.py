@@ -15,9 +15,11 @@ other, a later engine measured up to 15% slower here). The speed-up column divid
 the same workload and level. The radix cache is flushed before every level (the levels repeat the same
 prompts, and NGRAM would draft the earlier level's cached outputs).
 
-Columns: tok/s = generated tokens / wall time of the level; tau = tokens committed per verify round (bonus
-included); cond. acceptance@k = P(draft k accepted | drafts 1..k-1 accepted, draft k verified); verify
-budget = mean drafts verified per request per round (what the confidence scheduler chose).
+Columns: tok/s = generated tokens / wall time of the level (prefill included: the JSON prompts carry the
+schema); TPOT = mean time per output token after the first (e2e latency - first-token latency, per request),
+decode speed-up = plain decoding's TPOT / this one (what speculation changes); tau = tokens committed per
+verify round (bonus included); cond. acceptance@k = P(draft k accepted | drafts 1..k-1 accepted, draft k
+verified); verify budget = mean drafts verified per request per round (what the confidence scheduler chose).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, m
         for m, _ in items
     ]
     params = [{"temperature": 0, "max_new_tokens": max_new_tokens, **extra} for _, extra in items]
-    tokens, draft_lens, accept_lens = 0, [], []
+    tokens, draft_lens, accept_lens, tpots = 0, [], [], []
     t = time.perf_counter()
     for start in range(0, len(items), concurrency):
         outs = engine.generate(
@@ -76,10 +78,13 @@ def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, m
         for out in outs:
             meta = out["meta_info"]
             tokens += meta["completion_tokens"]
+            if meta["completion_tokens"] > 1:
+                decode_s = meta["e2e_latency"] - meta["first_token_latency"]
+                tpots.append(decode_s / (meta["completion_tokens"] - 1))
             draft_lens += meta.get("spec_draft_lens", [])
             accept_lens += meta.get("spec_accept_lens", [])
     elapsed = time.perf_counter() - t
-    row = {"tok_s": tokens / elapsed, "tokens": tokens}
+    row = {"tok_s": tokens / elapsed, "tokens": tokens, "tpot_ms": 1000 * sum(tpots) / max(len(tpots), 1)}
     if draft_lens:
         d, a = torch.tensor(draft_lens), torch.tensor(accept_lens)
         row["tau"] = tau(a)
@@ -157,15 +162,19 @@ def main() -> None:
         f"{torch.get_num_threads()} threads\n"
     )
     cond_cols = " | ".join(f"cond@{k + 1}" for k in range(SHOWN_POSITIONS))
-    print(f"| workload | algorithm | concurrency | tok/s | speed-up | tau | {cond_cols} | verify budget |")
-    print("|---|---|---:|---:|---:|---:|" + "---:|" * SHOWN_POSITIONS + "---:|")
+    print(
+        f"| workload | algorithm | concurrency | tok/s | speed-up | TPOT ms | decode speed-up | tau | {cond_cols} "
+        "| verify budget |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * SHOWN_POSITIONS + "---:|")
     for w, by_algo in results.items():
         for name, by_level in by_algo.items():
             for c, row in by_level.items():
-                base = by_algo["none"][c]["tok_s"]
+                base = by_algo["none"][c]
                 cond = row.get("cond", [None] * SHOWN_POSITIONS)
                 print(
-                    f"| {w} | {name} | {c} | {row['tok_s']:.1f} | {row['tok_s'] / base:.2f}x | {fmt(row.get('tau'))} | "
+                    f"| {w} | {name} | {c} | {row['tok_s']:.1f} | {row['tok_s'] / base['tok_s']:.2f}x | "
+                    f"{row['tpot_ms']:.1f} | {base['tpot_ms'] / row['tpot_ms']:.2f}x | {fmt(row.get('tau'))} | "
                     + " | ".join(fmt(x) for x in cond)
                     + f" | {fmt(row.get('budget'), '.1f')} |"
                 )

@@ -148,6 +148,8 @@ class TokenizerManager:
             "cached_tokens": state.cached_tokens,
             "e2e_latency": time.perf_counter() - state.created,
         }
+        if state.first_token_time is not None:
+            meta["first_token_latency"] = state.first_token_time - state.created
         spec = state.spec
         if spec is not None and spec.spec_verify_ct:
             meta["spec_verify_ct"] = spec.spec_verify_ct

@@ -63,6 +63,7 @@ def test_generate_text_input_ids_batch_and_n(server_url, tokenizer):
     assert meta["prompt_tokens"] == len(tokenizer.encode(PROMPTS[0]))
     assert meta["completion_tokens"] == len(out["output_ids"]) <= 12
     assert meta["finish_reason"]["type"] in ("stop", "length") and meta["e2e_latency"] > 0
+    assert 0 < meta["first_token_latency"] <= meta["e2e_latency"]
     assert out["text"].startswith(" 6, 7")
 
     by_ids = generate(server_url, {"input_ids": tokenizer.encode(PROMPTS[0]), "sampling_params": GREEDY})
