@@ -61,6 +61,9 @@ class ServerArgs:
     speculative_dspark_disable_ngram: bool = False  # DSPARK alone, without the n-gram / radix proposer
     speculative_dspark_verify_mode: str = "adaptive"  # how many drafts each request verifies: VERIFY_MODES
     speculative_dspark_verify_threshold: float = 0.5  # survival cut-off of the threshold mode
+    # the drafter proposes only the K most frequent tokens of its token_frequencies.json (None = 8192 where
+    # the file exists, else the whole vocabulary; 0 = the whole vocabulary)
+    speculative_dspark_draft_vocab_size: int | None = None
     # plan on the proposers' own confidences instead of ones calibrated on the verify rounds so far
     speculative_dspark_disable_online_calibration: bool = False
 
@@ -94,6 +97,8 @@ class ServerArgs:
             raise ValueError("--mem-fraction-static must be in (0, 1)")
         if not 0.0 < self.speculative_dspark_verify_threshold <= 1.0:
             raise ValueError("--speculative-dspark-verify-threshold must be in (0, 1]")
+        if (self.speculative_dspark_draft_vocab_size or 0) < 0:
+            raise ValueError("--speculative-dspark-draft-vocab-size must be >= 0 (0 = the whole vocabulary)")
 
     @property
     def torch_dtype_name(self) -> str:

@@ -16,6 +16,7 @@ from sglang_dspark.profile_sps import verify_forward_fn
 from sglang_dspark.server_args import ServerArgs
 from sglang_dspark.speculative.dspark import DSparkConfig, load_drafter
 from sglang_dspark.speculative.dspark.checkpoint import CONFIG_NAME, packaged_drafter, read_config
+from sglang_dspark.speculative.dspark.draft_vocab import DEFAULT_DRAFT_VOCAB_SIZE, FREQUENCIES_NAME, TokenFrequencies
 from sglang_dspark.speculative.dspark_proposer import ConfidenceCalibration, DSparkProposer
 from sglang_dspark.speculative.online_calibration import CalibratedProposer, OnlineCalibration
 from sglang_dspark.speculative.planner import SPSTable, profile_sps
@@ -143,8 +144,15 @@ def build_dspark_proposer(args: ServerArgs, runner: ModelRunner, model_dir: Path
     drafter = load_drafter(path, target.embed_tokens.weight, target.lm_head_weight, dtype=runner.dtype)
     if runner.cpu_ops is not None:
         use_cpu_ops(drafter, runner.cpu_ops)
+    drafter.restrict_vocab(load_draft_vocab(args.speculative_dspark_draft_vocab_size, path, cfg.vocab_size))
     calibration = load_calibration(args.speculative_dspark_confidence_sts_path, path, cfg.block_size)
-    logger.info("DSpark drafter %s (block %d, target layers %s)", path, cfg.block_size, cfg.target_layer_ids)
+    logger.info(
+        "DSpark drafter %s (block %d, target layers %s, drafting among %d tokens)",
+        path,
+        cfg.block_size,
+        cfg.target_layer_ids,
+        cfg.vocab_size if drafter.draft_vocab is None else len(drafter.draft_vocab),
+    )
     num_slots = runner.max_total_tokens
     return DSparkProposer(drafter, runner.req_to_token_pool.req_to_token, num_slots, calibration, args.random_seed)
 
@@ -159,6 +167,20 @@ def check_drafter_matches_target(cfg: DSparkConfig, target: DecoderConfig, path:
     wrong = [f"{name} {mine} (target {theirs})" for name, (mine, theirs) in pairs.items() if mine != theirs]
     if wrong:
         raise ValueError(f"drafter checkpoint {path} does not fit the target model: " + ", ".join(wrong))
+
+
+def load_draft_vocab(size: int | None, drafter_dir: Path, vocab_size: int) -> torch.Tensor | None:
+    """--speculative-dspark-draft-vocab-size: the ids the drafter may propose [K], None for all of them."""
+    path = drafter_dir / FREQUENCIES_NAME
+    if size == 0 or (size is None and not path.is_file()):
+        return None
+    if not path.is_file():
+        raise ValueError(
+            f"--speculative-dspark-draft-vocab-size {size} needs {path} (python -m sglang_dspark.train "
+            "--write-token-frequencies writes it)"
+        )
+    k = min(size or DEFAULT_DRAFT_VOCAB_SIZE, vocab_size)
+    return TokenFrequencies.load(path).draft_vocab(k, vocab_size)
 
 
 def load_calibration(sts_path: str | None, drafter_dir: Path, block_size: int) -> ConfidenceCalibration:

@@ -2,6 +2,8 @@
 
 Example (the shipped SmolLM2 drafters, see README "Training drafters"):
     python -m sglang_dspark.train --config examples/train_smollm2.json --variants dspark dflash
+The draft vocabulary of an existing drafter (token_frequencies.json, counted on the training responses):
+    python -m sglang_dspark.train --config examples/train_smollm2.json --write-token-frequencies DRAFTER_DIR
 Held-out data for calibrate / eval (greedy responses of the eval split):
     python -m sglang_dspark.train --config examples/train_smollm2.json --split eval --regenerate-only \
         --gen-temperature 0 --data-file runs/data/eval_t0.jsonl
@@ -12,13 +14,15 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import torch
 
+from sglang_dspark.speculative.dspark.draft_vocab import DEFAULT_DRAFT_VOCAB_SIZE, FREQUENCIES_NAME
 from sglang_dspark.train.config import build_parser, config_from_args
 from sglang_dspark.train.data import SplitSpec, load_prompt_sources, select
-from sglang_dspark.train.regenerate import regenerate
-from sglang_dspark.train.trainer import Trainer
+from sglang_dspark.train.regenerate import load_sequences, regenerate
+from sglang_dspark.train.trainer import Trainer, response_token_frequencies
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -54,7 +58,19 @@ def main(argv: list[str] | None = None) -> int:
             cfg.gen_batch_size,
             cfg.max_prompt_tokens,
         )
-    if cfg.regenerate_only:
+    if cfg.write_token_frequencies:
+        path = Path(cfg.write_token_frequencies) / FREQUENCIES_NAME
+        freqs = response_token_frequencies(load_sequences(cfg.data_path))
+        freqs.save(path)
+        logging.getLogger(__name__).info(
+            "%s: %d distinct tokens of %d; the %d most frequent cover %.1f%%",
+            path,
+            len(freqs.token_ids),
+            freqs.counted_tokens,
+            DEFAULT_DRAFT_VOCAB_SIZE,
+            100 * freqs.coverage(DEFAULT_DRAFT_VOCAB_SIZE),
+        )
+    if cfg.regenerate_only or cfg.write_token_frequencies:
         return 0
     trainer = Trainer(cfg, engine.scheduler.runner.model, engine.tokenizer)
     try:

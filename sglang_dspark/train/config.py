@@ -32,6 +32,9 @@ class TrainConfig:
     gen_batch_size: int = 48
     max_prompt_tokens: int = 384
     regenerate_only: bool = False
+    # count the data's response tokens into DIR/token_frequencies.json (the draft vocabulary of an existing
+    # drafter) and stop; training writes the file into every exported drafter by itself
+    write_token_frequencies: str | None = None
     # which prompts to regenerate: train, or the held-out eval / calib split (those need regenerate_only)
     split: str = "train"
     # drafter

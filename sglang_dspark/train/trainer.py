@@ -19,6 +19,7 @@ from tqdm import tqdm
 from sglang_dspark.model_executor.sequence_forward import forward_sequences
 from sglang_dspark.speculative.dspark import DSparkConfig, DSparkDrafter, save_drafter
 from sglang_dspark.speculative.dspark.checkpoint import load_drafter
+from sglang_dspark.speculative.dspark.draft_vocab import FREQUENCIES_NAME, TokenFrequencies
 from sglang_dspark.train.config import TrainConfig
 from sglang_dspark.train.init import init_from_target
 from sglang_dspark.train.losses import DFLASH_WEIGHTS, DSPARK_WEIGHTS, LossWeights, dspark_loss
@@ -170,10 +171,12 @@ class Trainer:
             except OSError as e:  # e.g. disk full: the previous checkpoint is untouched, keep training
                 logger.error("checkpoint of %s at step %d failed (%s); the previous one is intact", v, self.step, e)
 
-    def export(self) -> None:
+    def export(self, sequences: list[Sequence]) -> None:
+        """The final drafters in save_dtype, each with the token frequencies of the training responses."""
         dtype = getattr(torch, self.cfg.save_dtype)
+        freqs = response_token_frequencies(sequences)
         for v, d in self.drafters.items():
-            save_drafter(d, self.out / v / EXPORT_DIR, dtype=dtype)
+            save_drafter(d, self.out / v / EXPORT_DIR, dtype=dtype, extra_files={FREQUENCIES_NAME: freqs.save})
 
     def micro_step(self, seq: Sequence, gen: torch.Generator) -> dict[str, dict[str, float]]:
         view = target_view(self.target, seq, self.layer_ids)
@@ -244,10 +247,15 @@ class Trainer:
                     self.save()
                 if offset + self.cfg.grad_accum >= len(sequences):  # epoch boundary: pick up new data
                     sequences = _usable(load_sequences(data_path, min_response=2))
-            self.export()
+            self.export(sequences)
         finally:
             bar.close()
             log_file.close()
+
+
+def response_token_frequencies(sequences: list[Sequence]) -> TokenFrequencies:
+    """How often the target produced each token in the data (the draft vocabulary's ranking)."""
+    return TokenFrequencies.count(s.response_ids for s in sequences)
 
 
 def _usable(sequences: list[Sequence]) -> list[Sequence]:

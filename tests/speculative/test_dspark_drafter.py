@@ -140,3 +140,58 @@ def test_dflash_variant_has_no_heads():
     d.append_context([state], [features(target, list(range(12)))], [torch.arange(12)])
     out = d.draft([state], torch.tensor([1]), torch.tensor([12]))
     assert out.tokens.shape == (1, 4) and out.confidence_logits is None
+
+
+def drafter_with_context(kind: str = "vanilla"):
+    target = tiny_random_model()
+    d = make_drafter(target, kind)
+    state = DrafterState()
+    d.append_context([state], [features(target, list(range(10, 25)))], [torch.arange(15)])
+    return d, state
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "rnn"])
+def test_draft_vocabulary_drafts_what_the_full_vocabulary_masked_to_it_drafts(kind):
+    d, state = drafter_with_context(kind)
+    vocab = torch.arange(5, 97, 3)  # [31] ascending ids
+    only_vocab = torch.zeros(1, 97, dtype=torch.bool)
+    only_vocab[0, vocab] = True
+    full = d.draft([state], torch.tensor([25]), torch.tensor([15]))
+    masked = d.draft([state], torch.tensor([25]), torch.tensor([15]), mask_fn=lambda k, drafted: only_vocab)
+    assert not torch.equal(full.tokens, masked.tokens)  # the restriction matters for this drafter
+    d.restrict_vocab(vocab)
+    restricted = d.draft([state], torch.tensor([25]), torch.tensor([15]))
+    assert torch.isin(restricted.tokens, vocab).all()
+    assert torch.equal(restricted.tokens, masked.tokens)
+    torch.testing.assert_close(restricted.confidence_logits, masked.confidence_logits)
+    assert restricted.probs is None  # greedy drafts carry no distributions
+    # sampled drafts: distributions over the whole vocabulary, zero outside the draft vocabulary
+    sampled = d.draft([state], torch.tensor([25]), torch.tensor([15]), torch.tensor([1.0]))
+    torch.testing.assert_close(sampled.probs.sum(-1), torch.ones(1, 4))
+    outside = torch.ones(97, dtype=torch.bool)
+    outside[vocab] = False
+    assert float(sampled.probs[..., outside].sum()) == 0.0 and torch.isin(sampled.tokens, vocab).all()
+    d.restrict_vocab(None)
+    assert torch.equal(d.draft([state], torch.tensor([25]), torch.tensor([15])).tokens, full.tokens)
+
+
+def test_a_mask_outside_the_draft_vocabulary_drafts_its_first_allowed_token_with_confidence_zero():
+    d, state = drafter_with_context()
+    d.restrict_vocab(torch.arange(0, 50))
+    allowed = torch.zeros(2, 97, dtype=torch.bool)
+    allowed[0, [60, 70]] = True  # row 0: two allowed tokens, both outside the draft vocabulary
+    allowed[1, 20:90] = True  # row 1: some inside
+    out = d.draft(
+        [state, state], torch.tensor([25, 25]), torch.tensor([15, 15]), torch.tensor([0.0, 1.0]), lambda k, t: allowed
+    )
+    assert (out.tokens[0] == 60).all() and (out.confidences[0] == 0).all()
+    assert ((out.tokens[1] >= 20) & (out.tokens[1] < 50)).all() and (out.confidences[1] > 0).all()
+    assert torch.equal(out.probs[0], torch.nn.functional.one_hot(out.tokens[0], 97).float())
+
+
+def test_restrict_vocab_rejects_bad_ids():
+    d, _ = drafter_with_context()
+    empty = torch.tensor([], dtype=torch.int64)
+    for bad in (torch.tensor([3, 2]), torch.tensor([1, 1]), empty, torch.tensor([96, 97]), torch.tensor([-1, 4])):
+        with pytest.raises(ValueError, match="draft vocabulary"):
+            d.restrict_vocab(bad)

@@ -12,9 +12,11 @@ import torch
 from sglang_dspark.models.tiny import tiny_random_model
 from sglang_dspark.speculative.dspark import checkpoint as ckpt_mod
 from sglang_dspark.speculative.dspark.checkpoint import load_drafter
+from sglang_dspark.speculative.dspark.draft_vocab import FREQUENCIES_NAME, TokenFrequencies
 from sglang_dspark.train.config import TrainConfig
 from sglang_dspark.train.data import load_turn_prompts
-from sglang_dspark.train.trainer import CHECKPOINT_DIR, EXPORT_DIR, Trainer
+from sglang_dspark.train.regenerate import load_sequences
+from sglang_dspark.train.trainer import CHECKPOINT_DIR, EXPORT_DIR, Trainer, response_token_frequencies
 
 
 def write_data(path, n: int = 6, malformed: bool = True) -> None:
@@ -72,6 +74,10 @@ def test_training_lowers_loss_and_reports_malformed_lines(tmp_path, caplog):
         )
         assert exported.dtype == torch.bfloat16
         assert (exported.markov_head is None) == (variant == "dflash")
+        # the draft vocabulary's ranking: the training responses' tokens by count
+        freqs = TokenFrequencies.load(tmp_path / "out" / variant / EXPORT_DIR / FREQUENCIES_NAME)
+        assert freqs == response_token_frequencies(load_sequences(tmp_path / "data.jsonl"))
+        assert freqs.counted_tokens == 6 * 24
 
 
 def test_failed_checkpoint_keeps_the_previous_one_and_training_resumes(tmp_path, monkeypatch):
@@ -120,6 +126,14 @@ def test_regenerate_only_writes_the_requested_split(tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in records) == ["p/0", "p/1"]
     assert all(r["temperature"] == 0 and 0 < len(r["response_ids"]) <= 4 for r in records)
+    # --write-token-frequencies regenerates the training split if needed, counts its responses into an
+    # existing drafter directory and stops (no training)
+    drafter_dir, train = tmp_path / "drafter", tmp_path / "train.jsonl"
+    drafter_dir.mkdir()
+    assert main([*flags, "--data-file", str(train), "--write-token-frequencies", str(drafter_dir)]) == 0
+    freqs = TokenFrequencies.load(drafter_dir / FREQUENCIES_NAME)
+    assert freqs == response_token_frequencies(load_sequences(train)) and freqs.counted_tokens > 0
+    assert list(drafter_dir.iterdir()) == [drafter_dir / FREQUENCIES_NAME]
     with pytest.raises(ValueError, match="--regenerate-only"):
         TrainConfig(split="eval")
     with pytest.raises(ValueError, match="split must be one of"):

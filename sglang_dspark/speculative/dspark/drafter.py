@@ -38,7 +38,9 @@ class TeacherForced:
 @dataclass
 class DraftOutput:
     tokens: torch.Tensor  # [R, G] int64
-    probs: torch.Tensor  # [R, G, V] float32, the distribution each token was drawn from (one-hot if greedy)
+    # [R, G, V] float32, the distribution each token was drawn from (one-hot for greedy rows); None when
+    # every row is greedy
+    probs: torch.Tensor | None
     confidence_logits: torch.Tensor | None  # [R, G] float32, pre-sigmoid (None without a confidence head)
 
     @property
@@ -58,6 +60,8 @@ class DSparkDrafter(DraftBackbone):
             self.confidence_head = ConfidenceHead(cfg.hidden_size + (cfg.markov_rank if with_markov else 0))
         self.linear_fn: LinearFn = F.linear  # the LM head's matmul; model_runner.use_cpu_ops may swap it
         self.bind_target(embed_weight, lm_head_weight)
+        self.draft_vocab: torch.Tensor | None = None  # [K] ids `draft` may propose; None = all
+        self._draft_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # LM head, Markov W2 rows
 
     def bind_target(self, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor) -> None:
         """Share the target's (frozen) embedding [V, d] and LM head [V, d]; they are not drafter parameters."""
@@ -68,6 +72,20 @@ class DSparkDrafter(DraftBackbone):
         self.embed_weight = embed_weight.detach()
         self.lm_head_weight = lm_head_weight.detach()
 
+    def restrict_vocab(self, token_ids: torch.Tensor | None) -> None:
+        """Let `draft` propose only token_ids [K] (ascending; draft_vocab.py), None = the whole vocabulary.
+        Copies those rows of the LM head and the Markov W2: for inference (call again after changing them)."""
+        if token_ids is None:
+            self.draft_vocab, self._draft_rows = None, None
+            return
+        ids = token_ids.to(torch.int64)
+        if ids.dim() != 1 or not len(ids) or bool((ids[1:] <= ids[:-1]).any()):
+            raise ValueError("a draft vocabulary must be non-empty, ascending and without repeats")
+        if int(ids[0]) < 0 or int(ids[-1]) >= self.config.vocab_size:
+            raise ValueError(f"draft vocabulary ids must lie in [0, {self.config.vocab_size})")
+        w2 = None if self.markov_head is None else self.markov_head.markov_w2.weight.detach()[ids].contiguous()
+        self.draft_vocab, self._draft_rows = ids, (self.lm_head_weight[ids].contiguous(), w2)
+
     @property
     def dtype(self) -> torch.dtype:
         return self.fc.weight.dtype
@@ -75,9 +93,11 @@ class DSparkDrafter(DraftBackbone):
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.embed_weight).to(self.dtype)
 
-    def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        flat = hidden.reshape(-1, hidden.shape[-1]).to(self.lm_head_weight.dtype)
-        return self.linear_fn(flat, self.lm_head_weight, None).view(*hidden.shape[:-1], -1).float()
+    def _lm_logits(self, hidden: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [..., d] -> logits [..., V] float32 (or [..., K] with the rows `weight` [K, d] of the LM head)."""
+        weight = self.lm_head_weight if weight is None else weight
+        flat = hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype)
+        return self.linear_fn(flat, weight, None).view(*hidden.shape[:-1], -1).float()
 
     def _confidence(self, hidden: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor | None:
         """hidden [..., d], prev_ids [...] -> logits [...] | None."""
@@ -153,7 +173,11 @@ class DSparkDrafter(DraftBackbone):
         generator: torch.Generator | None = None,
     ) -> DraftOutput:
         """Draft G tokens for R requests. anchor_tokens/positions [R]; temperatures [R] (0 = greedy, default
-        all greedy); mask_fn gives the allowed tokens of each step (disallowed ones get -inf before softmax)."""
+        all greedy); mask_fn gives the allowed tokens of each step (disallowed ones get -inf before softmax).
+
+        With a draft vocabulary (`restrict_vocab`) the logits cover its K tokens only. A step whose mask
+        allows none of them drafts the first allowed token (the one a single-token mask forces) with
+        confidence 0, unless it is forced: the caller knows (DraftGrammarWalk.forced)."""
         r, g = anchor_tokens.shape[0], self.config.block_size
         if any(st.length == 0 for st in states):
             raise ValueError("draft() needs at least one context position per request (call append_context)")
@@ -161,33 +185,48 @@ class DSparkDrafter(DraftBackbone):
         positions = anchor_positions[:, None] + torch.arange(g)  # [R, G]
         mask = torch.cat([ctx_valid[:, None, :].expand(r, g, -1), ctx_valid.new_ones(r, g, g)], dim=2)[:, None]
         hidden = self(self._block_input(anchor_tokens), positions, ctx_kv, mask)  # [R, G, d]
-        base = self._lm_logits(hidden)  # [R, G, V]
+        vocab = self.draft_vocab  # [K] or None
+        lm_rows, w2_rows = self._draft_rows or (None, None)
+        base = self._lm_logits(hidden, lm_rows)  # [R, G, K] (K = V without a draft vocabulary)
         temps = torch.zeros(r) if temperatures is None else temperatures.float()
         greedy = temps <= 0
         tokens, probs, conf = [], [], []
         prev, markov_state = anchor_tokens, None
         for k in range(g):
-            logits = base[:, k]
+            logits = base[:, k]  # [R, K]
             if self.markov_head is not None:
-                bias, markov_state = self.markov_head.step(hidden[:, k], prev, markov_state)
-                logits = logits + bias.float()
+                e, markov_state = self.markov_head.transition(hidden[:, k], prev, markov_state)
+                w2 = self.markov_head.markov_w2.weight if w2_rows is None else w2_rows
+                logits = logits + self.linear_fn(e.to(w2.dtype), w2, None).float()
+            outside = torch.zeros(r, dtype=torch.bool)  # [R] rows whose mask allows no draftable token
             if mask_fn is not None:
                 allowed = mask_fn(k, torch.stack(tokens, dim=1) if tokens else anchor_tokens.new_empty(r, 0))
-                if allowed is not None:
-                    logits = logits.masked_fill(~allowed, float("-inf"))
-            tok = logits.argmax(dim=-1)  # [R]
-            p = F.one_hot(tok, logits.shape[-1]).float()  # [R, V]
+                if allowed is not None:  # [R, V]
+                    draftable = allowed if vocab is None else allowed[:, vocab]  # [R, K]
+                    outside = ~draftable.any(dim=1)
+                    logits = logits.masked_fill(~draftable & ~outside[:, None], float("-inf"))
+                    first_allowed = allowed.to(torch.uint8).argmax(dim=1)  # [R]
+            local = logits.argmax(dim=-1)  # [R] index into the draft vocabulary
             if not greedy.all():  # an all-greedy batch draws no random numbers
-                p_sampled = torch.softmax(logits / torch.where(greedy, 1.0, temps)[:, None], dim=-1)
-                sampled = torch.multinomial(p_sampled, 1, generator=generator).squeeze(1)
-                tok = torch.where(greedy, tok, sampled)
-                p = torch.where(greedy[:, None], p, p_sampled)
+                p_local = torch.softmax(logits / torch.where(greedy, 1.0, temps)[:, None], dim=-1)  # [R, K]
+                sampled = torch.multinomial(p_local, 1, generator=generator).squeeze(1)
+                local = torch.where(greedy, local, sampled)
+            tok = local if vocab is None else vocab[local]  # [R] token ids
+            if outside.any():
+                tok = torch.where(outside, first_allowed, tok)
+            if not greedy.all():  # the distributions sampled rows drew from, over the whole vocabulary
+                p_full = p_local if vocab is None else p_local.new_zeros(r, self.config.vocab_size)
+                if vocab is not None:
+                    p_full[:, vocab] = p_local
+                one_hot = F.one_hot(tok, self.config.vocab_size).float()  # [R, V]
+                probs.append(torch.where((greedy | outside)[:, None], one_hot, p_full))
             c = self._confidence(hidden[:, k], prev)
             if c is not None:
-                conf.append(c)
+                conf.append(c.masked_fill(outside, float("-inf")))
             tokens.append(tok)
-            probs.append(p)
             prev = tok
         return DraftOutput(
-            torch.stack(tokens, dim=1), torch.stack(probs, dim=1), torch.stack(conf, dim=1) if conf else None
+            torch.stack(tokens, dim=1),
+            torch.stack(probs, dim=1) if probs else None,
+            torch.stack(conf, dim=1) if conf else None,
         )

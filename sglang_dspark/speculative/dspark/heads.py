@@ -35,16 +35,23 @@ class MarkovHead(nn.Module):
         """prev_ids [...] -> W1[x_{k-1}] [..., r]."""
         return self.markov_w1(prev_ids)
 
-    def step(
+    def transition(
         self, hidden: torch.Tensor, prev_ids: torch.Tensor, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden [N, d], prev_ids [N], state [N, r] | None -> (logit bias [N, V], new state)."""
+        """hidden [N, d], prev_ids [N], state [N, r] | None -> (the rank-r input of W2 [N, r], new state)."""
         e = self.prev_embedding(prev_ids).to(hidden.dtype)  # [N, r]
         if self.kind == "gated":
             e = torch.sigmoid(self.markov_gate(torch.cat([hidden, e], dim=-1))) * e
         elif self.kind == "rnn":
             state = self.markov_rnn(e, state)
             e = state
+        return e, state
+
+    def step(
+        self, hidden: torch.Tensor, prev_ids: torch.Tensor, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden [N, d], prev_ids [N], state [N, r] | None -> (logit bias [N, V], new state)."""
+        e, state = self.transition(hidden, prev_ids, state)
         return self.markov_w2(e), state
 
     def block_logits(self, base: torch.Tensor, hidden: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:
