@@ -111,6 +111,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from sglang_dspark import Engine
+    from sglang_dspark.kernels.cpu_ops import describe_cpu_ops
     from sglang_dspark.models.model_source import default_model_gguf
     from sglang_dspark.models.qwen_coder_assembly import qwen_coder_gguf
 
@@ -126,17 +127,16 @@ def main() -> None:
     gguf = default_model_gguf() if args.model == "default" else qwen_coder_gguf()
     bandwidth = measure_bandwidth_gbs()
     rows = []  # (engine, batch-1 tok/s, batch-8 tok/s)
-    # bf16: the native CPU kernels and torch's own ops, to show what the kernels buy on this CPU
-    kernels = ["native", "torch"] if args.dtype == "bfloat16" else ["auto"]
+    # bf16: the default (auto), all native CPU kernels and torch's own ops, to show what each buys on this CPU
+    kernels = ["auto", "native", "torch"] if args.dtype == "bfloat16" else ["auto"]
     for kernel in kernels:
         engine = Engine(model_path=str(gguf), dtype=args.dtype, cpu_kernels=kernel, log_level="warning")
         tok = engine.tokenizer
         prompts = [chat_ids(tok, p) for p in load_prompts(args.data_dir, args.num_prompts)]
         batch = min(8, len(prompts))
         weight_bytes = sum(p.numel() * p.element_size() for p in engine.scheduler.runner.model.parameters())
-        native = engine.scheduler.runner.cpu_ops is not None
         bench_ours(engine, prompts[:1], 8, 1)  # warm-up
-        name = "sglang-dspark" + (" (native CPU kernels)" if native else " (torch ops)" if len(kernels) > 1 else "")
+        name = f"sglang-dspark (--cpu-kernels {kernel}: {describe_cpu_ops(engine.scheduler.runner.cpu_ops)})"
         rows.append(
             (name, bench_ours(engine, prompts, args.new_tokens, 1), bench_ours(engine, prompts, args.new_tokens, batch))
         )

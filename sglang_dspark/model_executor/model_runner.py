@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sglang_dspark.kernels.cpu_ops import CpuOps, select_cpu_ops
+from sglang_dspark.kernels.cpu_ops import CpuOps, describe_cpu_ops, select_cpu_ops
 from sglang_dspark.layers.attention import build_attention_metadata
 from sglang_dspark.layers.layernorm import RMSNorm
 from sglang_dspark.layers.linear import LinearBase
@@ -77,7 +77,7 @@ class ModelRunner:
             model_dir.name,
             cfg.architecture,
             self.dtype,
-            "native CPU" if self.cpu_ops else "torch",
+            describe_cpu_ops(self.cpu_ops),
             self.max_total_tokens,
             self.max_total_tokens * per_token / 2**20,
             self.context_len,

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sglang_dspark.kernels.cpu_ops import load_cpu_ops, select_cpu_ops
+from sglang_dspark.kernels.cpu_ops import cpu_lacks_bf16_gemm, load_cpu_ops, select_cpu_ops
 from sglang_dspark.layers.layernorm import RMSNorm
 from sglang_dspark.layers.linear import QKVParallelLinear, RowParallelLinear
 from sglang_dspark.model_executor.model_runner import use_cpu_ops
@@ -136,7 +136,12 @@ def test_selection():
     assert select_cpu_ops("torch", "cpu", torch.bfloat16) is None
     assert select_cpu_ops("native", "cpu", torch.float32) is None  # the kernels are for bf16 weights only
     assert select_cpu_ops("auto", "cuda", torch.bfloat16) is None
-    assert select_cpu_ops("native", "cpu", torch.bfloat16) is not None
+    native = select_cpu_ops("native", "cpu", torch.bfloat16)
+    assert native is not None and native.linear is not torch.nn.functional.linear
+    auto = select_cpu_ops("auto", "cpu", torch.bfloat16)
+    # auto: native attention and norms everywhere; the matmul is torch's where the CPU has bf16 GEMM
+    assert auto.pool_attention is native.pool_attention and auto.add_rms_norm is native.add_rms_norm
+    assert (auto.linear is torch.nn.functional.linear) == (not cpu_lacks_bf16_gemm())
 
 
 def test_layers_route_through_the_kernels(ops):
