@@ -14,6 +14,30 @@
 
 namespace {
 
+// [sum(a0), sum(a1), ..., sum(a7)]: eight horizontal sums in one vector.
+inline __m256 hsum8(const __m256* a) {
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// exp(x) for x <= 0 (scores minus their maximum): Cephes' polynomial, relative error about 2e-7.
+inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
 template <typename T>
 float dot(const float* q, const T* k, int64_t D) {
   __m256 acc = _mm256_setzero_ps();
@@ -21,49 +45,81 @@ float dot(const float* q, const T* k, int64_t D) {
   return hsum(acc);
 }
 
+// scores[t] = q . k_t for the keys of one (query, head): eight keys per horizontal reduction.
 template <typename T>
-void axpy(float a, const T* v, float* y, int64_t D) {  // y += a * v
-  const __m256 av = _mm256_set1_ps(a);
-  for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(y + d, _mm256_fmadd_ps(av, load8(v + d), _mm256_loadu_ps(y + d)));
+void score_keys(const float* q, const T* k_buf, const int64_t* row, int64_t len, int64_t Hkv, int64_t h, int64_t D,
+                float* scores) {
+  int64_t t = 0;
+  for (; t + 8 <= len; t += 8) {
+    const T* k[8];
+    for (int j = 0; j < 8; ++j) k[j] = k_buf + (row[t + j] * Hkv + h) * D;
+    __m256 acc[8];
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + d);
+      for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(qv, load8(k[j] + d), acc[j]);
+    }
+    _mm256_storeu_ps(scores + t, hsum8(acc));
+  }
+  for (; t < len; ++t) scores[t] = dot(q, k_buf + (row[t] * Hkv + h) * D, D);
 }
 
-// q, out [N, Hq, D]; k_buf, v_buf [T, Hkv, D]; slots [B, S]; rows, lens [N]
+// probs[t] = exp(scores[t] - max) in place over the padded length (a multiple of 8); returns the sum over len.
+inline float softmax_numerators(float* scores, int64_t len, int64_t padded) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < len; ++t) mx = std::max(mx, scores[t]);
+  for (int64_t t = len; t < padded; ++t) scores[t] = mx;  // padding: exp(0), excluded from the sum below
+  const __m256 mv = _mm256_set1_ps(mx);
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t t = 0; t < padded; t += 8) {
+    const __m256 p = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + t), mv));
+    _mm256_storeu_ps(scores + t, p);
+    if (t + 8 <= len) sum = _mm256_add_ps(sum, p);
+  }
+  float total = hsum(sum);
+  for (int64_t t = len - len % 8; t < len; ++t) total += scores[t];
+  return total;
+}
+
+// out[0:D] = sum_t probs[t] v_t / denom, 64 output dims at a time in registers.
+template <typename T>
+void weighted_values(const float* probs, const T* v_buf, const int64_t* row, int64_t len, int64_t Hkv, int64_t h,
+                     int64_t D, float denom, float* out) {
+  for (int64_t d0 = 0; d0 < D; d0 += 64) {
+    const int64_t chunks = std::min<int64_t>(8, (D - d0) / 8);
+    __m256 acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < len; ++t) {
+      const __m256 p = _mm256_set1_ps(probs[t]);
+      const T* v = v_buf + (row[t] * Hkv + h) * D + d0;
+      if (chunks == 8) {
+        for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(p, load8(v + 8 * i), acc[i]);
+      } else {
+        for (int64_t i = 0; i < chunks; ++i) acc[i] = _mm256_fmadd_ps(p, load8(v + 8 * i), acc[i]);
+      }
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / denom);
+    for (int64_t i = 0; i < chunks; ++i) _mm256_storeu_ps(out + d0 + 8 * i, _mm256_mul_ps(acc[i], inv));
+  }
+}
+
+// q, out [N, Hq, D]; k_buf, v_buf [T, Hkv, D]; slots [B, S]; rows, lens [N]. One work item per (query, head):
+// the query heads sharing a KV head read its keys from cache.
 template <typename T>
 void run(const T* q, const T* k_buf, const T* v_buf, const int64_t* slots, const int64_t* rows, const int64_t* lens,
          int64_t N, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, float scale, T* out) {
   const int64_t G = Hq / Hkv;
-  at::parallel_for(0, N * Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(G * D), acc(G * D), scores;
+  at::parallel_for(0, N * Hq, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf(D), res(D), scores;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / Hkv, h = item % Hkv, len = lens[n];
+      const int64_t n = item / Hq, head = item % Hq, h = head / G, len = lens[n], padded = (len + 7) / 8 * 8;
       const int64_t* row = slots + rows[n] * S;
-      scores.assign(G * len, 0.f);
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t d = 0; d < D; ++d) qf[g * D + d] = static_cast<float>(q[(n * Hq + h * G + g) * D + d]) * scale;
-      std::vector<float> mx(G, -std::numeric_limits<float>::infinity());
-      for (int64_t t = 0; t < len; ++t) {
-        const T* k = k_buf + (row[t] * Hkv + h) * D;
-        for (int64_t g = 0; g < G; ++g) {
-          const float s = dot(qf.data() + g * D, k, D);
-          scores[g * len + t] = s;
-          mx[g] = std::max(mx[g], s);
-        }
-      }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      std::vector<float> denom(G, 0.f);
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t t = 0; t < len; ++t) {
-          const float p = std::exp(scores[g * len + t] - mx[g]);
-          scores[g * len + t] = p;
-          denom[g] += p;
-        }
-      for (int64_t t = 0; t < len; ++t) {
-        const T* v = v_buf + (row[t] * Hkv + h) * D;
-        for (int64_t g = 0; g < G; ++g) axpy(scores[g * len + t], v, acc.data() + g * D, D);
-      }
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t d = 0; d < D; ++d)
-          out[(n * Hq + h * G + g) * D + d] = static_cast<T>(acc[g * D + d] / denom[g]);
+      scores.resize(padded);
+      for (int64_t d = 0; d < D; ++d) qf[d] = static_cast<float>(q[(n * Hq + head) * D + d]) * scale;
+      score_keys(qf.data(), k_buf, row, len, Hkv, h, D, scores.data());
+      const float denom = softmax_numerators(scores.data(), len, padded);
+      weighted_values(scores.data(), v_buf, row, len, Hkv, h, D, denom, res.data());
+      for (int64_t d = 0; d < D; ++d) out[(n * Hq + head) * D + d] = static_cast<T>(res[d]);
     }
   });
 }

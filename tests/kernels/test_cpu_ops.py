@@ -116,6 +116,28 @@ def test_pool_attention_matches_sdpa_over_gathered_kv(ops, dtype, hq, hkv):
         torch.testing.assert_close(got[n].float(), want, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("d", [64, 128, 72])
+def test_pool_attention_over_long_contexts(ops, dtype, d):
+    """Lengths around and past the 8-key blocks and head dims in 64-wide register chunks (72: a partial
+    chunk), with scores spread wide enough that the softmax underflows for some keys."""
+    gen = _gen(d, 7)
+    hq, hkv, pool = 9, 3, 700
+    k_buf = (4 * torch.randn(pool, hkv, d, generator=gen)).to(dtype)
+    v_buf = torch.randn(pool, hkv, d, generator=gen).to(dtype)
+    slots = torch.randperm(pool, generator=gen)[: 2 * 300].view(2, 300)
+    lens = torch.tensor([1, 7, 8, 9, 16, 63, 257, 300])
+    rows = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    q = (4 * torch.randn(len(lens), hq, d, generator=gen)).to(dtype)
+    got = ops.pool_attention(q, k_buf, v_buf, slots, rows, lens, d**-0.5)
+    for n in range(len(lens)):
+        kv_slots = slots[rows[n], : lens[n]]
+        kk, vv = k_buf[kv_slots].float().transpose(0, 1), v_buf[kv_slots].float().transpose(0, 1)
+        want = F.scaled_dot_product_attention(q[n].float()[:, None], kk, vv, scale=d**-0.5, enable_gqa=True)[:, 0]
+        tol = 1e-2 if dtype == torch.bfloat16 else 5e-5  # fp32 sums over up to 300 keys in another order
+        torch.testing.assert_close(got[n].float(), want, rtol=tol, atol=tol)
+
+
 def test_pool_attention_rejects_bad_inputs(ops):
     q, kv, slots = torch.randn(1, 2, 8), torch.randn(4, 2, 8), torch.zeros(1, 3, dtype=torch.long)
     with pytest.raises(RuntimeError, match="kv_lens"):
