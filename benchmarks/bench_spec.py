@@ -4,6 +4,7 @@
     python benchmarks/bench_spec.py --algorithms NGRAM --workloads json --concurrency 1,4
     python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:fixed,NGRAM:threshold   # verify modes
     python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:raw   # without the online calibration
+    python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:fullvocab   # with / without the draft vocabulary
 
 Workloads (first --num-prompts of each, chat-formatted, greedy, --max-new-tokens): ``code`` = mbpp,
 ``chat`` = arena-hard-v2 (prompts up to 3000 characters), ``json`` = JSON-schema tasks from the
@@ -111,7 +112,8 @@ def main() -> None:
         "--algorithms",
         default="NGRAM,DSPARK",
         help="compared with plain decoding; ALGO:MODE sets --speculative-dspark-verify-mode (default adaptive), "
-        "ALGO[:MODE]:raw also --speculative-dspark-disable-online-calibration",
+        "ALGO[:MODE]:raw also --speculative-dspark-disable-online-calibration, DSPARK[...]:fullvocab drafts over "
+        "the whole vocabulary (--speculative-dspark-draft-vocab-size 0)",
     )
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--concurrency", default="1,4,16")
@@ -131,11 +133,12 @@ def main() -> None:
     engines = {}  # all alive at once: levels run interleaved, so drift of a shared machine hits each alike
     for name in ["none", *args.algorithms.split(",")]:
         algo, *options = name.split(":")
-        modes = [o for o in options if o != "raw"]
+        modes = [o for o in options if o not in ("raw", "fullvocab")]
         spec = {
             "speculative_algorithm": algo,
             "speculative_dspark_verify_mode": modes[0] if modes else "adaptive",
             "speculative_dspark_disable_online_calibration": "raw" in options,
+            "speculative_dspark_draft_vocab_size": 0 if "fullvocab" in options else None,
         }
         engine = Engine(
             dtype=args.dtype, max_total_tokens=32768, log_level="warning", **(spec if name != "none" else {})

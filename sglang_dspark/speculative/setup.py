@@ -37,6 +37,9 @@ SPS_PROBE_SIZES = (1, 2, 4, 8, 16, 32, 64)
 SPS_PROBE_CONTEXT = 256  # tokens of cached context behind each probe, like a running request
 AVAILABLE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
 DEFAULT_STANDALONE_DRAFT_TOKENS = 4  # one draft-model step per token
+# DSPARK: an n-gram / radix draft expecting this many accepted drafts is kept without running the drafter
+# (the drafter's drafts expect about 0.5-1 on code and chat)
+NGRAM_ENOUGH = 2.0
 
 
 def profile_runner_sps(
@@ -70,11 +73,12 @@ def build_spec_worker(
         dspark = build_dspark_proposer(args, runner, model_dir)
         block = dspark.drafter.config.block_size
         num_draft_tokens = min(args.speculative_num_draft_tokens or block, block)
-        # per request, the drafter's or the n-gram / radix draft, whichever expects more accepted tokens
+        # per request, the n-gram / radix draft or the drafter's, whichever expects more accepted tokens;
+        # the drafter only runs for requests whose n-gram draft expects fewer than NGRAM_ENOUGH
         proposer = (
             calibrated(dspark)
             if args.speculative_dspark_disable_ngram
-            else BestOfProposer((calibrated(dspark), calibrated(NGramProposer(radix=radix))))
+            else BestOfProposer((calibrated(NGramProposer(radix=radix)), calibrated(dspark)), NGRAM_ENOUGH)
         )
     elif algo == "STANDALONE":
         proposer = calibrated(build_standalone_proposer(args, runner))

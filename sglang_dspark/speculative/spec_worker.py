@@ -114,11 +114,14 @@ class NGramProposer:
 
 @dataclass
 class BestOfProposer:
-    """Several proposers; per request, the draft with the most expected committed drafts,
-    sum_j prod_{i <= j} c_i (DESIGN.md 4.2: e.g. the DSpark drafter and the n-gram / radix proposer).
-    At most one of them may capture target hidden states."""
+    """Several proposers, cheapest first; per request, the draft with the most expected committed drafts,
+    sum_j prod_{i <= j} c_i (DESIGN.md 4.2: e.g. the n-gram / radix proposer and the DSpark drafter; ties
+    go to the earlier proposer). A request whose best draft so far already expects ``enough`` drafts is
+    not offered to the later (costlier) proposers: the drafter rarely beats a long, sure n-gram match, and
+    drafting costs time. At most one of them may capture target hidden states."""
 
     proposers: tuple[Proposer, ...]
+    enough: float = float("inf")
 
     def __post_init__(self) -> None:
         if sum(bool(p.capture_layers) for p in self.proposers) > 1:
@@ -129,8 +132,17 @@ class BestOfProposer:
         return next((p.capture_layers for p in self.proposers if p.capture_layers), ())
 
     def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]:
-        candidates = [p.propose(reqs, num_tokens) for p in self.proposers]  # [P][R]
-        return [max(options, key=expected_drafts) for options in zip(*candidates)]
+        best = self.proposers[0].propose(reqs, num_tokens)
+        scores = [expected_drafts(d) for d in best]
+        for proposer in self.proposers[1:]:
+            todo = [i for i, score in enumerate(scores) if score < self.enough]
+            if not todo:
+                break
+            for i, draft in zip(todo, proposer.propose([reqs[i] for i in todo], [num_tokens[i] for i in todo])):
+                score = expected_drafts(draft)
+                if score > scores[i]:
+                    best[i], scores[i] = draft, score
+        return best
 
     def store_features(self, hidden_states: list[torch.Tensor], slots: torch.Tensor) -> None:
         next(p for p in self.proposers if p.capture_layers).store_features(hidden_states, slots)

@@ -51,6 +51,27 @@ def test_best_of_picks_per_request_and_routes_features():
     assert drafter.released == ngram.released == ["a"]
 
 
+def test_best_of_skips_the_costlier_proposers_for_requests_with_enough():
+    sure = Draft([1, 2, 3], [0.9, 0.9, 0.9])  # 2.44 expected
+    weak = Draft([4], [0.5])
+    ngram = FixedProposer({"a": sure, "b": weak, "c": Draft([], [])})
+    asked = []
+
+    @dataclass
+    class Drafter(FixedProposer):
+        def propose(self, reqs, num_tokens):
+            asked.append(([r.rid for r in reqs], num_tokens))
+            return super().propose(reqs, num_tokens)
+
+    drafter = Drafter({"a": Draft([7] * 4, [1.0] * 4), "b": Draft([8], [0.5]), "c": Draft([9], [0.2])})
+    best = BestOfProposer((ngram, drafter), enough=2.0)
+    assert best.propose([Req("a"), Req("b"), Req("c")], [4, 3, 2]) == [sure, weak, drafter.drafts["c"]]
+    assert asked == [(["b", "c"], [3, 2])]  # "a" was sure enough; "b" ties and keeps the n-gram draft
+    asked.clear()
+    best.propose([Req("a")], [4])
+    assert asked == []  # nothing left for the drafter: it does not run
+
+
 def test_best_of_refuses_two_feature_consumers():
     with pytest.raises(ValueError, match="at most one"):
         BestOfProposer((FixedProposer({}, capture_layers=(1,)), FixedProposer({}, capture_layers=(2,))))
