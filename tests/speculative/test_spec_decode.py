@@ -248,6 +248,27 @@ def test_dspark_fills_spec_meta_info_and_accepts_drafts(plain, sps_path):
         spec.shutdown()
 
 
+@pytest.mark.parametrize("vocab_size, expected", [(None, 8192), (0, None), (100, 100)])
+def test_dspark_drafts_among_the_shipped_draft_vocabulary(plain, sps_path, vocab_size, expected):
+    """The shipped drafter ships token_frequencies.json: by default it drafts among 8192 tokens; 0 = all."""
+    spec = spec_engine(
+        "DSPARK", sps_path, speculative_dspark_disable_ngram=True, speculative_dspark_draft_vocab_size=vocab_size
+    )
+    try:
+        drafter = spec.scheduler.spec.proposer.proposer.drafter
+        assert (None if drafter.draft_vocab is None else len(drafter.draft_vocab)) == expected
+        ids = chat(plain, REPETITIVE)
+        out = spec.generate(input_ids=ids, sampling_params={**GREEDY, "max_new_tokens": 48})
+        assert (
+            out["output_ids"]
+            == plain.generate(input_ids=ids, sampling_params={**GREEDY, "max_new_tokens": 48})["output_ids"]
+        )
+        if expected is not None:
+            assert set(out["meta_info"]["spec_draft_lens"]) != {0}  # drafts were verified
+    finally:
+        spec.shutdown()
+
+
 def test_dspark_drafter_context_is_the_committed_tokens_only(plain, sps_path):
     """Mid-generation, a request's drafter context equals the target features of its committed tokens from one
     plain forward: rejected drafts left nothing behind, and nothing was recomputed out of order."""
