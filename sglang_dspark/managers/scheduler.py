@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,7 @@ class Scheduler:
 
     def step(self) -> list[ReqOutput]:
         """Schedule, run one forward, sample; returns the outputs of every request that progressed."""
+        started = time.perf_counter()
         ready, failed = self.grammars.poll()
         self.waiting.extend(ready)
         outputs = [self._make_output(r) for r in failed]
@@ -155,6 +157,8 @@ class Scheduler:
             if not outputs:
                 self.grammars.wait(GRAMMAR_IDLE_WAIT)
             return outputs
+        decoding = [c.req for c in chunks if c.req.pending_tokens == 1]  # before the forward consumes them
+        generated_before = sum(len(r.output_ids) for r in decoding)
         fb, sample_rows, sample_reqs, logprob_rows = self._build_forward_batch(chunks)
         if self.spec:
             fb.capture_layers = self.spec.capture_layers
@@ -181,6 +185,9 @@ class Scheduler:
                 self._release(req)
             if id(req) in sampled or req.finished:
                 outputs.append(self._make_output(req))
+        if self.spec and len(decoding) == len(chunks):  # a pure decode round: measured for the spec worker
+            tokens = sum(len(r.output_ids) for r in decoding) - generated_before
+            self.spec.observe_round(len(decoding), tokens, time.perf_counter() - started)
         return outputs
 
     def _schedule(self) -> list[ScheduledChunk]:

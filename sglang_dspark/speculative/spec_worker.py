@@ -185,6 +185,36 @@ class ProposalBackoff:
             self.skip, self.batch = self.span, batch
 
 
+@dataclass
+class RoundThroughput:
+    """Measured tokens/s of decode rounds that proposed drafts and of rounds that did not, per batch size
+    (power-of-two buckets), as moving averages. The planner's cost model (SPS(B) + the drafting time)
+    misses what it does not model (verify bookkeeping, confidences that are still miscalibrated); the
+    measurement does not: where proposing rounds are measured slower, proposing counts as not paying."""
+
+    weight: float = 0.1  # of the newest round in the moving average
+    min_rounds: int = 8  # per bucket and kind before a comparison counts
+    rates: dict[tuple[int, bool], float] = field(default_factory=dict)  # (bucket, proposed) -> tokens/s
+    counts: dict[tuple[int, bool], int] = field(default_factory=dict)
+
+    @staticmethod
+    def bucket(batch: int) -> int:
+        return 1 << (batch.bit_length() - 1)
+
+    def observe(self, batch: int, tokens: int, seconds: float, proposed: bool) -> None:
+        key = (self.bucket(batch), proposed)
+        rate = tokens / max(seconds, 1e-9)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        old = self.rates.get(key)
+        self.rates[key] = rate if old is None else (1 - self.weight) * old + self.weight * rate
+
+    def proposing_loses(self, batch: int) -> bool:
+        b = self.bucket(batch)
+        if min(self.counts.get((b, True), 0), self.counts.get((b, False), 0)) < self.min_rounds:
+            return False
+        return self.rates[(b, True)] < self.rates[(b, False)]
+
+
 class SpecWorker:
     def __init__(
         self,
@@ -206,6 +236,8 @@ class SpecWorker:
         self.sps = sps
         self.proposals: dict[str, Draft] = {}  # rid -> the proposal whose drafts are now being verified
         self.backoff = ProposalBackoff()
+        self.throughput = RoundThroughput()
+        self.proposed = False  # whether the latest draft() call ran the proposer
 
     @property
     def capture_layers(self) -> tuple[int, ...]:
@@ -217,9 +249,11 @@ class SpecWorker:
 
     def draft(self, reqs: list[SpecRequest], room: list[int]) -> list[list[int]]:
         """Drafts to verify per request; room[i] caps request i's drafts (tokens it may still emit - 1)."""
+        self.proposed = False
         if self.backoff.should_skip(len(reqs)):
             self.proposals = {}
             return [[] for _ in reqs]
+        self.proposed = True
         start = time.perf_counter()
         drafts = self.proposer.propose(reqs, [min(self.num_draft_tokens, m) for m in room])
         draft_seconds = time.perf_counter() - start
@@ -231,9 +265,20 @@ class SpecWorker:
         for i, d in enumerate(drafts):
             conf[i, : len(d.tokens)] = torch.tensor(d.confidences)
         lengths = self.policy.lengths(conf, torch.tensor([len(d.tokens) for d in drafts]))
-        paid = bool(lengths.sum()) and (self.sps is None or drafting_pays(conf, lengths, self.sps, draft_seconds))
+        paid = bool(lengths.sum()) and (
+            self.sps is None
+            or (
+                drafting_pays(conf, lengths, self.sps, draft_seconds) and not self.throughput.proposing_loses(len(reqs))
+            )
+        )
         self.backoff.record(len(reqs), paid)
         return [d.tokens[:n] for d, n in zip(drafts, lengths.tolist())]
+
+    def observe_round(self, batch: int, tokens: int, seconds: float) -> None:
+        """After a step in which `batch` requests decoded (no prefill): the tokens they committed and the
+        step's wall time, drafting included; feeds the measured comparison (load-adaptive modes only)."""
+        if self.sps is not None:
+            self.throughput.observe(batch, tokens, seconds, self.proposed)
 
     def verify(self, reqs: list[SpecRequest], drafts: list[list[int]], logits: torch.Tensor) -> list[list[int]]:
         """logits [sum(len(d) + 1), V]: rows of each request's anchor + drafts, in order.

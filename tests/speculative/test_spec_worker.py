@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from sglang_dspark.speculative.planner import SPSTable
-from sglang_dspark.speculative.spec_worker import BestOfProposer, Draft, ProposalBackoff, SpecWorker, expected_drafts
+from sglang_dspark.speculative.spec_worker import (
+    BestOfProposer,
+    Draft,
+    ProposalBackoff,
+    RoundThroughput,
+    SpecWorker,
+    expected_drafts,
+)
 from sglang_dspark.speculative.verify_policy import FixedVerify
 
 
@@ -101,3 +108,33 @@ def test_worker_backs_off_when_drafting_costs_more_than_it_gains(steps_per_sec, 
     worker = SpecWorker(proposer, 2, vocab_size=8, policy=FixedVerify(), sps=sps)
     assert worker.draft([Req("a")], [4]) == [[1, 2]]  # verified either way: drafting already happened
     assert worker.draft([Req("a")], [4]) == ([[]] if skips else [[1, 2]])
+
+
+def test_round_throughput_compares_measured_rates_per_batch_bucket():
+    t = RoundThroughput(min_rounds=3)
+    for _ in range(3):
+        t.observe(16, tokens=16, seconds=0.030, proposed=False)  # 533 tokens/s plain
+        t.observe(18, tokens=19, seconds=0.040, proposed=True)  # 475 tokens/s proposing, same bucket (16-31)
+    assert t.proposing_loses(16) and t.proposing_loses(31)
+    assert not t.proposing_loses(8) and not t.proposing_loses(32)  # no measurements there
+    t.observe(4, tokens=9, seconds=0.02, proposed=True)
+    assert not t.proposing_loses(4)  # too few rounds to compare
+    for _ in range(20):  # proposing gets faster: the moving average follows
+        t.observe(16, tokens=30, seconds=0.040, proposed=True)
+    assert not t.proposing_loses(16)
+
+
+def test_worker_backs_off_where_proposing_rounds_measure_slower():
+    """The SPS model says every draft pays (1 s steps), but measured rounds with drafts were slower."""
+    sps = SPSTable((1, 64), (1.0, 1.0))
+    worker = SpecWorker(FixedProposer({"a": Draft([1, 2], [0.9, 0.9])}), 2, vocab_size=8, policy=FixedVerify(), sps=sps)
+    for proposed in (False, True) * 8:
+        worker.proposed = proposed
+        worker.observe_round(1, tokens=2 if proposed else 1, seconds=0.05 if proposed else 0.02)
+    assert worker.draft([Req("a")], [4]) == [[1, 2]]  # verified: drafting already happened
+    assert worker.draft([Req("a")], [4]) == [[]] and not worker.proposed  # then it backs off
+    # measured faster: proposing pays again
+    for proposed in (False, True) * 40:
+        worker.proposed = proposed
+        worker.observe_round(1, tokens=3 if proposed else 1, seconds=0.02)
+    assert worker.draft([Req("a")], [4]) == [[1, 2]] and worker.draft([Req("a")], [4]) == [[1, 2]]
