@@ -159,8 +159,9 @@ def expected_drafts(draft: Draft) -> float:
 
 @dataclass
 class ProposalBackoff:
-    """When a round's proposals did not pay (the planner verified none of them, or the expected tokens
-    per second of the round, drafting time included, fell below a plain decode step's), skip proposing
+    """When a round's proposals did not pay (the planner verified none of them, the expected tokens per
+    second of the round, drafting time included, fell below a plain decode step's, or rounds that proposed
+    have been measured slower than rounds that did not: RoundThroughput), skip proposing
     for the next 1, 2, 4 .. ``max_skip`` rounds while the batch is at least as large, with one proposing
     round in between. Drafting costs time (the DSpark drafter about half a target step at batch 16), and
     skipping it never changes the output."""
@@ -279,6 +280,7 @@ class SpecWorker:
         step's wall time, drafting included; feeds the measured comparison (load-adaptive modes only)."""
         if self.sps is not None:
             self.throughput.observe(batch, tokens, seconds, self.proposed)
+        self.proposed = False  # a step that does not call draft() proposes nothing
 
     def verify(self, reqs: list[SpecRequest], drafts: list[list[int]], logits: torch.Tensor) -> list[list[int]]:
         """logits [sum(len(d) + 1), V]: rows of each request's anchor + drafts, in order.
