@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if cfg.write_token_frequencies:
         path = Path(cfg.write_token_frequencies) / FREQUENCIES_NAME
-        freqs = response_token_frequencies(load_sequences(cfg.data_path))
+        sequences = load_sequences(cfg.data_path)
+        if not sequences:
+            raise SystemExit(f"no regenerated responses in {cfg.data_path} to count (configure prompt files)")
+        freqs = response_token_frequencies(sequences)
         freqs.save(path)
         logging.getLogger(__name__).info(
             "%s: %d distinct tokens of %d; the %d most frequent cover %.1f%%",

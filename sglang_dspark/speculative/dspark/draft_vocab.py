@@ -27,7 +27,7 @@ DEFAULT_DRAFT_VOCAB_SIZE = 8192
 
 @dataclass(frozen=True)
 class TokenFrequencies:
-    """Token ids by descending count (ties by id) and their counts, from ``counted_tokens`` tokens."""
+    """Token ids by descending count (ties by id) and their counts."""
 
     token_ids: tuple[int, ...]
     counts: tuple[int, ...]
