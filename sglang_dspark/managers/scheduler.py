@@ -157,7 +157,8 @@ class Scheduler:
             if not outputs:
                 self.grammars.wait(GRAMMAR_IDLE_WAIT)
             return outputs
-        decoding = [c.req for c in chunks if c.req.pending_tokens == 1]  # before the forward consumes them
+        # speculation measures pure decode rounds: their requests, before the forward consumes the tokens
+        decoding = [c.req for c in chunks if c.req.pending_tokens == 1] if self.spec else []
         generated_before = sum(len(r.output_ids) for r in decoding)
         fb, sample_rows, sample_reqs, logprob_rows = self._build_forward_batch(chunks)
         if self.spec:
@@ -185,7 +186,7 @@ class Scheduler:
                 self._release(req)
             if id(req) in sampled or req.finished:
                 outputs.append(self._make_output(req))
-        if self.spec and len(decoding) == len(chunks):  # a pure decode round: measured for the spec worker
+        if decoding and len(decoding) == len(chunks):
             tokens = sum(len(r.output_ids) for r in decoding) - generated_before
             self.spec.observe_round(len(decoding), tokens, time.perf_counter() - started)
         return outputs
