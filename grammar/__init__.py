@@ -7,6 +7,7 @@ backends (xgrammar, outlines-core, llguidance), a compile cache with a thread po
 
 from sglang_dspark.grammar.base import (
     BaseGrammarObject,
+    CompileLimits,
     Constraint,
     ConstraintKind,
     GrammarBackend,
@@ -18,6 +19,7 @@ from sglang_dspark.grammar.registry import create_backend
 
 __all__ = [
     "BaseGrammarObject",
+    "CompileLimits",
     "Constraint",
     "ConstraintKind",
     "GrammarBackend",

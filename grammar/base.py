@@ -24,6 +24,18 @@ class GrammarError(ValueError):
     """A constraint that cannot be compiled (invalid, unsupported, or too slow); the message is user-facing."""
 
 
+@dataclass(frozen=True)
+class CompileLimits:
+    """What one compile may take. xgrammar and llguidance bound their own work; outlines-core compiles
+    in a child process that is killed at the time limit and dies past the memory limit."""
+
+    timeout: float = 60.0  # seconds (--grammar-compile-timeout)
+    memory_gb: float = 4.0  # address space of a compile process (--grammar-compile-memory-limit); 0 = none
+
+
+DEFAULT_LIMITS = CompileLimits()
+
+
 class ConstraintKind(str, Enum):
     JSON_SCHEMA = "json_schema"
     JSON_OBJECT = "json_object"  # any JSON object (OpenAI response_format {"type": "json_object"})
@@ -62,6 +74,13 @@ class Constraint:
         if not isinstance(schema, dict | bool):
             raise GrammarError(f"a JSON schema must be an object or a boolean, got {type(schema).__name__}")
         return schema
+
+
+def compile_timeout_error(constraint: Constraint, timeout: float) -> GrammarError:
+    return GrammarError(
+        f"compiling the {constraint.kind.value} took longer than the {timeout:g} s limit "
+        f"(--grammar-compile-timeout); simplify it"
+    )
 
 
 def _parse_json(text: str) -> Any:
@@ -152,9 +171,10 @@ class GrammarBackend(ABC):
 
     name: str
 
-    def __init__(self, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
+    def __init__(self, vocab_size: int, stop_token_ids: Sequence[int], limits: CompileLimits = DEFAULT_LIMITS) -> None:
         self.vocab_size = vocab_size
         self.stop_token_ids = sorted(set(stop_token_ids))
+        self.limits = limits
 
     @abstractmethod
     def compile(self, constraint: Constraint) -> Any:
@@ -163,6 +183,9 @@ class GrammarBackend(ABC):
     @abstractmethod
     def make_grammar(self, compiled: Any) -> BaseGrammarObject:
         """A fresh grammar object at the start of a compiled grammar."""
+
+    def close(self) -> None:  # noqa: B027 - optional: only outlines holds something to release
+        """Release what the backend holds outside this process (outlines' compile processes)."""
 
     def fill_masks(self, grammars: Sequence[BaseGrammarObject], bitmask: torch.Tensor, rows: Sequence[int]) -> None:
         """``bitmask[rows[i]]`` <- mask of ``grammars[i]``, for a whole batch."""

@@ -5,9 +5,10 @@ the scheduler polls it and never blocks the batch. ``compile`` waits at most the
 callers off the model loop (request validation in an HTTP handler). Failures are cached like
 successes: compiling is deterministic.
 
-A compile that overruns the time limit fails its requests with a GrammarError, but its thread cannot
-be killed and runs to its end; xgrammar and llguidance bound their own work (llguidance's lexer fuel),
-outlines-core's regex-to-DFA construction is the one that can run long on pathological input.
+A compile that overruns the time limit fails its requests with a GrammarError. A thread cannot be
+killed: xgrammar and llguidance bound their own work (llguidance's lexer fuel); outlines-core's
+regex-to-DFA construction, which can run long and grow without bound on pathological input, runs in a
+child process that is killed at the limit (``compile_process``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from sglang_dspark.grammar.base import BaseGrammarObject, Constraint, GrammarBackend, GrammarError
+from sglang_dspark.grammar.base import (
+    BaseGrammarObject,
+    Constraint,
+    GrammarBackend,
+    GrammarError,
+    compile_timeout_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +48,8 @@ class PendingGrammar:
     def compiled(self) -> Any:
         """The compiled grammar; GrammarError if compiling failed or is past the deadline."""
         if not self.future.done():
-            raise _timeout_error(self.constraint, self.timeout)
+            raise compile_timeout_error(self.constraint, self.timeout)
         return self.future.result()
-
-
-def _timeout_error(constraint: Constraint, timeout: float) -> GrammarError:
-    return GrammarError(
-        f"compiling the {constraint.kind.value} took longer than the {timeout:g} s limit "
-        f"(--grammar-compile-timeout); simplify it"
-    )
 
 
 class GrammarCompiler:
@@ -81,7 +81,7 @@ class GrammarCompiler:
         try:
             return pending.future.result(timeout=max(0.0, pending.deadline - time.monotonic()))
         except FutureTimeout:
-            raise _timeout_error(constraint, self.timeout) from None
+            raise compile_timeout_error(constraint, self.timeout) from None
 
     def make_grammar(self, compiled: Any) -> BaseGrammarObject:
         return self.backend.make_grammar(compiled)
@@ -101,3 +101,4 @@ class GrammarCompiler:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.backend.close()

@@ -15,7 +15,14 @@ import llguidance.hf
 import llguidance.torch
 import torch
 
-from sglang_dspark.grammar.base import Constraint, ConstraintKind, GrammarBackend, GrammarError
+from sglang_dspark.grammar.base import (
+    DEFAULT_LIMITS,
+    CompileLimits,
+    Constraint,
+    ConstraintKind,
+    GrammarBackend,
+    GrammarError,
+)
 from sglang_dspark.grammar.external_stop import ExternalStopGrammar
 from sglang_dspark.grammar.schema_support import SchemaSupport
 
@@ -54,8 +61,15 @@ class LLGuidanceGrammar(ExternalStopGrammar):
 class LLGuidanceBackend(GrammarBackend):
     name = "llguidance"
 
-    def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int], num_threads: int = 1) -> None:
-        super().__init__(vocab_size, stop_token_ids)
+    def __init__(
+        self,
+        tokenizer,
+        vocab_size: int,
+        stop_token_ids: Sequence[int],
+        limits: CompileLimits = DEFAULT_LIMITS,
+        num_threads: int = 1,
+    ) -> None:
+        super().__init__(vocab_size, stop_token_ids, limits)
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=self.stop_token_ids)
         self.executor = llguidance.LLExecutor(num_threads=num_threads)
 

@@ -1,9 +1,10 @@
 """outlines-core backend: a regex compiled to a token-level DFA (the ``Index``) over the whole vocabulary.
 
 JSON schemas become one regex (``build_regex_from_schema``, compact: no whitespace), EBNF is not
-supported. The Index knows one EOS token; the end of generation is handled outside the Guide (see
-external_stop). There is no jump-forward string: the forced continuation is the chain of states
-that allow exactly one token.
+supported. The Index is built in a worker process (``outlines_compile_worker``), killed at the compile
+time limit and bounded in memory: its construction cannot be interrupted otherwise. The Index knows one
+EOS token; the end of generation is handled outside the Guide (see external_stop). There is no
+jump-forward string: the forced continuation is the chain of states that allow exactly one token.
 """
 
 from __future__ import annotations
@@ -11,12 +12,22 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from outlines_core import Guide, Index, Vocabulary
 from outlines_core.json_schema import build_regex_from_schema
 
-from sglang_dspark.grammar.base import Constraint, ConstraintKind, GrammarBackend, GrammarError, allocate_bitmask
+from sglang_dspark.grammar.base import (
+    DEFAULT_LIMITS,
+    CompileLimits,
+    Constraint,
+    ConstraintKind,
+    GrammarBackend,
+    GrammarError,
+    allocate_bitmask,
+)
+from sglang_dspark.grammar.compile_process import CompileProcessPool
 from sglang_dspark.grammar.external_stop import ExternalStopGrammar
 from sglang_dspark.grammar.mask import allow_token_, single_allowed_token
 from sglang_dspark.grammar.schema_support import NOT_ENFORCEABLE, SchemaSupport
@@ -41,6 +52,7 @@ SCHEMA_SUPPORT = SchemaSupport(
 )
 MAX_ROLLBACK = 4096  # states a Guide remembers (speculation rolls back a draft length at most)
 MAX_JUMP_FORWARD = 64
+COMPILE_WORKER = Path(__file__).with_name("outlines_compile_worker.py")  # Index builds run there (killable)
 
 
 class OutlinesGrammar(ExternalStopGrammar):
@@ -91,30 +103,36 @@ class OutlinesGrammar(ExternalStopGrammar):
 class OutlinesBackend(GrammarBackend):
     name = "outlines"
 
-    def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
-        super().__init__(vocab_size, stop_token_ids)
+    def __init__(
+        self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int], limits: CompileLimits = DEFAULT_LIMITS
+    ) -> None:
+        super().__init__(vocab_size, stop_token_ids, limits)
         by_bytes: dict[bytes, list[int]] = {}
         for tid, data in enumerate(token_bytes(tokenizer, vocab_size)):
             if data and tid not in self.stop_token_ids:
                 by_bytes.setdefault(data, []).append(tid)
-        self.vocabulary = Vocabulary(self.stop_token_ids[0], by_bytes)
+        self.processes = CompileProcessPool(COMPILE_WORKER, Vocabulary(self.stop_token_ids[0], by_bytes), limits)
 
     def compile(self, constraint: Constraint) -> Index:
         kind = constraint.kind
         if kind == ConstraintKind.EBNF:
             raise GrammarError("the outlines grammar backend does not support EBNF; use xgrammar or llguidance")
-        try:
-            if kind == ConstraintKind.REGEX:
-                regex = constraint.text
-            else:
-                schema = constraint.schema()
-                SCHEMA_SUPPORT.check(schema)
+        if kind == ConstraintKind.REGEX:
+            regex = constraint.text
+        else:
+            schema = constraint.schema()
+            SCHEMA_SUPPORT.check(schema)
+            try:
                 regex = build_regex_from_schema(json.dumps(schema), whitespace_pattern="")
-            return Index(regex, self.vocabulary)
-        except GrammarError:
-            raise
-        except (ValueError, TypeError) as e:
-            raise GrammarError(f"invalid {kind.value}: {str(e).strip()}") from None
+            except (ValueError, TypeError) as e:
+                raise GrammarError(f"invalid {kind.value}: {str(e).strip()}") from None
+        status, result = self.processes.run((regex, self.limits.timeout), constraint)
+        if status == "error":
+            raise GrammarError(f"invalid {kind.value}: {result}")
+        return result
+
+    def close(self) -> None:
+        self.processes.close()
 
     def make_grammar(self, compiled: Index) -> OutlinesGrammar:
         return OutlinesGrammar(Guide(compiled, max_rollback=MAX_ROLLBACK), self.stop_token_ids, self.vocab_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 
-from sglang_dspark.grammar.base import GrammarBackend
+from sglang_dspark.grammar.base import DEFAULT_LIMITS, CompileLimits, GrammarBackend
 
 BACKENDS = {
     "xgrammar": ("sglang_dspark.grammar.xgrammar_backend", "XGrammarBackend", "xgrammar"),
@@ -14,7 +14,9 @@ BACKENDS = {
 }
 
 
-def create_backend(name: str, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]) -> GrammarBackend:
+def create_backend(
+    name: str, tokenizer, vocab_size: int, stop_token_ids: Sequence[int], limits: CompileLimits = DEFAULT_LIMITS
+) -> GrammarBackend:
     """Raises ValueError for an unknown name, ImportError (with the install command) if missing."""
     if name not in BACKENDS:
         raise ValueError(f"unknown grammar backend {name!r}; choose one of {sorted(BACKENDS)}")
@@ -25,4 +27,4 @@ def create_backend(name: str, tokenizer, vocab_size: int, stop_token_ids: Sequen
         raise ImportError(
             f"the {name} grammar backend needs the '{package}' package (bash launch/install.sh installs it): {e}"
         ) from e
-    return getattr(module, class_name)(tokenizer, vocab_size, stop_token_ids)
+    return getattr(module, class_name)(tokenizer, vocab_size, stop_token_ids, limits)

@@ -14,7 +14,15 @@ from collections.abc import Callable, Sequence
 import torch
 import xgrammar
 
-from sglang_dspark.grammar.base import BaseGrammarObject, Constraint, ConstraintKind, GrammarBackend, GrammarError
+from sglang_dspark.grammar.base import (
+    DEFAULT_LIMITS,
+    BaseGrammarObject,
+    CompileLimits,
+    Constraint,
+    ConstraintKind,
+    GrammarBackend,
+    GrammarError,
+)
 from sglang_dspark.grammar.schema_support import NOT_ENFORCEABLE, SchemaSupport
 from sglang_dspark.grammar.vocab import token_bytes
 
@@ -78,8 +86,10 @@ class XGrammarGrammar(BaseGrammarObject):
 class XGrammarBackend(GrammarBackend):
     name = "xgrammar"
 
-    def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]) -> None:
-        super().__init__(vocab_size, stop_token_ids)
+    def __init__(
+        self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int], limits: CompileLimits = DEFAULT_LIMITS
+    ) -> None:
+        super().__init__(vocab_size, stop_token_ids, limits)
         info = xgrammar.TokenizerInfo(
             token_bytes(tokenizer, vocab_size),
             xgrammar.VocabType.RAW,

@@ -49,6 +49,8 @@ class ServerArgs:
     # Structured output.
     grammar_backend: str = "xgrammar"
     grammar_compile_timeout: float = 60.0  # seconds; a grammar still compiling then fails its request (400)
+    # GiB of address space of an outlines compile process (it dies past it: a 400); 0 = unlimited
+    grammar_compile_memory_limit: float = 4.0
     disable_jump_forward: bool = False  # don't append grammar-forced tokens without a model step
 
     # Speculative decoding.
@@ -93,6 +95,8 @@ class ServerArgs:
             raise ValueError("--max-total-tokens must be positive")
         if self.grammar_compile_timeout <= 0:
             raise ValueError("--grammar-compile-timeout must be positive")
+        if self.grammar_compile_memory_limit < 0:
+            raise ValueError("--grammar-compile-memory-limit must be >= 0 GiB (0 = unlimited)")
         if not 0.0 < self.mem_fraction_static < 1.0:
             raise ValueError("--mem-fraction-static must be in (0, 1)")
         if not 0.0 < self.speculative_dspark_verify_threshold <= 1.0:

@@ -92,6 +92,7 @@ class Engine:
     def shutdown(self) -> None:
         for req in [*self.scheduler.grammars.queue, *self.scheduler.waiting, *self.scheduler.running]:
             self.scheduler.abort_request(req.rid, "engine shut down")
+        self.scheduler.grammars.close()
 
     def __enter__(self) -> Engine:
         return self

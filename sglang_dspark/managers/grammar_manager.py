@@ -24,7 +24,14 @@ from concurrent.futures import wait as wait_futures
 
 import torch
 
-from sglang_dspark.grammar import Constraint, GrammarCompiler, GrammarError, allocate_bitmask, create_backend
+from sglang_dspark.grammar import (
+    CompileLimits,
+    Constraint,
+    GrammarCompiler,
+    GrammarError,
+    allocate_bitmask,
+    create_backend,
+)
 from sglang_dspark.grammar.mask import apply_bitmask_
 from sglang_dspark.managers.schedule_batch import FinishReason, Req
 from sglang_dspark.sampling.sampling_params import SamplingParams
@@ -54,9 +61,17 @@ class GrammarManager:
                 "with --grammar-backend none"
             )
         if self._compiler is None:
-            backend = create_backend(self.args.grammar_backend, self.tokenizer, self.vocab_size, self.stop_token_ids)
-            self._compiler = GrammarCompiler(backend, self.args.grammar_compile_timeout)
+            limits = CompileLimits(self.args.grammar_compile_timeout, self.args.grammar_compile_memory_limit)
+            backend = create_backend(
+                self.args.grammar_backend, self.tokenizer, self.vocab_size, self.stop_token_ids, limits
+            )
+            self._compiler = GrammarCompiler(backend, limits.timeout)
         return self._compiler
+
+    def close(self) -> None:
+        """Stop compiling (the backend's compile processes exit)."""
+        if self._compiler is not None:
+            self._compiler.shutdown()
 
     # ---- compiling --------------------------------------------------------------------------------
 

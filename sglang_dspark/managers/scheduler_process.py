@@ -161,4 +161,5 @@ def run_scheduler_process(
     try:
         SchedulerLoop(scheduler, inbox, outbox, parent_pid).run()
     finally:
+        scheduler.grammars.close()
         ctx.destroy(linger=0)

@@ -142,14 +142,23 @@ def test_bad_grammars_are_rejected_and_serving_goes_on(engine):
 
 
 def test_catastrophic_regex_times_out(engine):
-    """outlines builds a DFA over the whole vocabulary: (a|b)*a(a|b){10} takes seconds (2^10 states);
-    the request fails at the time limit while another request is served."""
+    """outlines builds a DFA over the whole vocabulary: (a|b)*a(a|b){16} takes tens of seconds (2^16
+    states); the request fails at the time limit, its compile process is killed, and the engine serves."""
     use_backend(engine, "outlines", grammar_compile_timeout=1.0)
     start = time.monotonic()
     with pytest.raises(ValueError, match="took longer than the 1 s limit"):
-        engine.generate("Hi", greedy(4, regex="(a|b)*a(a|b){10}"))
+        engine.generate("Hi", greedy(4, regex="(a|b)*a(a|b){16}"))
     assert time.monotonic() - start < 3.0
+    assert engine.scheduler.grammars.compiler.backend.processes._idle == []  # killed, not left running
     assert engine.generate("Hi", greedy(3))["meta_info"]["completion_tokens"] == 3
+
+
+def test_memory_hungry_regex_fails_and_the_engine_serves(engine):
+    """[a-z ]{0,2000}: 2000 outlines DFA states of ~1 MB each; the compile process dies at its memory limit."""
+    use_backend(engine, "outlines", grammar_compile_memory_limit=0.25)
+    with pytest.raises(ValueError, match="0.25 GiB memory limit"):
+        engine.generate("Hi", greedy(4, regex="[a-z ]{0,2000}"))
+    assert engine.generate("Hi", greedy(4, regex="(yes|no)"))["text"] in ("yes", "no")
 
 
 def test_scheduler_compiles_without_blocking(engine):

@@ -1,0 +1,38 @@
+"""ServerArgs: SGLang's flag spellings on the command line, and clear errors for bad values."""
+
+import argparse
+
+import pytest
+
+from sglang_dspark.server_args import ServerArgs
+
+
+def parse(*argv: str) -> ServerArgs:
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    return ServerArgs.from_cli_args(parser.parse_args(list(argv)))
+
+
+def test_grammar_flags_parse():
+    args = parse(
+        "--grammar-backend", "outlines", "--grammar-compile-timeout", "5", "--grammar-compile-memory-limit", "1.5"
+    )
+    assert (args.grammar_backend, args.grammar_compile_timeout, args.grammar_compile_memory_limit) == (
+        "outlines",
+        5.0,
+        1.5,
+    )
+    assert parse().grammar_compile_memory_limit == 4.0
+
+
+@pytest.mark.parametrize(
+    "overrides,flag",
+    [
+        ({"grammar_compile_timeout": 0}, "--grammar-compile-timeout"),
+        ({"grammar_compile_memory_limit": -1}, "--grammar-compile-memory-limit"),
+        ({"grammar_backend": "regexy"}, "--grammar-backend"),
+    ],
+)
+def test_bad_values_name_the_flag(overrides, flag):
+    with pytest.raises(ValueError, match=flag):
+        ServerArgs(**overrides)
