@@ -55,13 +55,21 @@ class MarkovHead(nn.Module):
         return self.markov_w2(e), state
 
     def block_logits(self, base: torch.Tensor, hidden: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced: base [A, G, V], hidden [A, G, d], prev_ids [A, G] -> logits [A, G, V]."""
-        state = None
-        out = []
-        for k in range(base.shape[1]):
-            bias, state = self.step(hidden[:, k], prev_ids[:, k], state)
-            out.append(base[:, k] + bias.to(base.dtype))
-        return torch.stack(out, dim=1)
+        """Teacher-forced: base [A, G, V], hidden [A, G, d], prev_ids [A, G] -> logits [A, G, V].
+
+        Only the rank-r inputs of W2 are computed position by position (the rnn state chains them); the
+        vocabulary-wide projection and the sum are one batched op (slicing [A, G, V] per position would cost
+        a zero-filled [A, G, V] gradient per slice)."""
+        if self.kind == "rnn":
+            state, inputs = None, []
+            for k in range(base.shape[1]):
+                e, state = self.transition(hidden[:, k], prev_ids[:, k], state)
+                inputs.append(e)
+            e = torch.stack(inputs, dim=1)  # [A, G, r]
+        else:  # no state: every position at once
+            e, _ = self.transition(hidden.flatten(0, 1), prev_ids.flatten(), None)
+            e = e.view(*prev_ids.shape, -1)
+        return base + self.markov_w2(e).to(base.dtype)
 
 
 class ConfidenceHead(nn.Module):
