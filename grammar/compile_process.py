@@ -82,7 +82,10 @@ class CompileProcessPool:
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         if worker is None:
-            worker = CompileProcess(self.script, self.init_message, self.limits.memory_gb)
+            try:
+                worker = CompileProcess(self.script, self.init_message, self.limits.memory_gb)
+            except OSError as e:  # the worker could not start, or died before reading its first message
+                raise GrammarError(f"could not start a compile process for the {constraint.kind.value}: {e}") from None
         try:
             reply = worker.request(message, self.limits.timeout)
         except (EOFError, OSError):

@@ -57,6 +57,7 @@ class GrammarCompiler:
         self.backend = backend
         self.timeout = timeout
         self.cache_size = cache_size
+        self.max_workers = max_workers  # compiles that run at once
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grammar-compile")
         self._cache: OrderedDict[tuple[str, str, str], Future] = OrderedDict()
         self._lock = threading.Lock()
