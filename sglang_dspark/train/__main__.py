@@ -49,15 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.prompt_files or cfg.json_schema_file:
         sources = load_prompt_sources(cfg.prompt_files, cfg.json_schema_file, cfg.max_schema_chars)
         prompts = select(sources, cfg.split, cfg.per_source, SplitSpec(cfg.n_eval, cfg.n_calib))
-        regenerate(
-            engine,
-            prompts,
-            cfg.data_path,
-            cfg.max_new_tokens,
-            cfg.gen_temperature,
-            cfg.gen_batch_size,
-            cfg.max_prompt_tokens,
-        )
+        regenerate(engine, prompts, cfg.data_path, cfg.generation_spec)
     if cfg.write_token_frequencies:
         path = Path(cfg.write_token_frequencies) / FREQUENCIES_NAME
         sequences = load_sequences(cfg.data_path)

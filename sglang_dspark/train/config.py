@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sglang_dspark.train.data import SPLITS
+from sglang_dspark.train.regenerate import GenerationSpec
 
 VARIANTS = ("dspark", "dflash")
 
@@ -31,6 +32,8 @@ class TrainConfig:
     gen_temperature: float = 0.8
     gen_batch_size: int = 48
     max_prompt_tokens: int = 384
+    constrain_json: bool = False  # JSON-schema tasks answer under their schema (the grammar), as served
+    samples_per_prompt: int = 1  # responses per training prompt (needs gen_temperature > 0 when > 1)
     regenerate_only: bool = False
     # count the data's response tokens into DIR/token_frequencies.json (the draft vocabulary of an existing
     # drafter) and stop; training writes the file into every exported drafter by itself
@@ -69,10 +72,22 @@ class TrainConfig:
             raise ValueError(f"unknown variants {bad}; choose from {VARIANTS}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        self.generation_spec  # noqa: B018 - validates the generation fields
         if self.split != "train" and not self.regenerate_only:
             raise ValueError(
                 f"--split {self.split} regenerates held-out data: add --regenerate-only (never train on it)"
             )
+
+    @property
+    def generation_spec(self) -> GenerationSpec:
+        return GenerationSpec(
+            self.max_new_tokens,
+            self.gen_temperature,
+            self.gen_batch_size,
+            self.max_prompt_tokens,
+            self.constrain_json,
+            self.samples_per_prompt,
+        )
 
     @property
     def data_path(self) -> Path:

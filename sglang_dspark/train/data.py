@@ -23,6 +23,7 @@ class Prompt:
     id: str  # "<source>/<index>"
     source: str
     text: str
+    json_schema: str | None = None  # a JSON-schema task's schema (compact JSON), to constrain its response
 
 
 def read_jsonl(path: Path | str) -> list[dict]:
@@ -67,7 +68,7 @@ def load_json_schema_tasks(path: Path | str, max_schema_chars: int, source: str 
             continue
         text = json.dumps(schema, separators=(",", ":"))
         if len(text) <= max_schema_chars:
-            out.append(Prompt(f"{source}/{len(out)}", source, JSON_TASK_TEMPLATE.format(schema=text)))
+            out.append(Prompt(f"{source}/{len(out)}", source, JSON_TASK_TEMPLATE.format(schema=text), text))
     return out
 
 

@@ -8,7 +8,9 @@ import logging
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
+from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.models.tiny import tiny_random_model
 from sglang_dspark.speculative.dspark import checkpoint as ckpt_mod
 from sglang_dspark.speculative.dspark.checkpoint import load_drafter
@@ -138,3 +140,28 @@ def test_regenerate_only_writes_the_requested_split(tmp_path):
         TrainConfig(split="eval")
     with pytest.raises(ValueError, match="split must be one of"):
         TrainConfig(split="test", regenerate_only=True)
+
+
+def test_json_tasks_regenerate_under_their_schema(tmp_path, caplog):
+    """--constrain-json: a JSON-schema task's responses come from the target under the schema's grammar (as
+    a server answers it); a schema the grammar backend refuses is skipped and named; several samples per
+    prompt get ids <prompt id>#k."""
+    from sglang_dspark.train.__main__ import main
+
+    enum = {"type": "object", "properties": {"a": {"enum": [1, 2]}}, "required": ["a"], "additionalProperties": False}
+    schemas = [enum, enum, {"type": "objekt"}, enum]  # eval, calib, then two training schemas
+    path = tmp_path / "schemas.jsonl"
+    path.write_text("".join(json.dumps({"schema": s}) + "\n" for s in schemas))
+    out = tmp_path / "train.jsonl"
+    flags = ["--json-schema-file", str(path), "--n-eval", "1", "--n-calib", "1", "--max-new-tokens", "16"]
+    flags += ["--target-dtype", "float32", "--data-file", str(out), "--regenerate-only", "--constrain-json"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*flags, "--samples-per-prompt", "2", "--gen-temperature", "1.0"]) == 0
+    assert "json/2: skipped" in caplog.text and "objekt" in caplog.text
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == ["json/3", "json/3#1"]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None))
+    for sequence in load_sequences(out):
+        assert json.loads(tokenizer.decode(sequence.response_ids, skip_special_tokens=True))["a"] in (1, 2)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        TrainConfig(samples_per_prompt=2, gen_temperature=0)
