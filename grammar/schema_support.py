@@ -8,7 +8,10 @@ output we return for a schema is valid. Annotation keywords (``title``, ``format
 ``oneOf`` is approximated by ``anyOf`` in every backend; that is exact only when no value can match
 two branches, so it is accepted only when the branches have pairwise disjoint ``type`` or ``const``.
 xgrammar and outlines-core do not intersect ``anyOf`` / ``oneOf`` with validation keywords next to it
-(xgrammar enforces only the branches, outlines only the siblings): there such a node is refused.
+(xgrammar enforces only the branches, outlines only the siblings): there such a node is refused. Both
+also generate any ``enum`` value whatever ``minLength`` / ``pattern`` ... say next to it (refused where a
+value would not validate), and xgrammar ignores string lengths next to ``pattern`` / ``format`` and
+lookarounds in patterns (it logs a warning): refused.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+import jsonschema
 
 from sglang_dspark.grammar.base import GrammarError
 
@@ -113,6 +118,35 @@ def _check_enum_type(node: dict, path: str) -> None:
             raise GrammarError(f"'enum' value {json.dumps(value)} (at {path}) does not have the node's type {types}")
 
 
+# Value keywords next to `enum` / `const` that a backend generating the listed values ignores.
+_VALUE_KEYWORDS = (
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+)
+_LOOKAROUND = ("(?=", "(?!", "(?<=", "(?<!")
+
+
+def _check_enum_values(node: dict, path: str, backend: str) -> None:
+    """Where a backend generates any listed value, each must also satisfy the value keywords next to it."""
+    values = node["enum"] if isinstance(node.get("enum"), list) else [node["const"]] if "const" in node else []
+    siblings = {k: node[k] for k in _VALUE_KEYWORDS if k in node}
+    if not values or not siblings:
+        return
+    check = jsonschema.Draft202012Validator(siblings)
+    for value in values:
+        if not check.is_valid(value):
+            raise GrammarError(
+                f"'enum' value {json.dumps(value)} (at {path}) does not satisfy {sorted(siblings)} next to it, "
+                f"and the {backend} grammar backend would generate it anyway"
+            )
+
+
 @dataclass(frozen=True)
 class SchemaSupport:
     """What one backend enforces. ``check`` raises GrammarError naming the first keyword it cannot."""
@@ -122,6 +156,9 @@ class SchemaSupport:
     multiple_of_numbers: bool = True  # False: multipleOf is enforced on integers only
     combinator_siblings: bool = True  # False: anyOf / oneOf are not intersected with keywords next to them
     negated_pattern_classes: bool = True  # False: a `[^...]` in a string pattern may emit raw quotes / controls
+    enum_siblings: bool = True  # False: `enum` / `const` values are generated ignoring minLength, pattern ...
+    length_with_pattern: bool = True  # False: minLength / maxLength are ignored next to `pattern` / `format`
+    pattern_lookaround: bool = True  # False: lookahead / lookbehind in a `pattern` is ignored
 
     def check(self, schema: dict | bool) -> None:
         stack = [(schema, "#")]
@@ -151,6 +188,19 @@ class SchemaSupport:
                 raise GrammarError(
                     f"the string 'pattern' (at {path}) has a negated character class, which the {self.backend} "
                     f"grammar backend would let match unescaped quotes and control characters (invalid JSON)"
+                )
+            if not self.enum_siblings:
+                _check_enum_values(node, path, self.backend)
+            lengths = sorted(k for k in ("minLength", "maxLength") if k in node)
+            if lengths and not self.length_with_pattern and ("pattern" in node or "format" in node):
+                raise GrammarError(
+                    f"{lengths} (at {path}) next to a 'pattern' or 'format' is not supported by the {self.backend} "
+                    f"grammar backend: it would ignore the length (use --grammar-backend llguidance)"
+                )
+            if isinstance(pattern, str) and not self.pattern_lookaround and any(x in pattern for x in _LOOKAROUND):
+                raise GrammarError(
+                    f"the string 'pattern' (at {path}) has a lookahead or lookbehind, which the {self.backend} "
+                    f"grammar backend would ignore"
                 )
             for combinator in ("anyOf", "oneOf"):
                 siblings = sorted(k for k in node if k not in _ANNOTATIONS and k not in ("anyOf", "oneOf"))

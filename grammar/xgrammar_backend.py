@@ -28,7 +28,13 @@ from sglang_dspark.grammar.vocab import token_bytes
 
 # xgrammar ignores these (allOf: the whole schema becomes "any JSON"); multipleOf only works on integers.
 SCHEMA_SUPPORT = SchemaSupport(
-    "xgrammar", NOT_ENFORCEABLE | {"allOf"}, multiple_of_numbers=False, combinator_siblings=False
+    "xgrammar",
+    NOT_ENFORCEABLE | {"allOf"},
+    multiple_of_numbers=False,
+    combinator_siblings=False,
+    enum_siblings=False,
+    length_with_pattern=False,
+    pattern_lookaround=False,
 )
 # "[08:12:10] /project/cpp/json_schema_converter.cc:4944: Unsupported type ..." -> "Unsupported type ..."
 _CPP_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")

@@ -2,6 +2,7 @@
 
 import json
 
+import jsonschema
 import pytest
 import torch
 
@@ -180,3 +181,26 @@ def test_any_of_next_to_other_keywords_is_enforced_or_refused(backend, tokenizer
     assert _accepts_whole(backend, compiled, tokenizer, '{"date":"d","title":"t"}')
     assert not _accepts_whole(backend, compiled, tokenizer, '{"x":1}')  # no date, no title/description
     assert not _accepts_whole(backend, compiled, tokenizer, '{"date":"d"}')  # no title/description
+
+
+@pytest.mark.parametrize(
+    "node,invalid",
+    [
+        ({"type": "string", "pattern": "^[a-z]+$", "minLength": 5}, '"ab"'),
+        ({"type": "string", "pattern": "^[a-z]+$", "maxLength": 2}, '"abcdef"'),
+        ({"type": "string", "format": "email", "minLength": 30}, '"a@b.co"'),
+        ({"type": "string", "pattern": "^(?!abc)[a-z]+$"}, '"abcd"'),
+        ({"type": "string", "enum": ["a", "bb"], "minLength": 2}, '"a"'),
+    ],
+)
+def test_keywords_a_backend_would_ignore_are_enforced_or_refused(backend, tokenizer, node, invalid):
+    """Each of these made a backend accept a value that does not validate (xgrammar logs that it ignores the
+    keyword; outlines generates enum values regardless of their siblings): refused with the reason instead."""
+    schema = {"type": "object", "properties": {"x": node}, "required": ["x"], "additionalProperties": False}
+    text = '{"x":' + invalid + "}"
+    assert not jsonschema.Draft202012Validator(schema).is_valid(json.loads(text))
+    try:
+        compiled = backend.compile(Constraint.from_fields(json_schema=json.dumps(schema)))
+    except GrammarError:
+        return
+    assert not _accepts_whole(backend, compiled, tokenizer, text)

@@ -70,3 +70,26 @@ def test_enum_of_another_type_and_negated_pattern_classes():
         support.check({"type": "string", "pattern": "^/[^\\u0000]+$"})
     SchemaSupport("x", frozenset()).check({"type": "string", "pattern": "^/[^\\u0000]+$"})
     support.check({"type": "string", "pattern": "^[a-z]+$"})
+
+
+def test_keywords_ignored_next_to_enum_pattern_or_format():
+    strict = SchemaSupport(
+        "strict", frozenset(), enum_siblings=False, length_with_pattern=False, pattern_lookaround=False
+    )
+    with pytest.raises(GrammarError, match=r"'enum' value \"a\" \(at #\) does not satisfy \['minLength'\]"):
+        strict.check({"type": "string", "enum": ["a", "bb"], "minLength": 2})
+    strict.check({"type": "string", "enum": ["aa", "bb"], "minLength": 2})  # every value validates
+    with pytest.raises(GrammarError, match=r"'enum' value 3"):
+        strict.check({"const": 3, "minimum": 5})
+    with pytest.raises(GrammarError, match=r"\['maxLength', 'minLength'\] \(at #/properties/x\) next to a 'pattern'"):
+        strict.check({"properties": {"x": {"pattern": "^a+$", "minLength": 1, "maxLength": 3}}})
+    with pytest.raises(GrammarError, match="format"):
+        strict.check({"type": "string", "format": "email", "maxLength": 9})
+    with pytest.raises(GrammarError, match="lookahead"):
+        strict.check({"type": "string", "pattern": "^(?=a).*$"})
+    for schema in (
+        {"type": "string", "enum": ["a"], "minLength": 2},
+        {"type": "string", "pattern": "^a+$", "minLength": 1},
+        {"type": "string", "pattern": "(?!a)"},
+    ):
+        SUPPORT.check(schema)  # a backend that enforces these
