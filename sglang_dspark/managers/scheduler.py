@@ -30,6 +30,8 @@ from sglang_dspark.speculative.setup import build_spec_worker
 logger = logging.getLogger(__name__)
 
 DECODE_RESERVE_PER_REQ = 8  # free slots kept per running request when admitting new prefills
+# a decode step also runs up to this many tokens jump-forward appended (more go through the prefill budget)
+MAX_DECODE_EXTEND = 65
 GRAMMAR_IDLE_WAIT = 0.05  # s to wait for a compile when nothing else can run (instead of spinning)
 
 
@@ -48,6 +50,7 @@ class SchedulerStats:
     generated_tokens: int = 0
     num_retractions: int = 0
     jump_forward_tokens: int = 0  # grammar-forced tokens appended without a model step
+    verify_after_jump_forward: int = 0  # verify rounds whose drafts ran in one forward with forced tokens
 
 
 class Scheduler:
@@ -192,13 +195,13 @@ class Scheduler:
         return outputs
 
     def _schedule(self) -> list[ScheduledChunk]:
-        decodes = [r for r in self.running if r.pending_tokens == 1]
-        while self.cache.available_tokens() < len(decodes) and len(self.running) > 1:
+        decodes = [r for r in self.running if self._decodes_now(r)]
+        while self.cache.available_tokens() < sum(r.pending_tokens for r in decodes) and len(self.running) > 1:
             self._retract(decodes)
         chunks = self._schedule_decodes(decodes)
         budget = self.args.chunked_prefill_size
         # running prefills continue first, then waiting requests are admitted in arrival order
-        for req in [r for r in self.running if r.pending_tokens > 1]:
+        for req in [r for r in self.running if r.pending_tokens > 1 and r not in decodes]:
             n = min(req.pending_tokens, budget, self.cache.available_tokens())
             if n <= 0:
                 break
@@ -226,13 +229,20 @@ class Scheduler:
             raise RuntimeError(f"KV pool exhausted allocating {n} slots")
         return ScheduledChunk(req, n, drafts or [])
 
+    @staticmethod
+    def _decodes_now(req: Req) -> bool:
+        """Whether req samples its next token this step as a decode: its prompt is computed and at most
+        the tokens jump-forward appended (their KV comes with this step) precede the sample."""
+        return req.kv_len >= len(req.origin_input_ids) and 1 <= req.pending_tokens <= MAX_DECODE_EXTEND
+
     def _schedule_decodes(self, decodes: list[Req]) -> list[ScheduledChunk]:
-        """One token per decode; speculating requests add drafts while free KV allows."""
+        """Each decode runs its pending tokens (1, or the anchor after grammar-forced ones); speculating
+        requests add drafts after them while free KV allows."""
         spec = [r for r in decodes if self._can_speculate(r)] if self.spec else []
         drafts = {}
         if spec:
             room = [r.sampling_params.max_new_tokens - len(r.output_ids) - 1 for r in spec]
-            spare = self.cache.available_tokens() - len(decodes)
+            spare = self.cache.available_tokens() - sum(r.pending_tokens for r in decodes)
             for req, d in zip(spec, self.spec.draft(spec, room)):
                 d = self.grammars.valid_draft(req, d[: max(spare, 0)])
                 spare -= len(d)
@@ -246,7 +256,9 @@ class Scheduler:
                 req.spec_draft_lens.append(len(d))
                 if not d:  # nothing to verify: a plain decode step, a round that accepts 0 drafts
                     req.spec_accept_lens.append(0)
-            chunks.append(self._take(req, 1 + len(d), d))
+                elif req.pending_tokens > 1:
+                    self.stats.verify_after_jump_forward += 1
+            chunks.append(self._take(req, req.pending_tokens + len(d), d))
         return chunks
 
     def _can_speculate(self, req: Req) -> bool:
@@ -316,8 +328,8 @@ class Scheduler:
                 last_input = len(req.origin_input_ids) - 1
                 for p in range(max(start, req.next_input_logprob_pos), min(start + n, last_input)):
                     logprob_rows.append((req, row + p - start, p))
-            if chunk.drafts:
-                verify_rows += range(row, row + n)
+            if chunk.drafts:  # the anchor (the last pending token) and the drafts
+                verify_rows += range(row + n - len(chunk.drafts) - 1, row + n)
             elif start + n == len(fill) and len(req.output_ids) < req.sampling_params.max_new_tokens:
                 sample_rows.append(row + n - 1)
                 sample_reqs.append(req)

@@ -73,11 +73,14 @@ class DSparkProposer:
         """Up to num_tokens[i] (at most the block size) drafts per request, drafted as one batch."""
         cfg = self.drafter.config
         drafts = [Draft([], []) for _ in reqs]
-        # the block's positions anchor .. anchor + G - 1 must have RoPE entries
+        # the block's positions anchor .. anchor + G - 1 must have RoPE entries, and every position before
+        # the anchor its features (not so for grammar-forced tokens that run with this round's verify)
         active = [
             i
             for i, (r, n) in enumerate(zip(reqs, num_tokens))
-            if n > 0 and _anchor_position(r) + cfg.block_size <= cfg.max_position_embeddings
+            if n > 0
+            and r.kv_len == _anchor_position(r)
+            and _anchor_position(r) + cfg.block_size <= cfg.max_position_embeddings
         ]
         if not active:
             return drafts

@@ -46,6 +46,7 @@ class SpecRequest(Protocol):
     generator: torch.Generator | None
     grammar: object | None
     req_pool_idx: int | None  # row of the request-to-KV-slot table
+    kv_len: int  # tokens with KV: the anchor follows grammar-forced tokens not yet run when it is below the anchor
 
 
 @dataclass
