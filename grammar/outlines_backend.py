@@ -88,16 +88,17 @@ class OutlinesGrammar(ExternalStopGrammar):
         return forked
 
     def jump_forward_tokens(self) -> list[int]:
-        walker = self.fork()
+        """Walks the Guide itself and rolls it back (copying a Guide costs milliseconds: it runs per token)."""
         scratch = allocate_bitmask(1, self.vocab_size)
         tokens: list[int] = []
         while len(tokens) < MAX_JUMP_FORWARD:
-            walker.fill_mask(scratch, 0)
+            self.fill_mask(scratch, 0)
             tok = single_allowed_token(scratch[0])
-            if tok is None or tok in self.stop_token_ids:
+            if tok is None or tok in self.stop_token_ids or not self.accept_token(tok):
                 break
-            walker.accept_token(tok)
             tokens.append(tok)
+        if tokens:
+            self.rollback(len(tokens))
         return tokens
 
 
