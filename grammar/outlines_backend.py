@@ -50,6 +50,8 @@ SCHEMA_SUPPORT = SchemaSupport(
     combinator_siblings=False,
     negated_pattern_classes=False,
     enum_siblings=False,
+    pattern_alternation=False,
+    required_undeclared=False,
 )
 MAX_ROLLBACK = 4096  # states a Guide remembers (speculation rolls back a draft length at most)
 MAX_JUMP_FORWARD = 64

@@ -132,6 +132,27 @@ _VALUE_KEYWORDS = (
 _LOOKAROUND = ("(?=", "(?!", "(?<=", "(?<!")
 
 
+def _top_level_alternation(pattern: str) -> bool:
+    """Whether a regex has a `|` outside every group and character class."""
+    depth, in_class, escaped = 0, False, False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            return True
+    return False
+
+
 def _check_enum_values(node: dict, path: str, backend: str) -> None:
     """Where a backend generates any listed value, each must also satisfy the value keywords next to it."""
     values = node["enum"] if isinstance(node.get("enum"), list) else [node["const"]] if "const" in node else []
@@ -159,6 +180,8 @@ class SchemaSupport:
     enum_siblings: bool = True  # False: `enum` / `const` values are generated ignoring minLength, pattern ...
     length_with_pattern: bool = True  # False: minLength / maxLength are ignored next to `pattern` / `format`
     pattern_lookaround: bool = True  # False: lookahead / lookbehind in a `pattern` is ignored
+    pattern_alternation: bool = True  # False: a top-level `a|b` pattern is not grouped (`"a|b"` = `"a` or `b"`)
+    required_undeclared: bool = True  # False: `required` names missing from `properties` are never generated
 
     def check(self, schema: dict | bool) -> None:
         stack = [(schema, "#")]
@@ -202,6 +225,19 @@ class SchemaSupport:
                     f"the string 'pattern' (at {path}) has a lookahead or lookbehind, which the {self.backend} "
                     f"grammar backend would ignore"
                 )
+            if isinstance(pattern, str) and not self.pattern_alternation and _top_level_alternation(pattern):
+                raise GrammarError(
+                    f"the string 'pattern' (at {path}) has a top-level '|', which the {self.backend} grammar backend "
+                    f"does not group: it would leave the string unclosed (wrap the alternatives in parentheses)"
+                )
+            required, declared = node.get("required"), node.get("properties", {})
+            if not self.required_undeclared and isinstance(required, list) and isinstance(declared, dict):
+                missing = [name for name in required if name not in declared]
+                if missing:
+                    raise GrammarError(
+                        f"'required' (at {path}) names {missing}, which are not in 'properties': the "
+                        f"{self.backend} grammar backend would never generate them"
+                    )
             for combinator in ("anyOf", "oneOf"):
                 siblings = sorted(k for k in node if k not in _ANNOTATIONS and k not in ("anyOf", "oneOf"))
                 if combinator in node and siblings and not self.combinator_siblings:

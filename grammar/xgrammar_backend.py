@@ -35,6 +35,7 @@ SCHEMA_SUPPORT = SchemaSupport(
     enum_siblings=False,
     length_with_pattern=False,
     pattern_lookaround=False,
+    required_undeclared=False,
 )
 # "[08:12:10] /project/cpp/json_schema_converter.cc:4944: Unsupported type ..." -> "Unsupported type ..."
 _CPP_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")

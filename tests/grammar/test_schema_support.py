@@ -93,3 +93,14 @@ def test_keywords_ignored_next_to_enum_pattern_or_format():
         {"type": "string", "pattern": "(?!a)"},
     ):
         SUPPORT.check(schema)  # a backend that enforces these
+
+
+def test_pattern_alternation_and_undeclared_required():
+    strict = SchemaSupport("strict", frozenset(), pattern_alternation=False, required_undeclared=False)
+    with pytest.raises(GrammarError, match=r"top-level '\|'"):
+        strict.check({"type": "string", "pattern": "a|b"})
+    for grouped in ("(a|b)", "[|]x", "a\\|b", "^(?:x|y)$"):
+        strict.check({"type": "string", "pattern": grouped})
+    with pytest.raises(GrammarError, match=r"'required' \(at #\) names \['b'\]"):
+        strict.check({"type": "object", "properties": {"a": {}}, "required": ["a", "b"]})
+    SUPPORT.check({"type": "string", "pattern": "a|b"})
