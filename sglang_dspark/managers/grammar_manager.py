@@ -197,3 +197,4 @@ class GrammarManager:
         forced = grammar.jump_forward_tokens()[:room]
         accepted = grammar.accept_tokens(forced)
         req.output_ids += forced[:accepted]
+        req.jump_forward_pending = accepted

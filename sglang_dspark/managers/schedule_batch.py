@@ -48,6 +48,8 @@ class Req:
         self.prefix_len = 0  # tokens whose KV slots belong to the radix tree (locked through last_node)
         self.last_node = None
         self.kv_len = 0
+        # tokens jump-forward appended after the last sampled one, not yet run (the next decode runs them)
+        self.jump_forward_pending = 0
         self.cached_tokens: int | None = None  # prefix hit at first admission, reported to the user
 
         # logprobs not yet sent

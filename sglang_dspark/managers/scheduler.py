@@ -198,6 +198,8 @@ class Scheduler:
         decodes = [r for r in self.running if self._decodes_now(r)]
         while self.cache.available_tokens() < sum(r.pending_tokens for r in decodes) and len(self.running) > 1:
             self._retract(decodes)
+        if self.cache.available_tokens() < sum(r.pending_tokens for r in decodes):  # forced tokens wait
+            decodes = [r for r in decodes if r.pending_tokens == 1]
         chunks = self._schedule_decodes(decodes)
         budget = self.args.chunked_prefill_size
         # running prefills continue first, then waiting requests are admitted in arrival order
@@ -227,13 +229,15 @@ class Scheduler:
     def _take(self, req: Req, n: int, drafts: list[int] | None = None) -> ScheduledChunk:
         if self.cache.alloc_slots(req, n) is None:  # callers check available_tokens() first
             raise RuntimeError(f"KV pool exhausted allocating {n} slots")
+        req.jump_forward_pending = 0  # from here on they are ordinary pending tokens
         return ScheduledChunk(req, n, drafts or [])
 
     @staticmethod
     def _decodes_now(req: Req) -> bool:
-        """Whether req samples its next token this step as a decode: its prompt is computed and at most
-        the tokens jump-forward appended (their KV comes with this step) precede the sample."""
-        return req.kv_len >= len(req.origin_input_ids) and 1 <= req.pending_tokens <= MAX_DECODE_EXTEND
+        """Whether req samples its next token this step as a decode: only its last sampled token and the
+        tokens jump-forward appended after it (their KV comes with this step) are pending."""
+        pending = req.pending_tokens
+        return pending == 1 or (pending == 1 + req.jump_forward_pending and pending <= MAX_DECODE_EXTEND)
 
     def _schedule_decodes(self, decodes: list[Req]) -> list[ScheduledChunk]:
         """Each decode runs its pending tokens (1, or the anchor after grammar-forced ones); speculating
