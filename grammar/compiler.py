@@ -53,9 +53,12 @@ class PendingGrammar:
 
 
 class GrammarCompiler:
-    def __init__(self, backend: GrammarBackend, timeout: float, max_workers: int = 2, cache_size: int = 512) -> None:
+    def __init__(
+        self, backend: GrammarBackend, timeout: float | None = None, max_workers: int = 2, cache_size: int = 512
+    ) -> None:
+        """timeout: seconds a request waits for its compile; None = the backend's compile limit."""
         self.backend = backend
-        self.timeout = timeout
+        self.timeout = backend.limits.timeout if timeout is None else timeout
         self.cache_size = cache_size
         self.max_workers = max_workers  # compiles that run at once
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grammar-compile")

@@ -65,7 +65,7 @@ class GrammarManager:
             backend = create_backend(
                 self.args.grammar_backend, self.tokenizer, self.vocab_size, self.stop_token_ids, limits
             )
-            self._compiler = GrammarCompiler(backend, limits.timeout)
+            self._compiler = GrammarCompiler(backend)
         return self._compiler
 
     def close(self) -> None:
