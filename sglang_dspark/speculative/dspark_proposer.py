@@ -6,6 +6,10 @@ prefixes that another request computed. Before drafting, each request's `Drafter
 with the features of its newly committed positions only (the slots of positions state.length ..
 anchor - 1): a rejected draft's slot lies past the committed length, is freed and never read.
 
+A grammar request whose jump-forward appended forced tokens runs them with this round's verify, so their
+features do not exist yet: it drafts from the last token before them (the block's first slots predict the
+forced tokens, which the Markov head is fed as if drafted) and proposes the slots after them.
+
 Drafts are greedy (one-hot p_d) for greedy requests and for grammar requests; other requests sample
 at their temperature and hand the drafter's distributions to rejection sampling. Grammar requests draft
 under their grammar (DESIGN.md 4.1): each sequential step of the Markov head is masked by the state of a
@@ -70,26 +74,27 @@ class DSparkProposer:
         self.features[slots] = torch.cat(hidden_states, dim=-1).to(self.features.dtype)  # [N, m*d]
 
     def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]:
-        """Up to num_tokens[i] (at most the block size) drafts per request, drafted as one batch."""
+        """Up to num_tokens[i] (at most the block size less the forced tokens) drafts per request, one batch."""
         cfg = self.drafter.config
         drafts = [Draft([], []) for _ in reqs]
-        # the block's positions anchor .. anchor + G - 1 must have RoPE entries, and every position before
-        # the anchor its features (not so for grammar-forced tokens that run with this round's verify)
+        # the block starts at the last token with features before it (kv_len) and its positions must have
+        # RoPE entries; forced tokens after it take the block's first slots, at least one slot must be left
         active = [
             i
             for i, (r, n) in enumerate(zip(reqs, num_tokens))
             if n > 0
-            and r.kv_len == _anchor_position(r)
-            and _anchor_position(r) + cfg.block_size <= cfg.max_position_embeddings
+            and len(_forced_tokens(r)) < cfg.block_size
+            and r.kv_len + cfg.block_size <= cfg.max_position_embeddings
         ]
         if not active:
             return drafts
         batch = [reqs[i] for i in active]
+        forced = [_forced_tokens(r) for r in batch]
         states = self._extend_context(batch)
-        anchors = torch.tensor([r.output_ids[-1] if r.output_ids else r.origin_input_ids[-1] for r in batch])  # [R]
-        positions = torch.tensor([_anchor_position(r) for r in batch])  # [R]
+        anchors = torch.tensor([_token_at(r, r.kv_len) for r in batch])  # [R]
+        positions = torch.tensor([r.kv_len for r in batch])  # [R]
         temps = torch.tensor([draft_temperature(r) for r in batch])  # [R], 0 = greedy
-        walk = DraftGrammarWalk(batch, cfg.vocab_size, cfg.block_size)
+        walk = DraftGrammarWalk(batch, cfg.vocab_size, cfg.block_size, forced)
         mask_fn = walk if walk.active else None
         out = self.drafter.draft(states, anchors, positions, temps, mask_fn=mask_fn, generator=self.generator)
         sampled = temps > 0  # [R]
@@ -99,10 +104,11 @@ class DSparkProposer:
             conf = self.calibration(out.confidence_logits, sampled)  # [R, G]
         conf = conf.masked_fill(walk.forced, 1.0)
         for j, i in enumerate(active):
-            n = min(num_tokens[i], cfg.block_size)
-            probs = out.probs[j, :n] if sampled[j] else None  # [n, V]
+            lo = len(forced[j])
+            hi = lo + min(num_tokens[i], cfg.block_size - lo)
+            probs = out.probs[j, lo:hi] if sampled[j] else None  # [n, V]
             source = "dspark" if probs is None else "dspark/sampled"
-            drafts[i] = Draft(out.tokens[j, :n].tolist(), conf[j, :n].tolist(), probs, source)
+            drafts[i] = Draft(out.tokens[j, lo:hi].tolist(), conf[j, lo:hi].tolist(), probs, source)
         return drafts
 
     def _extend_context(self, reqs: list[SpecRequest]) -> list[DrafterState]:
@@ -111,7 +117,7 @@ class DSparkProposer:
         for r in reqs:
             state = self.states.setdefault(r.rid, DrafterState())
             states.append(state)
-            end = _anchor_position(r)
+            end = r.kv_len  # positions before the block's first token
             if state.length < end:
                 slots = self.req_to_token[r.req_pool_idx, state.length : end]  # [n]
                 grow.append(state)
@@ -128,24 +134,33 @@ class DSparkProposer:
 class DraftGrammarWalk:
     """The drafter's MaskFn for a batch: the grammar requests' allowed tokens at each draft step.
 
-    Each grammar request walks a fork of its grammar (the request's own state is never touched) along
-    the tokens drafted so far; rows without a grammar, or whose fork terminated, are unconstrained
-    (the scheduler cuts those drafts). ``forced[r, k]``: step k of row r allowed exactly one token."""
+    Row r's first len(forced[r]) steps allow exactly those tokens (grammar-forced tokens already committed
+    and accepted by the request's grammar); each later step of a grammar request gets the mask of a fork of
+    its grammar (the request's own state is never touched) walked along the tokens drafted after them. Rows
+    without a grammar, or whose fork terminated, are unconstrained (the scheduler cuts those drafts).
+    ``forced[r, k]``: step k of row r allowed exactly one token."""
 
-    def __init__(self, reqs: list[SpecRequest], vocab_size: int, block_size: int) -> None:
+    def __init__(
+        self, reqs: list[SpecRequest], vocab_size: int, block_size: int, forced: list[list[int]] | None = None
+    ) -> None:
         self.vocab_size = vocab_size
+        self.prefixes = {i: p for i, p in enumerate(forced or []) if p}
         self.forks = {i: r.grammar.fork() for i, r in enumerate(reqs) if r.grammar is not None}
         self.forced = torch.zeros(len(reqs), block_size, dtype=torch.bool)  # [R, G]
 
     @property
     def active(self) -> bool:
-        return bool(self.forks)
+        return bool(self.forks) or bool(self.prefixes)
 
     def __call__(self, step: int, drafted: torch.Tensor) -> torch.Tensor:
         """drafted [R, step] -> allowed [R, V] bool."""
         bitmask = allocate_bitmask(drafted.shape[0], self.vocab_size)  # [R, W], all allowed
+        prefixed = [row for row, p in self.prefixes.items() if step < len(p)]
         for row, grammar in list(self.forks.items()):
-            if step > 0 and not grammar.accept_token(int(drafted[row, step - 1])):
+            start = len(self.prefixes.get(row, ()))
+            if step < start:
+                continue
+            if step > start and not grammar.accept_token(int(drafted[row, step - 1])):
                 del self.forks[row]  # cannot happen for a masked token unless the grammar ended
                 continue
             if grammar.is_terminated():
@@ -153,11 +168,20 @@ class DraftGrammarWalk:
                 continue
             grammar.fill_mask(bitmask, row)
         allowed = allowed_from_bitmask(bitmask, self.vocab_size)  # [R, V]
-        rows = torch.tensor(sorted(self.forks), dtype=torch.int64)
+        for row in prefixed:
+            allowed[row] = False
+            allowed[row, self.prefixes[row][step]] = True
+        rows = torch.tensor(sorted(set(self.forks) | set(prefixed)), dtype=torch.int64)
         self.forced[rows, step] = allowed[rows].sum(dim=1) == 1
         return allowed
 
 
-def _anchor_position(req: SpecRequest) -> int:
-    """Position of the last committed token: the anchor, whose features come with the verify forward."""
-    return len(req.origin_input_ids) + len(req.output_ids) - 1
+def _forced_tokens(req: SpecRequest) -> list[int]:
+    """The committed tokens after req's last token with KV + 1: grammar-forced tokens this round runs."""
+    start, n = req.kv_len + 1, len(req.origin_input_ids)
+    return req.output_ids[start - n :] if start >= n else req.origin_input_ids[start:] + req.output_ids
+
+
+def _token_at(req: SpecRequest, position: int) -> int:
+    n = len(req.origin_input_ids)
+    return req.origin_input_ids[position] if position < n else req.output_ids[position - n]

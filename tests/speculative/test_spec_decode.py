@@ -183,12 +183,14 @@ STATES_SCHEMA = json.dumps(
 
 
 @pytest.mark.parametrize(
-    "algorithm, jump_forward", [("NGRAM", True), ("NGRAM", False), ("DSPARK", True), ("STANDALONE", True)]
+    "algorithm, jump_forward",
+    [("NGRAM", True), ("NGRAM", False), ("DSPARK", True), ("DSPARK:alone", True), ("STANDALONE", True)],
 )
 def test_greedy_with_json_schema_is_lossless(plain, sps_path, algorithm, jump_forward):
     """Grammar requests speculate too: NGRAM and STANDALONE (the target as draft model) drafts are cut where
     the grammar rejects them, DSPARK drafts under the grammar's mask, and every verify row is masked by the
-    grammar state after the drafts before it, so outputs equal masked plain decoding."""
+    grammar state after the drafts before it, so outputs equal masked plain decoding. Drafts also ride on
+    the forward of jump-forward tokens (DSPARK alone: drafted from the token before them)."""
     args = {
         "dtype": "float32",
         "max_total_tokens": 4096,
@@ -196,8 +198,12 @@ def test_greedy_with_json_schema_is_lossless(plain, sps_path, algorithm, jump_fo
         "disable_jump_forward": not jump_forward,
     }
     base = Engine(**args)
-    draft = {"speculative_draft_model_path": str(resolve_model_path(None))} if algorithm == "STANDALONE" else {}
-    spec = Engine(**args, speculative_algorithm=algorithm, speculative_dspark_sps_table_path=sps_path, **draft)
+    extra = {
+        "STANDALONE": {"speculative_draft_model_path": str(resolve_model_path(None))},
+        "DSPARK:alone": {"speculative_dspark_disable_ngram": True},
+    }.get(algorithm, {})
+    algorithm = algorithm.split(":")[0]
+    spec = Engine(**args, speculative_algorithm=algorithm, speculative_dspark_sps_table_path=sps_path, **extra)
     try:
         params = {**GREEDY, "max_new_tokens": 96, "json_schema": STATES_SCHEMA}
         one, batch = assert_same_as_plain(base, spec, params)
@@ -211,7 +217,7 @@ def test_greedy_with_json_schema_is_lossless(plain, sps_path, algorithm, jump_fo
         for r in one:
             if r["meta_info"]["finish_reason"]["type"] == "stop":
                 json.loads(r["text"])
-        if jump_forward and algorithm == "NGRAM":  # drafts also ride on the forward of the forced tokens
+        if jump_forward and algorithm != "STANDALONE":
             assert spec.scheduler.stats.verify_after_jump_forward > 0
         assert spec.kv_usage().in_use == 0
     finally:
