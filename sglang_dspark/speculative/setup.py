@@ -25,6 +25,7 @@ from sglang_dspark.speculative.spec_worker import (
     BestOfProposer,
     NGramProposer,
     Proposer,
+    ProposerGate,
     SpecWorker,
 )
 from sglang_dspark.speculative.standalone_proposer import StandaloneProposer
@@ -74,11 +75,14 @@ def build_spec_worker(
         block = dspark.drafter.config.block_size
         num_draft_tokens = min(args.speculative_num_draft_tokens or block, block)
         # per request, the n-gram / radix draft or the drafter's, whichever expects more accepted tokens;
-        # the drafter only runs for requests whose n-gram draft expects fewer than NGRAM_ENOUGH
+        # the drafter only runs for requests whose n-gram draft expects fewer than NGRAM_ENOUGH, and for the
+        # kinds of requests (grammar or not) where its drafts have lately added enough (ProposerGate)
         proposer = (
             calibrated(dspark)
             if args.speculative_dspark_disable_ngram
-            else BestOfProposer((calibrated(NGramProposer(radix=radix)), calibrated(dspark)), NGRAM_ENOUGH)
+            else BestOfProposer(
+                (calibrated(NGramProposer(radix=radix)), calibrated(dspark)), NGRAM_ENOUGH, ProposerGate()
+            )
         )
     elif algo == "STANDALONE":
         proposer = calibrated(build_standalone_proposer(args, runner))

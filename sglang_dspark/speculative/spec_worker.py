@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -114,15 +115,49 @@ class NGramProposer:
 
 
 @dataclass
+class ProposerGate:
+    """Whether a costlier proposer is worth running, per kind of request (e.g. grammar-constrained or not):
+    the moving average, per request it drafted for, of the expected accepted drafts its draft added over the
+    cheaper proposers' (calibrated confidences; 0 where it lost). Below ``min_gain`` it runs for one call in
+    ``explore_every`` only, which keeps the average current. Skipping a proposer never changes the output.
+
+    Measured at concurrency 1 (SmolLM2 drafter after the n-gram proposer, 8 prompts each): it added 0.46
+    expected drafts per request on code, 0.22 on chat, 0.11 on JSON-schema requests, drafting took 3.1 ms
+    per call on code and chat and 4.8 ms on JSON (grammar-masked steps), rounds about 20 ms."""
+
+    min_gain: float = 0.3
+    explore_every: int = 8
+    weight: float = 0.05  # of the newest request in the moving average
+    gains: dict[Hashable, float] = field(default_factory=dict)
+    skipped: dict[Hashable, int] = field(default_factory=dict)
+
+    def should_run(self, kind: Hashable) -> bool:
+        gain = self.gains.get(kind)
+        if gain is None or gain >= self.min_gain:
+            return True
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        if self.skipped[kind] >= self.explore_every:
+            self.skipped[kind] = 0
+            return True
+        return False
+
+    def observe(self, kind: Hashable, gain: float) -> None:
+        old = self.gains.get(kind)
+        self.gains[kind] = gain if old is None else (1 - self.weight) * old + self.weight * gain
+
+
+@dataclass
 class BestOfProposer:
     """Several proposers, cheapest first; per request, the draft with the most expected committed drafts,
     sum_j prod_{i <= j} c_i (DESIGN.md 4.2: e.g. the n-gram / radix proposer and the DSpark drafter; ties
     go to the earlier proposer). A request whose best draft so far already expects ``enough`` drafts is
     not offered to the later (costlier) proposers: the drafter rarely beats a long, sure n-gram match, and
-    drafting costs time. At most one of them may capture target hidden states."""
+    drafting costs time. With a ``gate``, a later proposer also sits out the kinds of requests (grammar or
+    not) where its drafts have lately added too little. At most one of them may capture target hidden states."""
 
     proposers: tuple[Proposer, ...]
     enough: float = float("inf")
+    gate: ProposerGate | None = None
 
     def __post_init__(self) -> None:
         if sum(bool(p.capture_layers) for p in self.proposers) > 1:
@@ -135,12 +170,18 @@ class BestOfProposer:
     def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]:
         best = self.proposers[0].propose(reqs, num_tokens)
         scores = [expected_drafts(d) for d in best]
-        for proposer in self.proposers[1:]:
+        for index, proposer in enumerate(self.proposers[1:], start=1):
             todo = [i for i, score in enumerate(scores) if score < self.enough]
+            if self.gate is not None:
+                kinds = {i: (index, reqs[i].grammar is not None) for i in todo}
+                running = {k for k in set(kinds.values()) if self.gate.should_run(k)}
+                todo = [i for i in todo if kinds[i] in running]
             if not todo:
-                break
+                continue
             for i, draft in zip(todo, proposer.propose([reqs[i] for i in todo], [num_tokens[i] for i in todo])):
                 score = expected_drafts(draft)
+                if self.gate is not None:
+                    self.gate.observe(kinds[i], max(0.0, score - scores[i]))
                 if score > scores[i]:
                     best[i], scores[i] = draft, score
         return best

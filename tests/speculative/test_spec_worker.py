@@ -8,6 +8,7 @@ from sglang_dspark.speculative.spec_worker import (
     BestOfProposer,
     Draft,
     ProposalBackoff,
+    ProposerGate,
     RoundThroughput,
     SpecWorker,
     expected_drafts,
@@ -138,3 +139,41 @@ def test_worker_backs_off_where_proposing_rounds_measure_slower():
         worker.proposed = proposed
         worker.observe_round(1, tokens=3 if proposed else 1, seconds=0.02)
     assert worker.draft([Req("a")], [4]) == [[1, 2]] and worker.draft([Req("a")], [4]) == [[1, 2]]
+
+
+def test_proposer_gate_runs_below_min_gain_only_to_explore():
+    gate = ProposerGate(min_gain=0.3, explore_every=4, weight=0.5)
+    assert gate.should_run("json")  # nothing measured yet
+    gate.observe("json", 0.1)
+    gate.observe("code", 0.6)
+    assert [gate.should_run("json") for _ in range(8)] == [False, False, False, True] * 2
+    assert all(gate.should_run("code") for _ in range(4))
+    gate.observe("json", 0.9)  # (0.1 + 0.9) / 2 = 0.5: worth running again
+    assert gate.gains["json"] == pytest.approx(0.5) and gate.should_run("json")
+
+
+@dataclass
+class GrammarReq:
+    rid: str
+    grammar: object | None = None
+
+
+def test_best_of_gate_keeps_the_drafter_for_the_kinds_of_requests_where_it_adds_drafts():
+    """Plain requests: the drafter's drafts beat the n-gram's (gain 0.9 - 0.5); grammar requests: they add
+    nothing, so after the first call the drafter is asked for plain requests only (and one call in
+    explore_every for grammar ones)."""
+    ngram = FixedProposer({"p": Draft([1], [0.5]), "g": Draft([2], [0.5])})
+    asked = []
+
+    @dataclass
+    class Drafter(FixedProposer):
+        def propose(self, reqs, num_tokens):
+            asked.append([r.rid for r in reqs])
+            return super().propose(reqs, num_tokens)
+
+    drafter = Drafter({"p": Draft([3], [0.9]), "g": Draft([4], [0.2])})
+    best = BestOfProposer((ngram, drafter), enough=2.0, gate=ProposerGate(min_gain=0.3, explore_every=3))
+    reqs = [GrammarReq("p"), GrammarReq("g", grammar=object())]
+    for _ in range(4):
+        assert best.propose(reqs, [4, 4]) == [drafter.drafts["p"], ngram.drafts["g"]]
+    assert asked == [["p", "g"], ["p"], ["p"], ["p", "g"]]
