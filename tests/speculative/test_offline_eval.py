@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
+from tiny_drafter import make_drafter
 
 from sglang_dspark.evaluation.aggregate import calibration_inputs, summarize
 from sglang_dspark.evaluation.report import markdown_table, plot_conditional_acceptance, plot_reliability
 from sglang_dspark.evaluation.rounds import leading_ones, simulate_rounds
 from sglang_dspark.evaluation.scoring import score_sequence
 from sglang_dspark.models.tiny import tiny_random_model
-from sglang_dspark.speculative.dspark import DSparkConfig, DSparkDrafter
 from sglang_dspark.speculative.sts import STSCalibration, fit_sts
 from sglang_dspark.train.regenerate import Sequence
 
@@ -23,22 +23,7 @@ def test_leading_ones_and_rounds():
 
 def test_calibrate_and_evaluate_end_to_end(tmp_path):
     target = tiny_random_model()
-    c = target.config
-    cfg = DSparkConfig(
-        hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=1,
-        num_attention_heads=c.num_heads,
-        num_key_value_heads=c.num_kv_heads,
-        head_dim=c.head_dim,
-        vocab_size=c.vocab_size,
-        block_size=4,
-        target_layer_ids=(-1, 2),
-        num_target_layers=c.num_layers,
-        mask_token_id=3,
-        markov_rank=8,
-    )
-    drafters = {"dspark": DSparkDrafter(cfg, target.embed_tokens.weight, target.lm_head_weight).eval()}
+    drafters = {"dspark": make_drafter(target)}
     g = torch.Generator().manual_seed(0)
     seqs = [
         Sequence(
