@@ -143,13 +143,13 @@ def test_worker_backs_off_where_proposing_rounds_measure_slower():
 
 def test_proposer_gate_runs_below_min_gain_only_to_explore():
     gate = ProposerGate(min_gain=0.3, explore_every=4, weight=0.5)
-    assert gate.should_run("json")  # nothing measured yet
+    assert gate.quota("json") is None  # nothing measured yet: every request
     gate.observe("json", 0.1)
     gate.observe("code", 0.6)
-    assert [gate.should_run("json") for _ in range(8)] == [False, False, False, True] * 2
-    assert all(gate.should_run("code") for _ in range(4))
+    assert [gate.quota("json") for _ in range(8)] == [0, 0, 0, 1] * 2
+    assert all(gate.quota("code") is None for _ in range(4))
     gate.observe("json", 0.9)  # (0.1 + 0.9) / 2 = 0.5: worth running again
-    assert gate.gains["json"] == pytest.approx(0.5) and gate.should_run("json")
+    assert gate.gains["json"] == pytest.approx(0.5) and gate.quota("json") is None
 
 
 @dataclass
@@ -160,8 +160,8 @@ class GrammarReq:
 
 def test_best_of_gate_keeps_the_drafter_for_the_kinds_of_requests_where_it_adds_drafts():
     """Plain requests: the drafter's drafts beat the n-gram's (gain 0.9 - 0.5); grammar requests: they add
-    nothing, so after the first call the drafter is asked for plain requests only (and one call in
-    explore_every for grammar ones)."""
+    nothing, so after the first call the drafter is asked for plain requests only (and for one grammar
+    request in every explore_every-th call)."""
     ngram = FixedProposer({"p": Draft([1], [0.5]), "g": Draft([2], [0.5])})
     asked = []
 
@@ -171,9 +171,10 @@ def test_best_of_gate_keeps_the_drafter_for_the_kinds_of_requests_where_it_adds_
             asked.append([r.rid for r in reqs])
             return super().propose(reqs, num_tokens)
 
-    drafter = Drafter({"p": Draft([3], [0.9]), "g": Draft([4], [0.2])})
+    drafter = Drafter({"p": Draft([3], [0.9]), "g": Draft([4], [0.2]), "g2": Draft([5], [0.2])})
+    ngram.drafts["g2"] = Draft([6], [0.5])
     best = BestOfProposer((ngram, drafter), enough=2.0, gate=ProposerGate(min_gain=0.3, explore_every=3))
-    reqs = [GrammarReq("p"), GrammarReq("g", grammar=object())]
+    reqs = [GrammarReq("p"), GrammarReq("g", grammar=object()), GrammarReq("g2", grammar=object())]
     for _ in range(4):
-        assert best.propose(reqs, [4, 4]) == [drafter.drafts["p"], ngram.drafts["g"]]
-    assert asked == [["p", "g"], ["p"], ["p"], ["p", "g"]]
+        assert best.propose(reqs, [4, 4, 4]) == [drafter.drafts["p"], ngram.drafts["g"], ngram.drafts["g2"]]
+    assert asked == [["p", "g", "g2"], ["p"], ["p"], ["p", "g"]]  # exploring: one grammar request
