@@ -172,7 +172,7 @@ class DraftGrammarWalk:
             allowed[row] = False
             allowed[row, self.prefixes[row][step]] = True
         rows = torch.tensor(sorted(set(self.forks) | set(prefixed)), dtype=torch.int64)
-        self.forced[rows, step] = allowed[rows].sum(dim=1) == 1
+        self.forced[rows, step] = torch.count_nonzero(allowed[rows], dim=1) == 1
         return allowed
 
 

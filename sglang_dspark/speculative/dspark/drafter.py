@@ -205,7 +205,6 @@ class DSparkDrafter(DraftBackbone):
                     draftable = allowed if vocab is None else allowed[:, vocab]  # [R, K]
                     outside = ~draftable.any(dim=1)
                     logits = logits.masked_fill(~draftable & ~outside[:, None], float("-inf"))
-                    first_allowed = allowed.to(torch.uint8).argmax(dim=1)  # [R]
             local = logits.argmax(dim=-1)  # [R] index into the draft vocabulary
             if not greedy.all():  # an all-greedy batch draws no random numbers
                 p_local = torch.softmax(logits / torch.where(greedy, 1.0, temps)[:, None], dim=-1)  # [R, K]
@@ -213,6 +212,7 @@ class DSparkDrafter(DraftBackbone):
                 local = torch.where(greedy, local, sampled)
             tok = local if vocab is None else vocab[local]  # [R] token ids
             if outside.any():
+                first_allowed = allowed.to(torch.uint8).argmax(dim=1)  # [R]
                 tok = torch.where(outside, first_allowed, tok)
             if not greedy.all():  # the distributions sampled rows drew from, over the whole vocabulary
                 p_full = p_local if vocab is None else p_local.new_zeros(r, self.config.vocab_size)
