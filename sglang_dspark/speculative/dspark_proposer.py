@@ -177,7 +177,8 @@ class DraftGrammarWalk:
 
 
 def _forced_tokens(req: SpecRequest) -> list[int]:
-    """The committed tokens after req's last token with KV + 1: grammar-forced tokens this round runs."""
+    """The committed tokens after position kv_len (the block's first token): the grammar-forced tokens that
+    run with this round's verify (none outside jump-forward)."""
     start, n = req.kv_len + 1, len(req.origin_input_ids)
     return req.output_ids[start - n :] if start >= n else req.origin_input_ids[start:] + req.output_ids
 
