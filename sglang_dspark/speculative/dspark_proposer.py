@@ -79,17 +79,16 @@ class DSparkProposer:
         drafts = [Draft([], []) for _ in reqs]
         # the block starts at the last token with features before it (kv_len) and its positions must have
         # RoPE entries; forced tokens after it take the block's first slots, at least one slot must be left
+        forced_of = [_forced_tokens(r) for r in reqs]
         active = [
             i
             for i, (r, n) in enumerate(zip(reqs, num_tokens))
-            if n > 0
-            and len(_forced_tokens(r)) < cfg.block_size
-            and r.kv_len + cfg.block_size <= cfg.max_position_embeddings
+            if n > 0 and len(forced_of[i]) < cfg.block_size and r.kv_len + cfg.block_size <= cfg.max_position_embeddings
         ]
         if not active:
             return drafts
         batch = [reqs[i] for i in active]
-        forced = [_forced_tokens(r) for r in batch]
+        forced = [forced_of[i] for i in active]
         states = self._extend_context(batch)
         anchors = torch.tensor([_token_at(r, r.kv_len) for r in batch])  # [R]
         positions = torch.tensor([r.kv_len for r in batch])  # [R]
