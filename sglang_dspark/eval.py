@@ -28,12 +28,14 @@ def load_or_score(args: argparse.Namespace, drafters: dict[str, str], seqs: list
     ids = [s.id for s in seqs]
     if args.records and Path(args.records).is_file():
         cached = torch.load(args.records, weights_only=False)
-        if cached["ids"] == ids and cached["drafters"] == drafters:
+        if (cached["ids"], cached["drafters"], cached.get("grammar_mask")) == (ids, drafters, args.grammar_mask):
             return cached["records"]
-        logging.warning("%s was scored on other sequences or drafters; scoring again", args.records)
+        logging.warning("%s was scored on other sequences, drafters or masking; scoring again", args.records)
     scored = score(args, drafters, seqs)
     if args.records:
-        torch.save({"ids": ids, "drafters": drafters, "records": scored}, args.records)
+        torch.save(
+            {"ids": ids, "drafters": drafters, "grammar_mask": args.grammar_mask, "records": scored}, args.records
+        )
     return scored
 
 

@@ -22,6 +22,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-source", type=int, default=None, help="at most this many sequences per source")
     parser.add_argument("--workers", type=int, default=2, help="scoring processes (one target copy each)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the T=1 acceptance draws")
+    parser.add_argument(
+        "--no-grammar-mask",
+        dest="grammar_mask",
+        action="store_false",
+        help="score responses generated under a JSON schema without its grammar mask (by default the mask "
+        "applies to the target and the drafts, and forced tokens have confidence 1, as in the runtime)",
+    )
 
 
 def parse_named(items: list[str]) -> dict[str, str]:
@@ -52,4 +59,4 @@ def load_data(args: argparse.Namespace) -> list[Sequence]:
 
 def score(args: argparse.Namespace, drafters: dict[str, str], seqs: list[Sequence]) -> list[dict[str, BlockRecords]]:
     with tqdm(total=len(seqs), desc="score") as bar:
-        return score_sequences(args.model_path, drafters, seqs, args.workers, bar.update)
+        return score_sequences(args.model_path, drafters, seqs, args.workers, bar.update, args.grammar_mask)

@@ -1,19 +1,29 @@
 """Score drafters on target-generated sequences: one target forward per sequence, every anchor of the
-response teacher-forced through every drafter. Runs in worker processes (one thread each)."""
+response teacher-forced through every drafter. Runs in worker processes (one thread each).
+
+A response generated under a JSON schema is scored as the runtime drafts and verifies it: the schema's
+grammar mask applies to the target's distribution (p_t is the masked one, DESIGN.md section 3) and to the
+drafter's at every draft position (grammar-aware drafting, section 4.1), and a position the grammar forces
+(one allowed token) has confidence 1."""
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
+from sglang_dspark.grammar.base import Constraint, GrammarBackend, GrammarError, allocate_bitmask
+from sglang_dspark.grammar.mask import allowed_from_bitmask
 from sglang_dspark.speculative.dspark import DSparkDrafter
 from sglang_dspark.speculative.dspark.checkpoint import load_drafter
 from sglang_dspark.train.losses import acceptance_probability
 from sglang_dspark.train.regenerate import Sequence
 from sglang_dspark.train.trainer import target_view
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,10 +37,29 @@ class BlockRecords:
     confidence_logits: torch.Tensor | None  # [A, G] float32
 
 
+def response_allowed(backend: GrammarBackend, seq: Sequence) -> torch.Tensor | None:
+    """-> allowed [R, V] bool, row i = the tokens seq's JSON schema allows as response token i; None if seq
+    has no schema, or the backend refuses it, or the response leaves it (each logged: scored unmasked)."""
+    if seq.json_schema is None:
+        return None
+    try:
+        grammar = backend.make_grammar(backend.compile(Constraint.from_fields(json_schema=seq.json_schema)))
+    except GrammarError as e:
+        logger.warning("%s: scored without its grammar mask: %s", seq.id, e)
+        return None
+    resp = seq.response_ids
+    bitmask = allocate_bitmask(len(resp) + 1, backend.vocab_size)  # [R + 1, W]
+    if grammar.fill_draft_masks(resp, bitmask, 0) < len(resp) + 1:
+        logger.warning("%s: scored without its grammar mask: the response leaves its schema", seq.id)
+        return None
+    return allowed_from_bitmask(bitmask[: len(resp)], backend.vocab_size)
+
+
 @torch.no_grad()
 def score_sequence(
-    target, drafters: dict[str, DSparkDrafter], seq: Sequence, chunk: int = 32
+    target, drafters: dict[str, DSparkDrafter], seq: Sequence, chunk: int = 32, allowed: torch.Tensor | None = None
 ) -> dict[str, BlockRecords]:
+    """allowed [R, V] bool (response_allowed): the grammar mask of each response position, or None."""
     layer_ids = next(iter(drafters.values())).config.target_layer_ids
     view = target_view(target, seq, layer_ids)
     anchors = torch.arange(view.prompt_len, len(view.ids) - 1)
@@ -40,12 +69,19 @@ def score_sequence(
         for lo in range(0, anchors.numel(), chunk):
             a = anchors[lo : lo + chunk]
             tf = d.teacher_forced(view.feats, view.ids, a)
-            t_logits = view.aligned_logits(a, d.config.block_size)
-            parts["g"].append(tf.logits.argmax(-1) == t_logits.argmax(-1))
-            parts["a"].append(acceptance_probability(tf.logits, t_logits))
+            d_logits, t_logits = tf.logits, view.aligned_logits(a, d.config.block_size)
+            conf = tf.confidence_logits
+            if allowed is not None:
+                rows = a[:, None] + 1 + torch.arange(d.config.block_size) - view.prompt_len  # [A, G]
+                banned = ~allowed[rows.clamp(max=allowed.shape[0] - 1)]  # [A, G, V]
+                d_logits, t_logits = d_logits.masked_fill(banned, -torch.inf), t_logits.masked_fill(banned, -torch.inf)
+                if conf is not None:
+                    conf = conf.masked_fill((~banned).sum(-1) == 1, torch.inf)  # forced: confidence 1
+            parts["g"].append(d_logits.argmax(-1) == t_logits.argmax(-1))
+            parts["a"].append(acceptance_probability(d_logits, t_logits))
             parts["v"].append(tf.valid)
-            if tf.confidence_logits is not None:
-                parts["c"].append(tf.confidence_logits)
+            if conf is not None:
+                parts["c"].append(conf)
         valid = torch.cat(parts["v"])
         out[name] = BlockRecords(
             seq.source,
@@ -60,7 +96,7 @@ def score_sequence(
 _WORKER: dict = {}
 
 
-def _init_worker(model_path: str | None, drafter_paths: dict[str, str], threads: int) -> None:
+def _init_worker(model_path: str | None, drafter_paths: dict[str, str], threads: int, grammar_mask: bool) -> None:
     torch.set_num_threads(threads)
     from sglang_dspark.entrypoints.engine import Engine
 
@@ -69,18 +105,28 @@ def _init_worker(model_path: str | None, drafter_paths: dict[str, str], threads:
     embed, head = target.embed_tokens.weight, target.lm_head_weight
     _WORKER["target"] = target
     _WORKER["drafters"] = {n: load_drafter(p, embed, head, torch.float32) for n, p in drafter_paths.items()}
+    _WORKER["grammars"] = engine.scheduler.grammars if grammar_mask else None
 
 
 def _score(seq: Sequence) -> dict[str, BlockRecords]:
-    return score_sequence(_WORKER["target"], _WORKER["drafters"], seq)
+    grammars = _WORKER["grammars"]
+    allowed = response_allowed(grammars.compiler.backend, seq) if grammars and seq.json_schema else None
+    return score_sequence(_WORKER["target"], _WORKER["drafters"], seq, allowed=allowed)
 
 
 def score_sequences(
-    model_path: str | None, drafter_paths: dict[str, str], sequences: list[Sequence], workers: int, progress
+    model_path: str | None,
+    drafter_paths: dict[str, str],
+    sequences: list[Sequence],
+    workers: int,
+    progress,
+    grammar_mask: bool = True,
 ) -> list[dict[str, BlockRecords]]:
-    """Score every sequence in `workers` processes; `progress(n)` is called as sequences finish."""
+    """Score every sequence in `workers` processes; `progress(n)` is called as sequences finish. With
+    grammar_mask, sequences carrying a JSON schema are scored under its grammar mask."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(model_path, drafter_paths, threads)) as ex:
+    init = (model_path, drafter_paths, threads, grammar_mask)
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as ex:
         results = []
         for rec in ex.map(_score, sequences):
             results.append(rec)

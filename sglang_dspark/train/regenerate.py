@@ -1,8 +1,9 @@
 """The target regenerates the responses of a prompt set through our Engine (batched, resumable).
 
-Output: one JSONL record per prompt, `{"id", "source", "prompt_ids", "response_ids", "temperature"}`,
-appended (and fsync-ed) after every batch; a rerun skips the ids already present, and a torn last
-line from an interrupted run is reported and skipped by `read_jsonl`.
+Output: one JSONL record per prompt, `{"id", "source", "prompt_ids", "response_ids", "temperature"}` (and
+`"json_schema"` when the response was generated under it), appended (and fsync-ed) after every batch; a
+rerun skips the ids already present, and a torn last line from an interrupted run is reported and skipped
+by `read_jsonl`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Sequence:
     source: str
     prompt_ids: list[int]
     response_ids: list[int]
+    json_schema: str | None = None  # the schema the response was generated under (offline eval masks with it)
 
     @property
     def ids(self) -> list[int]:
@@ -44,7 +46,7 @@ def load_sequences(path: Path | str, min_response: int = 1) -> list[Sequence]:
     if not Path(path).exists():
         return []
     return [
-        Sequence(r["id"], r["source"], r["prompt_ids"], r["response_ids"])
+        Sequence(r["id"], r["source"], r["prompt_ids"], r["response_ids"], r.get("json_schema"))
         for r in read_jsonl(path)
         if len(r.get("response_ids", [])) >= min_response
     ]
@@ -97,13 +99,15 @@ def regenerate(engine, prompts: list[Prompt], out_path: Path | str, spec: Genera
     with tqdm(total=total, initial=total - len(todo), desc=f"regenerate {out_path.name}") as bar:
         for start in range(0, len(todo), spec.batch_size):
             chunk = todo[start : start + spec.batch_size]
-            outs = engine.generate(
-                input_ids=[ids for _, _, ids in chunk], sampling_params=[spec.params(p) for _, p, _ in chunk]
-            )
+            params = [spec.params(p) for _, p, _ in chunk]
+            outs = engine.generate(input_ids=[ids for _, _, ids in chunk], sampling_params=params)
             with open(out_path, "a", encoding="utf-8") as f:
-                for (sid, p, ids), out in zip(chunk, outs, strict=True):
+                for (sid, p, ids), par, out in zip(chunk, params, outs, strict=True):
                     rec = {"id": sid, "source": p.source, "prompt_ids": ids, "response_ids": out["output_ids"]}
-                    f.write(json.dumps({**rec, "temperature": spec.temperature}) + "\n")
+                    rec["temperature"] = spec.temperature
+                    if "json_schema" in par:
+                        rec["json_schema"] = par["json_schema"]
+                    f.write(json.dumps(rec) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             bar.update(len(chunk))

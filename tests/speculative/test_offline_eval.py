@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import torch
 from tiny_drafter import make_drafter
+from transformers import AutoTokenizer
 
 from sglang_dspark.evaluation.aggregate import calibration_inputs, summarize
 from sglang_dspark.evaluation.report import markdown_table, plot_conditional_acceptance, plot_reliability
 from sglang_dspark.evaluation.rounds import leading_ones, simulate_rounds
-from sglang_dspark.evaluation.scoring import score_sequence
+from sglang_dspark.evaluation.scoring import response_allowed, score_sequence
+from sglang_dspark.grammar import create_backend
+from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.models.tiny import tiny_random_model
 from sglang_dspark.speculative.sts import STSCalibration, fit_sts
 from sglang_dspark.train.regenerate import Sequence
@@ -53,3 +59,47 @@ def test_calibrate_and_evaluate_end_to_end(tmp_path):
     plot_conditional_acceptance(results, tmp_path / "ca.png")
     plot_reliability(results, "dspark", tmp_path / "rel.png")
     assert (tmp_path / "ca.png").stat().st_size > 0 and (tmp_path / "rel.png").stat().st_size > 0
+
+
+def test_response_allowed_walks_the_schema(caplog):
+    """Row i of the mask allows response token i (real xgrammar on SmolLM2's tokenizer); a response that
+    leaves its schema is scored unmasked, with a warning."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None))
+    backend = create_backend("xgrammar", tokenizer, 49152, [2])
+    schema = json.dumps({"type": "object", "properties": {"a": {"enum": [1, 2]}}, "required": ["a"]})
+    resp = tokenizer.encode('{"a":2}', add_special_tokens=False) + [2]
+    allowed = response_allowed(backend, Sequence("json/0", "json", [1], resp, schema))
+    assert allowed.shape == (len(resp), 49152)
+    assert allowed[torch.arange(len(resp)), torch.tensor(resp)].all()
+    assert allowed.sum(1)[-1] == 1  # after the closing brace only EOS
+    assert response_allowed(backend, Sequence("json/1", "json", [1], resp)) is None  # no schema
+    bad = tokenizer.encode('{"a":3}', add_special_tokens=False) + [2]
+    with caplog.at_level(logging.WARNING):
+        assert response_allowed(backend, Sequence("json/2", "json", [1], bad, schema)) is None
+    assert "json/2: scored without its grammar mask" in caplog.text
+
+
+def test_grammar_mask_forces_acceptance_and_confidence():
+    """Where the mask allows one token the draft is accepted (greedy and T=1) with confidence 1; where it
+    allows every token the records are the unmasked ones."""
+    target = tiny_random_model()
+    drafters = {"dspark": make_drafter(target)}
+    g = torch.Generator().manual_seed(1)
+    seq = Sequence(
+        "j", "json", torch.randint(4, 97, (5,), generator=g).tolist(), torch.randint(4, 97, (16,), generator=g).tolist()
+    )
+    allowed = torch.ones(16, 97, dtype=torch.bool)  # [R, V]
+    forced = torch.tensor([3, 4, 5, 9, 12])
+    allowed[forced] = False
+    allowed[forced, torch.tensor(seq.response_ids)[forced]] = True
+    plain = score_sequence(target, drafters, seq, chunk=5)["dspark"]
+    masked = score_sequence(target, drafters, seq, chunk=5, allowed=allowed)["dspark"]
+    resp_index = torch.arange(15)[:, None] + 1 + torch.arange(4)  # [A, G] response index each draft predicts
+    hit = torch.isin(resp_index, forced) & masked.valid
+    assert hit.any() and not plain.greedy_accept[hit].all()
+    assert masked.greedy_accept[hit].all() and torch.allclose(masked.alpha[hit], torch.ones(int(hit.sum())))
+    assert torch.isinf(masked.confidence_logits[hit]).all()
+    free = ~torch.isin(resp_index, forced) & masked.valid
+    assert torch.equal(masked.greedy_accept[free], plain.greedy_accept[free])
+    assert torch.allclose(masked.alpha[free], plain.alpha[free])
+    assert torch.equal(masked.confidence_logits[free], plain.confidence_logits[free])

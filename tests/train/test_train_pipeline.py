@@ -162,6 +162,7 @@ def test_json_tasks_regenerate_under_their_schema(tmp_path, caplog):
     assert sorted(r["id"] for r in records) == ["json/3", "json/3#1"]
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None))
     for sequence in load_sequences(out):
+        assert sequence.json_schema == json.dumps(enum, separators=(",", ":"))  # offline eval masks with it
         assert json.loads(tokenizer.decode(sequence.response_ids, skip_special_tokens=True))["a"] in (1, 2)
     with pytest.raises(ValueError, match="temperature > 0"):
         TrainConfig(samples_per_prompt=2, gen_temperature=0)
