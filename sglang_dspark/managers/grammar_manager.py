@@ -149,27 +149,43 @@ class GrammarManager:
             apply_bitmask_(logits, bitmask, masked)
         return logits
 
-    def valid_draft(self, req: Req, draft: list[int]) -> list[int]:
-        """The longest prefix of draft that req's grammar accepts (all of it without a grammar), cut before
-        the first draft token after which the grammar forces tokens when jump-forward is on: plain
-        decoding would append the forced tokenization there instead of sampling, so no verify row may
-        sample at or past that state (the forced tokens follow the round's commit, as in plain decoding)."""
+    def valid_draft(self, req: Req, draft: list[int], limit: int) -> tuple[list[int], list[int]]:
+        """-> (tokens to verify, at most ``limit``; the indices among them that the grammar forces). The
+        longest prefix of draft that req's grammar accepts (all of it without a grammar). When jump-forward
+        is on and the grammar forces tokens after a draft token, plain decoding appends the forced
+        tokenization there instead of sampling: those tokens follow in the draft (verify accepts them as
+        given, see SpecWorker.verify) and the draft goes on only if its next tokens are exactly them. If
+        they do not fit in ``limit``, or the grammar ends after them, the draft stops before the token that
+        forces them (its verify row would sample where plain decoding forces)."""
         grammar = req.grammar
         if grammar is None:
-            return draft
-        forcing = not (self.args.disable_jump_forward or req.return_logprob)
-        accepted = keep = 0
-        for tok in draft:
-            if grammar.is_terminated() or not grammar.accept_token(tok):
+            return draft[:limit], []
+        jump = not (self.args.disable_jump_forward or req.return_logprob)
+        out: list[int] = []
+        forced: list[int] = []
+        walked = i = 0  # tokens the grammar accepted (to roll back); next draft token
+        while i < len(draft) and len(out) < limit:
+            if grammar.is_terminated() or not grammar.accept_token(draft[i]):
                 break
-            accepted += 1
-            if forcing and not grammar.is_terminated() and grammar.jump_forward_tokens():
-                keep = accepted - 1  # the row after this token would sample where plain decoding forces
+            walked += 1
+            out.append(draft[i])
+            i += 1
+            run = grammar.jump_forward_tokens() if jump and not grammar.is_terminated() else []
+            if not run:
+                continue
+            accepted = grammar.accept_tokens(run) if len(out) + len(run) <= limit else 0
+            walked += accepted
+            if accepted < len(run) or grammar.is_terminated():
+                out.pop()
                 break
-            keep = accepted
-        if accepted:
-            grammar.rollback(accepted)
-        return draft[:keep]
+            forced += range(len(out), len(out) + len(run))
+            out += run
+            if draft[i : i + len(run)] != run:
+                break
+            i += len(run)
+        if walked:
+            grammar.rollback(walked)
+        return out, forced
 
     def advance(self, req: Req, token: int) -> None:
         """After ``token`` was appended to req.output_ids: advance the grammar, finish the request if

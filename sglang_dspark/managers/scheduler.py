@@ -40,6 +40,7 @@ class ScheduledChunk:
     req: Req
     num_tokens: int  # tokens run in this step: fill_ids[kv_len : kv_len + num_tokens - len(drafts)] + drafts
     drafts: list[int] = field(default_factory=list)  # speculative drafts verified in this step
+    forced: list[int] = field(default_factory=list)  # indices of drafts the grammar forces (accepted as given)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class SchedulerStats:
     num_retractions: int = 0
     jump_forward_tokens: int = 0  # grammar-forced tokens appended without a model step
     verify_after_jump_forward: int = 0  # verify rounds whose drafts ran in one forward with forced tokens
+    verify_through_forced: int = 0  # verify rounds whose drafts went on past grammar-forced tokens
 
 
 class Scheduler:
@@ -226,11 +228,13 @@ class Scheduler:
             budget -= n
         return chunks
 
-    def _take(self, req: Req, n: int, drafts: list[int] | None = None) -> ScheduledChunk:
+    def _take(
+        self, req: Req, n: int, drafts: list[int] | None = None, forced: list[int] | None = None
+    ) -> ScheduledChunk:
         if self.cache.alloc_slots(req, n) is None:  # callers check available_tokens() first
             raise RuntimeError(f"KV pool exhausted allocating {n} slots")
         req.jump_forward_pending = 0  # from here on they are ordinary pending tokens
-        return ScheduledChunk(req, n, drafts or [])
+        return ScheduledChunk(req, n, drafts or [], forced or [])
 
     @staticmethod
     def _decodes_now(req: Req) -> bool:
@@ -243,26 +247,28 @@ class Scheduler:
         """Each decode runs its pending tokens (1, or the anchor after grammar-forced ones); speculating
         requests add drafts after them while free KV allows."""
         spec = [r for r in decodes if self._can_speculate(r)] if self.spec else []
-        drafts = {}
+        drafts: dict[int, tuple[list[int], list[int]]] = {}  # id(req) -> (drafts, forced indices)
         if spec:
             room = [r.sampling_params.max_new_tokens - len(r.output_ids) - 1 for r in spec]
             spare = self.cache.available_tokens() - sum(r.pending_tokens for r in decodes)
-            for req, d in zip(spec, self.spec.draft(spec, room)):
-                d = self.grammars.valid_draft(req, d[: max(spare, 0)])
+            for req, d, r in zip(spec, self.spec.draft(spec, room), room):
+                d, forced = self.grammars.valid_draft(req, d, min(max(spare, 0), r))
                 spare -= len(d)
-                drafts[id(req)] = d
+                drafts[id(req)] = d, forced
         chunks = []
         for req in decodes:
-            d = drafts.get(id(req), [])
+            d, forced = drafts.get(id(req), ([], []))
             if id(req) in drafts:
                 req.spec_verify_ct += 1
-                req.spec_proposed += len(d)
-                req.spec_draft_lens.append(len(d))
+                req.spec_proposed += len(d) - len(forced)
+                req.spec_draft_lens.append(len(d) - len(forced))
                 if not d:  # nothing to verify: a plain decode step, a round that accepts 0 drafts
                     req.spec_accept_lens.append(0)
                 elif req.pending_tokens > 1:
                     self.stats.verify_after_jump_forward += 1
-            chunks.append(self._take(req, req.pending_tokens + len(d), d))
+                if forced:
+                    self.stats.verify_through_forced += 1
+            chunks.append(self._take(req, req.pending_tokens + len(d), d, forced))
         return chunks
 
     def _can_speculate(self, req: Req) -> bool:
@@ -273,12 +279,14 @@ class Scheduler:
         """Commit each request's accepted drafts + one token; free the KV slots of rejected drafts."""
         reqs = [c.req for c in chunks]
         drafts = [c.drafts for c in chunks]
-        committed = self.spec.verify(reqs, drafts, self.grammars.mask_draft_logits(reqs, drafts, logits))
+        logits = self.grammars.mask_draft_logits(reqs, drafts, logits)
+        committed = self.spec.verify(reqs, drafts, logits, [c.forced for c in chunks])
         pool = self.runner.req_to_token_pool.req_to_token
         for chunk, tokens in zip(chunks, committed):
             req, accepted = chunk.req, len(tokens) - 1
-            req.spec_accepted += accepted
-            req.spec_accept_lens.append(accepted)
+            forced = sum(i < accepted for i in chunk.forced)  # forced tokens are not drafts in the metrics
+            req.spec_accepted += accepted - forced
+            req.spec_accept_lens.append(accepted - forced)
             appended = 0
             for tok in tokens:
                 req.output_ids.append(tok)
@@ -290,6 +298,7 @@ class Scheduler:
                 if req.finished:
                     break
             self.stats.generated_tokens += appended
+            self.stats.jump_forward_tokens += sum(i < appended for i in chunk.forced)
             if req.grammar is not None and not req.finished:
                 n = len(req.output_ids)
                 self.grammars.jump_forward(req)  # forced tokens: KV comes with the next extend

@@ -206,6 +206,20 @@ class BestOfProposer:
             p.release(rid)
 
 
+def _force_rows_(processed: torch.Tensor, drafts: list[list[int]], forced: list[list[int]]) -> None:
+    """In place: processed [sum(len(d) + 1), V] logits; the row that verifies a forced draft becomes a point
+    mass on it (-inf elsewhere), so greedy and rejection sampling accept it as plain decoding appends it."""
+    rows, tokens, start = [], [], 0
+    for d, f in zip(drafts, forced, strict=True):
+        rows += [start + i for i in f]
+        tokens += [d[i] for i in f]
+        start += len(d) + 1
+    if rows:
+        with torch.inference_mode():  # processed is an inference tensor
+            processed[rows] = -torch.inf
+            processed[rows, tokens] = 0.0
+
+
 def expected_drafts(draft: Draft) -> float:
     """Expected accepted drafts if all were verified: the sum of the survival probabilities."""
     return float(torch.tensor(draft.confidences, dtype=torch.float64).clamp(0, 1).cumprod(0).sum())
@@ -336,8 +350,16 @@ class SpecWorker:
             self.throughput.observe(batch, tokens, seconds, self.proposed)
         self.proposed = False  # a step that does not call draft() proposes nothing
 
-    def verify(self, reqs: list[SpecRequest], drafts: list[list[int]], logits: torch.Tensor) -> list[list[int]]:
-        """logits [sum(len(d) + 1), V]: rows of each request's anchor + drafts, in order.
+    def verify(
+        self,
+        reqs: list[SpecRequest],
+        drafts: list[list[int]],
+        logits: torch.Tensor,
+        forced: list[list[int]] | None = None,
+    ) -> list[list[int]]:
+        """logits [sum(len(d) + 1), V]: rows of each request's anchor + drafts, in order. forced[i]: indices
+        of request i's drafts that its grammar forces (plain decoding appends them without sampling): they
+        are accepted as given once the drafts before them are.
         Returns the tokens each request commits: its accepted drafts plus one corrected/bonus token."""
         rows_params, rows_prompt, rows_output = [], [], []
         for req, d in zip(reqs, drafts):
@@ -347,6 +369,7 @@ class SpecWorker:
                 rows_output.append(req.output_ids + d[:k])
         info = SamplingBatchInfo.from_params(rows_params, self.vocab_size)
         processed = process_logits(logits, info, rows_prompt, rows_output)  # [T, V]
+        _force_rows_(processed, drafts, forced or [[] for _ in drafts])
 
         B, K = len(reqs), max(len(d) for d in drafts)
         draft_tokens = torch.zeros(B, K, dtype=torch.int64)  # [B, K], padded with 0
@@ -374,10 +397,11 @@ class SpecWorker:
             accept[s], nxt[s] = rejection_sample(draft_tokens[s], draft_lens[s], q, probs, uniforms, expo)
 
         if self.calibration is not None:
-            for req, d, a in zip(reqs, drafts, accept.tolist()):
+            for req, d, f, a in zip(reqs, drafts, forced or [[] for _ in drafts], accept.tolist()):
                 proposal = self.proposals.get(req.rid)
-                if d and proposal is not None and proposal.raw_confidences is not None:
-                    self.calibration.observe(proposal.source, proposal.raw_confidences, len(d), a)
+                n = f[0] if f else len(d)  # the proposer's drafts: those before the first forced one
+                if n and proposal is not None and proposal.raw_confidences is not None:
+                    self.calibration.observe(proposal.source, proposal.raw_confidences, n, min(a, n))
         return [d[: int(a)] + [int(n)] for d, a, n in zip(drafts, accept, nxt)]
 
     def _draft_probs(self, reqs: list[SpecRequest], tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor | None:
