@@ -7,11 +7,14 @@ import json
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
+import torch
 
 from sglang_dspark import Engine
+from sglang_dspark.grammar import Constraint, allocate_bitmask
 from sglang_dspark.managers.grammar_manager import GrammarManager
 from sglang_dspark.managers.io_struct import TokenizedGenerateReqInput
 from sglang_dspark.sampling.sampling_params import SamplingParams
@@ -188,3 +191,36 @@ def test_grammar_overrides_min_new_tokens(engine):
     use_backend(engine, "xgrammar")
     out = engine.generate("Hi", {**greedy(8, regex="(yes|no)"), "min_new_tokens": 5})
     assert out["text"] in ("yes", "no") and out["meta_info"]["finish_reason"]["type"] == "stop"
+
+
+def test_valid_draft_carries_forced_tokens_and_goes_on_after_them(engine):
+    """After a draft token that makes the grammar force tokens (jump-forward), the draft carries exactly the
+    forced tokenization (marked forced) and goes on only if its next tokens are those; if they do not fit
+    the limit, or jump-forward is off, it stops before that token. The grammar state is left as it was."""
+    use_backend(engine, "xgrammar")
+    grammars, tok = engine.scheduler.grammars, engine.tokenizer
+    grammar = grammars.compiler.make_grammar(
+        grammars.compiler.compile(Constraint.from_fields(json_schema=json.dumps(PERSON)))
+    )
+    grammar.accept_tokens(grammar.jump_forward_tokens())  # '{"name":"' as the scheduler appends it
+    req = SimpleNamespace(grammar=grammar, return_logprob=False)
+    name = tok.encode('Al"', add_special_tokens=False)
+    fork = grammar.fork()
+    assert fork.accept_tokens(name) == len(name)
+    run = fork.jump_forward_tokens()  # ',"age":'
+    assert run
+    age = tok.encode("3", add_special_tokens=False)
+    mask_before = allocate_bitmask(1, grammars.vocab_size)
+    grammar.fill_mask(mask_before, 0)
+
+    out, forced = grammars.valid_draft(req, name + run + age, 64)
+    assert out == name + run + age and forced == list(range(len(name), len(name) + len(run)))
+    out, forced = grammars.valid_draft(req, name + age, 64)  # the draft's own continuation differs: stop after them
+    assert out == name + run and forced == list(range(len(name), len(name) + len(run)))
+    assert grammars.valid_draft(req, name + run + age, len(name) + len(run) - 1) == (name[:-1], [])
+    mask_after = allocate_bitmask(1, grammars.vocab_size)
+    grammar.fill_mask(mask_after, 0)
+    assert torch.equal(mask_before, mask_after)
+    assert grammars.valid_draft(SimpleNamespace(grammar=None), [5, 6, 7], 2) == ([5, 6], [])
+    use_backend(engine, "xgrammar", disable_jump_forward=True)
+    assert engine.scheduler.grammars.valid_draft(req, name + run + age, 64) == (name + run + age, [])

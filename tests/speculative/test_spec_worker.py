@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+from sglang_dspark.sampling.sampling_params import SamplingParams
 from sglang_dspark.speculative.planner import SPSTable
 from sglang_dspark.speculative.spec_worker import (
     BestOfProposer,
@@ -178,3 +179,26 @@ def test_best_of_gate_keeps_the_drafter_for_the_kinds_of_requests_where_it_adds_
     for _ in range(4):
         assert best.propose(reqs, [4, 4, 4]) == [drafter.drafts["p"], ngram.drafts["g"], ngram.drafts["g2"]]
     assert asked == [["p", "g", "g2"], ["p"], ["p"], ["p", "g"]]  # exploring: one grammar request
+
+
+class VerifyReq:
+    def __init__(self, temperature: float):
+        self.rid = f"t{temperature}"
+        self.sampling_params = SamplingParams(temperature=temperature, max_new_tokens=16)
+        self.origin_input_ids, self.output_ids = [1, 2], [3]
+        self.generator = torch.Generator().manual_seed(0)
+        self.grammar = None
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_verify_accepts_forced_drafts_as_given(temperature):
+    """Draft 1 is forced (plain decoding would append it without sampling): accepted although the target
+    puts (almost) no mass on it; draft 2 is then verified as usual and rejected, its row's token sampled."""
+    worker = SpecWorker(FixedProposer({}), 4, vocab_size=8, policy=FixedVerify())
+    logits = torch.full((4, 8), -30.0)
+    logits[torch.arange(4), torch.tensor([5, 2, 4, 7])] = 30.0  # target: 5, then 2 (not the forced 6), 4, 7
+    drafts = [5, 6, 1]
+    (plain,) = worker.verify([VerifyReq(temperature)], [drafts], logits.clone())
+    (forced,) = worker.verify([VerifyReq(temperature)], [drafts], logits.clone(), [[1]])
+    assert plain == [5, 2]
+    assert forced == [5, 6, 4]
