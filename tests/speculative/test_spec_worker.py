@@ -102,6 +102,36 @@ def test_backoff_doubles_while_nothing_is_verified_and_resets():
     assert not b.should_skip(16)  # drafts were verified: no more skipping
 
 
+def test_backoff_probes_a_few_requests_at_a_time_until_proposing_pays():
+    b = ProposalBackoff(probe_size=4)
+    assert b.offered(16) == list(range(16))  # not backing off: everyone
+    b.record(16, False)
+    assert b.offered(16) == [0, 1, 2, 3] and b.offered(16) == [4, 5, 6, 7]
+    assert b.offered(6) == [2, 3, 4, 5] and b.offered(3) == [0, 1, 2]  # the next ones; a small batch: all
+    b.record(16, True)
+    assert b.offered(16) == list(range(16))
+
+
+def test_worker_offers_only_the_probe_after_a_round_that_did_not_pay():
+    """Drafting never pays (0.1 us target steps): the first round offers all 6 requests, the rounds that
+    propose after it offer 4 of them, the next 4 each time."""
+
+    @dataclass
+    class RecordingProposer(FixedProposer):
+        offered: list[list[str]] = field(default_factory=list)
+
+        def propose(self, reqs, num_tokens):
+            self.offered.append([r.rid for r in reqs])
+            return super().propose(reqs, num_tokens)
+
+    rids = [f"r{i}" for i in range(6)]
+    proposer = RecordingProposer({r: Draft([1, 2], [0.9, 0.9]) for r in rids})
+    worker = SpecWorker(proposer, 2, vocab_size=8, policy=FixedVerify(), sps=SPSTable((1, 64), (1e7, 1e7)))
+    for _ in range(6):
+        worker.draft([Req(r) for r in rids], [4] * 6)
+    assert proposer.offered == [rids, rids[:4], rids[4:] + rids[:2]]  # propose, skip 1, probe, skip 2, probe
+
+
 @pytest.mark.parametrize("steps_per_sec, skips", [(1.0, False), (1e7, True)])
 def test_worker_backs_off_when_drafting_costs_more_than_it_gains(steps_per_sec, skips):
     """With a target step of 0.1 us no drafting pays (it takes longer than that); at 1 s every draft does."""
