@@ -135,9 +135,11 @@ class DraftGrammarWalk:
 
     Row r's first len(forced[r]) steps allow exactly those tokens (grammar-forced tokens already committed
     and accepted by the request's grammar); each later step of a grammar request gets the mask of a fork of
-    its grammar (the request's own state is never touched) walked along the tokens drafted after them. Rows
-    without a grammar, or whose fork terminated, are unconstrained (the scheduler cuts those drafts).
-    ``forced[r, k]``: step k of row r allowed exactly one token."""
+    its grammar (the request's own state is never touched) walked along the tokens drafted after them. Where
+    a drafted token makes the grammar force tokens (jump-forward), the next steps allow exactly that forced
+    tokenization, the one plain decoding appends and the scheduler's valid_draft carries, so the draft goes
+    on after it. Rows without a grammar, or whose fork terminated, are unconstrained (the scheduler cuts
+    those drafts). ``forced[r, k]``: step k of row r allowed exactly one token."""
 
     def __init__(
         self, reqs: list[SpecRequest], vocab_size: int, block_size: int, forced: list[list[int]] | None = None
@@ -145,6 +147,7 @@ class DraftGrammarWalk:
         self.vocab_size = vocab_size
         self.prefixes = {i: p for i, p in enumerate(forced or []) if p}
         self.forks = {i: r.grammar.fork() for i, r in enumerate(reqs) if r.grammar is not None}
+        self.runs: dict[int, list[int]] = {}  # row -> forced tokens still to come after a drafted token
         self.forced = torch.zeros(len(reqs), block_size, dtype=torch.bool)  # [R, G]
 
     @property
@@ -154,7 +157,7 @@ class DraftGrammarWalk:
     def __call__(self, step: int, drafted: torch.Tensor) -> torch.Tensor:
         """drafted [R, step] -> allowed [R, V] bool."""
         bitmask = allocate_bitmask(drafted.shape[0], self.vocab_size)  # [R, W], all allowed
-        prefixed = [row for row, p in self.prefixes.items() if step < len(p)]
+        pinned = {row: p[step] for row, p in self.prefixes.items() if step < len(p)}  # row -> its only token
         for row, grammar in list(self.forks.items()):
             start = len(self.prefixes.get(row, ()))
             if step < start:
@@ -165,12 +168,16 @@ class DraftGrammarWalk:
             if grammar.is_terminated():
                 del self.forks[row]
                 continue
-            grammar.fill_mask(bitmask, row)
+            run = self.runs.get(row) or (grammar.jump_forward_tokens() if step > start else [])
+            if run:
+                pinned[row], self.runs[row] = run[0], run[1:]
+            else:
+                grammar.fill_mask(bitmask, row)
         allowed = allowed_from_bitmask(bitmask, self.vocab_size)  # [R, V]
-        for row in prefixed:
+        for row, token in pinned.items():
             allowed[row] = False
-            allowed[row, self.prefixes[row][step]] = True
-        rows = torch.tensor(sorted(set(self.forks) | set(prefixed)), dtype=torch.int64)
+            allowed[row, token] = True
+        rows = torch.tensor(sorted(set(self.forks) | set(pinned)), dtype=torch.int64)
         self.forced[rows, step] = torch.count_nonzero(allowed[rows], dim=1) == 1
         return allowed
 

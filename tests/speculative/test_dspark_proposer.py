@@ -45,11 +45,11 @@ def allowed_of(g) -> torch.Tensor:
 
 
 def test_each_step_gets_the_mask_after_the_drafted_tokens(backend, tokenizer):
-    g = grammar(backend, json_schema=SCHEMA)
+    g = grammar(backend, json_schema='{"type": "string"}')  # no token ever forces a run of tokens
     reference = g.fork()
     start = allowed_of(g)
     walk = DraftGrammarWalk([Request(None), Request(g)], VOCAB, BLOCK)
-    tokens = tokenizer.encode('{"city":"Paris"}') + [EOS]  # xgrammar's JSON has no optional whitespace
+    tokens = tokenizer.encode('"Paris"') + [EOS]
     drafted = torch.zeros(2, 0, dtype=torch.int64)
     forced_steps = []
     for step, tok in enumerate(tokens):
@@ -61,7 +61,7 @@ def test_each_step_gets_the_mask_after_the_drafted_tokens(backend, tokenizer):
         assert reference.accept_token(tok)
         drafted = torch.cat([drafted, torch.tensor([[0], [tok]])], dim=1)
     assert walk.forced[1, : len(tokens)].tolist() == forced_steps[:BLOCK]
-    # every token of the object has alternatives ('{' or '{"', ...); once it is closed only EOS is allowed
+    # every token of the string has alternatives; once it is closed only EOS is allowed
     assert forced_steps == [False] * (len(tokens) - 1) + [True]
     assert not walk.forced[0].any()
     assert torch.equal(allowed_of(g), start)  # the request's own grammar did not move
@@ -100,6 +100,27 @@ def test_forced_tokens_take_the_first_steps_then_the_grammar_after_them(backend,
             assert reference.accept_token(tok)
         assert allowed[1].all() and not walk.forced[1, step]
         drafted = torch.cat([drafted, torch.tensor([[tok], [0]])], dim=1)
+
+
+def test_a_drafted_token_that_forces_a_run_pins_the_next_steps_to_it(backend, tokenizer):
+    """After '{' the schema forces '"city":"': the next steps allow exactly its jump-forward tokenization
+    (the tokens plain decoding appends), each marked forced, and then the grammar's mask after them."""
+    g = grammar(backend, json_schema=SCHEMA)
+    reference = g.fork()
+    (brace,) = tokenizer.encode("{")
+    assert reference.accept_token(brace)
+    run = reference.jump_forward_tokens()
+    assert run and tokenizer.decode(run) == '"city":"'
+    assert reference.accept_tokens(run) == len(run)
+    walk = DraftGrammarWalk([Request(g)], VOCAB, len(run) + 2)
+    drafted = torch.zeros(1, 0, dtype=torch.int64)
+    for step, tok in enumerate([brace, *run]):
+        allowed = walk(step, drafted)
+        if step > 0:
+            assert allowed[0].sum() == 1 and allowed[0, tok] and walk.forced[0, step]
+        drafted = torch.cat([drafted, torch.tensor([[tok]])], dim=1)
+    assert torch.equal(walk(len(run) + 1, drafted)[0], allowed_of(reference))
+    assert not walk.forced[0, len(run) + 1]
 
 
 @dataclass
