@@ -232,10 +232,11 @@ class ProposalBackoff:
     have been measured slower than rounds that did not: RoundThroughput), skip proposing
     for the next 1, 2, 4 .. ``max_skip`` rounds while the batch is at least as large, with one proposing
     round in between. That round probes: it offers only ``probe_size`` of the requests (the next ones each
-    time), so a batch where drafting keeps not paying pays for a few requests' drafts per probe; once a probe
-    pays, every request proposes again. Drafting costs time (the DSpark drafter about a third of a target step
-    at batch 16: 11 proposing rounds of 10 ms were 3% of a 3.6 s concurrency-16 code level), and skipping it
-    never changes the output."""
+    time). A probe that pays buys a trial: the next round offers every request, and only a trial that pays
+    ends the backoff (a failed probe or trial doubles it). So a batch where drafting keeps not paying pays
+    for a few requests' drafts per probe. Drafting costs time (the DSpark drafter about a third of a target
+    step at batch 16: 11 proposing rounds of 10 ms were 3% of a 3.6 s concurrency-16 code level), and
+    skipping it never changes the output."""
 
     max_skip: int = 16
     probe_size: int = 4
@@ -243,6 +244,7 @@ class ProposalBackoff:
     span: int = 0  # length of the current backoff
     batch: int = 0  # batch size at which proposing did not pay
     cursor: int = 0  # where the next probe starts in the batch
+    trial: bool = False  # a probe paid: the next proposing round offers every request
 
     def should_skip(self, batch: int) -> bool:
         if self.skip > 0 and batch >= self.batch:
@@ -251,14 +253,22 @@ class ProposalBackoff:
         return False
 
     def offered(self, batch: int) -> list[int]:
-        """The requests (indices into the batch) that propose in a round that is not skipped."""
-        if self.span == 0 or batch <= self.probe_size:
+        """The requests (indices into the batch) that propose in a round that is not skipped: all, or while
+        backing off a probe of probe_size of them."""
+        if not self.probing(batch):
             return list(range(batch))
         start, self.cursor = self.cursor % batch, self.cursor + self.probe_size
         return [(start + i) % batch for i in range(self.probe_size)]
 
-    def record(self, batch: int, paid: bool) -> None:
-        """After planning a round with proposals: whether they paid."""
+    def probing(self, batch: int) -> bool:
+        return self.span > 0 and not self.trial and batch > self.probe_size
+
+    def record(self, batch: int, paid: bool, probe: bool = False) -> None:
+        """After planning a round with proposals: whether they paid, and whether the round was a probe."""
+        if paid and probe:
+            self.trial = True
+            return
+        self.trial = False
         if paid:
             self.skip = self.span = 0
         else:
@@ -319,6 +329,7 @@ class SpecWorker:
         self.backoff = ProposalBackoff()
         self.throughput = RoundThroughput()
         self.proposed = False  # whether the latest draft() call ran the proposer
+        self.probed = False  # whether it ran it for a probe (ProposalBackoff)
 
     @property
     def capture_layers(self) -> tuple[int, ...]:
@@ -330,10 +341,11 @@ class SpecWorker:
 
     def draft(self, reqs: list[SpecRequest], room: list[int]) -> list[list[int]]:
         """Drafts to verify per request; room[i] caps request i's drafts (tokens it may still emit - 1)."""
-        self.proposed = False
+        self.proposed = self.probed = False
         if self.backoff.should_skip(len(reqs)):
             self.proposals = {}
             return [[] for _ in reqs]
+        probe = self.probed = self.backoff.probing(len(reqs))  # a probe's round is measured as neither kind
         self.proposed = True
         offered = self.backoff.offered(len(reqs))
         start = time.perf_counter()
@@ -352,21 +364,23 @@ class SpecWorker:
         for i, d in enumerate(drafts):
             conf[i, : len(d.tokens)] = torch.tensor(d.confidences)
         lengths = self.policy.lengths(conf, torch.tensor([len(d.tokens) for d in drafts]))
+        # a probe is judged by the cost model only: the measured comparison is of rounds that offer everyone
         paid = bool(lengths.sum()) and (
             self.sps is None
             or (
-                drafting_pays(conf, lengths, self.sps, draft_seconds) and not self.throughput.proposing_loses(len(reqs))
+                drafting_pays(conf, lengths, self.sps, draft_seconds)
+                and (probe or not self.throughput.proposing_loses(len(reqs)))
             )
         )
-        self.backoff.record(len(reqs), paid)
+        self.backoff.record(len(reqs), paid, probe)
         return [d.tokens[:n] for d, n in zip(drafts, lengths.tolist())]
 
     def observe_round(self, batch: int, tokens: int, seconds: float) -> None:
         """After a step in which `batch` requests decoded (no prefill): the tokens they committed and the
         step's wall time, drafting included; feeds the measured comparison (load-adaptive modes only)."""
-        if self.sps is not None:
+        if self.sps is not None and not self.probed:
             self.throughput.observe(batch, tokens, seconds, self.proposed)
-        self.proposed = False  # a step that does not call draft() proposes nothing
+        self.proposed = self.probed = False  # a step that does not call draft() proposes nothing
 
     def verify(
         self,

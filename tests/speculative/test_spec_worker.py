@@ -108,8 +108,15 @@ def test_backoff_probes_a_few_requests_at_a_time_until_proposing_pays():
     b.record(16, False)
     assert b.offered(16) == [0, 1, 2, 3] and b.offered(16) == [4, 5, 6, 7]
     assert b.offered(6) == [2, 3, 4, 5] and b.offered(3) == [0, 1, 2]  # the next ones; a small batch: all
-    b.record(16, True)
-    assert b.offered(16) == list(range(16))
+    b.record(16, True, probe=True)  # a probe that pays buys a trial: everyone, the backoff still on
+    assert b.offered(16) == list(range(16)) and b.span == 1
+    b.record(16, False)  # the trial did not pay: back off longer, probe again
+    assert b.span == 2 and b.offered(16) == [12, 13, 14, 15]
+    b.record(16, False, probe=True)
+    assert b.span == 4 and not b.trial
+    b.record(16, True, probe=True)
+    b.record(16, True)  # the trial paid: the backoff is over
+    assert b.span == 0 and b.offered(16) == list(range(16))
 
 
 def test_worker_offers_only_the_probe_after_a_round_that_did_not_pay():
@@ -130,6 +137,11 @@ def test_worker_offers_only_the_probe_after_a_round_that_did_not_pay():
     for _ in range(6):
         worker.draft([Req(r) for r in rids], [4] * 6)
     assert proposer.offered == [rids, rids[:4], rids[4:] + rids[:2]]  # propose, skip 1, probe, skip 2, probe
+    worker.observe_round(6, tokens=6, seconds=0.1)  # a probe's round is measured as neither kind
+    assert worker.throughput.counts == {}
+    worker.draft([Req(r) for r in rids], [4] * 6)  # skipped
+    worker.observe_round(6, tokens=6, seconds=0.1)
+    assert worker.throughput.counts == {(4, False): 1}
 
 
 @pytest.mark.parametrize("steps_per_sec, skips", [(1.0, False), (1e7, True)])
