@@ -254,14 +254,11 @@ class ProposalBackoff:
 
     def offered(self, batch: int) -> list[int]:
         """The requests (indices into the batch) that propose in a round that is not skipped: all, or while
-        backing off a probe of probe_size of them."""
-        if not self.probing(batch):
+        backing off (and not in a trial) a probe of probe_size of them."""
+        if self.span == 0 or self.trial or batch <= self.probe_size:
             return list(range(batch))
         start, self.cursor = self.cursor % batch, self.cursor + self.probe_size
         return [(start + i) % batch for i in range(self.probe_size)]
-
-    def probing(self, batch: int) -> bool:
-        return self.span > 0 and not self.trial and batch > self.probe_size
 
     def record(self, batch: int, paid: bool, probe: bool = False) -> None:
         """After planning a round with proposals: whether they paid, and whether the round was a probe."""
@@ -345,9 +342,9 @@ class SpecWorker:
         if self.backoff.should_skip(len(reqs)):
             self.proposals = {}
             return [[] for _ in reqs]
-        probe = self.probed = self.backoff.probing(len(reqs))  # a probe's round is measured as neither kind
         self.proposed = True
         offered = self.backoff.offered(len(reqs))
+        probe = self.probed = len(offered) < len(reqs)  # a probe's round is measured as neither kind
         start = time.perf_counter()
         proposed = self.proposer.propose(
             [reqs[i] for i in offered], [min(self.num_draft_tokens, room[i]) for i in offered]
@@ -393,6 +390,7 @@ class SpecWorker:
         of request i's drafts that its grammar forces (plain decoding appends them without sampling): they
         are accepted as given once the drafts before them are.
         Returns the tokens each request commits: its accepted drafts plus one corrected/bonus token."""
+        forced = forced or [[] for _ in drafts]
         rows_params, rows_prompt, rows_output = [], [], []
         for req, d in zip(reqs, drafts):
             for k in range(len(d) + 1):
@@ -401,7 +399,7 @@ class SpecWorker:
                 rows_output.append(req.output_ids + d[:k])
         info = SamplingBatchInfo.from_params(rows_params, self.vocab_size)
         processed = process_logits(logits, info, rows_prompt, rows_output)  # [T, V]
-        _force_rows_(processed, drafts, forced or [[] for _ in drafts])
+        _force_rows_(processed, drafts, forced)
 
         B, K = len(reqs), max(len(d) for d in drafts)
         draft_tokens = torch.zeros(B, K, dtype=torch.int64)  # [B, K], padded with 0
@@ -429,7 +427,7 @@ class SpecWorker:
             accept[s], nxt[s] = rejection_sample(draft_tokens[s], draft_lens[s], q, probs, uniforms, expo)
 
         if self.calibration is not None:
-            for req, d, f, a in zip(reqs, drafts, forced or [[] for _ in drafts], accept.tolist()):
+            for req, d, f, a in zip(reqs, drafts, forced, accept.tolist()):
                 proposal = self.proposals.get(req.rid)
                 n = f[0] if f else len(d)  # the proposer's drafts: those before the first forced one
                 if n and proposal is not None and proposal.raw_confidences is not None:
