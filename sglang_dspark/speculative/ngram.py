@@ -10,13 +10,15 @@ The draft follows the continuations of all occurrences by majority vote, positio
 to the most recent occurrence, context before corpora). Confidence of draft j = votes for it / (the
 occurrences still agreeing with drafts < j, + ``prior``): an estimate of P(draft j right | drafts < j
 right), the planner's c[r, j]. Drafts are deterministic: verify them with one-hot p_d
-(``rejection_sample(..., draft_probs=None, ...)``).
+(``rejection_sample(..., draft_probs=None, ...)``). For a grammar request the vote is masked (DESIGN.md
+4.1): only tokens its grammar allows are voted for, and grammar-forced runs are drafted exactly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 Corpora = Iterable["NGramIndex"] | Callable[[Sequence[int]], Iterable[Sequence[int]]]
 
@@ -68,40 +70,100 @@ class NGramProposal:
     match_len: int  # n of the matched suffix, 0 when nothing matched
 
 
-def _vote(continuations: list[list[int]], num_tokens: int, prior: float) -> tuple[list[int], list[float]]:
-    """Majority vote along the continuations (ordered by preference for ties)."""
-    tokens: list[int] = []
-    confidences: list[float] = []
-    alive = continuations
-    for j in range(num_tokens):
-        alive = [c for c in alive if len(c) > j]
-        if not alive:
-            break
-        votes: dict[int, int] = {}
-        for c in alive:
-            votes[c[j]] = votes.get(c[j], 0) + 1
-        token = max(votes, key=votes.__getitem__)  # first maximum: the most preferred among ties
-        tokens.append(token)
-        confidences.append(votes[token] / (len(alive) + prior))
-        alive = [c for c in alive if c[j] == token]
-    return tokens, confidences
+class DraftGrammar(Protocol):
+    """What the vote walks of a request's grammar: its own fork (its state is advanced, never rolled back)."""
+
+    def accept_token(self, token: int) -> bool: ...
+
+    def accept_tokens(self, tokens: Sequence[int]) -> int: ...
+
+    def rollback(self, num_tokens: int) -> None: ...
+
+    def is_terminated(self) -> bool: ...
+
+    def jump_forward_tokens(self) -> list[int]: ...
+
+
+def _longest_match(
+    sources: list[NGramIndex], suffix: Sequence[int], min_n: int, max_n: int, num_tokens: int, max_matches: int
+) -> tuple[list[list[int]], int]:
+    """The continuations of suffix's longest tail (max_n..min_n tokens) seen in sources, and its length."""
+    for n in range(min(max_n, len(suffix)), min_n - 1, -1):
+        key = tuple(suffix[len(suffix) - n :])
+        found = [c for source in sources for c in source.continuations(key, num_tokens, max_matches)]
+        if found:
+            return found, n
+    return [], 0
+
+
+def _pick(votes: dict[int, int], prior: float, grammar: DraftGrammar | None) -> tuple[int | None, float]:
+    """The most voted token (first among ties) that grammar accepts (advancing it), and its confidence:
+    its votes / (the votes for tokens the grammar allows + prior)."""
+    if grammar is None:
+        token = max(votes, key=votes.__getitem__)
+        return token, votes[token] / (sum(votes.values()) + prior)
+    if grammar.is_terminated():
+        return None, 0.0
+    allowed = [t for t in sorted(votes, key=votes.__getitem__, reverse=True) if _allows(grammar, t)]
+    if not allowed:
+        return None, 0.0
+    grammar.accept_token(allowed[0])
+    return allowed[0], votes[allowed[0]] / (sum(votes[t] for t in allowed) + prior)
+
+
+def _allows(grammar: DraftGrammar, token: int) -> bool:
+    """Whether grammar accepts token next, leaving it where it was."""
+    if not grammar.accept_token(token):
+        return False
+    grammar.rollback(1)
+    return True
 
 
 def propose(
-    context: NGramIndex, num_tokens: int, corpora: Corpora = (), max_matches: int = 64, prior: float = 1.0
+    context: NGramIndex,
+    num_tokens: int,
+    corpora: Corpora = (),
+    max_matches: int = 64,
+    prior: float = 1.0,
+    grammar: DraftGrammar | None = None,
 ) -> NGramProposal:
     """Draft up to ``num_tokens`` tokens after ``context`` from its longest earlier-seen suffix.
 
     ``corpora``: ``NGramIndex``es (searched with the context's suffix), or a callable taking the context
     tokens and returning token sequences, indexed on the fly (cost linear in their length).
     ``max_matches`` caps the occurrences per source that vote; ``prior`` shrinks the confidences.
+    ``grammar`` (a fork of the request's grammar, advanced along the draft): each position takes the most
+    voted token the grammar allows; where a drafted token makes the grammar force tokens (jump-forward),
+    the draft carries exactly that forced tokenization (confidence 1, as the scheduler's valid_draft and
+    plain decoding append it) and goes on with the continuations that agree with it, or with a new
+    suffix match after it when none does.
     """
     if callable(corpora):
         corpora = [NGramIndex.build(seq, context.min_n, context.max_n) for seq in corpora(context.tokens)]
     sources = [context, *corpora]
-    for n in range(min(context.max_n, len(context.tokens)), context.min_n - 1, -1):
-        key = tuple(context.tokens[-n:])
-        found = [c for source in sources for c in source.continuations(key, num_tokens, max_matches)]
-        if found:
-            return NGramProposal(*_vote(found, num_tokens, prior), match_len=n)
-    return NGramProposal([], [], 0)
+    tail = context.tokens[-context.max_n :]
+    alive, match_len = _longest_match(sources, tail, context.min_n, context.max_n, num_tokens, max_matches)
+    tokens: list[int] = []
+    confidences: list[float] = []
+    while alive and len(tokens) < num_tokens:
+        votes: dict[int, int] = {}
+        for c in alive:
+            votes[c[0]] = votes.get(c[0], 0) + 1
+        token, confidence = _pick(votes, prior, grammar)
+        if token is None:
+            break
+        tokens.append(token)
+        confidences.append(confidence)
+        alive = [c[1:] for c in alive if c[0] == token and len(c) > 1]
+        run = grammar.jump_forward_tokens() if grammar is not None and not grammar.is_terminated() else []
+        run = run[: num_tokens - len(tokens)]
+        if not run or grammar.accept_tokens(run) < len(run):
+            continue
+        tokens += run
+        confidences += [1.0] * len(run)
+        alive = [c[len(run) :] for c in alive if c[: len(run)] == run and len(c) > len(run)]
+        if not alive:
+            suffix = (tail + tokens)[-context.max_n :]
+            left = num_tokens - len(tokens)
+            alive = _longest_match(sources, suffix, context.min_n, context.max_n, left, max_matches)[0] if left else []
+    return NGramProposal(tokens, confidences, match_len)

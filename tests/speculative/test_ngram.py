@@ -1,8 +1,22 @@
+import json
 import random
+from types import SimpleNamespace
 
 import pytest
+import torch
+from transformers import AutoTokenizer
 
+from sglang_dspark.grammar import Constraint, allocate_bitmask, create_backend
+from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.speculative.ngram import NGramIndex, propose
+from sglang_dspark.speculative.spec_worker import NGramProposer
+
+COLOR = {
+    "type": "object",
+    "properties": {"color": {"enum": ["red", "blue"]}, "size": {"type": "integer"}},
+    "required": ["color", "size"],
+    "additionalProperties": False,
+}
 
 
 def ids(text):
@@ -97,3 +111,66 @@ def test_context_votes_before_corpora_on_ties():
 def test_rejects_bad_n():
     with pytest.raises(ValueError):
         NGramIndex(min_n=3, max_n=2)
+
+
+@pytest.fixture(scope="module")
+def color_grammar():
+    """(a fresh xgrammar grammar of COLOR for SmolLM2's tokenizer, its encode)."""
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(None))
+    backend = create_backend("xgrammar", tok, 49152, [tok.eos_token_id])
+    compiled = backend.compile(Constraint.from_fields(json_schema=json.dumps(COLOR)))
+    return (lambda: backend.make_grammar(compiled)), (lambda t: tok.encode(t, add_special_tokens=False))
+
+
+def test_grammar_vote_skips_tokens_the_grammar_forbids_and_carries_forced_runs(color_grammar):
+    """Two earlier "green" (not in the enum) outvote one "red": under the grammar the draft takes red, with
+    the confidence of its votes among allowed tokens; the run the grammar forces after it (jump-forward) is
+    drafted exactly, confidence 1, and the draft goes on with the continuation that agrees with it."""
+    make, encode = color_grammar
+    grammar = make()
+    start = grammar.jump_forward_tokens()  # '{"color":"'
+    grammar.accept_tokens(start)
+    (red,), (green,) = encode("red"), encode("green")
+    walk = grammar.fork()
+    walk.accept_token(red)
+    run = walk.jump_forward_tokens()  # '","size":' as plain decoding appends it after red
+    assert run
+    seen = start + [green] + run + encode("7}") + start + [green] + run + encode("7}") + start + [red] + run
+    ctx = NGramIndex.build(seen + encode("5}") + start, max_n=3)
+    assert propose(ctx, 1).tokens == [green]
+    p = propose(ctx, len(run) + 2, grammar=grammar.fork())
+    assert p.tokens == [red, *run, *encode("5")]
+    assert p.confidences == pytest.approx([1 / 2] + [1.0] * len(run) + [1 / 2])
+
+
+def test_grammar_vote_looks_up_again_after_a_forced_run(color_grammar):
+    """No earlier red is followed by the forced run: after the run the draft continues from the run's own
+    earlier occurrence; without a grammar it would follow the red it matched."""
+    make, encode = color_grammar
+    grammar = make()
+    start = grammar.jump_forward_tokens()
+    grammar.accept_tokens(start)
+    (red,) = encode("red")
+    walk = grammar.fork()
+    walk.accept_token(red)
+    run = walk.jump_forward_tokens()
+    after_red = encode(" is red.") + start
+    ctx = NGramIndex.build(run + encode("8}") + start + [red] + after_red, max_n=3)
+    assert propose(ctx, len(run) + 2).tokens == [red, *after_red[: len(run) + 1]]
+    assert propose(ctx, len(run) + 2, grammar=grammar.fork()).tokens == [red, *run, *encode("8")]
+
+
+def test_ngram_proposer_walks_a_fork_of_the_request_grammar(color_grammar):
+    make, encode = color_grammar
+    grammar = make()
+    start = grammar.jump_forward_tokens()
+    grammar.accept_tokens(start)
+    (red,), (green,) = encode("red"), encode("green")
+    req = SimpleNamespace(rid="a", origin_input_ids=start + [green] + start + [red], output_ids=start, grammar=grammar)
+    before, after = allocate_bitmask(1, 49152), allocate_bitmask(1, 49152)
+    grammar.fill_mask(before, 0)
+    assert NGramProposer(max_n=3).propose([req], [1])[0].tokens == [red]  # green: 1 of 2 votes, the recent red 1
+    grammar.fill_mask(after, 0)
+    assert torch.equal(before, after)
+    req.origin_input_ids = start + [green] + start + [green] + start + [red]
+    assert NGramProposer(max_n=3).propose([req], [1])[0].tokens == [red]  # green outvotes red, but is forbidden
