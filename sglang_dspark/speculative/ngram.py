@@ -157,8 +157,9 @@ def propose(
         alive = [c[1:] for c in alive if c[0] == token and len(c) > 1]
         run = grammar.jump_forward_tokens() if grammar is not None and not grammar.is_terminated() else []
         run = run[: num_tokens - len(tokens)]
-        if not run or grammar.accept_tokens(run) < len(run):
+        if not run:
             continue
+        grammar.accept_tokens(run)  # all of it: jump_forward_tokens returns tokens the grammar accepts
         tokens += run
         confidences += [1.0] * len(run)
         alive = [c[len(run) :] for c in alive if c[: len(run)] == run and len(c) > len(run)]
