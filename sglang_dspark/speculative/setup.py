@@ -77,17 +77,18 @@ def build_spec_worker(
         # per request, the n-gram / radix draft or the drafter's, whichever expects more accepted tokens;
         # the drafter only runs for requests whose n-gram draft expects fewer than NGRAM_ENOUGH, and for the
         # kinds of requests (grammar or not) where its drafts have lately added enough (ProposerGate)
+        gate = None if args.speculative_dspark_disable_ngram else ProposerGate()
         proposer = (
             calibrated(dspark)
-            if args.speculative_dspark_disable_ngram
-            else BestOfProposer(
-                (calibrated(NGramProposer(radix=radix)), calibrated(dspark)), NGRAM_ENOUGH, ProposerGate()
-            )
+            if gate is None
+            else BestOfProposer((calibrated(NGramProposer(radix=radix)), calibrated(dspark)), NGRAM_ENOUGH, gate)
         )
     elif algo == "STANDALONE":
+        gate = None
         proposer = calibrated(build_standalone_proposer(args, runner))
         num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_STANDALONE_DRAFT_TOKENS
     else:
+        gate = None
         proposer = calibrated(NGramProposer(radix=radix))
         num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
     mode = args.speculative_dspark_verify_mode
@@ -100,7 +101,7 @@ def build_spec_worker(
     policy = make_verify_policy(mode, sps, args.speculative_dspark_verify_threshold)
     # the baselines (fixed, threshold) verify what they verify, without the drafting-cost backoff
     adaptive_sps = sps if mode in LOAD_ADAPTIVE_MODES else None
-    return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, policy, calibration, adaptive_sps)
+    return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, policy, calibration, adaptive_sps, gate)
 
 
 def build_standalone_proposer(args: ServerArgs, runner: ModelRunner) -> StandaloneProposer:

@@ -119,9 +119,13 @@ class NGramProposer:
 class ProposerGate:
     """Whether a costlier proposer is worth running, per kind of request (e.g. grammar-constrained or not):
     the moving average, per request it drafted for, of the expected accepted drafts its draft added over the
-    cheaper proposers' (calibrated confidences; 0 where it lost). Below ``min_gain`` it drafts for one request
-    of that kind in every ``explore_every``-th call only, which keeps the average current. Skipping a
-    proposer never changes the output.
+    cheaper proposers' (calibrated confidences; 0 where it lost), against what its drafting costs. A round
+    that commits N tokens in S seconds gains by drafting D seconds more for k requests only if they add more
+    than k * (D / k) * N / S tokens: the cost of a request is its share of the drafting time (moving
+    average over calls that drafted every request offered) times the rounds' tokens/s (``observe_round``).
+    Below that cost, or below ``min_gain``, it drafts for one request of that kind in every
+    ``explore_every``-th call only, which keeps the average current. Skipping a proposer never changes the
+    output.
 
     Measured at concurrency 1 (SmolLM2 drafter after the n-gram proposer, 8 prompts each): it added 0.46
     expected drafts per request on code, 0.22 on chat, 0.11 on JSON-schema requests, drafting took 3.1 ms
@@ -129,15 +133,22 @@ class ProposerGate:
 
     min_gain: float = 0.3
     explore_every: int = 8
-    weight: float = 0.05  # of the newest request in the moving average
+    weight: float = 0.05  # of the newest request (or round) in the moving averages
     gains: dict[Hashable, float] = field(default_factory=dict)
+    seconds: dict[Hashable, float] = field(default_factory=dict)  # drafting seconds per request, per kind
+    token_rate: float | None = None  # tokens/s of decode rounds
     skipped: dict[Hashable, int] = field(default_factory=dict)
+
+    def cost(self, kind: Hashable) -> float:
+        """The tokens a request of this kind must gain to pay for its drafting (0 until measured)."""
+        seconds = self.seconds.get(kind)
+        return 0.0 if seconds is None or self.token_rate is None else seconds * self.token_rate
 
     def quota(self, kind: Hashable) -> int | None:
         """How many requests of this kind the proposer drafts for in this call: all (None), or, below
-        min_gain, one in every explore_every-th call (the cheapest measurement) and none otherwise."""
+        min_gain or its cost, one in every explore_every-th call (the cheapest measurement) and none otherwise."""
         gain = self.gains.get(kind)
-        if gain is None or gain >= self.min_gain:
+        if gain is None or gain >= max(self.min_gain, self.cost(kind)):
             return None
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
         if self.skipped[kind] >= self.explore_every:
@@ -145,9 +156,20 @@ class ProposerGate:
             return 1
         return 0
 
-    def observe(self, kind: Hashable, gain: float) -> None:
-        old = self.gains.get(kind)
-        self.gains[kind] = gain if old is None else (1 - self.weight) * old + self.weight * gain
+    def observe(self, kind: Hashable, gain: float, seconds: float | None = None) -> None:
+        """A request of this kind that the proposer drafted for: the expected drafts it added and, for a call
+        that drafted every request offered (not an exploring one), the call's seconds per request."""
+        self.gains[kind] = _moving(self.gains.get(kind), gain, self.weight)
+        if seconds is not None:
+            self.seconds[kind] = _moving(self.seconds.get(kind), seconds, self.weight)
+
+    def observe_round(self, tokens: int, seconds: float) -> None:
+        """A decode round: the tokens it committed and its wall time."""
+        self.token_rate = _moving(self.token_rate, tokens / max(seconds, 1e-9), self.weight)
+
+
+def _moving(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else (1 - weight) * old + weight * new
 
 
 @dataclass
@@ -176,15 +198,22 @@ class BestOfProposer:
         scores = [expected_drafts(d) for d in best]
         for index, proposer in enumerate(self.proposers[1:], start=1):
             todo = [i for i, score in enumerate(scores) if score < self.enough]
+            cut: set[Hashable] = set()  # kinds the gate left out requests of (exploring with one of them)
             if self.gate is not None:
                 kinds = {i: (index, reqs[i].grammar is not None) for i in todo}
-                todo = self._within_quota(todo, kinds)
+                kept = self._within_quota(todo, kinds)
+                cut = {kinds[i] for i in set(todo) - set(kept)}
+                todo = kept
             if not todo:
                 continue
-            for i, draft in zip(todo, proposer.propose([reqs[i] for i in todo], [num_tokens[i] for i in todo])):
+            start = time.perf_counter()
+            drafts = proposer.propose([reqs[i] for i in todo], [num_tokens[i] for i in todo])
+            per_request = (time.perf_counter() - start) / len(todo)
+            for i, draft in zip(todo, drafts):
                 score = expected_drafts(draft)
-                if self.gate is not None:
-                    self.gate.observe(kinds[i], max(0.0, score - scores[i]))
+                if self.gate is not None:  # an exploring request's share of the call is not its drafting cost
+                    seconds = None if kinds[i] in cut else per_request
+                    self.gate.observe(kinds[i], max(0.0, score - scores[i]), seconds)
                 if score > scores[i]:
                     best[i], scores[i] = draft, score
         return best
@@ -313,16 +342,19 @@ class SpecWorker:
         policy: VerifyPolicy,
         calibration: OnlineCalibration | None = None,
         sps: SPSTable | None = None,
+        gate: ProposerGate | None = None,
     ) -> None:
         """calibration: learns from every verified round; the proposer's drafts are calibrated by it
         (online_calibration.CalibratedProposer) when given. sps: the target's SPS(B), with which a round
-        whose drafting time outweighs its expected gain counts as not paying (ProposalBackoff)."""
+        whose drafting time outweighs its expected gain counts as not paying (ProposalBackoff). gate: the
+        proposer's ProposerGate, told every decode round's tokens/s."""
         self.proposer = proposer
         self.num_draft_tokens = num_draft_tokens
         self.vocab_size = vocab_size
         self.policy = policy
         self.calibration = calibration
         self.sps = sps
+        self.gate = gate
         self.proposals: dict[str, Draft] = {}  # rid -> the proposal whose drafts are now being verified
         self.backoff = ProposalBackoff()
         self.throughput = RoundThroughput()
@@ -378,6 +410,8 @@ class SpecWorker:
         step's wall time, drafting included; feeds the measured comparison (load-adaptive modes only)."""
         if self.sps is not None and not self.probed:
             self.throughput.observe(batch, tokens, seconds, self.proposed)
+        if self.gate is not None:
+            self.gate.observe_round(tokens, seconds)
         self.proposed = self.probed = False  # a step that does not call draft() proposes nothing
 
     def verify(

@@ -195,6 +195,27 @@ def test_proposer_gate_runs_below_min_gain_only_to_explore():
     assert gate.gains["json"] == pytest.approx(0.5) and gate.quota("json") is None
 
 
+def test_proposer_gate_weighs_the_gain_against_the_drafting_cost():
+    """A request's drafting costs its seconds times the rounds' tokens/s: a gain above min_gain but below
+    that cost only explores; when rounds get slower (fewer tokens/s) the same gain pays again."""
+    gate = ProposerGate(min_gain=0.3, explore_every=4, weight=1.0)
+    gate.observe("json", 0.5)
+    gate.observe_round(tokens=12, seconds=0.03)
+    assert gate.cost("json") == 0.0 and gate.quota("json") is None  # drafting time not measured yet
+    gate.observe("json", 0.5, seconds=0.004)  # 4 ms per request at 400 tokens/s: 1.6 tokens
+    assert gate.cost("json") == pytest.approx(1.6)
+    assert [gate.quota("json") for _ in range(4)] == [0, 0, 0, 1]
+    gate.observe_round(tokens=3, seconds=0.03)  # 100 tokens/s: 0.4 tokens
+    assert gate.quota("json") is None
+
+
+def test_worker_tells_the_gate_each_rounds_tokens_per_second():
+    gate = ProposerGate(weight=1.0)
+    worker = SpecWorker(FixedProposer({}), 4, 16, FixedVerify(), gate=gate)
+    worker.observe_round(2, tokens=6, seconds=0.02)
+    assert gate.token_rate == pytest.approx(300.0)
+
+
 @dataclass
 class GrammarReq:
     rid: str
@@ -216,11 +237,23 @@ def test_best_of_gate_keeps_the_drafter_for_the_kinds_of_requests_where_it_adds_
 
     drafter = Drafter({"p": Draft([3], [0.9]), "g": Draft([4], [0.2]), "g2": Draft([5], [0.2])})
     ngram.drafts["g2"] = Draft([6], [0.5])
-    best = BestOfProposer((ngram, drafter), enough=2.0, gate=ProposerGate(min_gain=0.3, explore_every=3))
+    timed = []  # per call: the kinds whose drafting time per request was observed
+
+    class TimedGate(ProposerGate):
+        def observe(self, kind, gain, seconds=None):
+            if seconds is not None:
+                timed[-1].append(kind)
+            super().observe(kind, gain, seconds)
+
+    best = BestOfProposer((ngram, drafter), enough=2.0, gate=TimedGate(min_gain=0.3, explore_every=3))
     reqs = [GrammarReq("p"), GrammarReq("g", grammar=object()), GrammarReq("g2", grammar=object())]
     for _ in range(4):
+        timed.append([])
         assert best.propose(reqs, [4, 4, 4]) == [drafter.drafts["p"], ngram.drafts["g"], ngram.drafts["g2"]]
     assert asked == [["p", "g", "g2"], ["p"], ["p"], ["p", "g"]]  # exploring: one grammar request
+    # an exploring request's share of the call is not the drafting cost of its kind
+    assert timed == [[(1, False), (1, True), (1, True)], [(1, False)], [(1, False)], [(1, False)]]
+    assert all(v > 0 for v in best.gate.seconds.values())
 
 
 class VerifyReq:
