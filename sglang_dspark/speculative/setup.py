@@ -76,7 +76,7 @@ def build_spec_worker(
         num_draft_tokens = min(args.speculative_num_draft_tokens or block, block)
         # per request, the n-gram / radix draft or the drafter's, whichever expects more accepted tokens;
         # the drafter only runs for requests whose n-gram draft expects fewer than NGRAM_ENOUGH, and for the
-        # kinds of requests (grammar or not) where its drafts have lately added enough (ProposerGate)
+        # kinds of requests (grammar or not) where its drafts have lately added more than they cost (ProposerGate)
         gate = None if args.speculative_dspark_disable_ngram else ProposerGate()
         proposer = (
             calibrated(dspark)

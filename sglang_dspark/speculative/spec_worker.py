@@ -120,9 +120,9 @@ class ProposerGate:
     """Whether a costlier proposer is worth running, per kind of request (e.g. grammar-constrained or not):
     the moving average, per request it drafted for, of the expected accepted drafts its draft added over the
     cheaper proposers' (calibrated confidences; 0 where it lost), against what its drafting costs. A round
-    that commits N tokens in S seconds gains by drafting D seconds more for k requests only if they add more
-    than k * (D / k) * N / S tokens: the cost of a request is its share of the drafting time (moving
-    average over calls that drafted every request offered) times the rounds' tokens/s (``observe_round``).
+    that commits N tokens in S seconds gains by D more seconds of drafting only if the drafts add more than
+    D * N / S tokens: the cost of a request is its share of the drafter call's time (moving average over
+    calls where the gate did not cut its kind) times the decode rounds' tokens/s (``observe_round``).
     Below that cost, or below ``min_gain``, it drafts for one request of that kind in every
     ``explore_every``-th call only, which keeps the average current. Skipping a proposer never changes the
     output.
@@ -157,8 +157,8 @@ class ProposerGate:
         return 0
 
     def observe(self, kind: Hashable, gain: float, seconds: float | None = None) -> None:
-        """A request of this kind that the proposer drafted for: the expected drafts it added and, for a call
-        that drafted every request offered (not an exploring one), the call's seconds per request."""
+        """A request of this kind that the proposer drafted for: the expected drafts it added and, unless the
+        gate cut its kind in that call (exploring), the call's seconds per request drafted."""
         self.gains[kind] = _moving(self.gains.get(kind), gain, self.weight)
         if seconds is not None:
             self.seconds[kind] = _moving(self.seconds.get(kind), seconds, self.weight)
