@@ -71,13 +71,15 @@ class NGramProposal:
 
 
 class DraftGrammar(Protocol):
-    """What the vote walks of a request's grammar: its own fork (its state is advanced, never rolled back)."""
+    """What the vote uses of a request's grammar (it walks a fork; the request's own state is untouched)."""
+
+    def fork(self) -> DraftGrammar: ...
 
     def accept_token(self, token: int) -> bool: ...
 
     def accept_tokens(self, tokens: Sequence[int]) -> int: ...
 
-    def rollback(self, num_tokens: int) -> None: ...
+    def validate_tokens(self, tokens: Sequence[int]) -> int: ...
 
     def is_terminated(self) -> bool: ...
 
@@ -104,19 +106,11 @@ def _pick(votes: dict[int, int], prior: float, grammar: DraftGrammar | None) -> 
         return token, votes[token] / (sum(votes.values()) + prior)
     if grammar.is_terminated():
         return None, 0.0
-    allowed = [t for t in sorted(votes, key=votes.__getitem__, reverse=True) if _allows(grammar, t)]
+    allowed = [t for t in sorted(votes, key=votes.__getitem__, reverse=True) if grammar.validate_tokens([t])]
     if not allowed:
         return None, 0.0
     grammar.accept_token(allowed[0])
     return allowed[0], votes[allowed[0]] / (sum(votes[t] for t in allowed) + prior)
-
-
-def _allows(grammar: DraftGrammar, token: int) -> bool:
-    """Whether grammar accepts token next, leaving it where it was."""
-    if not grammar.accept_token(token):
-        return False
-    grammar.rollback(1)
-    return True
 
 
 def propose(
@@ -132,7 +126,7 @@ def propose(
     ``corpora``: ``NGramIndex``es (searched with the context's suffix), or a callable taking the context
     tokens and returning token sequences, indexed on the fly (cost linear in their length).
     ``max_matches`` caps the occurrences per source that vote; ``prior`` shrinks the confidences.
-    ``grammar`` (a fork of the request's grammar, advanced along the draft): each position takes the most
+    ``grammar`` (the request's grammar; a fork of it is walked along the draft): each position takes the most
     voted token the grammar allows; where a drafted token makes the grammar force tokens (jump-forward),
     the draft carries exactly that forced tokenization (confidence 1, as the scheduler's valid_draft and
     plain decoding append it) and goes on with the continuations that agree with it, or with a new
@@ -145,6 +139,7 @@ def propose(
     alive, match_len = _longest_match(sources, tail, context.min_n, context.max_n, num_tokens, max_matches)
     tokens: list[int] = []
     confidences: list[float] = []
+    grammar = grammar.fork() if grammar is not None and alive else None  # forked only when there is a vote
     while alive and len(tokens) < num_tokens:
         votes: dict[int, int] = {}
         for c in alive:

@@ -70,6 +70,7 @@ def build_spec_worker(
     def calibrated(p: Proposer) -> Proposer:
         return p if calibration is None else CalibratedProposer(p, calibration)
 
+    gate = None  # the drafter's ProposerGate (DSPARK with the n-gram proposer)
     if algo == "DSPARK":
         dspark = build_dspark_proposer(args, runner, model_dir)
         block = dspark.drafter.config.block_size
@@ -77,18 +78,15 @@ def build_spec_worker(
         # per request, the n-gram / radix draft or the drafter's, whichever expects more accepted tokens;
         # the drafter only runs for requests whose n-gram draft expects fewer than NGRAM_ENOUGH, and for the
         # kinds of requests (grammar or not) where its drafts have lately added more than they cost (ProposerGate)
-        gate = None if args.speculative_dspark_disable_ngram else ProposerGate()
-        proposer = (
-            calibrated(dspark)
-            if gate is None
-            else BestOfProposer((calibrated(NGramProposer(radix=radix)), calibrated(dspark)), NGRAM_ENOUGH, gate)
-        )
+        if args.speculative_dspark_disable_ngram:
+            proposer = calibrated(dspark)
+        else:
+            gate = ProposerGate()
+            proposer = BestOfProposer((calibrated(NGramProposer(radix=radix)), calibrated(dspark)), NGRAM_ENOUGH, gate)
     elif algo == "STANDALONE":
-        gate = None
         proposer = calibrated(build_standalone_proposer(args, runner))
         num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_STANDALONE_DRAFT_TOKENS
     else:
-        gate = None
         proposer = calibrated(NGramProposer(radix=radix))
         num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
     mode = args.speculative_dspark_verify_mode

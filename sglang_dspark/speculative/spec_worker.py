@@ -104,8 +104,7 @@ class NGramProposer:
         cached = self.radix.continuation(index.tokens, num_tokens) if self.radix is not None and num_tokens else []
         if cached:
             return Draft(cached, [self.radix_confidence] * len(cached), source="radix")
-        grammar = req.grammar.fork() if req.grammar is not None and num_tokens else None
-        proposal = propose(index, num_tokens, grammar=grammar)
+        proposal = propose(index, num_tokens, grammar=req.grammar)
         return Draft(proposal.tokens, proposal.confidences, source="ngram")
 
     def store_features(self, hidden_states: list[torch.Tensor], slots: torch.Tensor) -> None:
