@@ -31,6 +31,8 @@ def load_or_score(args: argparse.Namespace, drafters: dict[str, str], seqs: list
         if (cached["ids"], cached["drafters"], cached.get("grammar_mask")) == (ids, drafters, args.grammar_mask):
             return cached["records"]
         logging.warning("%s was scored on other sequences, drafters or masking; scoring again", args.records)
+    if args.records:  # before scoring, which takes minutes: a path that cannot be written fails now
+        Path(args.records).parent.mkdir(parents=True, exist_ok=True)
     scored = score(args, drafters, seqs)
     if args.records:
         torch.save(
@@ -64,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         for mode in args.modes:
             for name in drafters:
                 sts_path = Path(sts_dirs[name]) / f"sts_{mode}.json"
-                temps = list(STSCalibration.load(sts_path).temperatures) if sts_path.is_file() else None
-                summary = summarize([r[name] for r in rows], mode, args.seed, temps)
+                sts = STSCalibration.load(sts_path) if sts_path.is_file() else None
+                summary = summarize([r[name] for r in rows], mode, args.seed, sts)
                 summary["sequences"] = len(rows)
                 results.setdefault(source, {}).setdefault(mode, {})[name] = summary
     out = Path(args.output_dir)

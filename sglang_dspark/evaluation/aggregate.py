@@ -8,7 +8,7 @@ from sglang_dspark.evaluation.rounds import leading_ones, sample_outcomes, simul
 from sglang_dspark.evaluation.scoring import BlockRecords
 from sglang_dspark.speculative import metrics as M
 from sglang_dspark.speculative.metrics import prefix_labels
-from sglang_dspark.speculative.sts import apply_sts
+from sglang_dspark.speculative.sts import STSCalibration
 
 MODES = ("greedy", "t1")
 
@@ -38,7 +38,7 @@ def pooled_confidence_metrics(survival: torch.Tensor, accept_lens: torch.Tensor,
     return {"ece": M.ece(pred, lab), "roc_auc": M.roc_auc(pred, lab), "brier": M.brier(pred, lab)}
 
 
-def summarize(records: list[BlockRecords], mode: str, seed: int, sts_temperatures: list[float] | None) -> dict:
+def summarize(records: list[BlockRecords], mode: str, seed: int, sts: STSCalibration | None) -> dict:
     """Metrics of one drafter on one data set in one mode."""
     acc = outcomes(records, mode, seed)
     g = acc[0].shape[1]
@@ -61,8 +61,8 @@ def summarize(records: list[BlockRecords], mode: str, seed: int, sts_temperature
         before = torch.sigmoid(conf).cumprod(dim=1)
         out["confidence_before"] = pooled_confidence_metrics(before, all_acc, all_draft)
         out["reliability_before"] = reliability(before, all_acc, all_draft)
-        if sts_temperatures is not None:
-            after = apply_sts(conf, sts_temperatures).cumprod(dim=1)
+        if sts is not None:
+            after = sts(conf).cumprod(dim=1)
             out["confidence_after"] = pooled_confidence_metrics(after, all_acc, all_draft)
             out["reliability_after"] = reliability(after, all_acc, all_draft)
     return out

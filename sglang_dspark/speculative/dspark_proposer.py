@@ -28,21 +28,21 @@ from sglang_dspark.grammar.base import allocate_bitmask
 from sglang_dspark.grammar.mask import allowed_from_bitmask
 from sglang_dspark.speculative.dspark import DrafterState, DSparkDrafter
 from sglang_dspark.speculative.spec_worker import Draft, SpecRequest, draft_temperature
-from sglang_dspark.speculative.sts import apply_sts
+from sglang_dspark.speculative.sts import STSCalibration
 
 
 @dataclass(frozen=True)
 class ConfidenceCalibration:
-    """STS temperatures per draft position, for greedy and for sampled drafts; None = raw sigmoid."""
+    """STS of the confidences of greedy and of sampled drafts; None = raw sigmoid."""
 
-    greedy: tuple[float, ...] | None = None
-    sampling: tuple[float, ...] | None = None
+    greedy: STSCalibration | None = None
+    sampling: STSCalibration | None = None
 
     def __call__(self, logits: torch.Tensor, sampled: torch.Tensor) -> torch.Tensor:
         """logits [R, G] pre-sigmoid, sampled [R] bool -> confidences [R, G] fp32."""
 
-        def calibrate(temps: tuple[float, ...] | None) -> torch.Tensor:
-            return torch.sigmoid(logits.float()) if temps is None else apply_sts(logits, temps)
+        def calibrate(sts: STSCalibration | None) -> torch.Tensor:
+            return torch.sigmoid(logits.float()) if sts is None else sts(logits)
 
         return torch.where(sampled[:, None], calibrate(self.sampling), calibrate(self.greedy))
 

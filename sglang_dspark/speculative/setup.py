@@ -194,19 +194,19 @@ def load_calibration(sts_path: str | None, drafter_dir: Path, block_size: int) -
     """--speculative-dspark-confidence-sts-path for every draft, else the drafter directory's
     sts_greedy.json / sts_t1.json for greedy / sampled drafts where present (raw confidences otherwise)."""
 
-    def temperatures(path: Path) -> tuple[float, ...] | None:
+    def load(path: Path) -> STSCalibration | None:
         if not path.is_file():
             return None
-        temps = STSCalibration.load(path).temperatures
-        if len(temps) < block_size:
-            raise ValueError(f"STS file {path} has {len(temps)} temperatures, the drafter drafts {block_size}")
-        return temps
+        sts = STSCalibration.load(path)
+        if len(sts.temperatures) < block_size:
+            raise ValueError(
+                f"STS file {path} has {len(sts.temperatures)} temperatures, the drafter drafts {block_size}"
+            )
+        return sts
 
     if sts_path:
-        temps = temperatures(Path(sts_path))
-        if temps is None:
+        sts = load(Path(sts_path))
+        if sts is None:
             raise ValueError(f"--speculative-dspark-confidence-sts-path {sts_path} does not exist")
-        return ConfidenceCalibration(temps, temps)
-    return ConfidenceCalibration(
-        temperatures(drafter_dir / "sts_greedy.json"), temperatures(drafter_dir / "sts_t1.json")
-    )
+        return ConfidenceCalibration(sts, sts)
+    return ConfidenceCalibration(load(drafter_dir / "sts_greedy.json"), load(drafter_dir / "sts_t1.json"))

@@ -1,20 +1,22 @@
 """Sequential Temperature Scaling (STS) of the drafter's confidence head (DESIGN.md section 3).
 
-Calibrated confidence c[k] = sigmoid(z[k] / T[k]), one temperature per draft position. Fitted on held-out
-verify rounds for k = 1..G in order: T[k] is the grid value minimising the ECE of the survival
-prod_{i <= k} c[i] against "drafts 1..k all accepted", the earlier temperatures fixed.
+Calibrated confidence c[k] = sigmoid(z[k] / T[k] + b[k]), one temperature and one bias per draft position.
+Fitted on held-out verify rounds for k = 1..G in order: (T[k], b[k]) is the grid point minimising the ECE
+of the survival prod_{i <= k} c[i] against "drafts 1..k all accepted", the earlier positions fixed. With
+the bias grid {0} this is DESIGN.md's STS (temperatures only); the bias (the grid includes 0, so it never
+fits the calibration set worse) corrects a drafter that is under- or over-confident at every logit, which a
+temperature cannot.
 
 JSON file read by ``--speculative-dspark-confidence-sts-path`` (SGLang's format; only ``temperatures``,
-all > 0, is required; the ECEs are per position, before and after calibration)::
+all > 0, is required; ``biases`` default to 0; the ECEs are per position, before and after calibration)::
 
-    {"temperatures": [1.4, 1.2, 1.1], "dataset": "gsm8k", "num_samples": 5000,
+    {"temperatures": [1.4, 1.2, 1.1], "biases": [0.0, 0.3, 0.6], "dataset": "gsm8k", "num_samples": 5000,
      "ece_before": [0.06, 0.05, 0.04], "ece_after": [0.01, 0.01, 0.01]}
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -26,19 +28,31 @@ from sglang_dspark.speculative.metrics import ece, ece_rows, prefix_labels
 
 @dataclass(frozen=True)
 class STSCalibration:
-    """Per-position temperatures plus how they were fitted."""
+    """Per-position temperatures (and biases, () = all 0) plus how they were fitted."""
 
     temperatures: tuple[float, ...]
+    biases: tuple[float, ...] = ()
     dataset: str = ""
     num_samples: int = 0
     ece_before: tuple[float, ...] = ()
     ece_after: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("temperatures", "ece_before", "ece_after"):
+        for name in ("temperatures", "biases", "ece_before", "ece_after"):
             object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
         if not self.temperatures or any(t <= 0 for t in self.temperatures):
             raise ValueError(f"STS needs at least one temperature, all > 0, got {self.temperatures}")
+        if self.biases and len(self.biases) != len(self.temperatures):
+            raise ValueError(f"STS has {len(self.temperatures)} temperatures but {len(self.biases)} biases")
+
+    def __call__(self, conf_logits: Tensor) -> Tensor:
+        """conf_logits [..., G] (pre-sigmoid) -> calibrated confidences [..., G] fp32 (positions 1..G)."""
+        G = conf_logits.shape[-1]
+        if G > len(self.temperatures):
+            raise ValueError(f"{G} confidence positions but only {len(self.temperatures)} STS temperatures")
+        temps = torch.tensor(self.temperatures[:G], device=conf_logits.device)  # [G]
+        biases = torch.tensor(self.biases[:G] or (0.0,) * G, device=conf_logits.device)  # [G]
+        return torch.sigmoid(conf_logits.float() / temps + biases)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self)) + "\n", encoding="utf-8")
@@ -50,13 +64,7 @@ class STSCalibration:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def apply_sts(conf_logits: Tensor, temperatures: Sequence[float] | Tensor) -> Tensor:
-    """conf_logits [..., G] (pre-sigmoid) -> calibrated confidences [..., G] fp32 (uses T[:G])."""
-    temps = torch.as_tensor(temperatures, dtype=torch.float32, device=conf_logits.device)  # [G']
-    G = conf_logits.shape[-1]
-    if G > temps.numel():
-        raise ValueError(f"{G} confidence positions but only {temps.numel()} STS temperatures")
-    return torch.sigmoid(conf_logits.float() / temps[:G])
+_CHUNK = 512  # grid points scored at once (memory: _CHUNK x rows)
 
 
 def temperature_grid() -> Tensor:
@@ -64,32 +72,49 @@ def temperature_grid() -> Tensor:
     return torch.logspace(-1.3, 1.3, 105, dtype=torch.float64)
 
 
+def bias_grid() -> Tensor:
+    """Default bias grid [61]: -3 to 3 in steps of 0.1, including 0."""
+    return torch.arange(-30, 31, dtype=torch.float64) / 10
+
+
 def fit_sts(
     conf_logits: Tensor,
     accept_lens: Tensor,
     draft_lens: Tensor | None = None,
     grid: Tensor | None = None,
+    biases: Tensor | None = None,
     num_bins: int = 20,
     dataset: str = "",
 ) -> STSCalibration:
     """conf_logits [N, G] of N held-out rounds, accept_lens [N], draft_lens [N] (drafts verified; default
-    all G) -> calibration. Position k is fitted on the rounds that verified draft k + 1."""
+    all G) -> calibration. Position k is fitted on the rounds that verified draft k + 1. grid [T]: the
+    temperatures tried; biases [B]: the biases tried (default bias_grid(); torch.zeros(1) = plain STS)."""
     N, G = conf_logits.shape
     logits = conf_logits.double()
-    grid = (temperature_grid() if grid is None else grid).to(logits)  # [T]
+    temps = (temperature_grid() if grid is None else grid).to(logits)  # [T]
+    shifts = (bias_grid() if biases is None else biases).to(logits)  # [B]
+    temp_of, bias_of = (x.flatten() for x in torch.meshgrid(temps, shifts, indexing="ij"))  # [T*B] each
     labels = prefix_labels(accept_lens, G)  # [N, G]
     verified = prefix_labels(torch.full_like(accept_lens, G) if draft_lens is None else draft_lens, G)  # [N, G]
     raw_survival = torch.sigmoid(logits).cumprod(dim=1)  # [N, G] uncalibrated
     survival = logits.new_ones(N)  # [N] calibrated survival of the positions fitted so far
-    temps, before, after = [], [], []
+    fitted_t, fitted_b, before, after = [], [], [], []
     for k in range(G):
         rows = verified[:, k]  # [N]
-        label = labels[rows, k]
-        candidates = survival * torch.sigmoid(logits[:, k] / grid.unsqueeze(1))  # [T, N]
-        errors = ece_rows(candidates[:, rows], label, num_bins)  # [T], nan if no rows
-        best = int(torch.where(errors.isnan(), grid.log().abs(), errors).argmin())  # no data: T = 1
-        temps.append(float(grid[best]))
-        before.append(ece(raw_survival[rows, k], label, num_bins))
+        errors = torch.cat(
+            [
+                ece_rows(
+                    survival[rows] * torch.sigmoid(logits[rows, k] / t.unsqueeze(1) + b.unsqueeze(1)),
+                    labels[rows, k],
+                    num_bins,
+                )
+                for t, b in zip(temp_of.split(_CHUNK), bias_of.split(_CHUNK))
+            ]
+        )  # [T*B], nan if no rows
+        best = int(torch.where(errors.isnan(), temp_of.log().abs() + bias_of.abs(), errors).argmin())  # no data: (1, 0)
+        fitted_t.append(float(temp_of[best]))
+        fitted_b.append(float(bias_of[best]))
+        before.append(ece(raw_survival[rows, k], labels[rows, k], num_bins))
         after.append(float(errors[best]))
-        survival = candidates[best]
-    return STSCalibration(tuple(temps), dataset, N, tuple(before), tuple(after))
+        survival = survival * torch.sigmoid(logits[:, k] / temp_of[best] + bias_of[best])
+    return STSCalibration(tuple(fitted_t), tuple(fitted_b), dataset, N, tuple(before), tuple(after))

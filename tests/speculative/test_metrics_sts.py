@@ -16,7 +16,7 @@ from sglang_dspark.speculative.metrics import (
     tau,
     verify_rate,
 )
-from sglang_dspark.speculative.sts import STSCalibration, apply_sts, fit_sts
+from sglang_dspark.speculative.sts import STSCalibration, fit_sts
 
 # Four verify rounds: (drafts verified, drafts accepted).
 DRAFT_LENS = torch.tensor([3, 3, 2, 0])
@@ -78,9 +78,9 @@ def test_calibration_by_position_counts_verified_rounds_only():
 # ---------------------------------------------------------------- STS
 
 
-def simulate_rounds(logits, true_temps, g):
-    """Draft k is accepted (given 1..k-1 were) with probability sigmoid(z_k / T_k) -> accept_lens [N]."""
-    accepted = torch.rand(logits.shape, generator=g) < torch.sigmoid(logits / true_temps)  # [N, G]
+def simulate_rounds(logits, true_temps, g, true_biases=0.0):
+    """Draft k is accepted (given 1..k-1 were) with probability sigmoid(z_k / T_k + b_k) -> accept_lens [N]."""
+    accepted = torch.rand(logits.shape, generator=g) < torch.sigmoid(logits / true_temps + true_biases)  # [N, G]
     return accepted.long().cumprod(dim=1).sum(dim=1)
 
 
@@ -89,38 +89,61 @@ def test_fit_sts_recovers_temperatures_and_lowers_ece():
     true_temps = torch.tensor([2.0, 0.5, 1.5])
     logits = torch.randn(40_000, 3, generator=g) * 2  # [N, G] raw confidence-head logits
     accept_lens = simulate_rounds(logits, true_temps, g)
-    cal = fit_sts(logits, accept_lens, dataset="synthetic")
+    cal = fit_sts(logits, accept_lens, dataset="synthetic", biases=torch.zeros(1))  # DESIGN.md's STS
     torch.testing.assert_close(torch.tensor(cal.temperatures), true_temps, rtol=0.15, atol=0)
+    assert cal.biases == (0.0, 0.0, 0.0)
     assert cal.num_samples == 40_000 and cal.dataset == "synthetic"
     assert all(after < before / 2 for before, after in zip(cal.ece_before, cal.ece_after))
     assert max(cal.ece_after) < 0.02
-    surv = apply_sts(logits, cal.temperatures).cumprod(dim=1)
+    surv = cal(logits).cumprod(dim=1)
     ece_after = calibration_by_position(surv, accept_lens, torch.full_like(accept_lens, 3))["ece"]
     assert ece_after == pytest.approx(list(cal.ece_after), abs=1e-6)
+
+
+def test_fit_sts_bias_corrects_a_drafter_under_confident_everywhere():
+    """Acceptance sigmoid(z / T + b) with b > 0: no temperature alone calibrates it, the fitted bias does."""
+    g = torch.Generator().manual_seed(2)
+    true_temps, true_biases = torch.tensor([1.0, 0.8, 1.2]), torch.tensor([0.8, 1.2, 0.5])
+    logits = torch.randn(40_000, 3, generator=g) * 2 - 1  # [N, G]
+    accept_lens = simulate_rounds(logits, true_temps, g, true_biases)
+    plain = fit_sts(logits, accept_lens, biases=torch.zeros(1))
+    biased = fit_sts(logits, accept_lens)
+    torch.testing.assert_close(torch.tensor(biased.biases), true_biases, atol=0.25, rtol=0)
+    torch.testing.assert_close(torch.tensor(biased.temperatures), true_temps, rtol=0.25, atol=0)
+    assert max(biased.ece_after) < 0.02 < max(plain.ece_after)
+    assert all(b <= p + 1e-12 for b, p in zip(biased.ece_after, plain.ece_after))  # the grid includes b = 0
 
 
 def test_fit_sts_uses_only_verified_positions():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(5000, 3, generator=g)
-    draft_lens = torch.full((5000,), 2)  # position 3 never verified: no data, temperature stays 1
+    draft_lens = torch.full((5000,), 2)  # position 3 never verified: no data, temperature 1 and bias 0
     accept_lens = torch.minimum(simulate_rounds(logits, torch.ones(3), g), draft_lens)
     cal = fit_sts(logits, accept_lens, draft_lens)
-    assert cal.temperatures[2] == pytest.approx(1.0) and math.isnan(cal.ece_after[2])
-    assert cal.temperatures[0] == pytest.approx(1.0, rel=0.2)
+    assert cal.temperatures[2] == pytest.approx(1.0) and cal.biases[2] == 0.0 and math.isnan(cal.ece_after[2])
+    assert cal.temperatures[0] == pytest.approx(1.0, rel=0.2) and abs(cal.biases[0]) <= 0.2
 
 
-def test_apply_sts():
+def test_sts_calibration_applies_temperatures_and_biases():
     logits = torch.tensor([[2.0, -1.0], [0.0, 4.0]])
-    torch.testing.assert_close(apply_sts(logits, [2.0, 0.5, 9.0]), torch.sigmoid(logits / torch.tensor([2.0, 0.5])))
+    temps_only = STSCalibration((2.0, 0.5, 9.0))
+    torch.testing.assert_close(temps_only(logits), torch.sigmoid(logits / torch.tensor([2.0, 0.5])))
+    with_bias = STSCalibration((2.0, 0.5, 9.0), (0.5, -1.0, 0.0))
+    torch.testing.assert_close(
+        with_bias(logits), torch.sigmoid(logits / torch.tensor([2.0, 0.5]) + torch.tensor([0.5, -1.0]))
+    )
     with pytest.raises(ValueError):
-        apply_sts(logits, [1.0])
+        STSCalibration((1.0,))(logits)
+    with pytest.raises(ValueError, match="2 temperatures but 1 biases"):
+        STSCalibration((1.0, 1.0), (0.5,))
 
 
 def test_sts_json_in_sglang_format(tmp_path):
-    cal = STSCalibration((1.5, 1.2), "gsm8k", 10, (0.05, 0.06), (0.01, 0.01))
+    cal = STSCalibration((1.5, 1.2), (0.0, 0.4), "gsm8k", 10, (0.05, 0.06), (0.01, 0.01))
     path = tmp_path / "sts.json"
     cal.save(path)
     assert json.loads(path.read_text())["temperatures"] == [1.5, 1.2]
+    assert json.loads(path.read_text())["biases"] == [0.0, 0.4]
     assert STSCalibration.load(path) == cal
     path.write_text('{"temperatures": [1.1], "fitted_by": "sglang"}')  # minimal file, unknown keys ignored
     assert STSCalibration.load(path) == STSCalibration((1.1,))

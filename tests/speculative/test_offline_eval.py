@@ -45,12 +45,12 @@ def test_calibrate_and_evaluate_end_to_end(tmp_path):
     conf, accept_lens, draft_lens = calibration_inputs(records, "t1", seed=0)
     cal = fit_sts(conf, accept_lens, draft_lens, dataset="tiny")
     cal.save(tmp_path / "sts_t1.json")
-    temps = list(STSCalibration.load(tmp_path / "sts_t1.json").temperatures)
+    sts = STSCalibration.load(tmp_path / "sts_t1.json")
     results = {}
     for source in ("json", "code"):
         rows = [r for s, r in zip(seqs, records, strict=True) if s.source == source]
         for mode in ("greedy", "t1"):
-            results.setdefault(source, {}).setdefault(mode, {})["dspark"] = summarize(rows, mode, 0, temps)
+            results.setdefault(source, {}).setdefault(mode, {})["dspark"] = summarize(rows, mode, 0, sts)
     s = results["code"]["t1"]["dspark"]
     assert 1.0 <= s["tau"] <= 5.0 and len(s["conditional_acceptance"]) == 4
     assert s["confidence_after"]["ece"] <= s["confidence_before"]["ece"] + 1e-9
