@@ -113,7 +113,8 @@ def main() -> None:
         default="NGRAM,DSPARK",
         help="compared with plain decoding; ALGO:MODE sets --speculative-dspark-verify-mode (default adaptive), "
         "ALGO[:MODE]:raw also --speculative-dspark-disable-online-calibration, DSPARK[...]:fullvocab drafts over "
-        "the whole vocabulary (--speculative-dspark-draft-vocab-size 0)",
+        "the whole vocabulary (--speculative-dspark-draft-vocab-size 0), ALGO[...]:draftN proposes up to N tokens "
+        "(--speculative-num-draft-tokens N)",
     )
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--concurrency", default="1,4,16")
@@ -133,12 +134,14 @@ def main() -> None:
     engines = {}  # all alive at once: levels run interleaved, so drift of a shared machine hits each alike
     for name in ["none", *args.algorithms.split(",")]:
         algo, *options = name.split(":")
-        modes = [o for o in options if o not in ("raw", "fullvocab")]
+        draft_n = [int(o.removeprefix("draft")) for o in options if o.startswith("draft")]
+        modes = [o for o in options if o not in ("raw", "fullvocab") and not o.startswith("draft")]
         spec = {
             "speculative_algorithm": algo,
             "speculative_dspark_verify_mode": modes[0] if modes else "adaptive",
             "speculative_dspark_disable_online_calibration": "raw" in options,
             "speculative_dspark_draft_vocab_size": 0 if "fullvocab" in options else None,
+            "speculative_num_draft_tokens": draft_n[0] if draft_n else None,
         }
         engine = Engine(
             dtype=args.dtype, max_total_tokens=32768, log_level="warning", **(spec if name != "none" else {})

@@ -74,11 +74,14 @@ def build_spec_worker(
     if algo == "DSPARK":
         dspark = build_dspark_proposer(args, runner, model_dir)
         block = dspark.drafter.config.block_size
-        num_draft_tokens = min(args.speculative_num_draft_tokens or block, block)
+        # the drafter drafts at most its block; the n-gram proposer combined with it as much as NGRAM alone
+        # (its long matches of repeated JSON keys and code lines are where speculation gains most)
+        num_draft_tokens = args.speculative_num_draft_tokens or max(block, DEFAULT_NUM_DRAFT_TOKENS)
         # per request, the n-gram / radix draft or the drafter's, whichever expects more accepted tokens;
         # the drafter only runs for requests whose n-gram draft expects fewer than NGRAM_ENOUGH, and for the
         # kinds of requests (grammar or not) where its drafts have lately added more than they cost (ProposerGate)
         if args.speculative_dspark_disable_ngram:
+            num_draft_tokens = min(num_draft_tokens, block)
             proposer = calibrated(dspark)
         else:
             gate = ProposerGate()

@@ -258,6 +258,21 @@ def test_dspark_fills_spec_meta_info_and_accepts_drafts(plain, sps_path):
         spec.shutdown()
 
 
+def test_dspark_ngram_drafts_beyond_the_drafters_block(plain, sps_path):
+    """The drafter drafts at most its block (7 tokens); the n-gram proposer combined with it up to NGRAM's 8
+    (fixed verify mode: every proposed draft is verified), losslessly."""
+    spec = spec_engine("DSPARK", sps_path, speculative_dspark_verify_mode="fixed")
+    try:
+        assert spec.scheduler.spec.num_draft_tokens == 8
+        ids = chat(plain, REPETITIVE)
+        params = {**GREEDY, "max_new_tokens": 96}
+        out = spec.generate(input_ids=ids, sampling_params=params)
+        assert out["output_ids"] == plain.generate(input_ids=ids, sampling_params=params)["output_ids"]
+        assert max(out["meta_info"]["spec_draft_lens"]) == 8
+    finally:
+        spec.shutdown()
+
+
 @pytest.mark.parametrize("vocab_size, expected", [(None, 8192), (0, None), (100, 100)])
 def test_dspark_drafts_among_the_shipped_draft_vocabulary(plain, sps_path, vocab_size, expected):
     """The shipped drafter ships token_frequencies.json: by default it drafts among 8192 tokens; 0 = all."""
@@ -292,6 +307,7 @@ def test_dspark_drafter_context_is_the_committed_tokens_only(plain, sps_path):
             assert sched.has_work()  # the request is still running
             sched.step()
         req, proposer = sched.running[0], sched.spec.proposer.proposer  # inside CalibratedProposer
+        assert sched.spec.num_draft_tokens == proposer.drafter.config.block_size == 7  # no n-gram: the block
         assert sum(req.spec_draft_lens) > sum(req.spec_accept_lens)  # some drafts were rejected
         state = proposer.states[req.rid]
         assert 0 < state.length <= req.kv_len
