@@ -6,7 +6,9 @@
     python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:raw   # without the online calibration
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:fullvocab   # with / without the draft vocabulary
 
-Workloads (first --num-prompts of each, chat-formatted, greedy, --max-new-tokens): ``code`` = mbpp,
+Workloads (the first --num-prompts of each, at least --min-waves groups of c at concurrency c (48 prompts at
+16 by default: one group of 16 decays as its requests finish, and lasts 3-6 s on a noisy host),
+chat-formatted, greedy, --max-new-tokens): ``code`` = mbpp,
 ``chat`` = arena-hard-v2 (prompts up to 3000 characters), ``json`` = JSON-schema tasks from the
 JSONSchemaBench subset (the prompt asks for an object following the schema, and the request carries it
 as ``json_schema``). Each concurrency level c sends the prompts in groups of c requests that run together
@@ -119,6 +121,9 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument(
+        "--min-waves", type=int, default=3, help="a level at concurrency c runs at least this many groups of c"
+    )
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
@@ -129,7 +134,9 @@ def main() -> None:
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         raise SystemExit(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
-    items = {w: load_workload(w, args.num_prompts * 2 if w == "json" else args.num_prompts) for w in workloads}
+    prompts = {c: max(args.num_prompts, args.min_waves * c) for c in levels}  # per level
+    most = max(prompts.values())
+    items = {w: load_workload(w, most * 2 if w == "json" else most) for w in workloads}
     results: dict[str, dict[str, dict[int, dict]]] = {}
     engines = {}  # all alive at once: levels run interleaved, so drift of a shared machine hits each alike
     for name in ["none", *args.algorithms.split(",")]:
@@ -153,12 +160,15 @@ def main() -> None:
         items["json"] = [
             it for it in items["json"] if all([compiles(e, it[1]["json_schema"]) for e in engines.values()])
         ]
-        items["json"] = items["json"][: args.num_prompts]
+        items["json"] = items["json"][:most]
+    for w, its in items.items():
+        if len(its) < most:
+            print(f"{w}: only {len(its)} prompts, levels that want more run those", flush=True)
     for w in workloads:
         for c in levels:
             for name, engine in engines.items():
                 engine.flush_cache()  # cold radix cache: no level reuses the prompts or outputs of another
-                row = run_level(engine, items[w], c, args.max_new_tokens)
+                row = run_level(engine, items[w][: prompts[c]], c, args.max_new_tokens)
                 results.setdefault(w, {}).setdefault(name, {})[c] = row
                 print(
                     f"{w:5} {name:15} c={c:<3} {fmt(row['tok_s'], '.1f')} tok/s tau {fmt(row.get('tau'))}", flush=True
@@ -166,8 +176,9 @@ def main() -> None:
     for engine in engines.values():
         engine.shutdown()
 
+    counts = ", ".join(f"{prompts[c]} at concurrency {c}" for c in levels)
     print(
-        f"\n{args.num_prompts} prompts per workload, greedy, {args.max_new_tokens} new tokens, "
+        f"\nprompts per workload: {counts}; greedy, {args.max_new_tokens} new tokens, "
         f"{torch.get_num_threads()} threads\n"
     )
     cond_cols = " | ".join(f"cond@{k + 1}" for k in range(SHOWN_POSITIONS))
