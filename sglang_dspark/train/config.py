@@ -50,6 +50,9 @@ class TrainConfig:
     markov_head_type: str = "vanilla"
     num_anchors: int = 32
     init_from_target: bool = True  # draft layers start as copies of the target's last layers
+    # a run directory whose exported drafters (<dir>/<variant>/drafter) the new ones grow from (init.grow_from):
+    # their layers come first, the extra num_draft_layers start adding nothing
+    grow_from: str | None = None
     # optimisation
     epochs: float = 2.0
     max_steps: int | None = None

@@ -1,8 +1,12 @@
 """Initialise a drafter from its target: draft layers <- the target's last decoder layers, final norm <- the
 target's, `fc` <- "take the deepest captured layer". A fresh drafter then starts close to a one-layer
-continuation of the target instead of from noise, which matters with a CPU-sized training budget."""
+continuation of the target instead of from noise, which matters with a CPU-sized training budget.
+
+Or grow a trained drafter: a deeper one starts as the trained one plus layers that add nothing yet."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -35,3 +39,27 @@ def init_from_target(drafter: DSparkDrafter, target) -> None:
     deepest = drafter.config.target_layer_ids[-1]
     if deepest + 1 < len(target.layers):
         drafter.hidden_norm.weight.copy_(target.layers[deepest + 1].input_layernorm.weight)
+
+
+@torch.no_grad()
+def grow_from(drafter: DSparkDrafter, smaller: DSparkDrafter) -> None:
+    """Start `drafter` as the trained `smaller` one with more layers: every parameter of `smaller` is copied
+    (its layers become the first ones); each extra layer keeps its initialisation except its output
+    projections (o_proj, down_proj), zeroed: it adds nothing to the residual stream, so the grown drafter
+    drafts exactly what `smaller` did, and training goes on from there."""
+    grown, base = drafter.config, smaller.config
+    if dataclasses.replace(base, num_hidden_layers=grown.num_hidden_layers) != grown:
+        diff = [
+            f"{f.name} {getattr(base, f.name)} vs {getattr(grown, f.name)}"
+            for f in dataclasses.fields(base)
+            if f.name != "num_hidden_layers" and getattr(base, f.name) != getattr(grown, f.name)
+        ]
+        raise ValueError("a drafter grows only in depth; its configuration differs in " + ", ".join(diff))
+    if base.num_hidden_layers > grown.num_hidden_layers:
+        raise ValueError(f"cannot grow {base.num_hidden_layers} draft layers into {grown.num_hidden_layers}")
+    mine = drafter.state_dict()
+    for name, value in smaller.state_dict().items():
+        mine[name].copy_(value)
+    for layer in drafter.layers[base.num_hidden_layers :]:
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()

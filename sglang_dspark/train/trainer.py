@@ -21,7 +21,7 @@ from sglang_dspark.speculative.dspark import DSparkConfig, DSparkDrafter, save_d
 from sglang_dspark.speculative.dspark.checkpoint import load_drafter
 from sglang_dspark.speculative.dspark.draft_vocab import FREQUENCIES_NAME, TokenFrequencies
 from sglang_dspark.train.config import TrainConfig
-from sglang_dspark.train.init import init_from_target
+from sglang_dspark.train.init import grow_from, init_from_target
 from sglang_dspark.train.losses import DFLASH_WEIGHTS, DSPARK_WEIGHTS, LossWeights, dspark_loss
 from sglang_dspark.train.regenerate import Sequence, load_sequences
 
@@ -123,6 +123,9 @@ class Trainer:
                 self.drafters[v] = DSparkDrafter(drafter_config(cfg, v, target.config, tokenizer), embed, head)
                 if cfg.init_from_target:
                     init_from_target(self.drafters[v], target)
+                if cfg.grow_from:
+                    smaller = load_drafter(Path(cfg.grow_from) / v / EXPORT_DIR, embed, head, torch.float32)
+                    grow_from(self.drafters[v], smaller)
         self.layer_ids = next(iter(self.drafters.values())).config.target_layer_ids
         if any(d.config.target_layer_ids != self.layer_ids for d in self.drafters.values()):
             raise ValueError("all variants trained together must read the same target_layer_ids")

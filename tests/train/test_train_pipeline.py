@@ -18,7 +18,7 @@ from sglang_dspark.speculative.dspark.draft_vocab import FREQUENCIES_NAME, Token
 from sglang_dspark.train.config import TrainConfig
 from sglang_dspark.train.data import load_turn_prompts
 from sglang_dspark.train.regenerate import load_sequences
-from sglang_dspark.train.trainer import CHECKPOINT_DIR, EXPORT_DIR, Trainer, response_token_frequencies
+from sglang_dspark.train.trainer import CHECKPOINT_DIR, EXPORT_DIR, Trainer, response_token_frequencies, target_view
 
 
 def write_data(path, n: int = 6, malformed: bool = True) -> None:
@@ -166,3 +166,41 @@ def test_json_tasks_regenerate_under_their_schema(tmp_path, caplog):
         assert json.loads(tokenizer.decode(sequence.response_ids, skip_special_tokens=True))["a"] in (1, 2)
     with pytest.raises(ValueError, match="temperature > 0"):
         TrainConfig(samples_per_prompt=2, gen_temperature=0)
+
+
+def test_a_grown_drafter_starts_drafting_what_the_smaller_one_did_and_trains_on(tmp_path):
+    write_data(tmp_path / "data.jsonl", malformed=False)
+    target = tiny_random_model()
+    Trainer(config(tmp_path, max_steps=4), target, None).train(tmp_path / "data.jsonl")
+    grown_cfg = config(
+        tmp_path, output_dir=str(tmp_path / "grown"), num_draft_layers=2, grow_from=str(tmp_path / "out")
+    )
+    trainer = Trainer(grown_cfg, target, None)
+    seq = load_sequences(tmp_path / "data.jsonl")[0]
+    for variant, grown in trainer.drafters.items():
+        smaller = load_drafter(
+            tmp_path / "out" / variant / EXPORT_DIR, target.embed_tokens.weight, target.lm_head_weight, torch.float32
+        )
+        assert len(grown.layers) == 2 and len(smaller.layers) == 1
+        view = target_view(target, seq, grown.config.target_layer_ids)
+        anchors = torch.arange(view.prompt_len, len(view.ids) - 1)
+        with torch.no_grad():
+            a, b = (
+                grown.teacher_forced(view.feats, view.ids, anchors),
+                smaller.teacher_forced(view.feats, view.ids, anchors),
+            )
+        torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=1e-4)
+        if variant == "dspark":
+            torch.testing.assert_close(a.confidence_logits, b.confidence_logits, atol=1e-4, rtol=1e-4)
+    trainer.train(tmp_path / "data.jsonl")
+    assert len(read_log(tmp_path / "grown" / "train_log.csv")["dspark"]) == 12
+    exported = load_drafter(
+        tmp_path / "grown" / "dspark" / EXPORT_DIR, target.embed_tokens.weight, target.lm_head_weight
+    )
+    assert len(exported.layers) == 2 and bool(exported.layers[1].mlp.down_proj.weight.abs().sum() > 0)  # trained
+    with pytest.raises(ValueError, match="block_size 4 vs 5"):
+        Trainer(
+            config(tmp_path, output_dir=str(tmp_path / "bad"), block_size=5, grow_from=str(tmp_path / "out")),
+            target,
+            None,
+        )
