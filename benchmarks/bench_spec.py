@@ -5,6 +5,7 @@
     python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:fixed,NGRAM:threshold   # verify modes
     python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:raw   # without the online calibration
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:fullvocab   # with / without the draft vocabulary
+    python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:drafter=runs/x/dspark/drafter   # two drafters
 
 Workloads (the first --num-prompts of each, at least --min-waves groups of c at concurrency c (48 prompts at
 16 by default: one group of 16 decays as its requests finish, and lasts 3-6 s on a noisy host),
@@ -116,7 +117,8 @@ def main() -> None:
         help="compared with plain decoding; ALGO:MODE sets --speculative-dspark-verify-mode (default adaptive), "
         "ALGO[:MODE]:raw also --speculative-dspark-disable-online-calibration, DSPARK[...]:fullvocab drafts over "
         "the whole vocabulary (--speculative-dspark-draft-vocab-size 0), ALGO[...]:draftN proposes up to N tokens "
-        "(--speculative-num-draft-tokens N)",
+        "(--speculative-num-draft-tokens N), ALGO[...]:drafter=DIR drafts with the drafter in DIR "
+        "(--speculative-draft-model-path DIR)",
     )
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--concurrency", default="1,4,16")
@@ -141,7 +143,10 @@ def main() -> None:
     engines = {}  # all alive at once: levels run interleaved, so drift of a shared machine hits each alike
     for name in ["none", *args.algorithms.split(",")]:
         algo, *options = name.split(":")
-        draft_n = [int(o.removeprefix("draft")) for o in options if o.startswith("draft")]
+        drafter = [o.removeprefix("drafter=") for o in options if o.startswith("drafter=")]
+        draft_n = [
+            int(o.removeprefix("draft")) for o in options if o.startswith("draft") and not o.startswith("drafter=")
+        ]
         modes = [o for o in options if o not in ("raw", "fullvocab") and not o.startswith("draft")]
         spec = {
             "speculative_algorithm": algo,
@@ -149,6 +154,7 @@ def main() -> None:
             "speculative_dspark_disable_online_calibration": "raw" in options,
             "speculative_dspark_draft_vocab_size": 0 if "fullvocab" in options else None,
             "speculative_num_draft_tokens": draft_n[0] if draft_n else None,
+            "speculative_draft_model_path": drafter[0] if drafter else None,
         }
         engine = Engine(
             dtype=args.dtype, max_total_tokens=32768, log_level="warning", **(spec if name != "none" else {})

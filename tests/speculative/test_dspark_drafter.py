@@ -28,6 +28,10 @@ def test_incremental_draft_matches_teacher_forced_block(kind):
         tf = d.teacher_forced(features(target, seq), torch.tensor(seq), torch.tensor([anchor]))
         assert torch.equal(tf.logits[0].argmax(-1), out.tokens[r])
         torch.testing.assert_close(tf.confidence_logits[0], out.confidence_logits[r], atol=1e-4, rtol=1e-4)
+    # a request drafted alone (its context used in place, no mask) drafts what it drafts in the padded batch
+    alone = d.draft(states[:1], torch.tensor([ids[20]]), torch.tensor([20]))
+    assert torch.equal(alone.tokens[0], out.tokens[0])
+    torch.testing.assert_close(alone.confidence_logits[0], out.confidence_logits[0], atol=1e-4, rtol=1e-4)
 
 
 def test_sampling_probs_and_mask_callback():

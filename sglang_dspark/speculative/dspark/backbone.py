@@ -62,10 +62,11 @@ class DraftAttention(nn.Module):
         x: torch.Tensor,
         positions: torch.Tensor,
         ctx_kv: tuple[torch.Tensor, torch.Tensor],
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """x [B, Q, d], positions [B, Q], ctx k/v [B, S, Hkv, D], mask [B, 1, Q, S + Q] bool -> [B, Q, d]."""
+        """x [B, Q, d], positions [B, Q], ctx k/v [B, S, Hkv, D], mask [B, 1, Q, S + Q] bool or None (no mask)
+        -> [B, Q, d]."""
         b, q_len, _ = x.shape
         q = apply_rope(self.q_norm(self.q_proj(x).view(b, q_len, self.num_heads, self.head_dim)), positions, *rope)
         k, v = self.project_kv(x, positions, rope)
@@ -101,7 +102,7 @@ class DraftDecoderLayer(nn.Module):
         x: torch.Tensor,
         positions: torch.Tensor,
         ctx_kv: tuple[torch.Tensor, torch.Tensor],
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), positions, ctx_kv, mask, rope)
@@ -136,9 +137,10 @@ class DraftBackbone(nn.Module):
         block: torch.Tensor,
         positions: torch.Tensor,
         ctx_kv: list[tuple[torch.Tensor, torch.Tensor]],
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """block [B, Q, d] embeddings, positions [B, Q], per-layer ctx k/v, mask [B, 1, Q, S + Q] -> [B, Q, d]."""
+        """block [B, Q, d] embeddings, positions [B, Q], per-layer ctx k/v, mask [B, 1, Q, S + Q] or None (no
+        mask) -> [B, Q, d]."""
         x = block
         for layer, kv in zip(self.layers, ctx_kv, strict=True):
             x = layer(x, positions, kv, mask, self.rope)

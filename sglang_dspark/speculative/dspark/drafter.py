@@ -146,8 +146,14 @@ class DSparkDrafter(DraftBackbone):
             lo = sum(counts[:i])
             state.append([(k[lo : lo + counts[i]], v[lo : lo + counts[i]]) for k, v in kv])
 
-    def _padded_context(self, states: list[DrafterState]) -> tuple[LayerKV, torch.Tensor]:
-        """-> per layer (k, v) [R, S, Hkv, D] padded with zeros, valid [R, S] bool."""
+    def _padded_context(self, states: list[DrafterState]) -> tuple[LayerKV, torch.Tensor | None]:
+        """-> per layer (k, v) [R, S, Hkv, D] padded with zeros, valid [R, S] bool (None: all valid).
+
+        A single request's context is its buffers' valid rows as they are (no copy, no mask)."""
+        if len(states) == 1:
+            st = states[0]
+            kv = [(k[None, : st.length], v[None, : st.length]) for k, v in zip(st.keys, st.values, strict=True)]
+            return kv, None
         s = max(st.length for st in states)
         valid = torch.arange(s)[None, :] < torch.tensor([st.length for st in states])[:, None]
         kv = []
@@ -183,14 +189,16 @@ class DSparkDrafter(DraftBackbone):
             raise ValueError("draft() needs at least one context position per request (call append_context)")
         ctx_kv, ctx_valid = self._padded_context(states)
         positions = anchor_positions[:, None] + torch.arange(g)  # [R, G]
-        mask = torch.cat([ctx_valid[:, None, :].expand(r, g, -1), ctx_valid.new_ones(r, g, g)], dim=2)[:, None]
+        mask = None  # every query sees its request's whole context and block
+        if ctx_valid is not None:
+            mask = torch.cat([ctx_valid[:, None, :].expand(r, g, -1), ctx_valid.new_ones(r, g, g)], dim=2)[:, None]
         hidden = self(self._block_input(anchor_tokens), positions, ctx_kv, mask)  # [R, G, d]
         vocab = self.draft_vocab  # [K] or None
         lm_rows, w2_rows = self._draft_rows or (None, None)
         base = self._lm_logits(hidden, lm_rows)  # [R, G, K] (K = V without a draft vocabulary)
         temps = torch.zeros(r) if temperatures is None else temperatures.float()
         greedy = temps <= 0
-        tokens, probs, conf = [], [], []
+        tokens, probs, outsides = [], [], []
         prev, markov_state = anchor_tokens, None
         for k in range(g):
             logits = base[:, k]  # [R, K]
@@ -220,13 +228,11 @@ class DSparkDrafter(DraftBackbone):
                     p_full[:, vocab] = p_local
                 one_hot = F.one_hot(tok, self.config.vocab_size).float()  # [R, V]
                 probs.append(torch.where((greedy | outside)[:, None], one_hot, p_full))
-            c = self._confidence(hidden[:, k], prev)
-            if c is not None:
-                conf.append(c.masked_fill(outside, float("-inf")))
+            outsides.append(outside)
             tokens.append(tok)
             prev = tok
-        return DraftOutput(
-            torch.stack(tokens, dim=1),
-            torch.stack(probs, dim=1) if probs else None,
-            torch.stack(conf, dim=1) if conf else None,
-        )
+        drafted = torch.stack(tokens, dim=1)  # [R, G]
+        conf = self._confidence(hidden, torch.cat([anchor_tokens[:, None], drafted[:, :-1]], dim=1))  # [R, G]
+        if conf is not None:
+            conf = conf.masked_fill(torch.stack(outsides, dim=1), float("-inf"))
+        return DraftOutput(drafted, torch.stack(probs, dim=1) if probs else None, conf)
