@@ -13,7 +13,8 @@ chat-formatted, greedy, --max-new-tokens): ``code`` = mbpp,
 ``chat`` = arena-hard-v2 (prompts up to 3000 characters), ``json`` = JSON-schema tasks from the
 JSONSchemaBench subset (the prompt asks for an object following the schema, and the request carries it
 as ``json_schema``). Each concurrency level c sends the prompts in groups of c requests that run together
-(c in flight). Every algorithm runs on its own Engine over the same prompts; the engines stay alive
+(c in flight); `--repeats N` runs every level N times, the engines taking turns each time, and pools them.
+Every algorithm runs on its own Engine over the same prompts; the engines stay alive
 together and take turns level by level (a shared machine's drift then hits each alike; run one after the
 other, a later engine measured up to 15% slower here). The speed-up column divides by plain decoding at
 the same workload and level. The radix cache is flushed before every level (the levels repeat the same
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -64,7 +66,18 @@ def load_workload(name: str, n: int) -> list[tuple[str, dict]]:
     return [(t, {}) for t in turns if len(t) <= MAX_PROMPT_CHARS][:n]
 
 
-def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, max_new_tokens: int) -> dict:
+@dataclass
+class LevelRun:
+    """What one pass over a level's prompts measured."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    tpots: list[float] = field(default_factory=list)  # seconds per output token after the first, per request
+    draft_lens: list[int] = field(default_factory=list)  # per verify round
+    accept_lens: list[int] = field(default_factory=list)
+
+
+def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, max_new_tokens: int) -> LevelRun:
     tok = engine.tokenizer
     ids = [
         tok.apply_chat_template(
@@ -73,7 +86,7 @@ def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, m
         for m, _ in items
     ]
     params = [{"temperature": 0, "max_new_tokens": max_new_tokens, **extra} for _, extra in items]
-    tokens, draft_lens, accept_lens, tpots = 0, [], [], []
+    run = LevelRun()
     t = time.perf_counter()
     for start in range(0, len(items), concurrency):
         outs = engine.generate(
@@ -81,16 +94,24 @@ def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, m
         )
         for out in outs:
             meta = out["meta_info"]
-            tokens += meta["completion_tokens"]
+            run.tokens += meta["completion_tokens"]
             if meta["completion_tokens"] > 1:
                 decode_s = meta["e2e_latency"] - meta["first_token_latency"]
-                tpots.append(decode_s / (meta["completion_tokens"] - 1))
-            draft_lens += meta.get("spec_draft_lens", [])
-            accept_lens += meta.get("spec_accept_lens", [])
-    elapsed = time.perf_counter() - t
-    row = {"tok_s": tokens / elapsed, "tokens": tokens, "tpot_ms": 1000 * sum(tpots) / max(len(tpots), 1)}
+                run.tpots.append(decode_s / (meta["completion_tokens"] - 1))
+            run.draft_lens += meta.get("spec_draft_lens", [])
+            run.accept_lens += meta.get("spec_accept_lens", [])
+    run.seconds = time.perf_counter() - t
+    return run
+
+
+def summarize(runs: list[LevelRun]) -> dict:
+    """Passes over the same level -> tok/s (all tokens / all seconds), TPOT, tau, cond. acceptance, budget."""
+    tokens, seconds = sum(r.tokens for r in runs), sum(r.seconds for r in runs)
+    tpots = [t for r in runs for t in r.tpots]
+    row = {"tok_s": tokens / seconds, "tokens": tokens, "tpot_ms": 1000 * sum(tpots) / max(len(tpots), 1)}
+    draft_lens = [n for r in runs for n in r.draft_lens]
     if draft_lens:
-        d, a = torch.tensor(draft_lens), torch.tensor(accept_lens)
+        d, a = torch.tensor(draft_lens), torch.tensor([n for r in runs for n in r.accept_lens])
         row["tau"] = tau(a)
         row["cond"] = conditional_acceptance(a, d, SHOWN_POSITIONS).tolist()
         row["budget"] = float(d.double().mean())
@@ -125,6 +146,12 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=16)
     ap.add_argument(
         "--min-waves", type=int, default=3, help="a level at concurrency c runs at least this many groups of c"
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="passes over every level, the engines taking turns each pass; rates and tau pool all passes",
     )
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--dtype", default="auto")
@@ -172,9 +199,13 @@ def main() -> None:
             print(f"{w}: only {len(its)} prompts, levels that want more run those", flush=True)
     for w in workloads:
         for c in levels:
-            for name, engine in engines.items():
-                engine.flush_cache()  # cold radix cache: no level reuses the prompts or outputs of another
-                row = run_level(engine, items[w][: prompts[c]], c, args.max_new_tokens)
+            runs: dict[str, list[LevelRun]] = {name: [] for name in engines}
+            for _ in range(args.repeats):
+                for name, engine in engines.items():
+                    engine.flush_cache()  # cold radix cache: no level reuses the prompts or outputs of another
+                    runs[name].append(run_level(engine, items[w][: prompts[c]], c, args.max_new_tokens))
+            for name in engines:
+                row = summarize(runs[name])
                 results.setdefault(w, {}).setdefault(name, {})[c] = row
                 print(
                     f"{w:5} {name:15} c={c:<3} {fmt(row['tok_s'], '.1f')} tok/s tau {fmt(row.get('tau'))}", flush=True
@@ -184,8 +215,8 @@ def main() -> None:
 
     counts = ", ".join(f"{prompts[c]} at concurrency {c}" for c in levels)
     print(
-        f"\nprompts per workload: {counts}; greedy, {args.max_new_tokens} new tokens, "
-        f"{torch.get_num_threads()} threads\n"
+        f"\nprompts per workload: {counts}; {args.repeats} pass(es) per level; greedy, {args.max_new_tokens} new "
+        f"tokens, {torch.get_num_threads()} threads\n"
     )
     cond_cols = " | ".join(f"cond@{k + 1}" for k in range(SHOWN_POSITIONS))
     print(
