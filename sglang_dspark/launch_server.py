@@ -44,15 +44,19 @@ def _healthy(url: str) -> bool:
 
 
 @contextmanager
-def local_server(args: list[str], log_path: Path | None = None, timeout: float = 600.0) -> Iterator[str]:
-    """Run the server with `args` on a free 127.0.0.1 port; yields its URL once /health answers and
-    stops it on exit. Its output goes to `log_path` (a temporary file if None), quoted on failure."""
+def local_server(
+    args: list[str], log_path: Path | None = None, timeout: float = 600.0, cwd: Path | None = None
+) -> Iterator[str]:
+    """Run the server with `args` on a free 127.0.0.1 port, from directory `cwd` (this one if None);
+    yields its URL once /health answers and stops it on exit. Its output goes to `log_path` (a temporary
+    file if None), quoted on failure."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = log_path or Path(tempfile.mkstemp(prefix="sglang_dspark_server_", suffix=".log")[1])
     cmd = [sys.executable, "-m", "sglang_dspark.launch_server", "--host", "127.0.0.1", "--port", str(port), *args]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         deadline = time.monotonic() + timeout
         while not _healthy(url):

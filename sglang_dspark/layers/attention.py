@@ -2,7 +2,7 @@
 
 Requests with few new tokens (decode, speculative verification, short extends) form the short
 group; long extends (prefill chunks) run one SDPA call each, so a 512-token chunk never pads the
-requests next to it. With the native CPU kernels (kernels/cpu_ops.py) the short group attends
+requests next to it. With the native CPU kernels (sglang_dspark/kernels/cpu_ops.py) the short group attends
 over K/V read in place from the pool, each query seeing its request's keys up to its own
 position; without them it is padded into one batched SDPA call over gathered K/V. Grouped-query
 attention folds the query heads of one KV head into the query-length axis, so K/V are never

@@ -6,7 +6,7 @@ tensor-parallel change shards these along the output (column) or input (row) dim
 without touching the models.
 
 Every layer computes ``linear_fn(x, weight, bias)``: ``F.linear`` unless the model runner picks a
-faster kernel for the hardware (kernels/cpu_ops.py).
+faster kernel for the hardware (sglang_dspark/kernels/cpu_ops.py).
 """
 
 from __future__ import annotations
