@@ -34,7 +34,7 @@ def test_imports_from_any_working_directory(cwd, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
     for name, origin in found["third_party"].items():
-        # A third-party `kernels` (transformers needs it) or `grammar` comes from site-packages, never a checkout folder.
+        # A third-party `kernels` (transformers needs it) or `grammar` comes from site-packages, not the checkout.
         assert origin is None or "site-packages" in Path(origin).parts, (name, origin)
     assert found["third_party"]["kernels"] is not None, "transformers' dependency `kernels` is not installed"
     assert Path(found["sglang_dspark"]).is_relative_to(REPO / "sglang_dspark")
