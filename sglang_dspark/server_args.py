@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 CPU_KERNELS = ("auto", "native", "torch")
@@ -37,6 +37,9 @@ class ServerArgs:
     # HTTP.
     host: str = "127.0.0.1"
     port: int = 30000
+    # every route but /health requires `Authorization: Bearer KEY` (the OpenAI client's api_key); not in repr
+    api_key: str | None = field(default=None, repr=False)
+    max_request_bytes: int = 16 * 1024 * 1024  # larger request bodies are a 413; 0 = no limit
 
     # Memory and scheduling.
     max_total_tokens: int | None = None
@@ -91,6 +94,10 @@ class ServerArgs:
         for name in ("max_running_requests", "chunked_prefill_size", "max_prefill_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_request_bytes < 0:
+            raise ValueError("--max-request-bytes must be >= 0 (0 = no limit)")
+        if self.api_key == "":
+            raise ValueError("--api-key must not be empty")
         if self.max_total_tokens is not None and self.max_total_tokens <= 0:
             raise ValueError("--max-total-tokens must be positive")
         if self.grammar_compile_timeout <= 0:

@@ -24,6 +24,12 @@ from starlette.requests import ClientDisconnect
 from transformers import AutoTokenizer
 
 from sglang_dspark import __version__
+from sglang_dspark.entrypoints.http_guard import (
+    ApiKeyMiddleware,
+    BodySizeLimitMiddleware,
+    RequestTooLarge,
+    error_body,
+)
 from sglang_dspark.entrypoints.http_utils import read_json_object, run_to_completion, stream_events
 from sglang_dspark.entrypoints.openai_api import router as openai_router
 from sglang_dspark.entrypoints.server_state import ServerState, server_state
@@ -52,13 +58,7 @@ def _error_message(e: Exception) -> str:
 
 
 def error_response(request: Request, status: int, message: str) -> JSONResponse:
-    """Errors in the API's own shape: OpenAI's under /v1, SGLang's elsewhere."""
-    if request.url.path.startswith("/v1/"):
-        kind = "BadRequestError" if status < 500 else "InternalServerError"
-        body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
-    else:
-        body = {"error": {"message": message}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(error_body(request.url.path, status, message), status_code=status)
 
 
 router = APIRouter()
@@ -124,8 +124,10 @@ async def model_info(request: Request) -> dict:
 @router.get("/get_server_info")
 async def server_info(request: Request) -> dict:
     state = server_state(request)
+    args = dataclasses.asdict(state.server_args)
+    args["api_key"] = "<set>" if args["api_key"] else None  # never the key itself
     return {
-        **dataclasses.asdict(state.server_args),
+        **args,
         "max_total_num_tokens": state.info.max_total_tokens,
         "context_length": state.info.context_len,
         "internal_states": [await state.client.internal_state()],
@@ -163,6 +165,10 @@ def create_app(state: ServerState) -> FastAPI:
     async def bad_request(request: Request, e: ValueError) -> JSONResponse:
         return error_response(request, 400, _error_message(e))
 
+    @app.exception_handler(RequestTooLarge)  # a chunked body that passed --max-request-bytes
+    async def too_large(request: Request, e: RequestTooLarge) -> JSONResponse:
+        return error_response(request, 413, str(e))
+
     @app.exception_handler(SchedulerUnavailable)
     async def unavailable(request: Request, e: SchedulerUnavailable) -> JSONResponse:
         return error_response(request, 503, str(e))
@@ -180,6 +186,11 @@ def create_app(state: ServerState) -> FastAPI:
             body = state.metrics.render(await state.client.internal_state())
             return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    args = state.server_args
+    if args.max_request_bytes:
+        app.add_middleware(BodySizeLimitMiddleware, limit=args.max_request_bytes)
+    if args.api_key:  # added last, so it runs first: no body is read for a request without the key
+        app.add_middleware(ApiKeyMiddleware, api_key=args.api_key)
     return app
 
 
