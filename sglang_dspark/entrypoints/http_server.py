@@ -30,7 +30,7 @@ from sglang_dspark.entrypoints.http_guard import (
     RequestTooLarge,
     error_body,
 )
-from sglang_dspark.entrypoints.http_utils import read_json_object, run_to_completion, stream_events
+from sglang_dspark.entrypoints.http_utils import json_body, read_json_object, run_to_completion, stream_events
 from sglang_dspark.entrypoints.openai_api import router as openai_router
 from sglang_dspark.entrypoints.server_state import ServerState, server_state
 from sglang_dspark.managers.metrics import ServerMetrics
@@ -64,7 +64,7 @@ def error_response(request: Request, status: int, message: str) -> JSONResponse:
 router = APIRouter()
 
 
-@router.post("/generate")
+@router.post("/generate", openapi_extra=json_body(_CheckedGenerateReqInput))
 async def generate(request: Request) -> Response:
     state = server_state(request)
     obj = _CheckedGenerateReqInput(**await read_json_object(request))

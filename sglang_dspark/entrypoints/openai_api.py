@@ -12,7 +12,7 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sglang_dspark.entrypoints.http_utils import read_json_object, run_to_completion, stream_events
+from sglang_dspark.entrypoints.http_utils import json_body, read_json_object, run_to_completion, stream_events
 from sglang_dspark.entrypoints.openai_protocol import ChatCompletionRequest, CompletionRequest
 from sglang_dspark.entrypoints.server_state import ServerState, server_state
 from sglang_dspark.managers.io_struct import TokenLogprob, TopLogprobs
@@ -36,7 +36,7 @@ async def list_models(request: Request) -> dict:
     return {"object": "list", "data": [card]}
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=json_body(CompletionRequest))
 async def completions(request: Request) -> Response:
     state = server_state(request)
     req = CompletionRequest.model_validate(await read_json_object(request))
@@ -60,7 +60,7 @@ async def completions(request: Request) -> Response:
     return JSONResponse(responder.complete(await run_to_completion(request, state.client, reqs, False)))
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=json_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     req = ChatCompletionRequest.model_validate(await read_json_object(request))

@@ -70,7 +70,10 @@ class XGrammarGrammar(BaseGrammarObject):
         return XGrammarGrammar(self.matcher.fork(), self.encode)
 
     def jump_forward_tokens(self) -> list[int]:
-        text = self.matcher.find_jump_forward_string()
+        try:
+            text = self.matcher.find_jump_forward_string()
+        except UnicodeDecodeError:  # the forced bytes end inside a UTF-8 character: let the model sample them
+            return []
         if not text:
             return []
         tokens = self.encode(text)

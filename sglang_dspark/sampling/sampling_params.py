@@ -219,6 +219,8 @@ class SamplingParams:
                 json.loads(self.json_schema)
             except ValueError as e:
                 errs.append(f"json_schema is not valid JSON: {e}")
+            except RecursionError:
+                errs.append("json_schema is nested too deeply")
         for pat in self.stop_regex:
             try:
                 re.compile(pat)

@@ -85,6 +85,18 @@ def test_jump_forward_tokens_are_valid_and_not_accepted(backend, tokenizer):
     assert EOS not in forced
 
 
+def test_jump_forward_inside_a_multibyte_character(backend, tokenizer):
+    """After a byte token that ends inside a UTF-8 character, the forced rest of it is not decodable text:
+    jump-forward forces nothing or valid tokens, and never raises (an exception here killed the scheduler)."""
+    emoji = "\U0001f600"  # three byte-level tokens here: its first two bytes, then one byte each
+    grammar = backend.make_grammar(backend.compile(Constraint(ConstraintKind.REGEX, emoji + "{4}")))
+    lead = encode(tokenizer, emoji)[0]
+    assert "\ufffd" in tokenizer.decode([lead])  # a partial character
+    assert grammar.accept_token(lead)
+    forced = grammar.jump_forward_tokens()
+    assert grammar.accept_tokens(forced) == len(forced)
+
+
 def sequential_draft_masks(grammar, draft):
     fork, masks = grammar.fork(), [allowed(grammar)]
     for tok in draft:

@@ -120,6 +120,7 @@ def test_non_dict_rejected():
         ({"regex": "a+", "json_schema": "{}"}, "only one of"),
         ({"regex": "a+", "ebnf": "root ::= 'a'"}, "only one of"),
         ({"json_schema": "{not json"}, "json_schema is not valid JSON"),
+        ({"json_schema": '{"items": ' * 5000 + "{}" + "}" * 5000}, "nested too deeply"),
         ({"stop_regex": ["(unclosed"]}, "stop_regex"),
         ({"stop_token_ids": [-1]}, "stop_token_ids"),
         ({"logit_bias": {"-3": 1.0}}, "logit_bias"),
