@@ -1,5 +1,6 @@
 """`python -m sglang_dspark.launch_server [--model-path PATH] [--port N] ...` (SGLang's flag names),
-and `local_server(...)`: the same command as a child process on a free loopback port (tests, benchmarks)."""
+and `local_server(...)` / `start_local_server(...)`: the same command as a child process on a free loopback
+port (tests, benchmarks)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from sglang_dspark.server_args import ServerArgs
@@ -43,13 +45,19 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@contextmanager
-def local_server(
+@dataclass
+class LocalServer:
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+
+
+def start_local_server(
     args: list[str], log_path: Path | None = None, timeout: float = 600.0, cwd: Path | None = None
-) -> Iterator[str]:
-    """Run the server with `args` on a free 127.0.0.1 port, from directory `cwd` (this one if None);
-    yields its URL once /health answers and stops it on exit. Its output goes to `log_path` (a temporary
-    file if None), quoted on failure."""
+) -> LocalServer:
+    """Start the server with `args` on a free 127.0.0.1 port, from directory `cwd` (this one if None), and
+    return once /health answers. Its output goes to `log_path` (a temporary file if None), quoted on failure;
+    the caller stops the process."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = log_path or Path(tempfile.mkstemp(prefix="sglang_dspark_server_", suffix=".log")[1])
@@ -57,21 +65,35 @@ def local_server(
     with open(log_path, "wb") as log:
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    deadline = time.monotonic() + timeout
+    while not _healthy(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            what = f"exited with {proc.returncode}" if proc.returncode is not None else "did not come up"
+            stop(proc)
+            raise RuntimeError(f"the server {what}; its log ({log_path}):\n{log_path.read_text()[-5000:]}")
+        time.sleep(1)
+    return LocalServer(proc, url, log_path)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        deadline = time.monotonic() + timeout
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                what = f"exited with {proc.returncode}" if proc.returncode is not None else "did not come up"
-                raise RuntimeError(f"the server {what}; its log ({log_path}):\n{log_path.read_text()[-5000:]}")
-            time.sleep(1)
-        yield url
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def local_server(
+    args: list[str], log_path: Path | None = None, timeout: float = 600.0, cwd: Path | None = None
+) -> Iterator[str]:
+    """`start_local_server` as a context: yields the URL and stops the server on exit."""
+    server = start_local_server(args, log_path, timeout, cwd)
+    try:
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(server.proc)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,7 +35,12 @@ from sglang_dspark.entrypoints.http_utils import json_body, read_json_object, ru
 from sglang_dspark.entrypoints.openai_api import router as openai_router
 from sglang_dspark.entrypoints.server_state import ServerState, server_state
 from sglang_dspark.managers.metrics import ServerMetrics
-from sglang_dspark.managers.scheduler_client import RequestGroup, SchedulerClient, SchedulerUnavailable
+from sglang_dspark.managers.scheduler_client import (
+    SCHEDULER_DIED,
+    RequestGroup,
+    SchedulerClient,
+    SchedulerUnavailable,
+)
 from sglang_dspark.managers.tokenizer_manager import GenerateReqInput, TokenizerManager
 from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.server_args import ServerArgs
@@ -42,6 +48,8 @@ from sglang_dspark.server_args import ServerArgs
 logger = logging.getLogger(__name__)
 
 HEALTH_GENERATE_TIMEOUT_S = 120.0
+# on SIGTERM / SIGINT: stop accepting, let in-flight requests finish this long, then abort what is left
+GRACEFUL_SHUTDOWN_S = 30.0
 
 # GenerateReqInput with type checks and unknown keys rejected, for bodies that come off the wire
 _CheckedGenerateReqInput = pydantic.dataclasses.dataclass(
@@ -229,7 +237,16 @@ def launch_server(server_args: ServerArgs) -> None:
             port=server_args.port,
             log_level=server_args.log_level.lower(),
             timeout_keep_alive=5,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
-        _Server(config).run()
+        server = _Server(config)
+        client.on_death = lambda: setattr(server, "should_exit", True)
+        # uvicorn handles SIGTERM (graceful shutdown) and then raises it again under the handler it found:
+        # this one turns that into a normal return, so a requested stop exits 0
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        server.run()  # until SIGINT / SIGTERM (in-flight requests finish first) or the scheduler's death
     finally:
         client.close()
+    if client.died:  # exit non-zero, so whatever supervises the server restarts it with a fresh scheduler
+        logger.error("exiting: %s", SCHEDULER_DIED)
+        raise SystemExit(1)

@@ -14,7 +14,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from sglang_dspark.managers.io_struct import TokenizedGenerateReqInput
-from sglang_dspark.managers.scheduler_client import RequestGroup, SchedulerClient
+from sglang_dspark.managers.scheduler_client import SCHEDULER_DIED, RequestGroup, SchedulerClient, SchedulerUnavailable
 from sglang_dspark.managers.tokenizer_manager import RequestState
 
 
@@ -72,6 +72,8 @@ async def run_to_completion(
             watcher.cancel()
         if not group.finished:
             raise ClientDisconnect()
+    if client.died:  # the requests were failed, not finished: a 503 says so
+        raise SchedulerUnavailable(f"{SCHEDULER_DIED}; the server is shutting down")
     return group.states
 
 
@@ -103,6 +105,8 @@ async def stream_events(
     async def body() -> AsyncIterator[str]:
         async for payload in events(group):
             yield sse_event(payload)
+        if client.died:  # the status line is long sent: the stream's last event carries the error
+            yield sse_event({"error": {"message": f"{SCHEDULER_DIED}; the server is shutting down", "code": 503}})
         yield "data: [DONE]\n\n"
 
     return _GroupStreamingResponse(body(), stack)

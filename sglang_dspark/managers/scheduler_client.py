@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 LIVENESS_POLL_MS = 1000  # how often the receiver checks the scheduler process while it is quiet
 STARTUP_TIMEOUT_S = 600.0
+SCHEDULER_DIED = "the scheduler process died"
 
 
 class SchedulerUnavailable(RuntimeError):
@@ -84,6 +85,8 @@ class RequestGroup:
 class SchedulerClient:
     def __init__(self, server_args: ServerArgs, model_dir: Path, metrics: ServerMetrics | None) -> None:
         self.metrics = metrics
+        self.died = False  # the scheduler process exited while serving (not through close())
+        self.on_death: Callable[[], None] | None = None  # called once, after every request is failed
         self._groups: dict[str, RequestGroup] = {}
         self._rpcs: dict[int, asyncio.Future[RpcReply]] = {}
         self._rpc_ids = itertools.count()
@@ -237,7 +240,8 @@ class SchedulerClient:
 
     def _fail_everything(self) -> None:
         logger.error("the scheduler process died (exit code %s)", self._proc.exitcode)
-        error = SchedulerUnavailable("the scheduler process died")
+        self.died = True
+        error = SchedulerUnavailable(SCHEDULER_DIED)
         for future in self._rpcs.values():
             if not future.done():
                 future.set_exception(error)
@@ -248,9 +252,11 @@ class SchedulerClient:
                     ReqOutput(
                         rid=rid,
                         new_output_ids=[],
-                        finished_reason={"type": "abort", "message": "the scheduler process died"},
+                        finished_reason={"type": "abort", "message": SCHEDULER_DIED},
                         prompt_tokens=len(state.req.input_ids),
                         completion_tokens=state.completion_tokens,
                         cached_tokens=state.cached_tokens,
                     )
                 )
+        if self.on_death is not None:
+            self.on_death()
