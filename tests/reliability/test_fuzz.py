@@ -22,7 +22,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-FUZZ_EXAMPLES = int(os.environ.get("SGLANG_DSPARK_FUZZ_EXAMPLES", "20"))
+FUZZ_EXAMPLES = int(os.environ.get("SGLANG_DSPARK_FUZZ_EXAMPLES", "10"))
 COMPILE_TIMEOUT_S = 10
 # a hang is a request still unanswered this long after the grammar limit
 REQUEST_TIMEOUT_S = COMPILE_TIMEOUT_S + 300
