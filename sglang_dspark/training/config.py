@@ -10,8 +10,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sglang_dspark.train.data import SPLITS
-from sglang_dspark.train.regenerate import GenerationSpec
+from sglang_dspark.training.data import SPLITS
+from sglang_dspark.training.regenerate import GenerationSpec
 
 VARIANTS = ("dspark", "dflash")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sglang_dspark.sampling.sampling_params import SamplingParams
-from sglang_dspark.train.data import Prompt, read_jsonl
+from sglang_dspark.training.data import Prompt, read_jsonl
 
 logger = logging.getLogger(__name__)
 

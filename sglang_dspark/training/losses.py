@@ -1,4 +1,4 @@
-"""DSpark training losses (DESIGN.md section 3), pure functions.
+"""DSpark training losses (docs/design.md "Training losses"), pure functions.
 
 loss = ce_weight * CE(draft, true token) + l1_weight * ||p_d - p_t||_1 + conf_weight * BCE(c_k, c*_k),
 each a weighted mean over valid draft positions with w_k = exp(-(k - 1) / decay), and the confidence

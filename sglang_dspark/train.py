@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from sglang_dspark.speculative.dspark.draft_vocab import DEFAULT_DRAFT_VOCAB_SIZE, FREQUENCIES_NAME
-from sglang_dspark.train.config import build_parser, config_from_args
-from sglang_dspark.train.data import SplitSpec, load_prompt_sources, select
-from sglang_dspark.train.regenerate import load_sequences, regenerate
-from sglang_dspark.train.trainer import Trainer, response_token_frequencies
+from sglang_dspark.training.config import build_parser, config_from_args
+from sglang_dspark.training.data import SplitSpec, load_prompt_sources, select
+from sglang_dspark.training.regenerate import load_sequences, regenerate
+from sglang_dspark.training.trainer import Trainer, response_token_frequencies
 
 
 def _raise_interrupt(signum, frame) -> None:

@@ -15,10 +15,10 @@ from sglang_dspark.models.tiny import tiny_random_model
 from sglang_dspark.speculative.dspark import checkpoint as ckpt_mod
 from sglang_dspark.speculative.dspark.checkpoint import load_drafter
 from sglang_dspark.speculative.dspark.draft_vocab import FREQUENCIES_NAME, TokenFrequencies
-from sglang_dspark.train.config import TrainConfig
-from sglang_dspark.train.data import load_turn_prompts
-from sglang_dspark.train.regenerate import load_sequences
-from sglang_dspark.train.trainer import CHECKPOINT_DIR, EXPORT_DIR, Trainer, response_token_frequencies, target_view
+from sglang_dspark.training.config import TrainConfig
+from sglang_dspark.training.data import load_turn_prompts
+from sglang_dspark.training.regenerate import load_sequences
+from sglang_dspark.training.trainer import CHECKPOINT_DIR, EXPORT_DIR, Trainer, response_token_frequencies, target_view
 
 
 def write_data(path, n: int = 6, malformed: bool = True) -> None:
@@ -117,7 +117,7 @@ def test_prompt_file_with_malformed_lines(tmp_path, caplog):
 
 def test_regenerate_only_writes_the_requested_split(tmp_path):
     """`--split eval --regenerate-only`: the target's greedy responses to the held-out prompts only."""
-    from sglang_dspark.train.__main__ import main
+    from sglang_dspark.train import main
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"turns": [f"Say the number {i}."]}) + "\n" for i in range(6)))
@@ -146,7 +146,7 @@ def test_json_tasks_regenerate_under_their_schema(tmp_path, caplog):
     """--constrain-json: a JSON-schema task's responses come from the target under the schema's grammar (as
     a server answers it); a schema the grammar backend refuses is skipped and named; several samples per
     prompt get ids <prompt id>#k."""
-    from sglang_dspark.train.__main__ import main
+    from sglang_dspark.train import main
 
     enum = {"type": "object", "properties": {"a": {"enum": [1, 2]}}, "required": ["a"], "additionalProperties": False}
     schemas = [enum, enum, {"type": "objekt"}, enum]  # eval, calib, then two training schemas

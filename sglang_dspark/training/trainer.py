@@ -20,10 +20,10 @@ from sglang_dspark.model_executor.sequence_forward import forward_sequences
 from sglang_dspark.speculative.dspark import DSparkConfig, DSparkDrafter, save_drafter
 from sglang_dspark.speculative.dspark.checkpoint import load_drafter
 from sglang_dspark.speculative.dspark.draft_vocab import FREQUENCIES_NAME, TokenFrequencies
-from sglang_dspark.train.config import TrainConfig
-from sglang_dspark.train.init import grow_from, init_from_target
-from sglang_dspark.train.losses import DFLASH_WEIGHTS, DSPARK_WEIGHTS, LossWeights, dspark_loss
-from sglang_dspark.train.regenerate import Sequence, load_sequences
+from sglang_dspark.training.config import TrainConfig
+from sglang_dspark.training.init import grow_from, init_from_target
+from sglang_dspark.training.losses import DFLASH_WEIGHTS, DSPARK_WEIGHTS, LossWeights, dspark_loss
+from sglang_dspark.training.regenerate import Sequence, load_sequences
 
 logger = logging.getLogger(__name__)
 
