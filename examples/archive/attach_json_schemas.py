@@ -2,7 +2,7 @@
 `python -m sglang_dspark.train --constrain-json` recorded it, so the offline eval can mask with it.
 
     python examples/attach_json_schemas.py runs/data/eval_v4.jsonl runs/data/eval_v4s.jsonl \\
-        ../shared/data/json_schemas/jsonschemabench_subset.jsonl 3000
+        data/json_schemas/jsonschemabench_subset.jsonl 3000
 
 The schema of record `json/<i>` is task i of the schema file (the tasks the training CLI builds with the same
 --max-schema-chars); each record's prompt tokens are checked against that task's prompt.
@@ -16,8 +16,8 @@ import json
 from transformers import AutoTokenizer
 
 from sglang_dspark.models.model_source import resolve_model_path
-from sglang_dspark.train.data import load_json_schema_tasks
-from sglang_dspark.train.regenerate import chat_prompt_ids
+from sglang_dspark.training.data import load_json_schema_tasks
+from sglang_dspark.training.regenerate import chat_prompt_ids
 
 
 def main() -> None:
