@@ -14,9 +14,9 @@ chat-formatted, greedy, --max-new-tokens): ``code`` = mbpp,
 JSONSchemaBench subset (the prompt asks for an object following the schema, and the request carries it
 as ``json_schema``). Each concurrency level c sends the prompts in groups of c requests that run together
 (c in flight); `--repeats N` runs every level N times, the engines taking turns each time, and pools them.
-Every algorithm runs on its own Engine over the same prompts; the engines stay alive
-together and take turns level by level, so that drift of a busy machine hits each alike. The speed-up column divides by plain decoding at
-the same workload and level. The radix cache is flushed before every level (the levels repeat the same
+Every algorithm runs on its own Engine over the same prompts; the engines stay alive together and take
+turns level by level, so that drift of a busy machine hits each alike. The speed-up column divides by plain
+decoding at the same workload and level. The radix cache is flushed before every level (the levels repeat the same
 prompts, and NGRAM would draft the earlier level's cached outputs).
 
 Columns: tok/s = generated tokens / wall time of the level (prefill included: the JSON prompts carry the
