@@ -1,7 +1,7 @@
 """Add "json_schema" to the JSON-schema task records of a regenerated data file written before
 `python -m sglang_dspark.train --constrain-json` recorded it, so the offline eval can mask with it.
 
-    python examples/attach_json_schemas.py runs/data/eval_v4.jsonl runs/data/eval_v4s.jsonl \\
+    python examples/archive/attach_json_schemas.py runs/data/eval_v4.jsonl runs/data/eval_v4s.jsonl \\
         data/json_schemas/jsonschemabench_subset.jsonl 3000
 
 The schema of record `json/<i>` is task i of the schema file (the tasks the training CLI builds with the same
