@@ -1,5 +1,5 @@
-"""Add "json_schema" to the JSON-schema task records of a regenerated data file written before
-`python -m sglang_dspark.train --constrain-json` recorded it, so the offline eval can mask with it.
+"""Add "json_schema" to the JSON-schema task records of a regenerated data file that lacks it (as
+`python -m sglang_dspark.train --constrain-json` writes it), so the offline eval can mask with it.
 
     python examples/archive/attach_json_schemas.py runs/data/eval_v4.jsonl runs/data/eval_v4s.jsonl \\
         data/json_schemas/jsonschemabench_subset.jsonl 3000
