@@ -30,7 +30,7 @@ from sglang_dspark import Engine
 from sglang_dspark.grammar import Constraint, GrammarError
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "json_schemas" / "jsonschemabench_subset.jsonl"
+DEFAULT_DATA = ROOT / "data" / "json_schemas" / "jsonschemabench_subset.jsonl"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "json_schemas.jsonl"
 OUTCOMES = ("compile_error", "valid", "invalid", "truncated", "bad_prefix")
 

@@ -5,7 +5,7 @@ sweep of concurrency levels, a markdown table of TTFT, inter-token latency and t
     python benchmarks/bench_serving.py --concurrency 1,4,16 --max-new-tokens 64
     python benchmarks/bench_serving.py --base-url http://127.0.0.1:30000 --request-rate 2
 
-Prompts are the first turns of ../shared/data/prompts/*.jsonl (DeepSpec's {"turns": [...]}), sent as
+Prompts are the first turns of data/prompts/*.jsonl (DeepSpec's {"turns": [...]}), sent as
 raw text with `ignore_eos` so every request generates exactly --max-new-tokens tokens. With the default
 --request-rate inf each level keeps `concurrency` requests in flight; a finite rate sends them as a
 Poisson process (at most `concurrency` in flight). Loopback only; every level is bounded in requests
@@ -35,7 +35,7 @@ import requests
 
 from sglang_dspark.launch_server import local_server
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "prompts"
 
 
 @dataclass

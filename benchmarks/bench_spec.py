@@ -8,16 +8,15 @@
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:drafter=runs/x/dspark/drafter   # two drafters
 
 Workloads (the first --num-prompts of each, at least --min-waves groups of c at concurrency c (48 prompts at
-16 by default: one group of 16 decays as its requests finish, and lasts 3-6 s on a noisy host),
+16 by default: one group of 16 decays as its requests finish, too short a level to measure),
 chat-formatted, greedy, --max-new-tokens): ``code`` = mbpp,
 ``chat`` = arena-hard-v2 (prompts up to 3000 characters), ``json`` = JSON-schema tasks from the
 JSONSchemaBench subset (the prompt asks for an object following the schema, and the request carries it
 as ``json_schema``). Each concurrency level c sends the prompts in groups of c requests that run together
 (c in flight); `--repeats N` runs every level N times, the engines taking turns each time, and pools them.
-Every algorithm runs on its own Engine over the same prompts; the engines stay alive
-together and take turns level by level (a shared machine's drift then hits each alike; run one after the
-other, a later engine measured up to 15% slower here). The speed-up column divides by plain decoding at
-the same workload and level. The radix cache is flushed before every level (the levels repeat the same
+Every algorithm runs on its own Engine over the same prompts; the engines stay alive together and take
+turns level by level, so that drift of a busy machine hits each alike. The speed-up column divides by plain
+decoding at the same workload and level. The radix cache is flushed before every level (the levels repeat the same
 prompts, and NGRAM would draft the earlier level's cached outputs).
 
 Columns: tok/s = generated tokens / wall time of the level (prefill included: the JSON prompts carry the
@@ -41,7 +40,7 @@ from sglang_dspark import Engine
 from sglang_dspark.grammar import Constraint, GrammarError
 from sglang_dspark.speculative.metrics import conditional_acceptance, tau
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 WORKLOADS = ("code", "chat", "json")
 SHOWN_POSITIONS = 4
 MAX_PROMPT_CHARS = 3000  # longer chat prompts are skipped: their prefill would dominate on a CPU

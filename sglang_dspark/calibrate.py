@@ -1,7 +1,7 @@
 """`python -m sglang_dspark.calibrate`: Sequential Temperature Scaling of a drafter's confidence head.
 
 Scores the drafter on held-out target rollouts and fits one temperature and one bias per draft position
-(see speculative/sts.py; `--no-bias`: temperatures only, DESIGN.md's STS); writes `sts_<mode>.json`, the
+(see speculative/sts.py; `--no-bias`: temperatures only, the paper's STS); writes `sts_<mode>.json`, the
 file `--speculative-dspark-confidence-sts-path` reads.
 
     python -m sglang_dspark.calibrate --drafter runs/smollm2/dspark/drafter --data runs/data/calib_t0.jsonl
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output-dir", default=None, help="where sts_<mode>.json go (default: the drafter dir)")
     parser.add_argument(
-        "--no-bias", action="store_true", help="fit temperatures only (every bias 0), as DESIGN.md's STS"
+        "--no-bias", action="store_true", help="fit temperatures only (every bias 0), as the paper's STS"
     )
     add_common_args(parser)
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Imports from any working directory: no folder of the checkout shadows a third-party package.
 
 transformers imports the PyPI package `kernels` (transformers.activations -> integrations.hub_kernels);
-a top-level `kernels/` folder in the checkout once won that import whenever Python ran from the root.
+a top-level `kernels/` folder in the checkout would win that import whenever Python runs from the root.
 Each check runs in a fresh interpreter, as `python -c` / `python -m` from that directory would.
 """
 

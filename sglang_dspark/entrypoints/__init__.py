@@ -1,1 +1,1 @@
-"""Entry points: the in-process Engine (and later the HTTP server)."""
+"""Entry points: the in-process Engine and the HTTP server."""

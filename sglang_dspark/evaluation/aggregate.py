@@ -1,4 +1,4 @@
-"""Turn per-sequence block records into DESIGN.md section 7 metrics, per data set and decoding mode."""
+"""Turn per-sequence block records into the metrics of docs/design.md "Metrics", per data set and decoding mode."""
 
 from __future__ import annotations
 

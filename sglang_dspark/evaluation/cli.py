@@ -7,7 +7,7 @@ import argparse
 from tqdm import tqdm
 
 from sglang_dspark.evaluation.scoring import BlockRecords, score_sequences
-from sglang_dspark.train.regenerate import Sequence, load_sequences
+from sglang_dspark.training.regenerate import Sequence, load_sequences
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

@@ -2,8 +2,8 @@
 response teacher-forced through every drafter. Runs in worker processes (one thread each).
 
 A response generated under a JSON schema is scored as the runtime drafts and verifies it: the schema's
-grammar mask applies to the target's distribution (p_t is the masked one, DESIGN.md section 3) and to the
-drafter's at every draft position (grammar-aware drafting, section 4.1), and a position the grammar forces
+grammar mask applies to the target's distribution (p_t is the masked one, docs/design.md "Verification") and to the
+drafter's at every draft position (docs/design.md "Grammar-aware drafting"), and a position the grammar forces
 (one allowed token) has confidence 1."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from sglang_dspark.grammar.base import Constraint, GrammarBackend, GrammarError,
 from sglang_dspark.grammar.mask import allowed_from_bitmask
 from sglang_dspark.speculative.dspark import DSparkDrafter
 from sglang_dspark.speculative.dspark.checkpoint import load_drafter
-from sglang_dspark.train.losses import acceptance_probability
-from sglang_dspark.train.regenerate import Sequence
-from sglang_dspark.train.trainer import target_view
+from sglang_dspark.training.losses import acceptance_probability
+from sglang_dspark.training.regenerate import Sequence
+from sglang_dspark.training.trainer import target_view
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ forced tokens, which the Markov head is fed as if drafted) and proposes the slot
 
 Drafts are greedy (one-hot p_d) for greedy requests and for grammar requests; other requests sample
 at their temperature and hand the drafter's distributions to rejection sampling. Grammar requests draft
-under their grammar (DESIGN.md 4.1): each sequential step of the Markov head is masked by the state of a
-fork of the request's grammar after the tokens drafted before it, and a token the grammar forces (the
-only one allowed) gets confidence 1, since the masked target must pick it too. (The scheduler still cuts
-a draft after the grammar terminates.)
+under their grammar (docs/design.md "Grammar-aware drafting"): each sequential step of the Markov head is
+masked by the state of a fork of the request's grammar after the tokens drafted before it, and a token the
+grammar forces (the only one allowed) gets confidence 1, since the masked target must pick it too. (The
+scheduler still cuts a draft after the grammar terminates.)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Speculative-decoding metrics (DESIGN.md section 7), defined once.
+"""Speculative-decoding metrics (docs/design.md "Metrics"), defined once.
 
 A verify round verifies ``draft_lens[n]`` drafts and accepts the first ``accept_lens[n]`` of them, then
 commits one more (bonus or corrected) token. Conventions follow DeepSpec's evaluator: accept_rate@k and

@@ -10,8 +10,8 @@ The draft follows the continuations of all occurrences by majority vote, positio
 to the most recent occurrence, context before corpora). Confidence of draft j = votes for it / (the
 occurrences still agreeing with drafts < j, + ``prior``): an estimate of P(draft j right | drafts < j
 right), the planner's c[r, j]. Drafts are deterministic: verify them with one-hot p_d
-(``rejection_sample(..., draft_probs=None, ...)``). For a grammar request the vote is masked (DESIGN.md
-4.1): only tokens its grammar allows are voted for, and grammar-forced runs are drafted exactly.
+(``rejection_sample(..., draft_probs=None, ...)``). For a grammar request the vote is masked (docs/design.md
+"Grammar-aware drafting"): only tokens its grammar allows are voted for, and grammar-forced runs are drafted exactly.
 """
 
 from __future__ import annotations

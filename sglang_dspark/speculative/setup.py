@@ -12,14 +12,13 @@ from sglang_dspark.mem_cache.radix_cache import RadixCache
 from sglang_dspark.model_executor.model_runner import ModelRunner, use_cpu_ops
 from sglang_dspark.models.config import DecoderConfig
 from sglang_dspark.models.model_source import resolve_model_path
-from sglang_dspark.profile_sps import verify_forward_fn
 from sglang_dspark.server_args import ServerArgs
 from sglang_dspark.speculative.dspark import DSparkConfig, load_drafter
 from sglang_dspark.speculative.dspark.checkpoint import CONFIG_NAME, packaged_drafter, read_config
 from sglang_dspark.speculative.dspark.draft_vocab import DEFAULT_DRAFT_VOCAB_SIZE, FREQUENCIES_NAME, TokenFrequencies
 from sglang_dspark.speculative.dspark_proposer import ConfidenceCalibration, DSparkProposer
 from sglang_dspark.speculative.online_calibration import CalibratedProposer, OnlineCalibration
-from sglang_dspark.speculative.planner import SPSTable, profile_sps
+from sglang_dspark.speculative.planner import SPSTable
 from sglang_dspark.speculative.spec_worker import (
     DEFAULT_NUM_DRAFT_TOKENS,
     BestOfProposer,
@@ -28,32 +27,18 @@ from sglang_dspark.speculative.spec_worker import (
     ProposerGate,
     SpecWorker,
 )
+from sglang_dspark.speculative.sps_profile import profile_runner_sps
 from sglang_dspark.speculative.standalone_proposer import StandaloneProposer
 from sglang_dspark.speculative.sts import STSCalibration
 from sglang_dspark.speculative.verify_policy import LOAD_ADAPTIVE_MODES, make_verify_policy
 
 logger = logging.getLogger(__name__)
 
-SPS_PROBE_SIZES = (1, 2, 4, 8, 16, 32, 64)
-SPS_PROBE_CONTEXT = 256  # tokens of cached context behind each probe, like a running request
 AVAILABLE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
 DEFAULT_STANDALONE_DRAFT_TOKENS = 4  # one draft-model step per token
 # DSPARK: an n-gram / radix draft expecting this many accepted drafts is kept without running the drafter
-# (the drafter's drafts expect about 0.5-1 on code and chat)
+# (well above what the shipped drafter's drafts expect on code and chat)
 NGRAM_ENOUGH = 2.0
-
-
-def profile_runner_sps(
-    runner: ModelRunner, tokens_per_request: int, sizes: tuple[int, ...] = SPS_PROBE_SIZES
-) -> SPSTable:
-    """SPS(B): target forwards per second over B tokens laid out as verify rounds (requests of up to
-    tokens_per_request tokens on cached contexts), through the attention path the runtime uses."""
-    attention = runner.cpu_ops.pool_attention if runner.cpu_ops else None
-    forward = verify_forward_fn(runner.model, max(sizes), SPS_PROBE_CONTEXT, tokens_per_request, attention)
-    measured = profile_sps(forward, sizes, repeats=5)
-    # a bigger batch never runs faster: noise from other tenants must not invert the table
-    step_times = torch.tensor([1.0 / v for v in measured.steps_per_sec]).cummax(0).values
-    return SPSTable(measured.batch_tokens, tuple((1.0 / step_times).tolist()))
 
 
 def build_spec_worker(

@@ -80,7 +80,7 @@ class Proposer(Protocol):
 class NGramProposer:
     """Suffix matches against each request's own context, indexed incrementally. With ``radix``, a
     request whose whole context is cached (an earlier request had the same tokens so far) drafts the
-    radix tree's cached continuation instead (DESIGN.md 4.2): it matches the whole context, not a
+    radix tree's cached continuation instead (docs/design.md "Combining proposers"): it matches the whole context, not a
     few-token suffix, so it comes first, with confidence ``radix_confidence`` per token (a prior)."""
 
     min_n: int = 1
@@ -124,11 +124,7 @@ class ProposerGate:
     calls where the gate did not cut its kind) times the decode rounds' tokens/s (``observe_round``).
     Below that cost, or below ``min_gain``, it drafts for one request of that kind in every
     ``explore_every``-th call only, which keeps the average current. Skipping a proposer never changes the
-    output.
-
-    Measured at concurrency 1 (SmolLM2 drafter after the n-gram proposer, 8 prompts each): it added 0.46
-    expected drafts per request on code, 0.22 on chat, 0.11 on JSON-schema requests, drafting took 3.1 ms
-    per call on code and chat and 4.8 ms on JSON (grammar-masked steps), rounds about 20 ms."""
+    output. What the drafter adds per kind of request: benchmarks/results/spec.md."""
 
     min_gain: float = 0.3
     explore_every: int = 8
@@ -174,11 +170,12 @@ def _moving(old: float | None, new: float, weight: float) -> float:
 @dataclass
 class BestOfProposer:
     """Several proposers, cheapest first; per request, the draft with the most expected committed drafts,
-    sum_j prod_{i <= j} c_i (DESIGN.md 4.2: e.g. the n-gram / radix proposer and the DSpark drafter; ties
-    go to the earlier proposer). A request whose best draft so far already expects ``enough`` drafts is
-    not offered to the later (costlier) proposers: the drafter rarely beats a long, sure n-gram match, and
-    drafting costs time. With a ``gate``, a later proposer also sits out the kinds of requests (grammar or
-    not) where its drafts have lately added too little. At most one of them may capture target hidden states."""
+    sum_j prod_{i <= j} c_i (docs/design.md "Combining proposers": e.g. the n-gram / radix proposer and the
+    DSpark drafter; ties go to the earlier proposer). A request whose best draft so far already expects
+    ``enough`` drafts is not offered to the later (costlier) proposers: the drafter rarely beats a long,
+    sure n-gram match, and drafting costs time. With a ``gate``, a later proposer also sits out the kinds of
+    requests (grammar or not) where its drafts have lately added too little. At most one of them may
+    capture target hidden states."""
 
     proposers: tuple[Proposer, ...]
     enough: float = float("inf")
@@ -263,9 +260,8 @@ class ProposalBackoff:
     round in between. That round probes: it offers only ``probe_size`` of the requests (the next ones each
     time). A probe that pays buys a trial: the next round offers every request, and only a trial that pays
     ends the backoff (a failed probe or trial doubles it). So a batch where drafting keeps not paying pays
-    for a few requests' drafts per probe. Drafting costs time (the DSpark drafter about a third of a target
-    step at batch 16: 11 proposing rounds of 10 ms were 3% of a 3.6 s concurrency-16 code level), and
-    skipping it never changes the output."""
+    for a few requests' drafts per probe. Drafting costs time (a large share of a target step for the DSpark
+    drafter at a large batch), and skipping it never changes the output."""
 
     max_skip: int = 16
     probe_size: int = 4

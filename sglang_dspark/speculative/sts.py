@@ -1,9 +1,9 @@
-"""Sequential Temperature Scaling (STS) of the drafter's confidence head (DESIGN.md section 3).
+"""Sequential Temperature Scaling (STS) of the drafter's confidence head (docs/design.md).
 
 Calibrated confidence c[k] = sigmoid(z[k] / T[k] + b[k]), one temperature and one bias per draft position.
 Fitted on held-out verify rounds for k = 1..G in order: (T[k], b[k]) is the grid point minimising the ECE
 of the survival prod_{i <= k} c[i] against "drafts 1..k all accepted", the earlier positions fixed. With
-the bias grid {0} this is DESIGN.md's STS (temperatures only); the bias (the grid includes 0, so it never
+the bias grid {0} this is the paper's STS (temperatures only); the bias (the grid includes 0, so it never
 fits the calibration set worse) corrects a drafter that is under- or over-confident at every logit, which a
 temperature cannot.
 

@@ -1,6 +1,6 @@
 """A real server (`python -m sglang_dspark.launch_server`) on a free loopback port, shared by the HTTP tests.
 
-float32 so that greedy outputs do not depend on how requests are batched (see DESIGN.md section 8).
+float32 so that greedy outputs do not depend on how requests are batched (docs/design.md "CPU cost model").
 """
 
 from __future__ import annotations

@@ -207,14 +207,14 @@ def _object_with(node: dict) -> dict:
         (_object_with({"type": "string", "format": "email", "minLength": 30}), '{"x":"a@b.co"}'),
         (_object_with({"type": "string", "pattern": "^(?!abc)[a-z]+$"}), '{"x":"abcd"}'),
         (_object_with({"type": "string", "enum": ["a", "bb"], "minLength": 2}), '{"x":"a"}'),
-        (_object_with({"type": "string", "pattern": "[0-9]{2}|x{3}"}), '{"x":"12}'),  # found by the 280-schema run
+        (_object_with({"type": "string", "pattern": "[0-9]{2}|x{3}"}), '{"x":"12}'),  # as in the 280-schema set
         ({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a", "b"]}, '{"a":1}'),  # same
     ],
 )
 def test_keywords_a_backend_would_ignore_are_enforced_or_refused(backend, tokenizer, schema, invalid):
-    """Each of these made a backend accept a value that does not validate (xgrammar logs that it ignores the
+    """Left to the backend, each of these lets it accept a value that does not validate (xgrammar ignores the
     keyword; outlines generates enum values regardless of their siblings and leaves a top-level pattern alternation
-    ungrouped; neither requires `required` names missing from `properties`): refused instead."""
+    ungrouped; neither requires `required` names missing from `properties`): so they are refused instead."""
     try:
         assert not jsonschema.Draft202012Validator(schema).is_valid(json.loads(invalid))
     except json.JSONDecodeError:

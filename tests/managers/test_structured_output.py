@@ -19,7 +19,7 @@ from sglang_dspark.managers.grammar_manager import GrammarManager
 from sglang_dspark.managers.io_struct import TokenizedGenerateReqInput
 from sglang_dspark.sampling.sampling_params import SamplingParams
 
-SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "data" / "json_schemas" / "jsonschemabench_subset.jsonl"
+SCHEMAS = Path(__file__).resolve().parents[2] / "data" / "json_schemas" / "jsonschemabench_subset.jsonl"
 PERSON = {
     "type": "object",
     "properties": {

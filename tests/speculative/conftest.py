@@ -11,5 +11,5 @@ def appendix_a_sps() -> SPSTable:
 
 @pytest.fixture
 def cpu_sps() -> SPSTable:
-    """A CPU, SmolLM2-135M (DESIGN.md section 8): appending 1 / 8 / 16 tokens costs 37 / 42 / 49 ms."""
+    """A CPU, SmolLM2-135M (docs/design.md "CPU cost model"): appending 1 / 8 / 16 tokens costs 37 / 42 / 49 ms."""
     return SPSTable((1, 8, 16), (1000 / 37, 1000 / 42, 1000 / 49))

@@ -1,4 +1,7 @@
-"""DSparkProposer: the grammar mask of every sequential draft step (DESIGN.md 4.1), drafts after forced tokens."""
+"""DSparkProposer: the grammar mask of every sequential draft step, drafts after forced tokens.
+
+See docs/design.md "Grammar-aware drafting".
+"""
 
 from dataclasses import dataclass, field
 

@@ -89,7 +89,7 @@ def test_fit_sts_recovers_temperatures_and_lowers_ece():
     true_temps = torch.tensor([2.0, 0.5, 1.5])
     logits = torch.randn(40_000, 3, generator=g) * 2  # [N, G] raw confidence-head logits
     accept_lens = simulate_rounds(logits, true_temps, g)
-    cal = fit_sts(logits, accept_lens, dataset="synthetic", biases=torch.zeros(1))  # DESIGN.md's STS
+    cal = fit_sts(logits, accept_lens, dataset="synthetic", biases=torch.zeros(1))  # the paper's STS
     torch.testing.assert_close(torch.tensor(cal.temperatures), true_temps, rtol=0.15, atol=0)
     assert cal.biases == (0.0, 0.0, 0.0)
     assert cal.num_samples == 40_000 and cal.dataset == "synthetic"

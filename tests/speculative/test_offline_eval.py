@@ -17,7 +17,7 @@ from sglang_dspark.grammar import create_backend
 from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.models.tiny import tiny_random_model
 from sglang_dspark.speculative.sts import STSCalibration, fit_sts
-from sglang_dspark.train.regenerate import Sequence
+from sglang_dspark.training.regenerate import Sequence
 
 
 def test_leading_ones_and_rounds():

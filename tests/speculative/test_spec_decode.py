@@ -27,7 +27,7 @@ GREEDY = {"temperature": 0, "max_new_tokens": 64}
 
 @pytest.fixture(scope="module")
 def sps_path(tmp_path_factory):
-    # the shape measured on a CPU (DESIGN.md section 8): flat to ~8 tokens, then slower. Scaled to a
+    # the shape measured on a CPU (docs/design.md "CPU cost model"): flat to ~8 tokens, then slower. Scaled to a
     # 37-second target step: the planner only reads ratios, and no drafting time can then outweigh a
     # step, so the drafting-cost backoff (which reads the wall clock) never changes what these tests see
     path = tmp_path_factory.mktemp("sps") / "sps.json"

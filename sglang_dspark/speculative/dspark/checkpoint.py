@@ -1,4 +1,4 @@
-"""Drafter checkpoints: a directory with `config.json` + `model.safetensors` (DESIGN.md section 5).
+"""Drafter checkpoints: a directory with `config.json` + `model.safetensors` (docs/design.md "Drafter checkpoint").
 
 Writes are atomic: everything goes to a temporary sibling directory that is renamed into place, so an
 interrupt or a full disk leaves the previous checkpoint intact. Extra files (e.g. a trainer state) can

@@ -1,4 +1,4 @@
-"""Drafter configuration and its DeepSpec-compatible config.json form (DESIGN.md section 5)."""
+"""Drafter configuration and its DeepSpec-compatible config.json form (docs/design.md "Drafter checkpoint")."""
 
 from __future__ import annotations
 

@@ -29,10 +29,6 @@ class DrafterState:
             buf[self.length : self.length + n] = v
         self.length += n
 
-    def truncate(self, length: int) -> None:
-        """Forget context positions >= length (e.g. a request that was retracted and re-prefilled)."""
-        self.length = min(self.length, length)
-
 
 def _grow(buf: torch.Tensor, capacity: int, length: int) -> torch.Tensor:
     out = buf.new_empty((capacity, *buf.shape[1:]))
