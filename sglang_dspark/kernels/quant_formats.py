@@ -87,13 +87,15 @@ def dequantize(w: QuantizedWeight) -> Tensor:
 
 
 def quantize_q8_0(w: Tensor) -> QuantizedWeight:
-    """w [N, K] (K a multiple of 32) -> Q8_0, rounding like GGML: d = max|w| / 127 per block, q = round(w / d)."""
+    """w [N, K] (K a multiple of 32) -> Q8_0 as GGML rounds: d = max|w| / 127 per block, q = w * (1 / d) rounded
+    half away from zero."""
     n, k = w.shape
     if k % BLOCK:
         raise ValueError(f"int8 quantization needs a multiple of {BLOCK} columns, got {k}")
     blocks = w.detach().float().reshape(n, k // BLOCK, BLOCK)
     d = blocks.abs().amax(dim=-1, keepdim=True) / 127.0  # [N, K/32, 1]
-    q = torch.where(d > 0, blocks / d, torch.zeros_like(blocks)).round().clamp(-127, 127).to(torch.int8)
+    scaled = blocks * torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    q = (scaled.sign() * (scaled.abs() + 0.5).floor()).clamp(-127, 127).to(torch.int8)
     d16 = d.to(torch.float16)
     data = torch.cat([d16.view(torch.uint8), q.view(torch.uint8)], dim=-1).reshape(n, -1)
     return QuantizedWeight(FORMATS["Q8_0"], data.contiguous(), k)

@@ -55,8 +55,12 @@ def load_quant_kernel() -> QuantLinearKernel:
     return kernel
 
 
-def quant_linear(x: Tensor, weight: QuantizedWeight, bias: Tensor | None, kernel: QuantLinearKernel) -> Tensor:
-    """x [M, K] -> x W^T + b [M, N] in x's dtype."""
+def quant_linear(x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
+    """x [M, K] -> x W^T + b [M, N] in x's dtype (the kernel must have loaded: ``load_quant_kernel``)."""
+    return _run(load_quant_kernel(), x, weight, bias)
+
+
+def _run(kernel: QuantLinearKernel, x: Tensor, weight: QuantizedWeight, bias: Tensor | None) -> Tensor:
     return kernel(x.contiguous(), weight.data, weight.fmt.kernel_id, weight.cols, bias)
 
 
@@ -68,7 +72,7 @@ def _check_against_dequantized(kernel: QuantLinearKernel) -> None:
         scales = (torch.rand(7, 2, 2, generator=gen) * 0.1).to(torch.float16).view(torch.uint8)  # d (and m)
         data.view(7, 2, fmt.block_bytes)[..., :4] = scales.view(7, 2, 4)
         w = QuantizedWeight(fmt, data, 64)
-        got = quant_linear(x, w, None, kernel)
+        got = _run(kernel, x, w, None)
         want = x @ dequantize(w).T
         if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
             raise RuntimeError(f"native {fmt.name} matmul disagrees with the dequantized reference")
