@@ -130,6 +130,47 @@ def weight_bytes_per_token(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters()) + quantized_bytes(model)
 
 
+def quality(data_dir: Path, num_prompts: int, new_tokens: int, dtype: str) -> None:
+    """The quantized path (the GGUF's blocks) against the same weights dequantized (``--quantization none``):
+    greedy agreement on chat prompts and perplexity on held-out text (arena-hard prompts, raw)."""
+    from sglang_dspark import Engine
+    from sglang_dspark.model_executor.sequence_forward import score_next_tokens
+
+    quant, dense = (Engine(dtype=dtype, quantization=q, log_level="warning") for q in ("auto", "none"))
+    tok = quant.tokenizer
+    prompts = [chat_ids(tok, p) for p in load_prompts(data_dir, num_prompts)]
+    sp = {"temperature": 0, "max_new_tokens": new_tokens}
+    want = [r["output_ids"] for r in dense.generate(input_ids=prompts, sampling_params=sp)]
+    got = [r["output_ids"] for r in quant.generate(input_ids=prompts, sampling_params=sp)]
+    same = sum(a == b for w, g in zip(want, got) for a, b in zip(w, g))
+    prefix = sum(
+        next((i for i, (a, b) in enumerate(zip(w, g)) if a != b), min(len(w), len(g))) for w, g in zip(want, got)
+    )
+    total = sum(len(w) for w in want)
+    seqs, starts = [p + w for p, w in zip(prompts, want)], [len(p) - 1 for p in prompts]
+    ref = score_next_tokens(dense.scheduler.runner.model, seqs, starts)
+    ours = score_next_tokens(quant.scheduler.runner.model, seqs, starts)
+    forced = sum(int((a.argmax == b.argmax).sum()) for a, b in zip(ours, ref)) / sum(len(b.argmax) for b in ref)
+    with open(data_dir / "arena-hard-v2.jsonl") as f:
+        texts = [json.loads(line)["turns"][0] for line in f if line.strip()][:num_prompts]
+    held_out = [tok.encode(t)[:512] for t in texts]
+    ppl = {}
+    for name, engine in (("quantized", quant), ("dequantized", dense)):
+        scores = score_next_tokens(engine.scheduler.runner.model, held_out, [0] * len(held_out))
+        ppl[name] = float(torch.exp(-torch.cat([s.logprob for s in scores]).mean()))
+    quant.shutdown()
+    dense.shutdown()
+    print(f"\n{len(prompts)} chat prompts, {new_tokens} greedy tokens each ({total} tokens), {dtype}:")
+    print(f"- teacher-forced on the dequantized model's output, same greedy token: {forced:.1%}")
+    print(f"- free-running, same token at the same position: {same / total:.1%}; common prefixes {prefix / total:.1%}")
+    n_held = sum(len(h) - 1 for h in held_out)
+    print(
+        f"- perplexity on {len(held_out)} held-out arena-hard prompts ({n_held} tokens): "
+        f"quantized {ppl['quantized']:.3f}, dequantized {ppl['dequantized']:.3f} "
+        f"({ppl['quantized'] / ppl['dequantized'] - 1:+.2%})"
+    )
+
+
 def main() -> None:
     from transformers import AutoModelForCausalLM
 
@@ -148,7 +189,10 @@ def main() -> None:
     ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
     ap.add_argument("--repeats", type=int, default=1, help="passes over the engines, taking turns; medians pooled")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--quality", action="store_true", help="quantized vs dequantized outputs instead of speed")
     args = ap.parse_args()
+    if args.quality:
+        return quality(args.data_dir, args.num_prompts, args.new_tokens, args.dtype)
 
     gguf = default_model_gguf() if args.model == "default" else qwen_coder_gguf()
     bandwidth = measure_bandwidth_gbs()
