@@ -5,8 +5,9 @@
 
 Measures, on the same prompts and greedy settings: batch-1 decode tokens/s, batch-8 aggregate
 tokens/s, and the memory-bandwidth ceiling (bandwidth / bytes of weights read per token),
-bandwidth measured in this run. Prints a markdown table; compare ratios, not absolute numbers
-(the machine is shared).
+bandwidth measured in this run, for the quantized paths (``--quantization auto`` keeps the GGUF's blocks,
+``int8``) and dense bf16. Our engines stay alive together and take turns (``--repeats``). Prints a
+markdown table; compare ratios, not absolute numbers (the machine is shared).
 """
 
 from __future__ import annotations
@@ -107,11 +108,75 @@ def bench_llamacpp(gguf: Path, prompts_ids: list[list[int]], new_tokens: int) ->
     return statistics.median(rates)
 
 
+# (row name, Engine keywords): the quantized paths and the dense bf16 one with each choice of CPU kernels
+ENGINES = {
+    "gguf": ("--quantization auto (the GGUF's own blocks)", {"quantization": "auto"}),
+    "int8": ("--quantization int8 (Q8_0 blocks)", {"quantization": "int8"}),
+    **{
+        f"none-{k}" if k != "auto" else "none": (
+            f"--quantization none (bf16), --cpu-kernels {k}",
+            {"quantization": "none", "cpu_kernels": k},
+        )
+        for k in ("auto", "native", "torch")
+    },
+}
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights a batch-1 decode step reads: every dense parameter and every quantized weight once
+    (the embedding rows looked up are negligible; a tied embedding is read whole as the LM head)."""
+    from sglang_dspark.models.quantization import quantized_bytes
+
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + quantized_bytes(model)
+
+
+def quality(data_dir: Path, num_prompts: int, new_tokens: int, dtype: str) -> None:
+    """The quantized path (the GGUF's blocks) against the same weights dequantized (``--quantization none``):
+    greedy agreement on chat prompts and perplexity on held-out text (arena-hard prompts, raw)."""
+    from sglang_dspark import Engine
+    from sglang_dspark.model_executor.sequence_forward import score_next_tokens
+
+    quant, dense = (Engine(dtype=dtype, quantization=q, log_level="warning") for q in ("auto", "none"))
+    tok = quant.tokenizer
+    prompts = [chat_ids(tok, p) for p in load_prompts(data_dir, num_prompts)]
+    sp = {"temperature": 0, "max_new_tokens": new_tokens}
+    want = [r["output_ids"] for r in dense.generate(input_ids=prompts, sampling_params=sp)]
+    got = [r["output_ids"] for r in quant.generate(input_ids=prompts, sampling_params=sp)]
+    same = sum(a == b for w, g in zip(want, got) for a, b in zip(w, g))
+    prefix = sum(
+        next((i for i, (a, b) in enumerate(zip(w, g)) if a != b), min(len(w), len(g))) for w, g in zip(want, got)
+    )
+    total = sum(len(w) for w in want)
+    seqs, starts = [p + w for p, w in zip(prompts, want)], [len(p) - 1 for p in prompts]
+    ref = score_next_tokens(dense.scheduler.runner.model, seqs, starts)
+    ours = score_next_tokens(quant.scheduler.runner.model, seqs, starts)
+    forced = sum(int((a.argmax == b.argmax).sum()) for a, b in zip(ours, ref)) / sum(len(b.argmax) for b in ref)
+    with open(data_dir / "arena-hard-v2.jsonl") as f:
+        texts = [json.loads(line)["turns"][0] for line in f if line.strip()][:num_prompts]
+    held_out = [tok.encode(t)[:512] for t in texts]
+    ppl = {}
+    for name, engine in (("quantized", quant), ("dequantized", dense)):
+        scores = score_next_tokens(engine.scheduler.runner.model, held_out, [0] * len(held_out))
+        ppl[name] = float(torch.exp(-torch.cat([s.logprob for s in scores]).mean()))
+    quant.shutdown()
+    dense.shutdown()
+    print(f"\n{len(prompts)} chat prompts, {new_tokens} greedy tokens each ({total} tokens), {dtype}:")
+    print(f"- teacher-forced on the dequantized model's output, same greedy token: {forced:.1%}")
+    print(f"- free-running, same token at the same position: {same / total:.1%}; common prefixes {prefix / total:.1%}")
+    n_held = sum(len(h) - 1 for h in held_out)
+    print(
+        f"- perplexity on {len(held_out)} held-out arena-hard prompts ({n_held} tokens): "
+        f"quantized {ppl['quantized']:.3f}, dequantized {ppl['dequantized']:.3f} "
+        f"({ppl['quantized'] / ppl['dequantized'] - 1:+.2%})"
+    )
+
+
 def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from sglang_dspark import Engine
     from sglang_dspark.kernels.cpu_ops import describe_cpu_ops
+    from sglang_dspark.models.gguf_convert import dense_copy
     from sglang_dspark.models.model_source import default_model_gguf
     from sglang_dspark.models.qwen_coder_assembly import qwen_coder_gguf
 
@@ -121,63 +186,79 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
+    ap.add_argument("--repeats", type=int, default=1, help="passes over the engines, taking turns; medians pooled")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--quality", action="store_true", help="quantized vs dequantized outputs instead of speed")
     args = ap.parse_args()
+    if args.quality:
+        return quality(args.data_dir, args.num_prompts, args.new_tokens, args.dtype)
 
     gguf = default_model_gguf() if args.model == "default" else qwen_coder_gguf()
     bandwidth = measure_bandwidth_gbs()
-    rows = []  # (engine, batch-1 tok/s, batch-8 tok/s)
-    # bf16: the default (auto), all native CPU kernels and torch's own ops, to show what each buys on this CPU
-    kernels = ["auto", "native", "torch"] if args.dtype == "bfloat16" else ["auto"]
-    for kernel in kernels:
-        engine = Engine(model_path=str(gguf), dtype=args.dtype, cpu_kernels=kernel, log_level="warning")
-        tok = engine.tokenizer
-        prompts = [chat_ids(tok, p) for p in load_prompts(args.data_dir, args.num_prompts)]
-        batch = min(8, len(prompts))
-        weight_bytes = sum(p.numel() * p.element_size() for p in engine.scheduler.runner.model.parameters())
+    engines = {}  # alive together, so every pass measures them all under the same machine load
+    for key in args.engines.split(","):
+        label, kwargs = ENGINES[key]
+        engine = Engine(model_path=str(gguf), dtype=args.dtype, max_total_tokens=8192, log_level="warning", **kwargs)
+        runner = engine.scheduler.runner
+        name = f"sglang-dspark {label}: {describe_cpu_ops(runner.cpu_ops)}"
+        engines[name] = (engine, weight_bytes_per_token(runner.model))
+    tok = next(iter(engines.values()))[0].tokenizer
+    prompts = [chat_ids(tok, p) for p in load_prompts(args.data_dir, args.num_prompts)]
+    batch = min(8, len(prompts))
+    rates: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in engines}
+    for engine, _ in engines.values():
         bench_ours(engine, prompts[:1], 8, 1)  # warm-up
-        name = f"sglang-dspark (--cpu-kernels {kernel}: {describe_cpu_ops(engine.scheduler.runner.cpu_ops)})"
-        rows.append(
-            (name, bench_ours(engine, prompts, args.new_tokens, 1), bench_ours(engine, prompts, args.new_tokens, batch))
-        )
+    for _ in range(args.repeats):
+        for name, (engine, _) in engines.items():
+            rates[name][0].append(bench_ours(engine, prompts, args.new_tokens, 1))
+            rates[name][1].append(bench_ours(engine, prompts, args.new_tokens, batch))
+    rows = [(name, statistics.median(r1), statistics.median(r8), engines[name][1]) for name, (r1, r8) in rates.items()]
+    model_dir = next(iter(engines.values()))[0].model_dir
+    for engine, _ in engines.values():
         engine.shutdown()
-    ceiling = bandwidth * 1e9 / weight_bytes
     hf_rows = []
     if not args.skip_hf:
         # what a user would run instead: HF generate in the same dtype and in float32 (faster without bf16 GEMM)
         for dtype in dict.fromkeys([args.dtype, "float32"]):
-            hf = AutoModelForCausalLM.from_pretrained(engine.model_dir, dtype=getattr(torch, dtype)).eval()
+            hf = AutoModelForCausalLM.from_pretrained(dense_copy(model_dir), dtype=getattr(torch, dtype)).eval()
             bench_hf(hf, tok, prompts[:1], 8, 1)
+            hf_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
             hf_rows.append(
                 (
                     f"HF transformers generate ({dtype})",
                     bench_hf(hf, tok, prompts, args.new_tokens, 1),
                     bench_hf(hf, tok, prompts, args.new_tokens, batch),
+                    hf_bytes,
                 )
             )
             del hf
     rows += hf_rows
     cpp = bench_llamacpp(gguf, prompts, args.new_tokens)
     if cpp is not None:
-        rows.append((f"llama.cpp ({gguf.name})", cpp, None))
+        rows.append((f"llama.cpp ({gguf.name})", cpp, None, gguf.stat().st_size))
 
     print(
         f"\nmodel {gguf.name}, {args.dtype}, {torch.get_num_threads()} threads, "
-        f"CPU {torch.backends.cpu.get_cpu_capability()}, {len(prompts)} prompts, {args.new_tokens} new tokens, greedy"
-    )
-    print(
-        f"memory bandwidth {bandwidth:.1f} GB/s, weights {weight_bytes / 1e6:.0f} MB "
-        f"-> batch-1 ceiling {ceiling:.0f} tok/s\n"
+        f"CPU {torch.backends.cpu.get_cpu_capability()}, {len(prompts)} prompts, {args.new_tokens} new tokens, greedy, "
+        f"{args.repeats} pass(es); memory bandwidth {bandwidth:.1f} GB/s\n"
     )
     best1 = max((r[1] for r in hf_rows), default=None)
     best8 = max((r[2] for r in hf_rows), default=None)
-    print("| engine | batch 1 tok/s | vs best HF | batch 8 aggregate tok/s | vs best HF | batch 1 / ceiling |")
-    print("|---|---|---|---|---|---|")
-    for name, b1, b8 in rows:
+    print(
+        "| engine | batch 1 tok/s | vs best HF | batch 8 aggregate tok/s | vs best HF | batch 8 / batch 1 "
+        "| weights read per token | batch-1 ceiling (bandwidth / bytes) | batch 1 / ceiling |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, b1, b8, nbytes in rows:
+        ceiling = bandwidth * 1e9 / nbytes
         r1 = f"{b1 / best1:.2f}x" if best1 else "-"
         r8 = f"{b8 / best8:.2f}x" if best8 and b8 else "-"
-        b8s = f"{b8:.1f}" if b8 else "-"
-        print(f"| {name} | {b1:.1f} | {r1} | {b8s} | {r8} | {b1 / ceiling:.0%} |")
+        b8s, scale = (f"{b8:.1f}", f"{b8 / b1:.2f}x") if b8 else ("-", "-")
+        print(
+            f"| {name} | {b1:.1f} | {r1} | {b8s} | {r8} | {scale} | {nbytes / 1e6:.0f} MB | {ceiling:.0f} tok/s "
+            f"| {b1 / ceiling:.0%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 CPU_KERNELS = ("auto", "native", "torch")
+QUANTIZATIONS = ("auto", "none", "int8")  # see sglang_dspark/models/quantization.py
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "llguidance", "none")
 SPECULATIVE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
 # adaptive = Algorithm 1 with its early stop; async = paper section 5.2 (budget from older confidences);
@@ -20,6 +21,7 @@ CHOICES = {
     "speculative_algorithm": SPECULATIVE_ALGORITHMS,
     "speculative_dspark_verify_mode": VERIFY_MODES,
     "cpu_kernels": CPU_KERNELS,
+    "quantization": QUANTIZATIONS,
 }
 
 
@@ -33,6 +35,9 @@ class ServerArgs:
     device: str = "cpu"
     context_length: int | None = None
     tp_size: int = 1
+    # weights kept quantized: auto = a GGUF's own block types (Q4_0, Q4_1, Q8_0), dense checkpoints dense;
+    # none = all dense (dequantized at load); int8 = Q8_0 blocks for every linear weight and the embedding
+    quantization: str = "auto"
 
     # HTTP.
     host: str = "127.0.0.1"

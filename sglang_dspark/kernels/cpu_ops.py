@@ -56,20 +56,25 @@ def load_cpu_ops() -> CpuOps:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in ("AVX2", "AVX512"):
         raise RuntimeError(f"the native CPU kernels need AVX2 + FMA (CPU capability: {capability})")
-    from torch.utils.cpp_extension import load
-
-    logger.info("building the native CPU kernels (first use only, about a minute)")
-    with _ninja_on_path():
-        module = load(
-            name="sglang_dspark_cpu_ops",
-            sources=[str(p) for p in SOURCES],
-            extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],  # OpenMP: at::parallel_for threads
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+    module = build_extension("sglang_dspark_cpu_ops", SOURCES, ["-O3", "-mavx2", "-mfma"])
     ops = CpuOps(module.bf16_linear, module.rms_norm, module.add_rms_norm, module.pool_attention)
     _check_against_torch(ops)
     return ops
+
+
+def build_extension(name: str, sources: list[Path], cflags: list[str]):
+    """Compile (or reuse the cached build of) a torch C++ extension with OpenMP (at::parallel_for threads)."""
+    from torch.utils.cpp_extension import load
+
+    logger.info("building the native CPU kernels %s (first use only, about a minute)", name)
+    with _ninja_on_path():
+        return load(
+            name=name,
+            sources=[str(p) for p in sources],
+            extra_cflags=[*cflags, "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from sglang_dspark.kernels.cpu_ops import CpuOps, describe_cpu_ops, select_cpu_ops
+from sglang_dspark.kernels.quant_linear import load_quant_kernel
 from sglang_dspark.layers.attention import build_attention_metadata
 from sglang_dspark.layers.layernorm import RMSNorm
 from sglang_dspark.layers.linear import LinearBase
@@ -17,8 +19,9 @@ from sglang_dspark.mem_cache.memory_pool import KVPool, ReqToTokenPool, TokenAll
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.models.config import DecoderConfig
 from sglang_dspark.models.llama import ModelOutput
+from sglang_dspark.models.quantization import prepare_weights, quantize_to_int8, quantized_bytes
 from sglang_dspark.models.registry import model_class
-from sglang_dspark.models.weights import load_hf_config, load_safetensors_state
+from sglang_dspark.models.weights import checkpoint_quant_types, load_hf_config, load_safetensors_state
 from sglang_dspark.server_args import ServerArgs
 
 logger = logging.getLogger(__name__)
@@ -28,6 +31,14 @@ MAX_AUTO_KV_TOKENS = 1 << 18
 
 def physical_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory freed while loading (dense weights replaced by quantized ones) back to the OS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def use_cpu_ops(model: nn.Module, ops: CpuOps) -> None:
@@ -52,7 +63,12 @@ class ModelRunner:
         cls = model_class(self.config.architecture)
         self.context_len = server_args.context_length or self.config.max_position_embeddings
         self.model = cls(self.config).to(device=self.device, dtype=self.dtype)
-        self.model.load_weights(load_safetensors_state(model_dir))
+        self.quantization = self._quantization(server_args.quantization, model_dir)
+        weights = load_safetensors_state(model_dir)
+        self.model.load_weights(prepare_weights(weights, keep_blocks=self.quantization == "gguf"))
+        if self.quantization == "int8":
+            quantize_to_int8(self.model)
+        release_freed_memory()
         self.model.eval()
         self.cpu_ops = select_cpu_ops(server_args.cpu_kernels, self.device, self.dtype)
         if self.cpu_ops is not None:
@@ -73,15 +89,34 @@ class ModelRunner:
         # two rows per running request leave room for requests that are being retracted and re-admitted
         self.req_to_token_pool = ReqToTokenPool(2 * server_args.max_running_requests, self.context_len, self.device)
         logger.info(
-            "model %s (%s), dtype %s, %s kernels, KV pool %d tokens (%.1f MiB), context %d",
+            "model %s (%s), dtype %s, weights %s (%.1f MiB quantized), %s kernels, KV pool %d tokens (%.1f MiB), "
+            "context %d",
             model_dir.name,
             cfg.architecture,
             self.dtype,
+            self.quantization,
+            quantized_bytes(self.model) / 2**20,
             describe_cpu_ops(self.cpu_ops),
             self.max_total_tokens,
             self.max_total_tokens * per_token / 2**20,
             self.context_len,
         )
+
+    def _quantization(self, requested: str, model_dir: Path) -> str:
+        """What the weights become: ``gguf`` (the checkpoint's own blocks kept), ``int8`` or ``none`` (dense).
+
+        A quantized choice on a device or CPU the quantized kernel can't run on falls back to dense weights
+        with one warning."""
+        if requested == "none" or (requested == "auto" and not checkpoint_quant_types(model_dir)):
+            return "none"
+        try:
+            if self.device != "cpu":
+                raise RuntimeError(f"it runs on the CPU only (device {self.device})")
+            load_quant_kernel()
+        except Exception as e:  # no AVX-512, no compiler: the model still runs, dense
+            logger.warning("--quantization %s: quantized matmul unavailable (%s); using dense weights", requested, e)
+            return "none"
+        return "gguf" if requested == "auto" else requested
 
     @property
     def vocab_size(self) -> int:

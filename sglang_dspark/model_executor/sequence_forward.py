@@ -104,3 +104,22 @@ def forward_sequences(
         tok += len(seq)
         row += len(pos)
     return out
+
+
+@dataclass
+class NextTokenScores:
+    argmax: torch.Tensor  # [n] the model's greedy choice at each scored position
+    logprob: torch.Tensor  # [n] float32 log-probability of the token that actually follows
+
+
+def score_next_tokens(model, sequences: list[list[int]], starts: list[int]) -> list[NextTokenScores]:
+    """Teacher-forced scores of sequence i's tokens from position starts[i] + 1 on (each predicted from the ones
+    before it): what greedy agreement and perplexity between two models are computed from."""
+    positions = [list(range(start, len(seq) - 1)) for seq, start in zip(sequences, starts, strict=True)]
+    outs = forward_sequences(model, sequences, logits_positions=positions)
+    scores = []
+    for seq, pos, out in zip(sequences, positions, outs, strict=True):
+        following = torch.tensor(seq)[torch.tensor(pos) + 1]
+        logprob = torch.log_softmax(out.logits.float(), dim=-1).gather(1, following[:, None])[:, 0]
+        scores.append(NextTokenScores(out.logits.argmax(dim=-1), logprob))
+    return scores

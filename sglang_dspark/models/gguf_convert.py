@@ -1,19 +1,21 @@
-"""Convert a (quantized) GGUF checkpoint into an HF-style directory with float32 safetensors.
+"""Convert a (quantized) GGUF checkpoint into an HF-style directory whose safetensors keep the quantization.
 
 The output directory holds::
 
     config.json              transformers config (architectures, vocab size, rope, eos/bos ids, ...)
     generation_config.json   bos/eos/pad ids from the GGUF tokenizer metadata (eos extended with the
                              end-of-generation tokens llama.cpp also stops on, e.g. <|endoftext|>)
-    model.safetensors        every weight dequantized to float32, in HF layout (llama/qwen2 q/k un-permuted)
+    model.safetensors        every weight in HF layout (llama/qwen2 q/k un-permuted): block-quantized tensors
+                             as their GGUF blocks (uint8 [rows, row bytes], their types in the metadata key
+                             weights.QUANT_TYPES_KEY), float ones as float32
     tokenizer.json, tokenizer_config.json (with the GGUF ``tokenizer.chat_template``), chat_template.jinja
-    sglang_dspark_conversion.json   provenance: source file, size, mtime, conversion time
+    sglang_dspark_conversion.json   provenance: source file, size, mtime, conversion time, format version
 
-Dequantization, tensor renaming and the q/k un-permutation of llama-family GGUFs are transformers'
-own GGUF support (``transformers.modeling_gguf_pytorch_utils.load_gguf_checkpoint``), i.e. the same code
-``from_pretrained(..., gguf_file=...)`` runs; it is called directly so that no ``accelerate`` is needed
-and no real model has to be instantiated.  The model skeleton used for name mapping lives on the
-``meta`` device.
+Config, tokenizer, tensor renaming and the q/k un-permutation of llama-family GGUFs are transformers'
+own GGUF support (``transformers.modeling_gguf_pytorch_utils``), i.e. the code ``from_pretrained(...,
+gguf_file=...)`` runs; it is called directly so that no ``accelerate`` is needed and no real model has to be
+instantiated.  The model skeleton used for name mapping lives on the ``meta`` device.  Whether a quantized
+tensor is used as is or dequantized is the model runner's choice (``--quantization``).
 
 Everything is written into a temporary directory next to ``out_dir`` and renamed into place at the
 end, so an interrupted conversion never leaves a half-written cache entry under the final name.
@@ -36,6 +38,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from sglang_dspark.models.model_source import CONVERSION_FORMAT, GGUF_MAGIC, PROVENANCE_NAME, ModelLoadError
+from sglang_dspark.models.weights import QUANT_TYPES_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -318,11 +321,10 @@ def _convert_into(gguf_path: Path, header: GGUFHeader, tmp: Path, bar: tqdm) -> 
     arch_name = type(skeleton).__name__
     step("metadata")
 
-    # 2. dequantize every tensor to float32, renamed to HF names, llama-style q/k un-permuted.
-    bar.set_postfix_str("dequantizing weights")
-    tensors: dict[str, torch.Tensor] = load_gguf_checkpoint(
-        str(gguf_path), return_tensors=True, model_to_load=skeleton, torch_dtype=torch.float32
-    )["tensors"]
+    # 2. every tensor renamed to its HF name (llama-style q/k un-permuted): block-quantized ones as their raw
+    #    GGUF blocks, float ones as float32.
+    bar.set_postfix_str("reading weights")
+    tensors, quant_types = _read_gguf_tensors(gguf_path, header, parsed["config"], skeleton)
     expected = set(skeleton.state_dict().keys())
     tied: set[str] = set()
     if getattr(config, "tie_word_embeddings", False):
@@ -333,20 +335,15 @@ def _convert_into(gguf_path: Path, header: GGUFHeader, tmp: Path, bar: tqdm) -> 
         raise ModelLoadError(
             f"GGUF file {gguf_path}: {len(missing)} weight(s) of {arch_name} are not in the file (e.g. {missing[:3]})"
         )
-    for key in sorted(tensors.keys() - expected):
-        logger.debug("dropping GGUF tensor %s with no %s parameter", key, arch_name)
-        tensors.pop(key)
     del skeleton
-    step("dequantize")
+    step("read_weights")
 
     # 3. weights + config + generation config.
     bar.set_postfix_str("writing safetensors")
-    for key, value in tensors.items():
-        if value.dtype != torch.float32 or not value.is_contiguous():
-            tensors[key] = value.to(torch.float32).contiguous()
-    n_params = sum(t.numel() for t in tensors.values())
+    n_params = sum(quant_types[k][1] * t.shape[0] if k in quant_types else t.numel() for k, t in tensors.items())
     weights_file = tmp / WEIGHTS_NAME
-    save_file(tensors, str(weights_file), metadata={"format": "pt", "source": gguf_path.name})
+    metadata = {"format": "pt", "source": gguf_path.name, QUANT_TYPES_KEY: json.dumps(quant_types)}
+    save_file(tensors, str(weights_file), metadata=metadata)
     os.chmod(weights_file, 0o644)
     del tensors
     config.architectures = [arch_name]
@@ -378,6 +375,67 @@ def _convert_into(gguf_path: Path, header: GGUFHeader, tmp: Path, bar: tqdm) -> 
     step("tokenizer")
 
     return {"architecture": arch_name, "num_parameters": n_params, **specials, "step_seconds": timings}
+
+
+def _read_gguf_tensors(
+    gguf_path: Path, header: GGUFHeader, gguf_config: dict[str, Any], skeleton: Any
+) -> tuple[dict[str, Any], dict[str, list]]:
+    """GGUF tensors under the HF names of ``skeleton``'s parameters, and the block types of the quantized ones.
+
+    Block-quantized tensors stay as their GGUF bytes, uint8 [rows, row bytes], listed in the second result as
+    ``name -> [ggml type name, columns]``; float ones become float32. transformers' tensor processor maps the
+    names and un-permutes llama's q/k rows (a row permutation, so it applies to rows of blocks unchanged).
+    """
+    import gguf
+    import numpy as np
+    import torch
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+
+    processor = TENSOR_PROCESSORS.get(header.architecture, TensorProcessor)(config=gguf_config)
+    names = get_gguf_hf_weights_map(skeleton, processor)
+    float_types = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
+    tensors: dict[str, torch.Tensor] = {}
+    quant_types: dict[str, list] = {}
+    for t in gguf.GGUFReader(str(gguf_path)).tensors:
+        quantized = t.tensor_type not in float_types
+        data = t.data if quantized else gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        result = processor.process(weights=data, name=t.name, tensor_key_mapping=names, parsed_parameters={})
+        if result.name not in names:
+            logger.debug("dropping GGUF tensor %s with no HF parameter", t.name)
+            continue
+        hf_name = names[result.name]
+        tensors[hf_name] = torch.from_numpy(np.array(result.weights, order="C"))
+        if quantized:
+            quant_types[hf_name] = [t.tensor_type.name, int(t.shape[0])]
+    return tensors, quant_types
+
+
+def dense_copy(model_dir: Path) -> Path:
+    """``model_dir`` itself if it holds no GGUF blocks, else (made once) a sibling ``<name>.dense`` directory with
+    every weight dequantized to float32: what HF transformers' ``from_pretrained`` can load."""
+    import torch
+    from safetensors.torch import save_file
+
+    from sglang_dspark.models.quantization import prepare_weights
+    from sglang_dspark.models.weights import checkpoint_quant_types, load_safetensors_state
+
+    model_dir = Path(model_dir)
+    if not checkpoint_quant_types(model_dir):
+        return model_dir
+    out_dir = model_dir.with_name(model_dir.name + ".dense")
+    if (out_dir / WEIGHTS_NAME).is_file():
+        return out_dir
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    for path in model_dir.iterdir():
+        if path.is_file() and path.suffix != ".safetensors":
+            shutil.copy2(path, tmp / path.name)
+    tensors = dict(prepare_weights(load_safetensors_state(model_dir), keep_blocks=False))
+    save_file({k: v.to(torch.float32).contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_NAME))
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
 
 
 def _looks_complete(out_dir: Path) -> bool:

@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglang_dspark.kernels.cpu_ops import LinearFn
+from sglang_dspark.kernels.quant_formats import QuantizedWeight
 from sglang_dspark.layers.attention import paged_attention
 from sglang_dspark.layers.layernorm import RMSNorm
 from sglang_dspark.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from sglang_dspark.layers.rotary_embedding import RotaryEmbedding, apply_rotary
+from sglang_dspark.layers.vocab_embedding import VocabParallelEmbedding
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.models.config import DecoderConfig
 
@@ -89,13 +91,13 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(cfg, i, self.qkv_bias(cfg), self.qk_norm) for i in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_word_embeddings else VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.linear_fn: LinearFn = F.linear  # the LM head's matmul, like LinearBase.linear_fn
 
     @staticmethod
@@ -103,12 +105,17 @@ class LlamaForCausalLM(nn.Module):
         return cfg.attention_bias
 
     @property
+    def lm_head_module(self) -> VocabParallelEmbedding:
+        return self.embed_tokens if self.lm_head is None else self.lm_head
+
+    @property
     def lm_head_weight(self) -> torch.Tensor:
-        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        """The LM head [V, d], dense (dequantized on each access when kept quantized)."""
+        return self.lm_head_module.weight
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [M, d] (after the final norm) -> logits [M, V] float32."""
-        return self.linear_fn(hidden, self.lm_head_weight, None).float()
+        return self.lm_head_module.logits(hidden, self.linear_fn)
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> ModelOutput:
@@ -127,8 +134,11 @@ class LlamaForCausalLM(nn.Module):
         logits = self.compute_logits(x[fb.logits_indices])
         return ModelOutput(logits, [captured[i] for i in capture])
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load HF-named tensors (model.layers.{i}.self_attn.q_proj.weight, ...). Raises on missing/extra."""
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | QuantizedWeight]]) -> None:
+        """Load HF-named tensors (model.layers.{i}.self_attn.q_proj.weight, ...). Raises on missing/extra.
+
+        A QuantizedWeight replaces its linear layer's or embedding's dense weight (the layer keeps it quantized).
+        """
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         merged = {
@@ -151,6 +161,10 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name not in params:
                 raise ValueError(f"unexpected weight {hf_name!r} for {type(self).__name__}")
+            if isinstance(tensor, QuantizedWeight):
+                self.get_submodule(name.removesuffix(".weight")).set_quantized(tensor)
+                loaded.add(name)
+                continue
             if params[name].shape != tensor.shape:
                 raise ValueError(
                     f"weight {hf_name!r}: expected shape {tuple(params[name].shape)}, got {tuple(tensor.shape)}"

@@ -36,7 +36,7 @@ GGUF_MAGIC = b"GGUF"
 # place; these files are checked anyway in case someone deleted parts of it.  The provenance file
 # records CONVERSION_FORMAT: bump it whenever the converter's output changes, and older cache entries
 # are converted again on their next use.
-CONVERSION_FORMAT = 1
+CONVERSION_FORMAT = 2  # 2: block-quantized tensors kept as their GGUF blocks
 PROVENANCE_NAME = "sglang_dspark_conversion.json"
 _CONVERTED_REQUIRED = ("config.json", "model.safetensors", "tokenizer_config.json", PROVENANCE_NAME)
 
@@ -93,10 +93,11 @@ def _is_gguf_file(path: Path) -> bool:
 
 
 def converted_cache_dir(gguf_path: Path) -> Path:
-    """``cache_root()/models/<stem>-<hash>``; the hash covers the resolved path, size and mtime."""
+    """``cache_root()/models/<stem>-<hash>``; the hash covers the resolved path, size, mtime and the conversion
+    format, so checkouts of different formats sharing a cache root keep separate entries."""
     resolved = gguf_path.resolve()
     st = resolved.stat()
-    key = f"{resolved}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+    key = f"{resolved}\0{st.st_size}\0{st.st_mtime_ns}\0{CONVERSION_FORMAT}".encode()
     digest = hashlib.sha256(key).hexdigest()[:12]
     return cache_root() / "models" / f"{resolved.stem}-{digest}"
 

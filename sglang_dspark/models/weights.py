@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,32 @@ def safetensors_files(model_dir: Path | str) -> list[Path]:
     return files
 
 
-def load_safetensors_state(model_dir: Path | str) -> Iterator[tuple[str, torch.Tensor]]:
+# safetensors metadata key of a converted GGUF: JSON {tensor name: [ggml type name, columns]} of the tensors
+# stored as raw GGUF blocks (uint8 [rows, row bytes])
+QUANT_TYPES_KEY = "sglang_dspark.quant_types"
+
+
+@dataclass(frozen=True)
+class GGUFBlocks:
+    """A [rows, cols] tensor stored as GGUF blocks of ``ggml_type`` (any GGML type): data [rows, bytes] uint8."""
+
+    ggml_type: str
+    data: torch.Tensor
+    cols: int
+
+
+def load_safetensors_state(model_dir: Path | str) -> Iterator[tuple[str, torch.Tensor | GGUFBlocks]]:
     """Yield ``(name, tensor)`` for every tensor of every ``*.safetensors`` file in ``model_dir``.
 
-    Tensors are read lazily, one at a time, on the CPU.  A truncated or corrupt file raises
-    ModelLoadError naming it (checked when the file is opened, before any of its tensors is yielded).
+    Tensors are read lazily, one at a time, on the CPU; those a GGUF conversion kept quantized come as
+    GGUFBlocks.  A truncated or corrupt file raises ModelLoadError naming it (checked when the file is opened,
+    before any of its tensors is yielded).
     """
     for path in safetensors_files(model_dir):
         try:
             handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as e:  # SafetensorError, OSError, ...
+            quant_types = json.loads((handle.metadata() or {}).get(QUANT_TYPES_KEY, "{}"))
+        except Exception as e:  # SafetensorError, OSError, JSONDecodeError, ...
             raise ModelLoadError(f"cannot read safetensors file {path} (corrupt or truncated?): {e}") from e
         with handle:
             for name in handle.keys():
@@ -44,7 +61,24 @@ def load_safetensors_state(model_dir: Path | str) -> Iterator[tuple[str, torch.T
                     tensor = handle.get_tensor(name)
                 except Exception as e:
                     raise ModelLoadError(f"cannot read tensor {name!r} from safetensors file {path}: {e}") from e
-                yield name, tensor
+                if name in quant_types:
+                    ggml_type, cols = quant_types[name]
+                    yield name, GGUFBlocks(ggml_type, tensor, int(cols))
+                else:
+                    yield name, tensor
+
+
+def checkpoint_quant_types(model_dir: Path | str) -> set[str]:
+    """The GGML types of the tensors ``model_dir``'s safetensors keep as GGUF blocks (empty for a dense one)."""
+    types: set[str] = set()
+    for path in safetensors_files(model_dir):
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                entries = json.loads((handle.metadata() or {}).get(QUANT_TYPES_KEY, "{}"))
+        except Exception as e:
+            raise ModelLoadError(f"cannot read safetensors file {path} (corrupt or truncated?): {e}") from e
+        types.update(ggml_type for ggml_type, _ in entries.values())
+    return types
 
 
 def load_hf_config(model_dir: Path | str) -> dict[str, Any]:

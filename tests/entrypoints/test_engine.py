@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from sglang_dspark import Engine
+from sglang_dspark.models.gguf_convert import dense_copy
 from sglang_dspark.sampling.sampling_params import SamplingParamsError
 
 PROMPTS = [
@@ -21,14 +22,14 @@ GREEDY = {"temperature": 0, "max_new_tokens": 24}
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = Engine(dtype="float32", max_total_tokens=8192, chunked_prefill_size=64, random_seed=0)
+    eng = Engine(dtype="float32", quantization="none", max_total_tokens=8192, chunked_prefill_size=64, random_seed=0)
     yield eng
     eng.shutdown()
 
 
 @pytest.fixture(scope="module")
 def hf_model(engine):
-    return AutoModelForCausalLM.from_pretrained(engine.model_dir, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(dense_copy(engine.model_dir), dtype=torch.float32).eval()
 
 
 def assert_idle(engine):

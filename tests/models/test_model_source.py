@@ -23,7 +23,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sglang_dspark.models import gguf_convert, model_source  # noqa: E402
-from sglang_dspark.models.gguf_convert import convert_gguf_to_hf_dir, read_gguf_header  # noqa: E402
+from sglang_dspark.models.gguf_convert import (  # noqa: E402
+    convert_gguf_to_hf_dir,
+    dense_copy,  # noqa: E402
+    read_gguf_header,
+)
 from sglang_dspark.models.model_source import (  # noqa: E402
     DEFAULT_GGUF_NAME,
     ModelLoadError,
@@ -31,7 +35,13 @@ from sglang_dspark.models.model_source import (  # noqa: E402
     default_model_gguf,
     resolve_model_path,
 )
-from sglang_dspark.models.weights import load_hf_config, load_safetensors_state  # noqa: E402
+from sglang_dspark.models.quantization import prepare_weights  # noqa: E402
+from sglang_dspark.models.weights import (  # noqa: E402
+    GGUFBlocks,
+    checkpoint_quant_types,
+    load_hf_config,
+    load_safetensors_state,
+)
 
 SMOL_N_HEADS, SMOL_N_KV_HEADS = 9, 3
 
@@ -133,11 +143,21 @@ def test_dir_with_single_gguf_uses_same_cache(converted_dir, tmp_path):
 
 
 def test_safetensors_state(converted_dir):
+    """The cache keeps the GGUF's quantized tensors as their blocks (Q4_1 layers, Q8_0 embedding), the rest
+    (norms) as float32."""
     state = dict(load_safetensors_state(converted_dir))
     assert len(state) == 272  # lm_head is tied to the embedding and not stored
     assert "lm_head.weight" not in state
-    assert state["model.embed_tokens.weight"].shape == (49152, 576)
-    assert all(t.dtype == torch.float32 for t in state.values())
+    embed = state["model.embed_tokens.weight"]
+    assert isinstance(embed, GGUFBlocks) and embed.ggml_type == "Q8_0" and embed.cols == 576
+    assert embed.data.shape == (49152, 576 // 32 * 34) and embed.data.dtype == torch.uint8
+    blocks = {k: v for k, v in state.items() if isinstance(v, GGUFBlocks)}
+    assert {v.ggml_type for k, v in blocks.items() if k != "model.embed_tokens.weight"} == {"Q4_1"}
+    assert len(blocks) == 211 and checkpoint_quant_types(converted_dir) == {"Q4_1", "Q8_0"}
+    assert all(t.dtype == torch.float32 for k, t in state.items() if k not in blocks)
+    dense = dict(prepare_weights(state.items(), keep_blocks=False))
+    assert dense["model.embed_tokens.weight"].shape == (49152, 576)
+    assert all(t.dtype == torch.float32 for t in dense.values())
 
 
 def test_q_proj_unpermuted_matches_gguf(converted_dir):
@@ -146,7 +166,7 @@ def test_q_proj_unpermuted_matches_gguf(converted_dir):
     import gguf
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS
 
-    state = dict(load_safetensors_state(converted_dir))
+    state = dict(prepare_weights(load_safetensors_state(converted_dir), keep_blocks=False))
     q = state["model.layers.3.self_attn.q_proj.weight"].numpy()
     k = state["model.layers.3.self_attn.k_proj.weight"].numpy()
 
@@ -175,7 +195,7 @@ def test_converted_model_generates(converted_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(converted_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(converted_dir), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(dense_copy(converted_dir)), dtype=torch.float32)
     inputs = tok.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True,

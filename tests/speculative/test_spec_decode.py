@@ -1,4 +1,7 @@
-"""Speculative decoding in the runtime is lossless: float32 greedy outputs equal plain decoding."""
+"""Speculative decoding in the runtime is lossless: float32 greedy outputs equal plain decoding.
+
+The default model is a Q4_1 GGUF, so every engine here without ``quantization`` runs the quantized path
+(its blocks kept, ``--quantization auto``); the bf16 test covers the dense and the quantized path."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import torch
 
 from sglang_dspark import Engine
 from sglang_dspark.kernels.cpu_ops import select_cpu_ops
+from sglang_dspark.kernels.quant_linear import missing_cpu_flags
 from sglang_dspark.managers.tokenizer_manager import GenerateReqInput
 from sglang_dspark.model_executor.sequence_forward import forward_sequences
 from sglang_dspark.models.model_source import resolve_model_path
@@ -121,15 +125,23 @@ def native_kernels_build() -> bool:
         return False
 
 
-@pytest.mark.skipif(not native_kernels_build(), reason="needs the native CPU kernels (AVX2 + FMA)")
 @pytest.mark.parametrize("algorithm", ["NGRAM", "DSPARK"])
-def test_bf16_greedy_with_native_kernels_is_lossless(sps_path, algorithm):
+@pytest.mark.parametrize(
+    "quantization, schema", [("none", False), ("auto", False), ("auto", True)], ids=["bf16", "quantized", "json"]
+)
+def test_bf16_greedy_with_native_kernels_is_lossless(sps_path, algorithm, quantization, schema):
     """The native kernels compute every row independently of the batch (the verify chain and the decode
-    token go through the same attention kernel), so bf16 speculation is token-identical too. The radix
+    token go through the same attention kernel and, with the GGUF's quantization kept, the same quantized
+    matmul), so bf16 speculation is token-identical too, with a JSON-schema grammar as well. The radix
     cache is off: a cached prompt recomputes its last token as a short extend instead of in the prefill."""
+    if quantization == "none" and not native_kernels_build():
+        pytest.skip("needs the native CPU kernels (AVX2 + FMA)")
+    if quantization == "auto" and missing_cpu_flags():
+        pytest.skip("the quantized matmul needs AVX-512")
     args = {
         "dtype": "bfloat16",
         "cpu_kernels": "native",
+        "quantization": quantization,
         "max_total_tokens": 4096,
         "log_level": "warning",
         "disable_radix_cache": True,
@@ -137,7 +149,9 @@ def test_bf16_greedy_with_native_kernels_is_lossless(sps_path, algorithm):
     base = Engine(**args)
     spec = Engine(**args, speculative_algorithm=algorithm, speculative_dspark_sps_table_path=sps_path)
     try:
-        one, batch = assert_same_as_plain(base, spec, GREEDY)
+        assert spec.scheduler.runner.quantization == ("gguf" if quantization == "auto" else "none")
+        params = {**GREEDY, "max_new_tokens": 96, "json_schema": STATES_SCHEMA} if schema else GREEDY
+        one, batch = assert_same_as_plain(base, spec, params)
         assert sum(r["meta_info"]["spec_num_correct_drafts"] for r in one + batch) > 0
     finally:
         base.shutdown()
