@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "prompts"
 
 
 def load_prompts(data_dir: Path, n: int) -> list[str]:
