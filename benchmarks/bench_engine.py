@@ -7,7 +7,7 @@ Measures, on the same prompts and greedy settings: batch-1 decode tokens/s, batc
 tokens/s, and the memory-bandwidth ceiling (bandwidth / bytes of weights read per token),
 bandwidth measured in this run, for the quantized paths (``--quantization auto`` keeps the GGUF's blocks,
 ``int8``) and dense bf16. Our engines stay alive together and take turns (``--repeats``). Prints a
-markdown table; compare ratios, not absolute numbers (the machine is shared).
+markdown table; compare ratios within one run, not absolute numbers across runs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Triton kernels for speculative verification, one program per request row.
 
 Same contracts, inputs and (bit-exact) outputs as the torch references in ``spec_verify``. Triton needs a
-GPU, or ``TRITON_INTERPRET=1`` on CPU (about 1000x slower than torch: use the references there).
+GPU, or ``TRITON_INTERPRET=1`` on CPU (orders of magnitude slower than torch: use the references there).
 """
 
 from __future__ import annotations
