@@ -75,6 +75,8 @@ class Proposer(Protocol):
 
     def release(self, rid: str) -> None: ...
 
+    def request_states(self) -> int: ...  # requests this proposer keeps state for (0 when idle)
+
 
 @dataclass
 class NGramProposer:
@@ -112,6 +114,9 @@ class NGramProposer:
 
     def release(self, rid: str) -> None:
         self.indexes.pop(rid, None)
+
+    def request_states(self) -> int:
+        return len(self.indexes)
 
 
 @dataclass
@@ -230,6 +235,9 @@ class BestOfProposer:
     def release(self, rid: str) -> None:
         for p in self.proposers:
             p.release(rid)
+
+    def request_states(self) -> int:
+        return max(p.request_states() for p in self.proposers)
 
 
 def _force_rows_(processed: torch.Tensor, drafts: list[list[int]], forced: list[list[int]]) -> None:
@@ -479,3 +487,8 @@ class SpecWorker:
 
     def release(self, rid: str) -> None:
         self.proposer.release(rid)
+        self.proposals.pop(rid, None)
+
+    def request_states(self) -> int:
+        """Requests with proposer state or a proposal being verified."""
+        return max(self.proposer.request_states(), len(self.proposals))
