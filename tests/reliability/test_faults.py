@@ -105,23 +105,23 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(server):
 
 
 def test_kv_exhausted_under_load_retracts_and_loses_nothing():
-    """8 requests that need twice the KV pool: the scheduler retracts and re-admits, every request finishes
-    with the tokens it gets alone (deterministic inference makes the recomputed KV identical)."""
+    """8 requests that need about twice the KV pool: the scheduler retracts and re-admits, every request
+    finishes with the tokens it gets alone (deterministic inference makes the recomputed KV identical)."""
     engine = Engine(
-        max_total_tokens=640,
+        max_total_tokens=400,
         enable_deterministic_inference=True,
         random_seed=0,
         log_level="error",
         max_running_requests=8,
     )
     try:
-        prompts = [f"Tell story number {i} about a dragon." for i in range(8)]
-        params = {"temperature": 0, "max_new_tokens": 120, "ignore_eos": True}
+        prompts = [f"Tell story number {i} about a dragon." for i in range(4)]
+        params = {"temperature": 0, "max_new_tokens": 64, "ignore_eos": True}
         alone = [engine.generate(p, params)["output_ids"] for p in prompts]
         engine.flush_cache()
-        batched = engine.generate(prompts, [params] * len(prompts))
+        batched = engine.generate(prompts * 2, [params] * 8)
         assert engine.scheduler.stats.num_retractions > 0
-        assert [r["output_ids"] for r in batched] == alone
+        assert [r["output_ids"] for r in batched] == alone * 2
         assert all(r["meta_info"]["finish_reason"]["type"] == "length" for r in batched)
     finally:
         engine.shutdown()
@@ -141,7 +141,7 @@ def test_killed_grammar_worker_fails_its_request_only(tmp_path):
             t.join(300)
         by_status = {status: payload for status, payload in results}
         assert set(by_status) == {200, 400}, results
-        assert "compile process died" in by_status[400]["error"]["message"]
+        assert "compile process" in by_status[400]["error"]["message"]  # died mid-compile or while starting
         assert by_status[200]["meta_info"]["completion_tokens"] == 16
         again = requests.post(
             f"{server.url}/generate",
