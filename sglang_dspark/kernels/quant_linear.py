@@ -86,9 +86,9 @@ def _run(kernel: QuantLinearKernel, x: Tensor, weight: AnyQuantizedWeight, bias:
         return kernel(x, weight.data, weight.fmt.kernel_id, weight.cols, bias)
     outs, start = [], 0
     for part in weight.parts:  # one call per format, each row of the output from one part
-        rows = part.shape[0]
-        outs.append(kernel(x, part.data, part.fmt.kernel_id, part.cols, None if bias is None else bias[start : start + rows]))
-        start += rows
+        end = start + part.shape[0]
+        outs.append(kernel(x, part.data, part.fmt.kernel_id, part.cols, None if bias is None else bias[start:end]))
+        start = end
     return torch.cat(outs, dim=1)
 
 
