@@ -138,6 +138,10 @@ def quality(gguf: Path, data_dir: Path, num_prompts: int, new_tokens: int, dtype
     from sglang_dspark import Engine
     from sglang_dspark.model_executor.sequence_forward import score_next_tokens
 
+    def score_one_by_one(model, seqs: list[list[int]], starts: list[int]):
+        # one sequence per forward: a 152k-token vocabulary's logits over every position would not fit in RAM
+        return [score_next_tokens(model, [seq], [start])[0] for seq, start in zip(seqs, starts)]
+
     quant, dense = (
         Engine(model_path=str(gguf), dtype=dtype, quantization=q, max_total_tokens=16384, log_level="warning")
         for q in ("auto", "none")
@@ -153,15 +157,15 @@ def quality(gguf: Path, data_dir: Path, num_prompts: int, new_tokens: int, dtype
     )
     total = sum(len(w) for w in want)
     seqs, starts = [p + w for p, w in zip(prompts, want)], [len(p) - 1 for p in prompts]
-    ref = score_next_tokens(dense.scheduler.runner.model, seqs, starts)
-    ours = score_next_tokens(quant.scheduler.runner.model, seqs, starts)
+    ref = score_one_by_one(dense.scheduler.runner.model, seqs, starts)
+    ours = score_one_by_one(quant.scheduler.runner.model, seqs, starts)
     forced = sum(int((a.argmax == b.argmax).sum()) for a, b in zip(ours, ref)) / sum(len(b.argmax) for b in ref)
     with open(data_dir / "arena-hard-v2.jsonl") as f:
         texts = [json.loads(line)["turns"][0] for line in f if line.strip()][:num_prompts]
     held_out = [tok.encode(t)[:512] for t in texts]
     ppl = {}
     for name, engine in (("quantized", quant), ("dequantized", dense)):
-        scores = score_next_tokens(engine.scheduler.runner.model, held_out, [0] * len(held_out))
+        scores = score_one_by_one(engine.scheduler.runner.model, held_out, [0] * len(held_out))
         ppl[name] = float(torch.exp(-torch.cat([s.logprob for s in scores]).mean()))
     quant.shutdown()
     dense.shutdown()
