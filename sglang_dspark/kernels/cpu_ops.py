@@ -139,7 +139,11 @@ def select_cpu_ops(choice: str, device: str, dtype: torch.dtype) -> CpuOps | Non
     return ops if cpu_lacks_bf16_gemm() else dataclasses.replace(ops, linear=F.linear)
 
 
-def describe_cpu_ops(ops: CpuOps | None) -> str:
+def describe_cpu_ops(ops: CpuOps | None, quantized: bool = False) -> str:
+    """The kernels a model runs, for logs and benchmark labels; ``quantized``: its linear layers and LM head
+    multiply block-quantized weights (kernels/quant_linear.py), whatever ``ops.linear`` is."""
+    if quantized:
+        return f"{'native CPU' if ops is not None else 'torch'} attention and norm, quantized AVX-512 matmul"
     if ops is None:
         return "torch"
     return "native CPU" if ops.linear is not F.linear else "native CPU attention and norm, torch GEMM"
