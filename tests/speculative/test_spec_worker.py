@@ -4,16 +4,11 @@ import pytest
 import torch
 
 from sglang_dspark.sampling.sampling_params import SamplingParams
+from sglang_dspark.speculative.combined_proposer import BestOfProposer
+from sglang_dspark.speculative.draft import Draft, expected_drafts
+from sglang_dspark.speculative.pacing import ProposalBackoff, ProposerGate, RoundThroughput
 from sglang_dspark.speculative.planner import SPSTable
-from sglang_dspark.speculative.spec_worker import (
-    BestOfProposer,
-    Draft,
-    ProposalBackoff,
-    ProposerGate,
-    RoundThroughput,
-    SpecWorker,
-    expected_drafts,
-)
+from sglang_dspark.speculative.spec_worker import SpecWorker
 from sglang_dspark.speculative.verify_policy import FixedVerify
 
 
