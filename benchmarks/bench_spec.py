@@ -6,6 +6,7 @@
     python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:raw   # without the online calibration
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:fullvocab   # with / without the draft vocabulary
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:drafter=runs/x/dspark/drafter   # two drafters
+    python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:off=gate,DSPARK:off=backoff   # SpecConfig switches
 
 Workloads (the first --num-prompts of each, at least --min-waves groups of c at concurrency c (48 prompts at
 16 by default: one group of 16 decays as its requests finish, too short a level to measure),
@@ -138,7 +139,8 @@ def main() -> None:
         "ALGO[:MODE]:raw also --speculative-dspark-disable-online-calibration, DSPARK[...]:fullvocab drafts over "
         "the whole vocabulary (--speculative-dspark-draft-vocab-size 0), ALGO[...]:draftN proposes up to N tokens "
         "(--speculative-num-draft-tokens N), ALGO[...]:drafter=DIR drafts with the drafter in DIR "
-        "(--speculative-draft-model-path DIR)",
+        "(--speculative-draft-model-path DIR), ALGO[...]:off=NAME turns the SpecConfig switch NAME off "
+        "(--speculative-config, speculative/spec_config.py; repeatable)",
     )
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--concurrency", default="1,4,16")
@@ -173,7 +175,8 @@ def main() -> None:
         draft_n = [
             int(o.removeprefix("draft")) for o in options if o.startswith("draft") and not o.startswith("drafter=")
         ]
-        modes = [o for o in options if o not in ("raw", "fullvocab") and not o.startswith("draft")]
+        off = [o.removeprefix("off=") for o in options if o.startswith("off=")]
+        modes = [o for o in options if o not in ("raw", "fullvocab") and not o.startswith(("draft", "off="))]
         spec = {
             "speculative_algorithm": algo,
             "speculative_dspark_verify_mode": modes[0] if modes else "adaptive",
@@ -181,6 +184,7 @@ def main() -> None:
             "speculative_dspark_draft_vocab_size": 0 if "fullvocab" in options else None,
             "speculative_num_draft_tokens": draft_n[0] if draft_n else None,
             "speculative_draft_model_path": drafter[0] if drafter else None,
+            "speculative_config": json.dumps(dict.fromkeys(off, False)) if off else None,
         }
         engine = Engine(
             dtype=args.dtype, max_total_tokens=32768, log_level="warning", **(spec if name != "none" else {})

@@ -34,22 +34,14 @@ class RoundClock:
     started: float
 
 
+@dataclass
 class SpecRound:
-    def __init__(
-        self,
-        worker: SpecWorker,
-        grammar: SpecGrammar,
-        cache: CacheManager,
-        stats: SchedulerStats,
-        eos_ids: set[int],
-        tokenizer,
-    ) -> None:
-        self.worker = worker
-        self.grammar = grammar
-        self.cache = cache
-        self.stats = stats
-        self.eos_ids = eos_ids
-        self.tokenizer = tokenizer
+    worker: SpecWorker
+    grammar: SpecGrammar
+    cache: CacheManager  # frees the slots of rejected drafts
+    stats: SchedulerStats  # the scheduler's counters
+    eos_ids: set[int]
+    tokenizer: object  # decodes stop strings (Req.check_finished)
 
     @property
     def capture_layers(self) -> tuple[int, ...]:

@@ -1,10 +1,10 @@
 """SpecWorker: the speculative side of a round: propose and plan the drafts, then accept them.
 
-``draft`` runs the proposer (``Proposer``, speculative/draft.py), calibrates nothing itself (the proposer
-is wrapped in online_calibration.CalibratedProposer when calibrating), plans each request's verify length
-with the verify policy and backs off when proposing has not paid (pacing.py). ``verify`` takes the target
-logits of the anchor + draft rows and accepts losslessly (verify.py), feeding the online calibration.
-A proposer with ``capture_layers`` gets the target's hidden states of those layers after every forward.
+``draft`` runs the proposer (speculative/draft.py; wrapped in online_calibration.CalibratedProposer when
+calibrating), plans each request's verify length with the verify policy and backs off when proposing has
+not paid (pacing.py). ``verify`` takes the target logits of the anchor + draft rows, accepts losslessly
+(verify.py) and feeds the online calibration. A proposer with ``capture_layers`` gets the target's hidden
+states of those layers after every forward.
 """
 
 from __future__ import annotations
