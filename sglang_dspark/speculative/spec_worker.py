@@ -9,7 +9,6 @@ states of those layers after every forward.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -24,8 +23,6 @@ from sglang_dspark.speculative.verify_policy import VerifyPolicy
 
 if TYPE_CHECKING:
     from sglang_dspark.speculative.online_calibration import OnlineCalibration
-
-logger = logging.getLogger(__name__)
 
 
 class SpecWorker:
