@@ -7,7 +7,9 @@ Measures, on the same prompts and greedy settings: batch-1 decode tokens/s, batc
 tokens/s, and the memory-bandwidth ceiling (bandwidth / bytes of weights read per token),
 bandwidth measured in this run, for the quantized paths (``--quantization auto`` keeps the GGUF's blocks,
 ``int8``) and dense bf16. Our engines stay alive together and take turns (``--repeats``). Prints a
-markdown table; compare ratios within one run, not absolute numbers across runs.
+markdown table, each row as soon as it is measured, then each engine's ratio to HF and llama.cpp; compare
+ratios within one run, not absolute numbers across runs. ``--quality`` compares the quantized path's greedy
+output and perplexity with the same weights dequantized instead.
 """
 
 from __future__ import annotations
@@ -130,13 +132,20 @@ def weight_bytes_per_token(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters()) + quantized_bytes(model)
 
 
-def quality(data_dir: Path, num_prompts: int, new_tokens: int, dtype: str) -> None:
+def quality(gguf: Path, data_dir: Path, num_prompts: int, new_tokens: int, dtype: str) -> None:
     """The quantized path (the GGUF's blocks) against the same weights dequantized (``--quantization none``):
     greedy agreement on chat prompts and perplexity on held-out text (arena-hard prompts, raw)."""
     from sglang_dspark import Engine
     from sglang_dspark.model_executor.sequence_forward import score_next_tokens
 
-    quant, dense = (Engine(dtype=dtype, quantization=q, log_level="warning") for q in ("auto", "none"))
+    def score_one_by_one(model, seqs: list[list[int]], starts: list[int]):
+        # one sequence per forward: a 152k-token vocabulary's logits over every position would not fit in RAM
+        return [score_next_tokens(model, [seq], [start])[0] for seq, start in zip(seqs, starts)]
+
+    quant, dense = (
+        Engine(model_path=str(gguf), dtype=dtype, quantization=q, max_total_tokens=16384, log_level="warning")
+        for q in ("auto", "none")
+    )
     tok = quant.tokenizer
     prompts = [chat_ids(tok, p) for p in load_prompts(data_dir, num_prompts)]
     sp = {"temperature": 0, "max_new_tokens": new_tokens}
@@ -148,19 +157,19 @@ def quality(data_dir: Path, num_prompts: int, new_tokens: int, dtype: str) -> No
     )
     total = sum(len(w) for w in want)
     seqs, starts = [p + w for p, w in zip(prompts, want)], [len(p) - 1 for p in prompts]
-    ref = score_next_tokens(dense.scheduler.runner.model, seqs, starts)
-    ours = score_next_tokens(quant.scheduler.runner.model, seqs, starts)
+    ref = score_one_by_one(dense.scheduler.runner.model, seqs, starts)
+    ours = score_one_by_one(quant.scheduler.runner.model, seqs, starts)
     forced = sum(int((a.argmax == b.argmax).sum()) for a, b in zip(ours, ref)) / sum(len(b.argmax) for b in ref)
     with open(data_dir / "arena-hard-v2.jsonl") as f:
         texts = [json.loads(line)["turns"][0] for line in f if line.strip()][:num_prompts]
     held_out = [tok.encode(t)[:512] for t in texts]
     ppl = {}
     for name, engine in (("quantized", quant), ("dequantized", dense)):
-        scores = score_next_tokens(engine.scheduler.runner.model, held_out, [0] * len(held_out))
+        scores = score_one_by_one(engine.scheduler.runner.model, held_out, [0] * len(held_out))
         ppl[name] = float(torch.exp(-torch.cat([s.logprob for s in scores]).mean()))
     quant.shutdown()
     dense.shutdown()
-    print(f"\n{len(prompts)} chat prompts, {new_tokens} greedy tokens each ({total} tokens), {dtype}:")
+    print(f"\n{gguf.name}: {len(prompts)} chat prompts, {new_tokens} greedy tokens each ({total} tokens), {dtype}:")
     print(f"- teacher-forced on the dequantized model's output, same greedy token: {forced:.1%}")
     print(f"- free-running, same token at the same position: {same / total:.1%}; common prefixes {prefix / total:.1%}")
     n_held = sum(len(h) - 1 for h in held_out)
@@ -191,21 +200,41 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--quality", action="store_true", help="quantized vs dequantized outputs instead of speed")
     args = ap.parse_args()
-    if args.quality:
-        return quality(args.data_dir, args.num_prompts, args.new_tokens, args.dtype)
-
     gguf = default_model_gguf() if args.model == "default" else qwen_coder_gguf()
+    if args.quality:
+        return quality(gguf, args.data_dir, args.num_prompts, args.new_tokens, args.dtype)
+
     bandwidth = measure_bandwidth_gbs()
     engines = {}  # alive together, so every pass measures them all under the same machine load
     for key in args.engines.split(","):
         label, kwargs = ENGINES[key]
         engine = Engine(model_path=str(gguf), dtype=args.dtype, max_total_tokens=8192, log_level="warning", **kwargs)
         runner = engine.scheduler.runner
-        name = f"sglang-dspark {label}: {describe_cpu_ops(runner.cpu_ops)}"
+        name = f"sglang-dspark {label}: {describe_cpu_ops(runner.cpu_ops, quantized=runner.quantization != 'none')}"
         engines[name] = (engine, weight_bytes_per_token(runner.model))
     tok = next(iter(engines.values()))[0].tokenizer
     prompts = [chat_ids(tok, p) for p in load_prompts(args.data_dir, args.num_prompts)]
     batch = min(8, len(prompts))
+    print(
+        f"\nmodel {gguf.name}, {args.dtype}, {torch.get_num_threads()} threads, "
+        f"CPU {torch.backends.cpu.get_cpu_capability()}, {len(prompts)} prompts, {args.new_tokens} new tokens, greedy, "
+        f"{args.repeats} pass(es); memory bandwidth {bandwidth:.1f} GB/s\n"
+    )
+    print(
+        f"| engine | batch 1 tok/s | batch {batch} aggregate tok/s | batch {batch} / batch 1 "
+        "| weights read per token | batch-1 ceiling (bandwidth / bytes) | batch 1 / ceiling |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
+    rows: list[tuple[str, float, float | None]] = []
+
+    def report(name: str, b1: float, b8: float | None, nbytes: int) -> None:
+        """Print one row as soon as it is measured (a long run shows its progress)."""
+        rows.append((name, b1, b8))
+        ceiling = bandwidth * 1e9 / nbytes
+        b8s, scale = (f"{b8:.1f}", f"{b8 / b1:.2f}x") if b8 else ("-", "-")
+        cells = [name, f"{b1:.1f}", b8s, scale, f"{nbytes / 1e6:.0f} MB", f"{ceiling:.0f} tok/s", f"{b1 / ceiling:.0%}"]
+        print(f"| {' | '.join(cells)} |", flush=True)
+
     rates: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in engines}
     for engine, _ in engines.values():
         bench_ours(engine, prompts[:1], 8, 1)  # warm-up
@@ -213,52 +242,32 @@ def main() -> None:
         for name, (engine, _) in engines.items():
             rates[name][0].append(bench_ours(engine, prompts, args.new_tokens, 1))
             rates[name][1].append(bench_ours(engine, prompts, args.new_tokens, batch))
-    rows = [(name, statistics.median(r1), statistics.median(r8), engines[name][1]) for name, (r1, r8) in rates.items()]
+    for name, (r1, r8) in rates.items():
+        report(name, statistics.median(r1), statistics.median(r8), engines[name][1])
     model_dir = next(iter(engines.values()))[0].model_dir
     for engine, _ in engines.values():
         engine.shutdown()
-    hf_rows = []
     if not args.skip_hf:
         # what a user would run instead: HF generate in the same dtype and in float32 (faster without bf16 GEMM)
         for dtype in dict.fromkeys([args.dtype, "float32"]):
             hf = AutoModelForCausalLM.from_pretrained(dense_copy(model_dir), dtype=getattr(torch, dtype)).eval()
             bench_hf(hf, tok, prompts[:1], 8, 1)
-            hf_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
-            hf_rows.append(
-                (
-                    f"HF transformers generate ({dtype})",
-                    bench_hf(hf, tok, prompts, args.new_tokens, 1),
-                    bench_hf(hf, tok, prompts, args.new_tokens, batch),
-                    hf_bytes,
-                )
+            report(
+                f"HF transformers generate ({dtype})",
+                bench_hf(hf, tok, prompts, args.new_tokens, 1),
+                bench_hf(hf, tok, prompts, args.new_tokens, batch),
+                sum(p.numel() * p.element_size() for p in hf.parameters()),
             )
             del hf
-    rows += hf_rows
     cpp = bench_llamacpp(gguf, prompts, args.new_tokens)
     if cpp is not None:
-        rows.append((f"llama.cpp ({gguf.name})", cpp, None, gguf.stat().st_size))
-
-    print(
-        f"\nmodel {gguf.name}, {args.dtype}, {torch.get_num_threads()} threads, "
-        f"CPU {torch.backends.cpu.get_cpu_capability()}, {len(prompts)} prompts, {args.new_tokens} new tokens, greedy, "
-        f"{args.repeats} pass(es); memory bandwidth {bandwidth:.1f} GB/s\n"
-    )
-    best1 = max((r[1] for r in hf_rows), default=None)
-    best8 = max((r[2] for r in hf_rows), default=None)
-    print(
-        "| engine | batch 1 tok/s | vs best HF | batch 8 aggregate tok/s | vs best HF | batch 8 / batch 1 "
-        "| weights read per token | batch-1 ceiling (bandwidth / bytes) | batch 1 / ceiling |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, b1, b8, nbytes in rows:
-        ceiling = bandwidth * 1e9 / nbytes
-        r1 = f"{b1 / best1:.2f}x" if best1 else "-"
-        r8 = f"{b8 / best8:.2f}x" if best8 and b8 else "-"
-        b8s, scale = (f"{b8:.1f}", f"{b8 / b1:.2f}x") if b8 else ("-", "-")
-        print(
-            f"| {name} | {b1:.1f} | {r1} | {b8s} | {r8} | {scale} | {nbytes / 1e6:.0f} MB | {ceiling:.0f} tok/s "
-            f"| {b1 / ceiling:.0%} |"
-        )
+        report(f"llama.cpp ({gguf.name})", cpp, None, gguf.stat().st_size)
+    for reference in [r for r in rows if not r[0].startswith("sglang-dspark")]:
+        ratios = ", ".join(f"{name.split(':')[0]} {b1 / reference[1]:.2f}x" for name, b1, _ in rows if name in rates)
+        print(f"\nbatch 1 vs {reference[0]}: {ratios}")
+    for reference in [r for r in rows if r[0].startswith("HF") and r[2]]:
+        ratios = ", ".join(f"{name.split(':')[0]} {b8 / reference[2]:.2f}x" for name, _, b8 in rows if name in rates)
+        print(f"batch {batch} vs {reference[0]}: {ratios}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
     python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:raw   # without the online calibration
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:fullvocab   # with / without the draft vocabulary
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:drafter=runs/x/dspark/drafter   # two drafters
+    python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:off=gate,DSPARK:set=verify_mode=fixed   # SpecConfig
 
 Workloads (the first --num-prompts of each, at least --min-waves groups of c at concurrency c (48 prompts at
 16 by default: one group of 16 decays as its requests finish, too short a level to measure),
@@ -17,7 +18,9 @@ as ``json_schema``). Each concurrency level c sends the prompts in groups of c r
 Every algorithm runs on its own Engine over the same prompts; the engines stay alive together and take
 turns level by level, so that drift of a busy machine hits each alike. The speed-up column divides by plain
 decoding at the same workload and level. The radix cache is flushed before every level (the levels repeat the same
-prompts, and NGRAM would draft the earlier level's cached outputs).
+prompts, and NGRAM would draft the earlier level's cached outputs). Entries that differ only in SpecConfig
+(``off=`` / ``set=``) share the engine of the first of them, each with its own speculative worker (the same SPS
+table) swapped in for its turns: one model in memory, the same machine state for every variant.
 
 Columns: tok/s = generated tokens / wall time of the level (prefill included: the JSON prompts carry the
 schema); TPOT = mean time per output token after the first (e2e latency - first-token latency, per request),
@@ -29,7 +32,9 @@ verified); verify budget = mean drafts verified per request per round (what the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +44,8 @@ import torch
 from sglang_dspark import Engine
 from sglang_dspark.grammar import Constraint, GrammarError
 from sglang_dspark.speculative.metrics import conditional_acceptance, tau
+from sglang_dspark.speculative.setup import build_spec_worker
+from sglang_dspark.speculative.spec_worker import SpecWorker
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 WORKLOADS = ("code", "chat", "json")
@@ -125,6 +132,41 @@ def compiles(engine: Engine, schema: str) -> bool:
     return True
 
 
+def engine_args(name: str) -> tuple[dict, dict]:
+    """An --algorithms entry -> (its Engine's speculative flags but --speculative-config, its SpecConfig overrides)."""
+    algo, *options = name.split(":")
+    drafter = [o.removeprefix("drafter=") for o in options if o.startswith("drafter=")]
+    draft_n = [int(o.removeprefix("draft")) for o in options if o.startswith("draft") and not o.startswith("drafter=")]
+    config = {o.removeprefix("off="): False for o in options if o.startswith("off=")}
+    for key, _, value in (o.removeprefix("set=").partition("=") for o in options if o.startswith("set=")):
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    modes = [o for o in options if o not in ("raw", "fullvocab") and not o.startswith(("draft", "off=", "set="))]
+    spec = {
+        "speculative_algorithm": algo,
+        "speculative_dspark_verify_mode": modes[0] if modes else "adaptive",
+        "speculative_dspark_disable_online_calibration": "raw" in options,
+        "speculative_dspark_draft_vocab_size": 0 if "fullvocab" in options else None,
+        "speculative_num_draft_tokens": draft_n[0] if draft_n else None,
+        "speculative_draft_model_path": drafter[0] if drafter else None,
+    }
+    return spec, config
+
+
+def variant_worker(engine: Engine, base: SpecWorker, config: dict) -> SpecWorker:
+    """A speculative worker for engine's model with SpecConfig overrides, planning on base's SPS table."""
+    overrides = {"speculative_config": json.dumps(config)}
+    if base.sps is not None:
+        path = Path(tempfile.mkdtemp()) / "sps.json"
+        base.sps.save(path)
+        overrides["speculative_dspark_sps_table_path"] = str(path)
+    sched = engine.scheduler
+    args = dataclasses.replace(engine.server_args, **overrides)
+    return build_spec_worker(args, sched.runner, engine.model_dir, sched.cache.tree)
+
+
 def fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None or x != x else format(x, spec)
 
@@ -138,7 +180,9 @@ def main() -> None:
         "ALGO[:MODE]:raw also --speculative-dspark-disable-online-calibration, DSPARK[...]:fullvocab drafts over "
         "the whole vocabulary (--speculative-dspark-draft-vocab-size 0), ALGO[...]:draftN proposes up to N tokens "
         "(--speculative-num-draft-tokens N), ALGO[...]:drafter=DIR drafts with the drafter in DIR "
-        "(--speculative-draft-model-path DIR)",
+        "(--speculative-draft-model-path DIR), ALGO[...]:off=NAME turns the SpecConfig switch NAME off and "
+        "ALGO[...]:set=NAME=VALUE sets a SpecConfig field (--speculative-config, speculative/spec_config.py; "
+        "repeatable; VALUE is JSON or a string)",
     )
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--concurrency", default="1,4,16")
@@ -166,31 +210,29 @@ def main() -> None:
     most = max(prompts.values())
     items = {w: load_workload(w, most * 2 if w == "json" else most) for w in workloads}
     results: dict[str, dict[str, dict[int, dict]]] = {}
-    engines = {}  # all alive at once: levels run interleaved, so drift of a shared machine hits each alike
+    engines: dict[str, Engine] = {}  # all alive at once: levels run interleaved, so drift hits each alike
+    workers: dict[str, SpecWorker] = {}  # SpecConfig variants: their own worker on a shared engine
     for name in ["none", *args.algorithms.split(",")]:
-        algo, *options = name.split(":")
-        drafter = [o.removeprefix("drafter=") for o in options if o.startswith("drafter=")]
-        draft_n = [
-            int(o.removeprefix("draft")) for o in options if o.startswith("draft") and not o.startswith("drafter=")
-        ]
-        modes = [o for o in options if o not in ("raw", "fullvocab") and not o.startswith("draft")]
-        spec = {
-            "speculative_algorithm": algo,
-            "speculative_dspark_verify_mode": modes[0] if modes else "adaptive",
-            "speculative_dspark_disable_online_calibration": "raw" in options,
-            "speculative_dspark_draft_vocab_size": 0 if "fullvocab" in options else None,
-            "speculative_num_draft_tokens": draft_n[0] if draft_n else None,
-            "speculative_draft_model_path": drafter[0] if drafter else None,
-        }
+        spec, config = engine_args(name)
+        same = [n for n in engines if n in workers and engine_args(n)[0] == spec]
+        base = same[0] if same and config else None
+        if base is not None:
+            engines[name] = engines[base]
+            workers[name] = variant_worker(engines[base], workers[base], config)
+            continue
         engine = Engine(
             dtype=args.dtype, max_total_tokens=32768, log_level="warning", **(spec if name != "none" else {})
         )
         engine.generate("warm-up", {"max_new_tokens": 4})
         engines[name] = engine
+        if engine.scheduler.spec is not None:
+            workers[name] = engine.scheduler.spec.worker
+            if config:
+                workers[name] = variant_worker(engine, workers[name], config)
     if "json" in items:  # schemas the grammar backend refuses (a 400) are left out; every engine compiles
         # (and caches) the rest now, so no level of one engine pays for compiles the others do not
         items["json"] = [
-            it for it in items["json"] if all([compiles(e, it[1]["json_schema"]) for e in engines.values()])
+            it for it in items["json"] if all([compiles(e, it[1]["json_schema"]) for e in set(engines.values())])
         ]
         items["json"] = items["json"][:most]
     for w, its in items.items():
@@ -201,6 +243,8 @@ def main() -> None:
             runs: dict[str, list[LevelRun]] = {name: [] for name in engines}
             for _ in range(args.repeats):
                 for name, engine in engines.items():
+                    if name in workers:
+                        engine.scheduler.spec.worker = workers[name]
                     engine.flush_cache()  # cold radix cache: no level reuses the prompts or outputs of another
                     runs[name].append(run_level(engine, items[w][: prompts[c]], c, args.max_new_tokens))
             for name in engines:
@@ -209,7 +253,7 @@ def main() -> None:
                 print(
                     f"{w:5} {name:15} c={c:<3} {fmt(row['tok_s'], '.1f')} tok/s tau {fmt(row.get('tau'))}", flush=True
                 )
-    for engine in engines.values():
+    for engine in set(engines.values()):
         engine.shutdown()
 
     counts = ", ".join(f"{prompts[c]} at concurrency {c}" for c in levels)

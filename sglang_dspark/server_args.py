@@ -76,6 +76,8 @@ class ServerArgs:
     speculative_dspark_draft_vocab_size: int | None = None
     # plan on the proposers' own confidences instead of ones calibrated on the verify rounds so far
     speculative_dspark_disable_online_calibration: bool = False
+    # JSON object overriding speculative/spec_config.py's SpecConfig fields, e.g. '{"backoff": false}'
+    speculative_config: str | None = None
 
     # Misc.
     random_seed: int | None = None

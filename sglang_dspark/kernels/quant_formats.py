@@ -1,59 +1,64 @@
 """Block-quantized weight formats (GGML's layouts), kept quantized in memory: layout, dequantize, quantize.
 
-A quantized weight [N, K] is a uint8 tensor [N, K / 32 * block_bytes]: each row is a run of GGML blocks of
-32 weights along K, in the byte layout of the GGUF file, so a GGUF tensor is used as read and the native
-matmul (quant_linear.py) streams exactly the file's bytes:
+A quantized weight [N, K] is a uint8 tensor [N, K / block_weights * block_bytes]: each row is a run of GGML
+blocks along K, in the byte layout of the GGUF file, so a GGUF tensor is used as read and the native matmul
+(quant_linear.py, csrc_avx512/quant_linear.cpp, which documents each layout) streams exactly the file's bytes.
+Blocks of 32 weights: ``Q4_0``, ``Q4_1``, ``Q5_0``, ``Q5_1``, ``Q8_0`` (also what ``--quantization int8``
+makes of a dense weight); super-blocks of 256 weights (the K-quants of llama.cpp's Q4_K_M / Q5_K_M files):
+``Q4_K``, ``Q5_K``, ``Q6_K``.
 
-- ``Q4_0``: fp16 d, 16 bytes of nibbles; w = (q - 8) * d;
-- ``Q4_1``: fp16 d, fp16 m, 16 bytes of nibbles; w = q * d + m;
-- ``Q8_0``: fp16 d, 32 int8; w = q * d (also what ``--quantization int8`` makes of a dense weight).
-
-In a block, byte j holds weight j in its low nibble and weight j + 16 in its high nibble. The torch
-dequantizers here are the model's reference (``--quantization none`` and embedding rows); the native kernel is
-tested against gguf-py's independent dequantizer.
+``dequantize`` is gguf-py's dequantizer (the reference the native kernel is tested against, and what an
+embedding lookup uses for the few rows it reads).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import gguf
+import numpy as np
 import torch
 from torch import Tensor
-
-BLOCK = 32  # weights per block along K, for every supported type
 
 
 @dataclass(frozen=True)
 class QuantFormat:
-    name: str  # GGML's type name
-    ggml_type: int  # GGML's type id (gguf.GGMLQuantizationType)
+    name: str  # GGML's type name (gguf.GGMLQuantizationType)
+    block_weights: int  # weights per block along K
     block_bytes: int
     kernel_id: int  # the native kernel's switch value (csrc_avx512/quant_linear.cpp, QType)
+    fp16_offsets: tuple[int, ...]  # byte offsets of a block's fp16 scales / minimums
 
 
 FORMATS = {
     f.name: f
     for f in (
-        QuantFormat("Q4_0", 2, 18, 0),
-        QuantFormat("Q4_1", 3, 20, 1),
-        QuantFormat("Q8_0", 8, 34, 2),
+        QuantFormat("Q4_0", 32, 18, 0, (0,)),
+        QuantFormat("Q4_1", 32, 20, 1, (0, 2)),
+        QuantFormat("Q8_0", 32, 34, 2, (0,)),
+        QuantFormat("Q5_0", 32, 22, 3, (0,)),
+        QuantFormat("Q5_1", 32, 24, 4, (0, 2)),
+        QuantFormat("Q4_K", 256, 144, 5, (0, 2)),
+        QuantFormat("Q5_K", 256, 176, 6, (0, 2)),
+        QuantFormat("Q6_K", 256, 210, 7, (208,)),
     )
 }
-FORMATS_BY_GGML_TYPE = {f.ggml_type: f for f in FORMATS.values()}
+Q8_0_BLOCK = 32  # weights per Q8_0 block (``--quantization int8``)
 
 
 @dataclass
 class QuantizedWeight:
-    """A [rows, cols] weight kept in a block format: data [rows, cols / 32 * block_bytes] uint8."""
+    """A [rows, cols] weight kept in a block format: data [rows, cols / block_weights * block_bytes] uint8."""
 
     fmt: QuantFormat
     data: Tensor
     cols: int
 
     def __post_init__(self) -> None:
-        if self.data.dtype != torch.uint8 or self.data.dim() != 2 or self.cols % BLOCK:
-            raise ValueError(f"{self.fmt.name} weight: data must be 2-D uint8 and cols a multiple of {BLOCK}")
-        if self.data.shape[1] != self.cols // BLOCK * self.fmt.block_bytes:
+        per_block = self.fmt.block_weights
+        if self.data.dtype != torch.uint8 or self.data.dim() != 2 or self.cols % per_block:
+            raise ValueError(f"{self.fmt.name} weight: data must be 2-D uint8 and cols a multiple of {per_block}")
+        if self.data.shape[1] != self.cols // per_block * self.fmt.block_bytes:
             raise ValueError(f"{self.fmt.name} weight: {self.data.shape[1]} bytes per row for {self.cols} columns")
 
     @property
@@ -69,30 +74,41 @@ class QuantizedWeight:
         return QuantizedWeight(self.fmt, self.data[ids], self.cols)
 
 
-def dequantize(w: QuantizedWeight) -> Tensor:
-    """w [N, K] quantized -> [N, K] float32."""
-    n = w.data.shape[0]
-    blocks = w.data.view(n, -1, w.fmt.block_bytes)  # [N, K/32, block_bytes]
-    d = blocks[..., 0:2].contiguous().view(torch.float16).float()  # [N, K/32, 1]
-    if w.fmt.name == "Q8_0":
-        q = blocks[..., 2:].contiguous().view(torch.int8).float()
-        return (q * d).view(n, w.cols)
-    start = 4 if w.fmt.name == "Q4_1" else 2
-    packed = blocks[..., start:]  # [N, K/32, 16]
-    q = torch.cat([packed & 0x0F, packed >> 4], dim=-1).float()  # [N, K/32, 32]
-    if w.fmt.name == "Q4_1":
-        m = blocks[..., 2:4].contiguous().view(torch.float16).float()
-        return (q * d + m).view(n, w.cols)
-    return ((q - 8) * d).view(n, w.cols)
+@dataclass
+class QuantizedRowStack:
+    """A [rows, cols] weight whose consecutive row ranges are in different formats: a merged projection
+    whose checkpoint shards were quantized differently (Q4_K_M files keep some v_proj in Q8_0 and q/k_proj
+    in Q5_0). The matmul runs once per part; every part keeps its own format."""
+
+    parts: list[QuantizedWeight]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (sum(p.shape[0] for p in self.parts), self.parts[0].cols)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+
+AnyQuantizedWeight = QuantizedWeight | QuantizedRowStack
+
+
+def dequantize(w: AnyQuantizedWeight) -> Tensor:
+    """w [N, K] quantized -> [N, K] float32 (gguf-py's dequantizer)."""
+    if isinstance(w, QuantizedRowStack):
+        return torch.cat([dequantize(p) for p in w.parts])
+    dense = gguf.quants.dequantize(w.data.numpy(), gguf.GGMLQuantizationType[w.fmt.name])
+    return torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
 
 
 def quantize_q8_0(w: Tensor) -> QuantizedWeight:
     """w [N, K] (K a multiple of 32) -> Q8_0 as GGML rounds: d = max|w| / 127 per block, q = w * (1 / d) rounded
     half away from zero."""
     n, k = w.shape
-    if k % BLOCK:
-        raise ValueError(f"int8 quantization needs a multiple of {BLOCK} columns, got {k}")
-    blocks = w.detach().float().reshape(n, k // BLOCK, BLOCK)
+    if k % Q8_0_BLOCK:
+        raise ValueError(f"int8 quantization needs a multiple of {Q8_0_BLOCK} columns, got {k}")
+    blocks = w.detach().float().reshape(n, k // Q8_0_BLOCK, Q8_0_BLOCK)
     d = blocks.abs().amax(dim=-1, keepdim=True) / 127.0  # [N, K/32, 1]
     scaled = blocks * torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
     q = (scaled.sign() * (scaled.abs() + 0.5).floor()).clamp(-127, 127).to(torch.int8)
@@ -101,10 +117,26 @@ def quantize_q8_0(w: Tensor) -> QuantizedWeight:
     return QuantizedWeight(FORMATS["Q8_0"], data.contiguous(), k)
 
 
-def concat_rows(parts: list[QuantizedWeight]) -> QuantizedWeight:
-    """Stack weights of one format and width along their rows (merged q/k/v and gate/up projections)."""
-    fmts = {p.fmt.name for p in parts}
-    cols = {p.cols for p in parts}
-    if len(fmts) != 1 or len(cols) != 1:
-        raise ValueError(f"cannot merge quantized shards of formats {sorted(fmts)} and widths {sorted(cols)}")
-    return QuantizedWeight(parts[0].fmt, torch.cat([p.data for p in parts]), parts[0].cols)
+def concat_rows(parts: list[QuantizedWeight]) -> AnyQuantizedWeight:
+    """Stack weights of one width along their rows (merged q/k/v and gate/up projections): one weight where
+    the formats agree, else a QuantizedRowStack of runs of equal format."""
+    if len({p.cols for p in parts}) != 1:
+        raise ValueError(f"cannot merge quantized shards of widths {sorted({p.cols for p in parts})}")
+    runs: list[list[QuantizedWeight]] = []
+    for p in parts:
+        if runs and runs[-1][0].fmt == p.fmt:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    merged = [QuantizedWeight(run[0].fmt, torch.cat([p.data for p in run]), run[0].cols) for run in runs]
+    return merged[0] if len(merged) == 1 else QuantizedRowStack(merged)
+
+
+def random_blocks(fmt: QuantFormat, rows: int, cols: int, gen: torch.Generator) -> QuantizedWeight:
+    """Random bytes in ``fmt``'s layout with finite fp16 scales in (0, 0.1): every other bit pattern occurs."""
+    data = torch.randint(0, 256, (rows, cols // fmt.block_weights * fmt.block_bytes), generator=gen, dtype=torch.uint8)
+    blocks = data.view(rows, -1, fmt.block_bytes)
+    for offset in fmt.fp16_offsets:
+        scale = (torch.rand(rows, blocks.shape[1], 1, generator=gen) * 0.1).to(torch.float16)
+        blocks[..., offset : offset + 2] = scale.view(torch.uint8)
+    return QuantizedWeight(fmt, data, cols)

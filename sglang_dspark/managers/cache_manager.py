@@ -68,6 +68,10 @@ class CacheManager:
             self.req_pool.req_to_token[req.req_pool_idx, req.kv_len : req.kv_len + n] = slots
         return slots
 
+    def free_after_kv(self, req: Req, end: int) -> None:
+        """Free the slots of req's positions [kv_len, end): allocated for tokens whose KV is not kept."""
+        self.allocator.free(self.req_pool.req_to_token[req.req_pool_idx, req.kv_len : end].clone())
+
     def release(self, req: Req) -> None:
         """Return req's row and slots: committed KV goes into the radix tree, the rest is freed."""
         row = req.req_pool_idx

@@ -10,9 +10,7 @@ blocks the batch. Once compiled, the request's grammar object lives on ``Req.gra
 * jump-forward: tokens the grammar then forces are appended to ``output_ids`` without a model step.
   They still need KV: with them the request has ``pending_tokens`` > 1 and the scheduler runs them as
   one extend chunk before its next sample;
-* speculative decoding: drafts are cut at the first token the grammar rejects, and each verify row's
-  logits get the mask of the grammar state after the drafts before it, so verification accepts exactly
-  what masked plain decoding would produce.
+* speculative decoding: its grammar steps are in managers/spec_grammar.py.
 """
 
 from __future__ import annotations
@@ -138,62 +136,6 @@ class GrammarManager:
             apply_bitmask_(logits, bitmask, rows)
         return logits
 
-    def mask_draft_logits(self, reqs: list[Req], drafts: list[list[int]], logits: torch.Tensor) -> torch.Tensor:
-        """In place: logits [sum(len(d) + 1), V], rows of each request's anchor + drafts in order; the row
-        after drafts[:i] gets the mask of the grammar state after them. Drafts must be grammar-valid
-        (see valid_draft). Returns logits."""
-        starts, rows, grammars, chains = 0, [], [], []
-        for req, d in zip(reqs, drafts, strict=True):
-            if req.grammar is not None:
-                rows.append(starts)
-                grammars.append(req.grammar)
-                chains.append(d)
-            starts += len(d) + 1
-        if grammars:
-            bitmask = allocate_bitmask(logits.shape[0], self.vocab_size)  # [T, W]
-            filled = self.compiler.backend.fill_draft_masks(grammars, chains, bitmask, rows)
-            masked = [r + i for r, n in zip(rows, filled, strict=True) for i in range(n)]
-            apply_bitmask_(logits, bitmask, masked)
-        return logits
-
-    def valid_draft(self, req: Req, draft: list[int], limit: int) -> tuple[list[int], list[int]]:
-        """-> (tokens to verify, at most ``limit``; the indices among them that the grammar forces). The
-        longest prefix of draft that req's grammar accepts (all of it without a grammar). When jump-forward
-        is on and the grammar forces tokens after a draft token, plain decoding appends the forced
-        tokenization there instead of sampling: those tokens follow in the draft (verify accepts them as
-        given, see SpecWorker.verify) and the draft goes on only if its next tokens are exactly them. If
-        they do not fit in ``limit``, or the grammar ends after them, the draft stops before the token that
-        forces them (its verify row would sample where plain decoding forces)."""
-        grammar = req.grammar
-        if grammar is None:
-            return draft[:limit], []
-        jump = not (self.args.disable_jump_forward or req.return_logprob)
-        out: list[int] = []
-        forced: list[int] = []
-        walked = i = 0  # tokens the grammar accepted (to roll back); next draft token
-        while i < len(draft) and len(out) < limit:
-            if grammar.is_terminated() or not grammar.accept_token(draft[i]):
-                break
-            walked += 1
-            out.append(draft[i])
-            i += 1
-            run = grammar.jump_forward_tokens() if jump and not grammar.is_terminated() else []
-            if not run:
-                continue
-            accepted = grammar.accept_tokens(run) if len(out) + len(run) <= limit else 0
-            walked += accepted
-            if accepted < len(run) or grammar.is_terminated():
-                out.pop()
-                break
-            forced += range(len(out), len(out) + len(run))
-            out += run
-            if draft[i : i + len(run)] != run:
-                break
-            i += len(run)
-        if walked:
-            grammar.rollback(walked)
-        return out, forced
-
     def advance(self, req: Req, token: int) -> None:
         """After ``token`` was appended to req.output_ids: advance the grammar, finish the request if
         the grammar terminated, else append the tokens it forces (jump-forward)."""
@@ -210,11 +152,15 @@ class GrammarManager:
         elif req.grammar.is_terminated():
             req.finished_reason = FinishReason("stop", matched=token)
 
+    def jumps_forward(self, req: Req) -> bool:
+        """Whether req's grammar-forced tokens are appended without sampling: not for requests that report
+        logprobs (forced tokens have no sampled logprob: they decode them one by one)."""
+        return not (self.args.disable_jump_forward or req.return_logprob)
+
     def jump_forward(self, req: Req) -> None:
         """Append the tokens req's grammar forces from here (unless disabled or logprobs are wanted)."""
         grammar = req.grammar
-        # forced tokens have no sampled logprob: requests that report logprobs decode them one by one
-        if self.args.disable_jump_forward or req.return_logprob:
+        if not self.jumps_forward(req):
             return
         room = req.sampling_params.max_new_tokens - len(req.output_ids)
         forced = grammar.jump_forward_tokens()[:room]

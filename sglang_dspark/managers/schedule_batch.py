@@ -1,14 +1,18 @@
-"""Req: one request's state inside the scheduler; finish reasons in SGLang's JSON shape."""
+"""The scheduler's batch: one request's state (``Req``), what a step runs of it (``ScheduledChunk``), the
+step's forward and how its logits rows divide (``ForwardInput`` -> ``ForwardOutput``), and the counters."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from sglang_dspark.grammar import BaseGrammarObject, PendingGrammar
 from sglang_dspark.managers.io_struct import TokenizedGenerateReqInput, TokenLogprob, TopLogprobs
+from sglang_dspark.mem_cache.memory_pool import KVPool
+from sglang_dspark.model_executor.forward_batch import ForwardBatch
+from sglang_dspark.models.llama import ModelOutput
 
 
 @dataclass
@@ -118,3 +122,102 @@ class Req:
                 if m:
                     self.finished_reason = FinishReason("stop", matched=m.group(0))
                     return
+
+
+@dataclass
+class ScheduledChunk:
+    req: Req
+    num_tokens: int  # tokens run in this step: fill_ids[kv_len : kv_len + num_tokens - len(drafts)] + drafts
+    drafts: list[int] = field(default_factory=list)  # speculative drafts verified in this step
+    forced: list[int] = field(default_factory=list)  # indices of drafts the grammar forces (accepted as given)
+
+
+@dataclass
+class InputLogprobRow:
+    req: Req
+    position: int  # the logits at this prompt position score the input token after it
+
+
+@dataclass
+class ForwardOutput:
+    """The logits of one step, by what they are for (rows in the order of ForwardInput's lists)."""
+
+    input_logprob_logits: torch.Tensor  # [len(input_logprob_rows), V]
+    sample_logits: torch.Tensor  # [len(sample_reqs), V]
+    verify_logits: torch.Tensor  # [sum(len(c.drafts) + 1 for c in verify_chunks), V]: anchor + drafts per chunk
+    hidden_states: list[torch.Tensor]  # one [N, d] per captured layer
+
+
+@dataclass
+class ForwardInput:
+    """One step's forward over the scheduled chunks, and which rows of it return logits: prompt positions
+    whose input logprobs are wanted, requests that sample their next token, and each speculating
+    request's anchor and drafts. ``build`` lays the rows out and ``split`` reads them back in that order."""
+
+    batch: ForwardBatch
+    input_logprob_rows: list[InputLogprobRow]
+    sample_reqs: list[Req]
+    verify_chunks: list[ScheduledChunk]
+
+    @classmethod
+    def build(
+        cls, chunks: list[ScheduledChunk], kv_pool: KVPool, req_to_token: torch.Tensor, capture_layers: tuple[int, ...]
+    ) -> ForwardInput:
+        """chunks: each request's tokens of this step on top of its kv_len cached ones (KV slots allocated)."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        logprob_rows: list[int] = []
+        input_logprob_rows: list[InputLogprobRow] = []
+        sample_rows: list[int] = []
+        sample_reqs: list[Req] = []
+        verify_rows: list[int] = []
+        row = 0
+        for chunk in chunks:
+            req, n, start = chunk.req, chunk.num_tokens, chunk.req.kv_len
+            fill = req.fill_ids
+            input_ids += fill[start : start + n - len(chunk.drafts)] + chunk.drafts
+            positions += range(start, start + n)
+            if not req.input_logprobs_done:
+                last_input = len(req.origin_input_ids) - 1
+                for p in range(max(start, req.next_input_logprob_pos), min(start + n, last_input)):
+                    logprob_rows.append(row + p - start)
+                    input_logprob_rows.append(InputLogprobRow(req, p))
+            if chunk.drafts:  # the anchor (the last pending token) and the drafts
+                verify_rows += range(row + n - len(chunk.drafts) - 1, row + n)
+            elif start + n == len(fill) and len(req.output_ids) < req.sampling_params.max_new_tokens:
+                sample_rows.append(row + n - 1)
+                sample_reqs.append(req)
+            row += n
+        batch = ForwardBatch(
+            input_ids=torch.tensor(input_ids, dtype=torch.int64),
+            positions=torch.tensor(positions, dtype=torch.int64),
+            out_cache_loc=torch.cat(
+                [req_to_token[c.req.req_pool_idx, c.req.kv_len : c.req.kv_len + c.num_tokens] for c in chunks]
+            ),
+            req_pool_indices=torch.tensor([c.req.req_pool_idx for c in chunks], dtype=torch.int64),
+            seq_lens=[c.req.kv_len + c.num_tokens for c in chunks],
+            extend_lens=[c.num_tokens for c in chunks],
+            logits_indices=torch.tensor(logprob_rows + sample_rows + verify_rows, dtype=torch.int64),
+            kv_pool=kv_pool,
+            req_to_token=req_to_token,
+            capture_layers=capture_layers,
+        )
+        return cls(batch, input_logprob_rows, sample_reqs, [c for c in chunks if c.drafts])
+
+    def split(self, out: ModelOutput) -> ForwardOutput:
+        """The model's logits [M, V] (rows = batch.logits_indices) divided as ``build`` laid them out."""
+        lp, sample = len(self.input_logprob_rows), len(self.sample_reqs)
+        logits = out.logits
+        return ForwardOutput(logits[:lp], logits[lp : lp + sample], logits[lp + sample :], out.hidden_states)
+
+
+@dataclass
+class SchedulerStats:
+    num_forwards: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    generated_tokens: int = 0
+    num_retractions: int = 0
+    jump_forward_tokens: int = 0  # grammar-forced tokens appended without a model step
+    verify_after_jump_forward: int = 0  # verify rounds whose drafts ran in one forward with forced tokens
+    verify_through_forced: int = 0  # verify rounds whose drafts went on past grammar-forced tokens

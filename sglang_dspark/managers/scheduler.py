@@ -3,7 +3,8 @@
 Every running request has `pending_tokens` >= 1 tokens to run before its next sample: 1 for
 decode, more while its prompt is (chunk by chunk) prefilled. Each step runs all decodes plus
 prefill chunks up to `chunked_prefill_size` tokens in one forward, then samples for every
-request whose pending tokens are done.
+request whose pending tokens are done. With speculative decoding, ``SpecRound`` (spec_round.py)
+plans the drafts each decode verifies in the step and commits what the forward accepts.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,8 +21,16 @@ from sglang_dspark.layers.sampler import SamplingBatchInfo, compute_logprobs, gr
 from sglang_dspark.managers.cache_manager import CacheManager, KVUsage
 from sglang_dspark.managers.grammar_manager import GrammarManager
 from sglang_dspark.managers.io_struct import ReqOutput, TokenizedGenerateReqInput
-from sglang_dspark.managers.schedule_batch import FinishReason, Req
-from sglang_dspark.model_executor.forward_batch import ForwardBatch
+from sglang_dspark.managers.schedule_batch import (
+    FinishReason,
+    ForwardInput,
+    InputLogprobRow,
+    Req,
+    ScheduledChunk,
+    SchedulerStats,
+)
+from sglang_dspark.managers.spec_grammar import SpecGrammar, VerifyDraft
+from sglang_dspark.managers.spec_round import SpecRound
 from sglang_dspark.model_executor.model_runner import ModelRunner
 from sglang_dspark.server_args import ServerArgs
 from sglang_dspark.speculative.setup import build_spec_worker
@@ -33,26 +41,6 @@ DECODE_RESERVE_PER_REQ = 8  # free slots kept per running request when admitting
 # a decode step also runs up to this many tokens jump-forward appended (more go through the prefill budget)
 MAX_DECODE_EXTEND = 65
 GRAMMAR_IDLE_WAIT = 0.05  # s to wait for a compile when nothing else can run (instead of spinning)
-
-
-@dataclass
-class ScheduledChunk:
-    req: Req
-    num_tokens: int  # tokens run in this step: fill_ids[kv_len : kv_len + num_tokens - len(drafts)] + drafts
-    drafts: list[int] = field(default_factory=list)  # speculative drafts verified in this step
-    forced: list[int] = field(default_factory=list)  # indices of drafts the grammar forces (accepted as given)
-
-
-@dataclass
-class SchedulerStats:
-    num_forwards: int = 0
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    generated_tokens: int = 0
-    num_retractions: int = 0
-    jump_forward_tokens: int = 0  # grammar-forced tokens appended without a model step
-    verify_after_jump_forward: int = 0  # verify rounds whose drafts ran in one forward with forced tokens
-    verify_through_forced: int = 0  # verify rounds whose drafts went on past grammar-forced tokens
 
 
 class Scheduler:
@@ -75,7 +63,10 @@ class Scheduler:
         self.running: list[Req] = []
         self.stats = SchedulerStats()
         self.grammars = GrammarManager(server_args, tokenizer, self.vocab_size, self.eos_ids)
-        self.spec = build_spec_worker(server_args, self.runner, model_dir, self.cache.tree)
+        worker = build_spec_worker(server_args, self.runner, model_dir, self.cache.tree)
+        self.spec = None
+        if worker is not None:
+            self.spec = SpecRound(worker, SpecGrammar(self.grammars), self.cache, self.stats, self.eos_ids, tokenizer)
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -162,26 +153,20 @@ class Scheduler:
             if not outputs:
                 self.grammars.wait(GRAMMAR_IDLE_WAIT)
             return outputs
-        # speculation measures pure decode rounds: their requests, before the forward consumes the tokens
-        decoding = [c.req for c in chunks if c.req.pending_tokens == 1] if self.spec else []
-        generated_before = sum(len(r.output_ids) for r in decoding)
-        fb, sample_rows, sample_reqs, logprob_rows = self._build_forward_batch(chunks)
-        if self.spec:
-            fb.capture_layers = self.spec.capture_layers
-        out = self.runner.forward(fb)
+        clock = self.spec.clock(chunks, started) if self.spec else None
+        capture = self.spec.capture_layers if self.spec else ()
+        pool = self.runner.req_to_token_pool.req_to_token
+        forward = ForwardInput.build(chunks, self.runner.kv_pool, pool, capture)
+        out = forward.split(self.runner.forward(forward.batch))
         self.stats.num_forwards += 1
-        if fb.capture_layers:  # DSPARK: the drafter's context features, kept by KV slot
-            self.spec.store_features(out.hidden_states, fb.out_cache_loc)
-        spec_chunks = [c for c in chunks if c.drafts]
         for chunk in chunks:
             chunk.req.kv_len += chunk.num_tokens - len(chunk.drafts)
-        self._record_input_logprobs(out.logits, logprob_rows)
-
-        if sample_reqs:
-            self._sample(sample_reqs, out.logits[sample_rows])
-        if spec_chunks:
-            self._verify(spec_chunks, out.logits[len(logprob_rows) + len(sample_rows) :])
-        sampled = {id(r) for r in sample_reqs} | {id(c.req) for c in spec_chunks}
+        self._record_input_logprobs(forward.input_logprob_rows, out.input_logprob_logits)
+        if forward.sample_reqs:
+            self._sample(forward.sample_reqs, out.sample_logits)
+        if self.spec:
+            self.spec.finish(forward, out)
+        sampled = {id(r) for r in forward.sample_reqs} | {id(c.req) for c in forward.verify_chunks}
         for chunk in chunks:
             req = chunk.req
             if req.pending_tokens == 0:  # max_new_tokens == 0: prompt only (e.g. sgl.select scoring)
@@ -191,9 +176,8 @@ class Scheduler:
                 self._release(req)
             if id(req) in sampled or req.finished:
                 outputs.append(self._make_output(req))
-        if decoding and len(decoding) == len(chunks):
-            tokens = sum(len(r.output_ids) for r in decoding) - generated_before
-            self.spec.observe_round(len(decoding), tokens, time.perf_counter() - started)
+        if clock is not None:
+            self.spec.observe(clock)
         return outputs
 
     def _schedule(self) -> list[ScheduledChunk]:
@@ -228,13 +212,14 @@ class Scheduler:
             budget -= n
         return chunks
 
-    def _take(
-        self, req: Req, n: int, drafts: list[int] | None = None, forced: list[int] | None = None
-    ) -> ScheduledChunk:
+    def _take(self, req: Req, n: int, verify: VerifyDraft | None = None) -> ScheduledChunk:
+        """Allocate KV for req's next n tokens, then for the tokens it verifies after them."""
+        verify = verify or VerifyDraft()
+        n += len(verify.tokens)
         if self.cache.alloc_slots(req, n) is None:  # callers check available_tokens() first
             raise RuntimeError(f"KV pool exhausted allocating {n} slots")
         req.jump_forward_pending = 0  # from here on they are ordinary pending tokens
-        return ScheduledChunk(req, n, drafts or [], forced or [])
+        return ScheduledChunk(req, n, verify.tokens, verify.forced)
 
     @staticmethod
     def _decodes_now(req: Req) -> bool:
@@ -245,69 +230,12 @@ class Scheduler:
 
     def _schedule_decodes(self, decodes: list[Req]) -> list[ScheduledChunk]:
         """Each decode runs its pending tokens (1, or the anchor after grammar-forced ones); speculating
-        requests add drafts after them while free KV allows."""
-        spec = [r for r in decodes if self._can_speculate(r)] if self.spec else []
-        drafts: dict[int, tuple[list[int], list[int]]] = {}  # id(req) -> (drafts, forced indices)
-        if spec:
-            room = [r.sampling_params.max_new_tokens - len(r.output_ids) - 1 for r in spec]
+        requests add the tokens they verify (SpecRound.plan) while free KV allows."""
+        plans = {}
+        if self.spec:
             spare = self.cache.available_tokens() - sum(r.pending_tokens for r in decodes)
-            for req, d, r in zip(spec, self.spec.draft(spec, room), room):
-                d, forced = self.grammars.valid_draft(req, d, min(max(spare, 0), r))
-                spare -= len(d)
-                drafts[id(req)] = d, forced
-        chunks = []
-        for req in decodes:
-            d, forced = drafts.get(id(req), ([], []))
-            if id(req) in drafts:
-                req.spec_verify_ct += 1
-                req.spec_proposed += len(d) - len(forced)
-                req.spec_draft_lens.append(len(d) - len(forced))
-                if not d:  # nothing to verify: a plain decode step, a round that accepts 0 drafts
-                    req.spec_accept_lens.append(0)
-                elif req.pending_tokens > 1:
-                    self.stats.verify_after_jump_forward += 1
-                if forced:
-                    self.stats.verify_through_forced += 1
-            chunks.append(self._take(req, req.pending_tokens + len(d), d, forced))
-        return chunks
-
-    def _can_speculate(self, req: Req) -> bool:
-        """Drafts are verified for plain and grammar requests; logprob and min_new_tokens requests decode normally."""
-        return not req.return_logprob and len(req.output_ids) >= req.sampling_params.min_new_tokens
-
-    def _verify(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> None:
-        """Commit each request's accepted drafts + one token; free the KV slots of rejected drafts."""
-        reqs = [c.req for c in chunks]
-        drafts = [c.drafts for c in chunks]
-        logits = self.grammars.mask_draft_logits(reqs, drafts, logits)
-        committed = self.spec.verify(reqs, drafts, logits, [c.forced for c in chunks])
-        pool = self.runner.req_to_token_pool.req_to_token
-        for chunk, tokens in zip(chunks, committed):
-            req, accepted = chunk.req, len(tokens) - 1
-            forced = sum(i < accepted for i in chunk.forced)  # forced tokens are not drafts in the metrics
-            req.spec_accepted += accepted - forced
-            req.spec_accept_lens.append(accepted - forced)
-            appended = 0
-            for tok in tokens:
-                req.output_ids.append(tok)
-                appended += 1
-                if req.grammar is not None:
-                    self.grammars.accept(req, tok)
-                if not req.finished:
-                    req.check_finished(self.eos_ids, self.tokenizer)
-                if req.finished:
-                    break
-            self.stats.generated_tokens += appended
-            self.stats.jump_forward_tokens += sum(i < appended for i in chunk.forced)
-            if req.grammar is not None and not req.finished:
-                n = len(req.output_ids)
-                self.grammars.jump_forward(req)  # forced tokens: KV comes with the next extend
-                self.stats.jump_forward_tokens += len(req.output_ids) - n
-                req.check_finished(self.eos_ids, self.tokenizer)
-            # KV is valid for the anchor (already counted in kv_len) and the accepted drafts that stayed
-            end = req.kv_len + len(chunk.drafts)
-            req.kv_len += min(accepted, appended)
-            self.cache.allocator.free(pool[req.req_pool_idx, req.kv_len : end].clone())
+            plans = self.spec.plan(decodes, spare)
+        return [self._take(req, req.pending_tokens, plans.get(id(req))) for req in decodes]
 
     def _release(self, req: Req) -> None:
         self.cache.release(req)
@@ -324,61 +252,15 @@ class Scheduler:
         self.stats.num_retractions += 1
         logger.warning("KV pool full: retracted request %s (%d tokens)", req.rid, len(req.fill_ids))
 
-    def _build_forward_batch(self, chunks: list[ScheduledChunk]):
-        input_ids: list[int] = []
-        positions: list[int] = []
-        sample_rows: list[int] = []
-        sample_reqs: list[Req] = []
-        verify_rows: list[int] = []  # anchor + draft rows of speculating requests, after the sampling rows
-        logprob_rows: list[tuple[Req, int, int]] = []  # (req, flat row, position) for input logprobs
-        row = 0
-        for chunk in chunks:
-            req, n, start = chunk.req, chunk.num_tokens, chunk.req.kv_len
-            fill = req.fill_ids
-            input_ids += fill[start : start + n - len(chunk.drafts)] + chunk.drafts
-            positions += range(start, start + n)
-            if not req.input_logprobs_done:
-                last_input = len(req.origin_input_ids) - 1
-                for p in range(max(start, req.next_input_logprob_pos), min(start + n, last_input)):
-                    logprob_rows.append((req, row + p - start, p))
-            if chunk.drafts:  # the anchor (the last pending token) and the drafts
-                verify_rows += range(row + n - len(chunk.drafts) - 1, row + n)
-            elif start + n == len(fill) and len(req.output_ids) < req.sampling_params.max_new_tokens:
-                sample_rows.append(row + n - 1)
-                sample_reqs.append(req)
-            row += n
-        logits_rows = [r for _, r, _ in logprob_rows] + sample_rows + verify_rows
-        pool = self.runner.req_to_token_pool
-        req_rows = torch.tensor([c.req.req_pool_idx for c in chunks], dtype=torch.int64)
-        seq_lens = [c.req.kv_len + c.num_tokens for c in chunks]
-        out_cache_loc = torch.cat(
-            [pool.req_to_token[c.req.req_pool_idx, c.req.kv_len : c.req.kv_len + c.num_tokens] for c in chunks]
-        )
-        fb = ForwardBatch(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64),
-            positions=torch.tensor(positions, dtype=torch.int64),
-            out_cache_loc=out_cache_loc,
-            req_pool_indices=req_rows,
-            seq_lens=seq_lens,
-            extend_lens=[c.num_tokens for c in chunks],
-            logits_indices=torch.tensor(logits_rows, dtype=torch.int64),
-            kv_pool=self.runner.kv_pool,
-            req_to_token=pool.req_to_token,
-        )
-        # logits come back in logits_rows order: input-logprob rows first, then sampling rows
-        n_lp = len(logprob_rows)
-        sample_logit_rows = list(range(n_lp, n_lp + len(sample_rows)))
-        lp_rows = [(req, i, p) for i, (req, _, p) in enumerate(logprob_rows)]
-        return fb, sample_logit_rows, sample_reqs, lp_rows
-
-    def _record_input_logprobs(self, logits: torch.Tensor, rows: list[tuple[Req, int, int]]) -> None:
+    def _record_input_logprobs(self, rows: list[InputLogprobRow], logits: torch.Tensor) -> None:
+        """logits [len(rows), V]: row i at rows[i].position scores the input token after it."""
         if not rows:
             return
-        # logits at position p score the input token at p + 1
-        targets = torch.tensor([req.origin_input_ids[p + 1] for req, _, p in rows])
-        top_k = max(req.top_logprobs_num for req, _, _ in rows)
-        lps, top_v, top_i = compute_logprobs(logits[[i for _, i, _ in rows]], targets, top_k)
-        for j, (req, _, p) in enumerate(rows):
+        targets = torch.tensor([r.req.origin_input_ids[r.position + 1] for r in rows])
+        top_k = max(r.req.top_logprobs_num for r in rows)
+        lps, top_v, top_i = compute_logprobs(logits, targets, top_k)
+        for j, row in enumerate(rows):
+            req, p = row.req, row.position
             req.pending_input_logprobs.append((float(lps[j]), int(targets[j])))
             req.pending_input_top.append(_top_pairs(top_v, top_i, j, req.top_logprobs_num))
             req.next_input_logprob_pos = p + 1

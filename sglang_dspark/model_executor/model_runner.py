@@ -97,7 +97,7 @@ class ModelRunner:
             self.dtype,
             self.quantization,
             quantized_bytes(self.model) / 2**20,
-            describe_cpu_ops(self.cpu_ops),
+            describe_cpu_ops(self.cpu_ops, quantized=self.quantization != "none"),
             self.max_total_tokens,
             self.max_total_tokens * per_token / 2**20,
             self.context_len,

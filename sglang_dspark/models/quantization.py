@@ -1,7 +1,7 @@
 """Which weights a model keeps quantized (``--quantization``) and in what form.
 
-- ``auto``: a converted GGUF keeps its own block-quantized tensors (Q4_0, Q4_1, Q8_0); a dense checkpoint
-  stays dense, as with ``none``;
+- ``auto``: a converted GGUF keeps its own block-quantized tensors (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+  Q6_K: kernels/quant_formats.py); a dense checkpoint stays dense, as with ``none``;
 - ``none``: every weight dense (GGUF blocks dequantized at load, in the model's dtype);
 - ``int8``: every linear weight and the embedding / LM head quantized to Q8_0 blocks (int8 per 32 weights
   with an fp16 scale) after loading, from any checkpoint.

@@ -26,8 +26,8 @@ import torch
 
 from sglang_dspark.grammar.base import allocate_bitmask
 from sglang_dspark.grammar.mask import allowed_from_bitmask
+from sglang_dspark.speculative.draft import Draft, SpecRequest, draft_temperature
 from sglang_dspark.speculative.dspark import DrafterState, DSparkDrafter
-from sglang_dspark.speculative.spec_worker import Draft, SpecRequest, draft_temperature
 from sglang_dspark.speculative.sts import STSCalibration
 
 

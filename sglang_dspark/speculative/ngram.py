@@ -20,6 +20,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import torch
+
+from sglang_dspark.mem_cache.radix_cache import RadixCache
+from sglang_dspark.speculative.draft import Draft, SpecRequest
+
 Corpora = Iterable["NGramIndex"] | Callable[[Sequence[int]], Iterable[Sequence[int]]]
 
 
@@ -163,3 +168,44 @@ def propose(
             left = num_tokens - len(tokens)
             alive = _longest_match(sources, suffix, context.min_n, context.max_n, left, max_matches)[0] if left else []
     return NGramProposal(tokens, confidences, match_len)
+
+
+@dataclass
+class NGramProposer:
+    """Suffix matches against each request's own context, indexed incrementally. With ``radix``, a
+    request whose whole context is cached (an earlier request had the same tokens so far) drafts the
+    radix tree's cached continuation instead (docs/design.md "Combining proposers"): it matches the whole
+    context, not a few-token suffix, so it comes first, with confidence ``radix_confidence`` per token (a prior)."""
+
+    min_n: int = 1
+    max_n: int = 4
+    radix: RadixCache | None = None
+    radix_confidence: float = 0.9
+    indexes: dict[str, NGramIndex] = field(default_factory=dict)
+    capture_layers: tuple[int, ...] = ()
+
+    def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]:
+        return [self._propose_one(r, n) for r, n in zip(reqs, num_tokens)]
+
+    def _propose_one(self, req: SpecRequest, num_tokens: int) -> Draft:
+        index = self.indexes.get(req.rid)
+        if index is None:
+            index = self.indexes[req.rid] = NGramIndex(self.min_n, self.max_n)
+        n = len(req.origin_input_ids) + len(req.output_ids)
+        if len(index.tokens) < n:
+            fill = req.origin_input_ids + req.output_ids
+            index.extend(fill[len(index.tokens) :])
+        cached = self.radix.continuation(index.tokens, num_tokens) if self.radix is not None and num_tokens else []
+        if cached:
+            return Draft(cached, [self.radix_confidence] * len(cached), source="radix")
+        proposal = propose(index, num_tokens, grammar=req.grammar)
+        return Draft(proposal.tokens, proposal.confidences, source="ngram")
+
+    def store_features(self, hidden_states: list[torch.Tensor], slots: torch.Tensor) -> None:
+        raise RuntimeError("the n-gram proposer captures no hidden states")
+
+    def release(self, rid: str) -> None:
+        self.indexes.pop(rid, None)
+
+    def request_states(self) -> int:
+        return len(self.indexes)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sglang_dspark.speculative.spec_worker import Draft, Proposer, SpecRequest
+from sglang_dspark.speculative.draft import Draft, Proposer, SpecRequest
 
 
 @dataclass

@@ -13,20 +13,18 @@ from sglang_dspark.model_executor.model_runner import ModelRunner, use_cpu_ops
 from sglang_dspark.models.config import DecoderConfig
 from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.server_args import ServerArgs
+from sglang_dspark.speculative.combined_proposer import BestOfProposer
+from sglang_dspark.speculative.draft import Proposer
 from sglang_dspark.speculative.dspark import DSparkConfig, load_drafter
 from sglang_dspark.speculative.dspark.checkpoint import CONFIG_NAME, packaged_drafter, read_config
 from sglang_dspark.speculative.dspark.draft_vocab import DEFAULT_DRAFT_VOCAB_SIZE, FREQUENCIES_NAME, TokenFrequencies
 from sglang_dspark.speculative.dspark_proposer import ConfidenceCalibration, DSparkProposer
+from sglang_dspark.speculative.ngram import NGramProposer
 from sglang_dspark.speculative.online_calibration import CalibratedProposer, OnlineCalibration
+from sglang_dspark.speculative.pacing import ProposerGate
 from sglang_dspark.speculative.planner import SPSTable
-from sglang_dspark.speculative.spec_worker import (
-    DEFAULT_NUM_DRAFT_TOKENS,
-    BestOfProposer,
-    NGramProposer,
-    Proposer,
-    ProposerGate,
-    SpecWorker,
-)
+from sglang_dspark.speculative.spec_config import DEFAULT_NUM_DRAFT_TOKENS, SpecConfig
+from sglang_dspark.speculative.spec_worker import SpecWorker
 from sglang_dspark.speculative.sps_profile import profile_runner_sps
 from sglang_dspark.speculative.standalone_proposer import StandaloneProposer
 from sglang_dspark.speculative.sts import STSCalibration
@@ -36,9 +34,6 @@ logger = logging.getLogger(__name__)
 
 AVAILABLE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
 DEFAULT_STANDALONE_DRAFT_TOKENS = 4  # one draft-model step per token
-# DSPARK: an n-gram / radix draft expecting this many accepted drafts is kept without running the drafter
-# (well above what the shipped drafter's drafts expect on code and chat)
-NGRAM_ENOUGH = 2.0
 
 
 def build_spec_worker(
@@ -50,44 +45,53 @@ def build_spec_worker(
         return None
     if algo not in AVAILABLE_ALGORITHMS:
         raise ValueError(f"--speculative-algorithm {algo} is not available yet; use one of {AVAILABLE_ALGORITHMS}")
-    calibration = None if args.speculative_dspark_disable_online_calibration else OnlineCalibration()
+    cfg = SpecConfig.from_server_args(args)
+    calibration = None
+    if cfg.online_calibration:
+        calibration = OnlineCalibration(
+            cfg.calibration_bins, cfg.calibration_max_position, cfg.calibration_prior_weight, cfg.calibration_memory
+        )
 
     def calibrated(p: Proposer) -> Proposer:
         return p if calibration is None else CalibratedProposer(p, calibration)
 
+    def ngram() -> NGramProposer:
+        return NGramProposer(cfg.ngram_min_n, cfg.ngram_max_n, radix, cfg.radix_confidence)
+
     gate = None  # the drafter's ProposerGate (DSPARK with the n-gram proposer)
     if algo == "DSPARK":
-        dspark = build_dspark_proposer(args, runner, model_dir)
+        dspark = build_dspark_proposer(args, runner, model_dir, cfg.sts)
         block = dspark.drafter.config.block_size
         # the drafter drafts at most its block; the n-gram proposer combined with it as much as NGRAM alone
         # (its long matches of repeated JSON keys and code lines are where speculation gains most)
-        num_draft_tokens = args.speculative_num_draft_tokens or max(block, DEFAULT_NUM_DRAFT_TOKENS)
+        num_draft_tokens = cfg.num_draft_tokens or max(block, DEFAULT_NUM_DRAFT_TOKENS)
         # per request, the n-gram / radix draft or the drafter's, whichever expects more accepted tokens;
-        # the drafter only runs for requests whose n-gram draft expects fewer than NGRAM_ENOUGH, and for the
+        # the drafter only runs for requests whose n-gram draft expects fewer than ngram_enough, and for the
         # kinds of requests (grammar or not) where its drafts have lately added more than they cost (ProposerGate)
         if args.speculative_dspark_disable_ngram:
             num_draft_tokens = min(num_draft_tokens, block)
             proposer = calibrated(dspark)
         else:
-            gate = ProposerGate()
-            proposer = BestOfProposer((calibrated(NGramProposer(radix=radix)), calibrated(dspark)), NGRAM_ENOUGH, gate)
+            if cfg.gate:
+                gate = ProposerGate(cfg.gate_min_gain, cfg.gate_explore_every, cfg.gate_weight)
+            proposer = BestOfProposer((calibrated(ngram()), calibrated(dspark)), cfg.ngram_enough, gate)
     elif algo == "STANDALONE":
         proposer = calibrated(build_standalone_proposer(args, runner))
-        num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_STANDALONE_DRAFT_TOKENS
+        num_draft_tokens = cfg.num_draft_tokens or DEFAULT_STANDALONE_DRAFT_TOKENS
     else:
-        proposer = calibrated(NGramProposer(radix=radix))
-        num_draft_tokens = args.speculative_num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
-    mode = args.speculative_dspark_verify_mode
+        proposer = calibrated(ngram())
+        num_draft_tokens = cfg.num_draft_tokens or DEFAULT_NUM_DRAFT_TOKENS
+    mode = cfg.verify_mode
     sps = None
     if args.speculative_dspark_sps_table_path:
         sps = SPSTable.load(args.speculative_dspark_sps_table_path)
     elif mode in LOAD_ADAPTIVE_MODES:  # they need SPS(B) of this machine
         sps = profile_runner_sps(runner, num_draft_tokens + 1)
         logger.info("profiled SPS(B): %s", dict(zip(sps.batch_tokens, (round(v, 1) for v in sps.steps_per_sec))))
-    policy = make_verify_policy(mode, sps, args.speculative_dspark_verify_threshold)
+    policy = make_verify_policy(mode, sps, cfg.verify_threshold)
     # the baselines (fixed, threshold) verify what they verify, without the drafting-cost backoff
     adaptive_sps = sps if mode in LOAD_ADAPTIVE_MODES else None
-    return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, policy, calibration, adaptive_sps, gate)
+    return SpecWorker(proposer, num_draft_tokens, runner.vocab_size, policy, calibration, adaptive_sps, gate, cfg)
 
 
 def build_standalone_proposer(args: ServerArgs, runner: ModelRunner) -> StandaloneProposer:
@@ -115,8 +119,9 @@ def build_standalone_proposer(args: ServerArgs, runner: ModelRunner) -> Standalo
     return StandaloneProposer(draft, args.random_seed)
 
 
-def build_dspark_proposer(args: ServerArgs, runner: ModelRunner, model_dir: Path) -> DSparkProposer:
-    """Load the drafter (--speculative-draft-model-path, else the one shipped for the target) and its STS."""
+def build_dspark_proposer(args: ServerArgs, runner: ModelRunner, model_dir: Path, sts: bool = True) -> DSparkProposer:
+    """Load the drafter (--speculative-draft-model-path, else the one shipped for the target) and, with
+    ``sts``, its STS calibration (raw sigmoid confidences without)."""
     if args.speculative_draft_model_path:
         path = Path(args.speculative_draft_model_path)
     else:
@@ -140,7 +145,9 @@ def build_dspark_proposer(args: ServerArgs, runner: ModelRunner, model_dir: Path
     if runner.cpu_ops is not None:
         use_cpu_ops(drafter, runner.cpu_ops)
     drafter.restrict_vocab(load_draft_vocab(args.speculative_dspark_draft_vocab_size, path, cfg.vocab_size))
-    calibration = load_calibration(args.speculative_dspark_confidence_sts_path, path, cfg.block_size)
+    calibration = ConfidenceCalibration()
+    if sts:
+        calibration = load_calibration(args.speculative_dspark_confidence_sts_path, path, cfg.block_size)
     logger.info(
         "DSpark drafter %s (block %d, target layers %s, drafting among %d tokens)",
         path,

@@ -15,7 +15,7 @@ import torch
 
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.model_executor.model_runner import ModelRunner
-from sglang_dspark.speculative.spec_worker import Draft, SpecRequest, draft_temperature
+from sglang_dspark.speculative.draft import Draft, SpecRequest, draft_temperature
 
 
 class StandaloneProposer:

@@ -1,4 +1,5 @@
-"""The quantized matmul against dequantize-then-matmul, on random blocks of every supported GGML type."""
+"""The quantized matmul against dequantize-then-matmul (gguf-py's dequantizer), on random blocks of every
+supported GGML type."""
 
 from __future__ import annotations
 
@@ -7,29 +8,44 @@ import numpy as np
 import pytest
 import torch
 
-from sglang_dspark.kernels.quant_formats import FORMATS, QuantizedWeight, concat_rows, dequantize, quantize_q8_0
+from sglang_dspark.kernels.quant_formats import (
+    FORMATS,
+    QuantizedRowStack,
+    QuantizedWeight,
+    concat_rows,
+    dequantize,
+    quantize_q8_0,
+    random_blocks,
+)
 from sglang_dspark.kernels.quant_linear import missing_cpu_flags, quant_linear
 
 needs_avx512 = pytest.mark.skipif(bool(missing_cpu_flags()), reason="the quantized kernel needs AVX-512")
+COLS = 512  # two K-quant super-blocks, sixteen 32-weight blocks
 
 
-def random_weight(name: str, rows: int, cols: int, seed: int) -> QuantizedWeight:
-    """Random blocks quantized by gguf-py (GGML's own rounding), so every bit pattern GGML writes occurs."""
-    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
-    data = gguf.quants.quantize(w, gguf.GGMLQuantizationType[name])
-    return QuantizedWeight(FORMATS[name], torch.from_numpy(np.array(data)), cols)
+def random_weight(name: str, rows: int, seed: int, cols: int = COLS) -> QuantizedWeight:
+    return random_blocks(FORMATS[name], rows, cols, torch.Generator().manual_seed(seed))
 
 
 def gguf_dequantize(w: QuantizedWeight) -> torch.Tensor:
-    """gguf-py's dequantizer: an implementation independent of ours."""
+    """gguf-py's dequantizer, called directly: the reference."""
     dense = gguf.quants.dequantize(w.data.numpy(), gguf.GGMLQuantizationType[w.fmt.name])
     return torch.from_numpy(np.array(dense, dtype=np.float32))
 
 
+def assert_matches_reference(got: torch.Tensor, x: torch.Tensor, dense: torch.Tensor, bias: torch.Tensor | None):
+    """got [M, N] against x dense^T + bias in float64, to fp32 accumulation error over K terms."""
+    want = torch.nn.functional.linear(x.double(), dense.double(), None if bias is None else bias.double())
+    scale = float((x.double().abs() @ dense.double().abs().T).max())
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5 * scale)
+
+
+@needs_avx512
 @pytest.mark.parametrize("name", sorted(FORMATS))
-def test_dequantize_matches_gguf(name):
-    w = random_weight(name, 37, 96, seed=1)
-    torch.testing.assert_close(dequantize(w), gguf_dequantize(w), rtol=1e-6, atol=1e-7)
+def test_decode_matches_gguf_bit_for_bit(name):
+    """x = I makes the kernel's output its decoded weights (every product by 0 or 1 is exact)."""
+    w = random_weight(name, 13, seed=2)
+    assert torch.equal(quant_linear(torch.eye(COLS), w, None), gguf_dequantize(w).T)
 
 
 @needs_avx512
@@ -37,18 +53,18 @@ def test_dequantize_matches_gguf(name):
 @pytest.mark.parametrize("rows", [1, 3, 4, 9, 70])  # tiles of 4 rows, remainders, more than one 64-row pass
 @pytest.mark.parametrize("bias", [False, True])
 def test_matmul_matches_dequantized_reference(name, rows, bias):
-    w = random_weight(name, 45, 160, seed=rows)  # 45 weight rows: panels of 4 and a remainder of 1
+    w = random_weight(name, 45, seed=rows)  # 45 weight rows: panels of 4 and a remainder of 1
     gen = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 160, generator=gen)
+    x = torch.randn(rows, COLS, generator=gen)
     b = torch.randn(45, generator=gen) if bias else None
-    dense, b64 = gguf_dequantize(w).double(), None if b is None else b.double()
+    dense = gguf_dequantize(w)
     got = quant_linear(x, w, b)
     assert got.dtype == torch.float32 and got.shape == (rows, 45)
-    torch.testing.assert_close(got.double(), torch.nn.functional.linear(x.double(), dense, b64), rtol=1e-5, atol=1e-4)
+    assert_matches_reference(got, x, dense, b)
     got_bf16 = quant_linear(x.bfloat16(), w, b)  # bf16 activations: widened to fp32, result rounded to bf16
     assert got_bf16.dtype == torch.bfloat16
-    want_bf16 = torch.nn.functional.linear(x.bfloat16().double(), dense, b64)
-    torch.testing.assert_close(got_bf16.double(), want_bf16, rtol=1e-2, atol=1e-2)
+    want_bf16 = torch.nn.functional.linear(x.bfloat16().double(), dense.double(), None if b is None else b.double())
+    torch.testing.assert_close(got_bf16.double(), want_bf16, rtol=1e-2, atol=1e-2 * float(want_bf16.abs().max()))
 
 
 @needs_avx512
@@ -56,12 +72,28 @@ def test_matmul_matches_dequantized_reference(name, rows, bias):
 def test_every_row_is_independent_of_the_batch(name):
     """Bit-identical rows whether computed alone or inside a batch of any size: what makes a verify chain give
     the same logits as decoding its tokens one by one."""
-    w = random_weight(name, 21, 576, seed=5)
-    x = torch.randn(67, 576, generator=torch.Generator().manual_seed(5)).bfloat16()
+    w = random_weight(name, 21, seed=5, cols=768)
+    x = torch.randn(67, 768, generator=torch.Generator().manual_seed(5)).bfloat16()
     full = quant_linear(x, w, None)
     for size in (1, 2, 5, 8):
         parts = torch.cat([quant_linear(x[i : i + size], w, None) for i in range(0, 67, size)])
         assert torch.equal(parts, full), size
+
+
+@needs_avx512
+def test_shards_of_different_formats_merge_into_a_row_stack():
+    """A merged q/k/v whose v shard is Q8_0 and q/k Q5_0 (as in Qwen2.5-Coder's Q4_K_M file): each format stays
+    as stored, same-format neighbours are merged, and the matmul (with a bias) covers every row once."""
+    q, k, v = random_weight("Q5_0", 8, seed=1), random_weight("Q5_0", 4, seed=2), random_weight("Q8_0", 4, seed=3)
+    merged = concat_rows([q, k, v])
+    assert isinstance(merged, QuantizedRowStack)
+    assert [p.fmt.name for p in merged.parts] == ["Q5_0", "Q8_0"] and merged.shape == (16, COLS)
+    assert merged.nbytes == q.nbytes + k.nbytes + v.nbytes
+    dense = torch.cat([gguf_dequantize(p) for p in (q, k, v)])
+    torch.testing.assert_close(dequantize(merged), dense, rtol=0, atol=0)
+    gen = torch.Generator().manual_seed(4)
+    x, b = torch.randn(3, COLS, generator=gen), torch.randn(16, generator=gen)
+    assert_matches_reference(quant_linear(x, merged, b), x, dense, b)
 
 
 def test_q8_0_quantizer_matches_gguf():
@@ -73,17 +105,19 @@ def test_q8_0_quantizer_matches_gguf():
 
 
 def test_rows_and_concat_keep_the_block_layout():
-    a, b = random_weight("Q4_1", 5, 64, seed=7), random_weight("Q4_1", 3, 64, seed=8)
+    a, b = random_weight("Q4_K", 5, seed=7), random_weight("Q4_K", 3, seed=8)
     merged = concat_rows([a, b])
-    assert merged.shape == (8, 64)
+    assert isinstance(merged, QuantizedWeight) and merged.shape == (8, COLS)
     torch.testing.assert_close(dequantize(merged), torch.cat([dequantize(a), dequantize(b)]))
     torch.testing.assert_close(dequantize(merged.rows(torch.tensor([6, 0]))), dequantize(merged)[[6, 0]])
-    with pytest.raises(ValueError, match="Q4_1.*Q8_0"):
-        concat_rows([a, random_weight("Q8_0", 2, 64, seed=9)])
+    with pytest.raises(ValueError, match="widths"):
+        concat_rows([a, random_weight("Q8_0", 2, seed=9, cols=64)])
 
 
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="bytes per row"):
         QuantizedWeight(FORMATS["Q4_0"], torch.zeros(2, 19, dtype=torch.uint8), 32)
+    with pytest.raises(ValueError, match="multiple of 256"):
+        QuantizedWeight(FORMATS["Q6_K"], torch.zeros(2, 105, dtype=torch.uint8), 128)
     with pytest.raises(ValueError, match="multiple of 32"):
         quantize_q8_0(torch.zeros(2, 40))

@@ -17,6 +17,7 @@ from sglang_dspark import Engine
 from sglang_dspark.grammar import Constraint, allocate_bitmask
 from sglang_dspark.managers.grammar_manager import GrammarManager
 from sglang_dspark.managers.io_struct import TokenizedGenerateReqInput
+from sglang_dspark.managers.spec_grammar import SpecGrammar, VerifyDraft
 from sglang_dspark.sampling.sampling_params import SamplingParams
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "data" / "json_schemas" / "jsonschemabench_subset.jsonl"
@@ -213,14 +214,17 @@ def test_valid_draft_carries_forced_tokens_and_goes_on_after_them(engine):
     mask_before = allocate_bitmask(1, grammars.vocab_size)
     grammar.fill_mask(mask_before, 0)
 
-    out, forced = grammars.valid_draft(req, name + run + age, 64)
-    assert out == name + run + age and forced == list(range(len(name), len(name) + len(run)))
-    out, forced = grammars.valid_draft(req, name + age, 64)  # the draft's own continuation differs: stop after them
-    assert out == name + run and forced == list(range(len(name), len(name) + len(run)))
-    assert grammars.valid_draft(req, name + run + age, len(name) + len(run) - 1) == (name[:-1], [])
+    spec = SpecGrammar(grammars)
+    forced = list(range(len(name), len(name) + len(run)))
+    assert spec.valid_draft(req, name + run + age, 64) == VerifyDraft(name + run + age, forced)
+    # the draft's own continuation differs: stop after them
+    assert spec.valid_draft(req, name + age, 64) == VerifyDraft(name + run, forced)
+    assert spec.valid_draft(req, name + run + age, len(name) + len(run) - 1) == VerifyDraft(name[:-1])
     mask_after = allocate_bitmask(1, grammars.vocab_size)
     grammar.fill_mask(mask_after, 0)
     assert torch.equal(mask_before, mask_after)
-    assert grammars.valid_draft(SimpleNamespace(grammar=None), [5, 6, 7], 2) == ([5, 6], [])
+    assert spec.valid_draft(SimpleNamespace(grammar=None), [5, 6, 7], 2) == VerifyDraft([5, 6])
     use_backend(engine, "xgrammar", disable_jump_forward=True)
-    assert engine.scheduler.grammars.valid_draft(req, name + run + age, 64) == (name + run + age, [])
+    assert SpecGrammar(engine.scheduler.grammars).valid_draft(req, name + run + age, 64) == VerifyDraft(
+        name + run + age
+    )

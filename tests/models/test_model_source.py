@@ -386,3 +386,5 @@ def test_qwen_coder_converts():
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [151645, 151643]
     assert "<|im_start|>" in json.loads((out / "tokenizer_config.json").read_text())["chat_template"]
+    # the cache keeps every block-quantized tensor as the file's blocks, K-quants included
+    assert checkpoint_quant_types(out) == {"Q4_K", "Q6_K", "Q5_0", "Q8_0"}

@@ -8,8 +8,7 @@ from transformers import AutoTokenizer
 
 from sglang_dspark.grammar import Constraint, allocate_bitmask, create_backend
 from sglang_dspark.models.model_source import resolve_model_path
-from sglang_dspark.speculative.ngram import NGramIndex, propose
-from sglang_dspark.speculative.spec_worker import NGramProposer
+from sglang_dspark.speculative.ngram import NGramIndex, NGramProposer, propose
 
 COLOR = {
     "type": "object",

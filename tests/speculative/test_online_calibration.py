@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from sglang_dspark.sampling.sampling_params import SamplingParams
+from sglang_dspark.speculative.draft import Draft
 from sglang_dspark.speculative.online_calibration import CalibratedProposer, OnlineCalibration
-from sglang_dspark.speculative.spec_worker import Draft, SpecWorker
+from sglang_dspark.speculative.spec_worker import SpecWorker
 from sglang_dspark.speculative.verify_policy import ThresholdVerify
 
 

@@ -97,7 +97,7 @@ def test_greedy_is_lossless_at_batch_1_and_8(plain, sps_path, algorithm, alone, 
         assert sum(m["spec_num_correct_drafts"] for m in meta) > 0  # drafts were really verified and accepted
         for m in meta:
             assert m["spec_accept_length"] == pytest.approx(m["completion_tokens"] / m["spec_verify_ct"])
-        assert spec.scheduler.spec.calibration.counts  # the verified rounds fed the online calibration
+        assert spec.scheduler.spec.worker.calibration.counts  # the verified rounds fed the online calibration
         usage = spec.kv_usage()
         assert usage.in_use == 0 and usage.free + usage.cached == usage.total
     finally:
@@ -113,7 +113,7 @@ def test_every_verify_mode_is_lossless(plain, sps_path, mode):
         one, batch = assert_same_as_plain(plain, spec, GREEDY)
         assert sum(r["meta_info"]["spec_num_correct_drafts"] for r in one + batch) > 0
         expected = {"async": AsyncVerify, "fixed": FixedVerify, "threshold": ThresholdVerify}[mode]
-        assert type(spec.scheduler.spec.policy) is expected
+        assert type(spec.scheduler.spec.worker.policy) is expected
     finally:
         spec.shutdown()
 
@@ -277,7 +277,7 @@ def test_dspark_ngram_drafts_beyond_the_drafters_block(plain, sps_path):
     (fixed verify mode: every proposed draft is verified), losslessly."""
     spec = spec_engine("DSPARK", sps_path, speculative_dspark_verify_mode="fixed")
     try:
-        assert spec.scheduler.spec.num_draft_tokens == 8
+        assert spec.scheduler.spec.worker.num_draft_tokens == 8
         ids = chat(plain, REPETITIVE)
         params = {**GREEDY, "max_new_tokens": 96}
         out = spec.generate(input_ids=ids, sampling_params=params)
@@ -294,7 +294,7 @@ def test_dspark_drafts_among_the_shipped_draft_vocabulary(plain, sps_path, vocab
         "DSPARK", sps_path, speculative_dspark_disable_ngram=True, speculative_dspark_draft_vocab_size=vocab_size
     )
     try:
-        drafter = spec.scheduler.spec.proposer.proposer.drafter
+        drafter = spec.scheduler.spec.worker.proposer.proposer.drafter
         assert (None if drafter.draft_vocab is None else len(drafter.draft_vocab)) == expected
         ids = chat(plain, REPETITIVE)
         out = spec.generate(input_ids=ids, sampling_params={**GREEDY, "max_new_tokens": 48})
@@ -320,8 +320,8 @@ def test_dspark_drafter_context_is_the_committed_tokens_only(plain, sps_path):
         while not sched.running or len(sched.running[0].output_ids) < 32:
             assert sched.has_work()  # the request is still running
             sched.step()
-        req, proposer = sched.running[0], sched.spec.proposer.proposer  # inside CalibratedProposer
-        assert sched.spec.num_draft_tokens == proposer.drafter.config.block_size == 7  # no n-gram: the block
+        req, proposer = sched.running[0], sched.spec.worker.proposer.proposer  # inside CalibratedProposer
+        assert sched.spec.worker.num_draft_tokens == proposer.drafter.config.block_size == 7  # no n-gram: the block
         assert sum(req.spec_draft_lens) > sum(req.spec_accept_lens)  # some drafts were rejected
         state = proposer.states[req.rid]
         assert 0 < state.length <= req.kv_len
@@ -403,7 +403,7 @@ def test_standalone_greedy_is_lossless(plain, sps_path, tmp_path, draft, radix):
             assert correct > 0.9 * proposed > 0
         else:
             assert proposed > 0 and correct < 0.2 * proposed
-        assert spec.scheduler.spec.proposer.proposer.kv_in_use() == 0
+        assert spec.scheduler.spec.worker.proposer.proposer.kv_in_use() == 0
     finally:
         spec.shutdown()
 

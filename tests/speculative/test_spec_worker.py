@@ -4,16 +4,12 @@ import pytest
 import torch
 
 from sglang_dspark.sampling.sampling_params import SamplingParams
+from sglang_dspark.speculative.combined_proposer import BestOfProposer
+from sglang_dspark.speculative.draft import Draft, expected_drafts
+from sglang_dspark.speculative.pacing import ProposalBackoff, ProposerGate, RoundThroughput
 from sglang_dspark.speculative.planner import SPSTable
-from sglang_dspark.speculative.spec_worker import (
-    BestOfProposer,
-    Draft,
-    ProposalBackoff,
-    ProposerGate,
-    RoundThroughput,
-    SpecWorker,
-    expected_drafts,
-)
+from sglang_dspark.speculative.spec_config import SpecConfig
+from sglang_dspark.speculative.spec_worker import SpecWorker
 from sglang_dspark.speculative.verify_policy import FixedVerify
 
 
@@ -151,6 +147,20 @@ def test_worker_backs_off_when_drafting_costs_more_than_it_gains(steps_per_sec, 
     proposer = FixedProposer({"a": Draft([1, 2], [0.9, 0.9])})
     worker = SpecWorker(proposer, 2, vocab_size=8, policy=FixedVerify(), sps=sps)
     assert worker.draft([Req("a")], [4]) == [[1, 2]]  # verified either way: drafting already happened
+    assert worker.draft([Req("a")], [4]) == ([[]] if skips else [[1, 2]])
+
+
+@pytest.mark.parametrize(
+    "switches, skips",
+    [({}, True), ({"backoff": False}, False), ({"drafting_pays": False}, False)],
+    ids=["default", "no-backoff", "no-cost-model"],
+)
+def test_switching_the_backoff_or_its_cost_model_off_keeps_proposing(switches, skips):
+    """A target step of 0.1 us: by the cost model no drafting pays, so the default backs off."""
+    sps = SPSTable((1, 64), (1e7, 1e7))
+    proposer = FixedProposer({"a": Draft([1, 2], [0.9, 0.9])})
+    worker = SpecWorker(proposer, 2, vocab_size=8, policy=FixedVerify(), sps=sps, config=SpecConfig(**switches))
+    assert worker.draft([Req("a")], [4]) == [[1, 2]]
     assert worker.draft([Req("a")], [4]) == ([[]] if skips else [[1, 2]])
 
 
