@@ -8,8 +8,8 @@ duplicated output and for resources that outlive their requests.
 
 Every client sends one of five kinds of request (``KINDS``: /generate plain, JSON schema and streamed;
 /v1/completions streamed; /v1/chat/completions streamed with a JSON-schema response format) for one of a few
-prompts, greedy. Before the load each (kind, prompt) runs alone once: its output is the reference. Half of
-the streaming clients (a third of all) hang up after a random number of chunks. Every client that stays must
+prompts, greedy. Before the load each (kind, prompt) runs alone once: its output is the reference. A third
+of the clients (streaming ones) hang up after a random number of chunks. Every client that stays must
 get its reference exactly, each streamed /generate chunk must extend the one before, and OpenAI deltas must
 concatenate to the reference text (no chunk duplicated or missing). Afterwards the server's resource
 counts (``/server_info``: requests, KV slots, table rows, grammar objects, drafter state, open HTTP
@@ -159,16 +159,12 @@ def reference_outputs(url: str, max_new_tokens: int) -> dict[tuple[str, str], li
 
 
 def make_jobs(clients: int, rng: random.Random) -> list[Job]:
-    """Clients in the kinds' order, prompts at random; every other streaming client hangs up (a third of all)."""
-    jobs, streams = [], 0
-    for i in range(clients):
-        kind, prompt = KINDS[i % len(KINDS)], rng.choice(PROMPTS)
-        hang_up = None
-        if kind.endswith("stream"):
-            streams += 1
-            hang_up = rng.randint(1, 6) if streams % 2 == 0 else None
-        jobs.append(Job(kind, prompt, hang_up))
-    return jobs
+    """Clients in the kinds' order, prompts at random; a third of all (streaming ones, chosen at random) hang
+    up after 1-3 chunks."""
+    kinds = [KINDS[i % len(KINDS)] for i in range(clients)]
+    streams = [i for i, kind in enumerate(kinds) if kind.endswith("stream")]
+    hang_up = set(rng.sample(streams, min(len(streams), clients // 3)))
+    return [Job(kind, rng.choice(PROMPTS), rng.randint(1, 3) if i in hang_up else None) for i, kind in enumerate(kinds)]
 
 
 def resources(url: str) -> dict[str, int]:

@@ -24,6 +24,7 @@ def test_load_with_disconnects(tmp_path):
         metrics = requests.get(f"{server.url}/metrics", timeout=60).text
     finally:
         stop(server.proc)
+    # a third are told to hang up after 1-3 chunks; one whose stream ends sooner counts as complete
     assert report.requests == CLIENTS and report.hung_up >= CLIENTS // 4, report
     assert report.errors_5xx == 0 and not report.other_errors, report
     assert report.mismatched == 0 and report.broken_streams == 0, report
