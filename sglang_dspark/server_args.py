@@ -85,6 +85,9 @@ class ServerArgs:
     # bf16 on CPU: auto = native C++ kernels (matmul, norm, decode attention) where torch lacks bf16 GEMM
     # (AVX2 without AVX-512), native = whenever the CPU has AVX2, torch = never
     cpu_kernels: str = "auto"
+    # greedy output independent of batch, chunking, cache hits and speculation: batch-invariant CPU kernels
+    # (every row alone, fixed reduction order; see kernels/cpu_ops.py batch_invariant_ops)
+    enable_deterministic_inference: bool = False
     log_level: str = "info"
     enable_metrics: bool = False
 

@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sglang_dspark"
 
-COMMANDS = ("launch_server", "train", "eval", "calibrate", "profile_sps")
+COMMANDS = ("launch_server", "train", "eval", "calibrate", "profile_sps", "check_load")
 # longest matching prefix wins; a higher rank may import a lower or equal one
 RANKS = {
     **{name: 9 for name in COMMANDS},

@@ -118,7 +118,7 @@ def _expect_close(name: str, got: Tensor, want: Tensor) -> None:
         )
 
 
-def select_cpu_ops(choice: str, device: str, dtype: torch.dtype) -> CpuOps | None:
+def select_cpu_ops(choice: str, device: str, dtype: torch.dtype, deterministic: bool = False) -> CpuOps | None:
     """The native kernels, or None for torch's ops (``--cpu-kernels``).
 
     ``auto`` takes the native kernels for bf16, except the matmul on CPUs with native bf16 GEMM
@@ -126,7 +126,12 @@ def select_cpu_ops(choice: str, device: str, dtype: torch.dtype) -> CpuOps | Non
     gathering K/V for SDPA, about 3x per decode step at 1500 tokens of context), and falls back to
     torch with a warning if they cannot be built; ``native`` insists on all of them (build errors
     propagate); both leave other dtypes and devices to torch (the kernels are for bf16 weights).
+
+    ``deterministic`` (``--enable-deterministic-inference``) overrides the choice: batch-invariant ops only,
+    see ``batch_invariant_ops``.
     """
+    if deterministic:
+        return batch_invariant_ops(device, dtype)
     if device != "cpu" or dtype != torch.bfloat16 or choice == "torch":
         return None
     if choice == "native":
@@ -139,6 +144,27 @@ def select_cpu_ops(choice: str, device: str, dtype: torch.dtype) -> CpuOps | Non
     return ops if cpu_lacks_bf16_gemm() else dataclasses.replace(ops, linear=F.linear)
 
 
+def batch_invariant_ops(device: str, dtype: torch.dtype) -> CpuOps:
+    """Kernels whose every output row is computed alone, in one fixed reduction order, whatever the batch.
+
+    torch's GEMM (oneDNN/MKL) picks its blocking, and with it the order of the sums over K, from the
+    number of rows: the same token's logits differ in the last bits with the batch around it, and greedy
+    output flips at near-ties. The native kernels don't: the bf16 matmul accumulates each (row, column)
+    over K in one fixed order (csrc/bf16_linear.cpp), the norm works row by row and the pool attention
+    gives each (query, head) its own pass over the keys. Other dtypes multiply one row at a time with
+    torch (the same matrix-vector call for every row). Raises where the kernels can't run.
+    """
+    if device != "cpu":
+        raise ValueError(f"--enable-deterministic-inference runs on the CPU only (device {device})")
+    ops = load_cpu_ops()
+    return ops if dtype == torch.bfloat16 else dataclasses.replace(ops, linear=rowwise_linear)
+
+
+def rowwise_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x [M, K], weight [N, K], bias [N] -> [M, N], one matrix-vector product per row of x."""
+    return torch.cat([F.linear(row, weight, bias) for row in x.split(1)]) if len(x) else F.linear(x, weight, bias)
+
+
 def describe_cpu_ops(ops: CpuOps | None, quantized: bool = False) -> str:
     """The kernels a model runs, for logs and benchmark labels; ``quantized``: its linear layers and LM head
     multiply block-quantized weights (kernels/quant_linear.py), whatever ``ops.linear`` is."""
@@ -146,4 +172,6 @@ def describe_cpu_ops(ops: CpuOps | None, quantized: bool = False) -> str:
         return f"{'native CPU' if ops is not None else 'torch'} attention and norm, quantized AVX-512 matmul"
     if ops is None:
         return "torch"
+    if ops.linear is rowwise_linear:
+        return "native CPU attention and norm, row-by-row torch GEMM"
     return "native CPU" if ops.linear is not F.linear else "native CPU attention and norm, torch GEMM"

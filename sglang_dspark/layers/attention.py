@@ -57,12 +57,19 @@ class AttentionMetadata:
     long: list[LongExtend]
 
 
-def build_attention_metadata(fb: ForwardBatch, pool_attention: PoolAttentionFn | None = None) -> AttentionMetadata:
+def build_attention_metadata(
+    fb: ForwardBatch, pool_attention: PoolAttentionFn | None = None, all_in_pool: bool = False
+) -> AttentionMetadata:
+    """Groups the batch's requests; ``all_in_pool`` sends every query, prefill chunks included, to
+    ``pool_attention`` (batch-invariant: each query's result is independent of chunking and batch)."""
+    if all_in_pool and pool_attention is None:
+        raise ValueError("all_in_pool needs the native pool attention kernel")
     starts = [0]
     for e in fb.extend_lens:
         starts.append(starts[-1] + e)
-    short = [i for i, e in enumerate(fb.extend_lens) if e <= SHORT_EXTEND_MAX]
-    long = [_long_extend(fb, i, starts[i]) for i, e in enumerate(fb.extend_lens) if e > SHORT_EXTEND_MAX]
+    short_max = max(fb.extend_lens, default=0) if all_in_pool else SHORT_EXTEND_MAX
+    short = [i for i, e in enumerate(fb.extend_lens) if e <= short_max]
+    long = [_long_extend(fb, i, starts[i]) for i, e in enumerate(fb.extend_lens) if e > short_max]
     if not short:
         return AttentionMetadata(None, long)
     max_s = max(fb.seq_lens[i] for i in short)

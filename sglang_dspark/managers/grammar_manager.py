@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import wait as wait_futures
 
@@ -50,6 +51,7 @@ class GrammarManager:
         self.stop_token_ids = sorted(stop_token_ids)
         self._compiler: GrammarCompiler | None = None  # built on first use (a backend takes 1-5 s)
         self.queue: list[Req] = []  # compiling
+        self._live: weakref.WeakSet = weakref.WeakSet()  # the grammar objects of requests, gone with them
 
     @property
     def compiler(self) -> GrammarCompiler:
@@ -65,6 +67,10 @@ class GrammarManager:
             )
             self._compiler = GrammarCompiler(backend)
         return self._compiler
+
+    def live_grammars(self) -> int:
+        """Per-request grammar objects still referenced anywhere (0 once every constrained request is gone)."""
+        return len(self._live)
 
     def close(self) -> None:
         """Stop compiling (the backend's compile processes exit)."""
@@ -96,6 +102,7 @@ class GrammarManager:
             self.queue.remove(req)
             try:
                 req.grammar = self.compiler.make_grammar(req.pending_grammar.compiled())
+                self._live.add(req.grammar)
                 ready.append(req)
             except GrammarError as e:
                 req.finished_reason = FinishReason("abort", message=str(e))

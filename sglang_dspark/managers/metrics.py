@@ -39,6 +39,13 @@ class ServerMetrics:
         self.kv_cached = make(Gauge, "kv_cached_tokens", "KV slots held by the radix cache")
         self.cache_hit_rate = make(Gauge, "cache_hit_rate", "Prompt tokens served from the radix cache")
         self.spec_accept_length = make(Gauge, "spec_accept_length", "Mean tokens committed per verify")
+        self.resources = Gauge(
+            "sglang:resources_in_use",
+            "What requests hold (managers/resource_counts.py); all zero when idle",
+            ["model_name", "resource"],
+            registry=self.registry,
+        )
+        self.model_name = model_name
 
     def on_submit(self, states: list[RequestState]) -> None:
         self.requests.inc(len(states))
@@ -69,6 +76,8 @@ class ServerMetrics:
         self.token_usage.set(kv["in_use"] / kv["total"])
         self.kv_cached.set(kv["cached"])
         self.cache_hit_rate.set(internal_state["cache_hit_rate"])
+        for name, count in internal_state["resources"].items():
+            self.resources.labels(model_name=self.model_name, resource=name).set(count)
         if internal_state["avg_spec_accept_length"] is not None:
             self.spec_accept_length.set(internal_state["avg_spec_accept_length"])
         return generate_latest(self.registry)

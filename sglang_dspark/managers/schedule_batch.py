@@ -3,6 +3,7 @@ step's forward and how its logits rows divide (``ForwardInput`` -> ``ForwardOutp
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -13,6 +14,8 @@ from sglang_dspark.managers.io_struct import TokenizedGenerateReqInput, TokenLog
 from sglang_dspark.mem_cache.memory_pool import KVPool
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.models.llama import ModelOutput
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,6 +99,12 @@ class Req:
         if not self.input_logprobs_done:
             limit = min(limit, self.logprob_start_len)
         return max(limit, 0)
+
+    def fail(self, error: Exception) -> None:
+        """Finish with an abort naming ``error``: an exception in this request's own processing (sampling, its
+        grammar, its verification) ends this request only; the scheduler releases it with the finished ones."""
+        logger.error("request %s failed: %s", self.rid, error, exc_info=error)
+        self.finished_reason = FinishReason("abort", message=f"internal error: {type(error).__name__}: {error}")
 
     def check_finished(self, eos_ids: set[int], tokenizer) -> None:
         params = self.sampling_params

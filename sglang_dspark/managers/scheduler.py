@@ -169,7 +169,7 @@ class Scheduler:
         sampled = {id(r) for r in forward.sample_reqs} | {id(c.req) for c in forward.verify_chunks}
         for chunk in chunks:
             req = chunk.req
-            if req.pending_tokens == 0:  # max_new_tokens == 0: prompt only (e.g. sgl.select scoring)
+            if req.pending_tokens == 0 and not req.finished:  # max_new_tokens == 0: prompt only (sgl.select)
                 req.finished_reason = FinishReason("length", length=0)
             if req.finished:
                 self.running.remove(req)
@@ -234,7 +234,10 @@ class Scheduler:
         plans = {}
         if self.spec:
             spare = self.cache.available_tokens() - sum(r.pending_tokens for r in decodes)
-            plans = self.spec.plan(decodes, spare)
+            try:
+                plans = self.spec.plan(decodes, spare)
+            except Exception:  # drafting is an optimisation: decode without drafts this step
+                logger.exception("drafting failed; this step decodes without drafts")
         return [self._take(req, req.pending_tokens, plans.get(id(req))) for req in decodes]
 
     def _release(self, req: Req) -> None:
@@ -267,6 +270,31 @@ class Scheduler:
             req.input_logprobs_done = p + 1 == len(req.origin_input_ids) - 1
 
     def _sample(self, reqs: list[Req], logits: torch.Tensor) -> None:
+        """Sample, then append and advance each request. logits [len(reqs), V]. Where the batched sampling
+        raises, each request samples alone and only those that raise again fail (Req.fail); an exception in one
+        request's append or grammar fails that request only."""
+        try:
+            next_ids: list[int | None] = self._sample_ids(reqs, logits)
+        except Exception:
+            logger.exception("sampling a batch of %d failed; sampling its requests one by one", len(reqs))
+            next_ids = [self._sample_alone(req, logits[i : i + 1]) for i, req in enumerate(reqs)]
+        for req, tok in zip(reqs, next_ids):
+            if tok is None:
+                continue
+            try:
+                self._append(req, tok)
+            except Exception as e:
+                req.fail(e)
+
+    def _sample_alone(self, req: Req, logits: torch.Tensor) -> int | None:
+        try:
+            return self._sample_ids([req], logits)[0]
+        except Exception as e:
+            req.fail(e)
+            return None
+
+    def _sample_ids(self, reqs: list[Req], logits: torch.Tensor) -> list[int]:
+        """The next token of each request (grammar masks, penalties, sampling) and its logprobs if asked."""
         params = [r.sampling_params for r in reqs]
         info = SamplingBatchInfo.from_params(params, self.vocab_size)
         prompt_ids = [r.origin_input_ids for r in reqs]
@@ -282,15 +310,17 @@ class Scheduler:
             for j, i in enumerate(want_lp):
                 reqs[i].pending_output_logprobs.append((float(lps[j]), next_ids[i]))
                 reqs[i].pending_output_top.append(_top_pairs(top_v, top_i, j, reqs[i].top_logprobs_num))
-        for req, tok in zip(reqs, next_ids):
-            req.output_ids.append(tok)
-            self.stats.generated_tokens += 1
-            if req.grammar is not None:
-                n = len(req.output_ids)
-                self.grammars.advance(req, tok)  # may finish req, or append forced tokens
-                self.stats.jump_forward_tokens += len(req.output_ids) - n
-            if not req.finished:
-                req.check_finished(self.eos_ids, self.tokenizer)
+        return next_ids
+
+    def _append(self, req: Req, tok: int) -> None:
+        req.output_ids.append(tok)
+        self.stats.generated_tokens += 1
+        if req.grammar is not None:
+            n = len(req.output_ids)
+            self.grammars.advance(req, tok)  # may finish req, or append forced tokens
+            self.stats.jump_forward_tokens += len(req.output_ids) - n
+        if not req.finished:
+            req.check_finished(self.eos_ids, self.tokenizer)
 
     def _min_tokens_ban(self, reqs: list[Req], logits: torch.Tensor) -> torch.Tensor | None:
         rows = [i for i, r in enumerate(reqs) if len(r.output_ids) < r.sampling_params.min_new_tokens]

@@ -195,7 +195,10 @@ class SchedulerClient:
         return await self._rpc(FlushCacheReq)
 
     async def internal_state(self) -> dict:
-        return await self._rpc(GetInternalStateReq)
+        """The scheduler's internal state; its ``resources`` also count this process's open requests."""
+        state = await self._rpc(GetInternalStateReq)
+        state["resources"]["http_requests"] = len(self._groups)
+        return state
 
     # ---- plumbing ------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from sglang_dspark.managers.io_struct import (
     SchedulerInfo,
     TokenizedGenerateReqInput,
 )
+from sglang_dspark.managers.resource_counts import count_resources
 from sglang_dspark.managers.scheduler import Scheduler
 from sglang_dspark.server_args import ServerArgs
 
@@ -75,6 +76,7 @@ class SchedulerLoop:
     def internal_state(self) -> dict:
         """Live scheduler state, JSON-able: `/server_info`'s `internal_states` entry and the metric gauges."""
         scheduler, stats = self.scheduler, self.scheduler.stats
+        resources = dataclasses.asdict(count_resources(scheduler))
         return {
             "num_running_reqs": len(scheduler.running),
             "num_waiting_reqs": len(scheduler.waiting),
@@ -83,6 +85,8 @@ class SchedulerLoop:
             **dataclasses.asdict(stats),
             # completion tokens per verify round over finished speculating requests; None without speculation
             "avg_spec_accept_length": self.spec_tokens / self.spec_rounds if self.spec_rounds else None,
+            # zero when idle; requests still being validated are counted with the others
+            "resources": {**resources, "requests": resources["requests"] + len(self.validating)},
         }
 
     def _count_spec(self, outputs: list[ReqOutput]) -> None:

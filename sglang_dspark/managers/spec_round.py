@@ -95,34 +95,50 @@ class SpecRound:
             self._commit(forward.verify_chunks, out.verify_logits)
 
     def _commit(self, chunks: list[ScheduledChunk], logits: torch.Tensor) -> None:
+        """An exception while accepting fails the round's speculating requests, one while committing a
+        request fails that request (Req.fail); either way the slots of drafts whose KV is not kept are freed."""
         reqs = [c.req for c in chunks]
         drafts = [c.drafts for c in chunks]
-        logits = self.grammar.mask_draft_logits(reqs, drafts, logits)
-        committed = self.worker.verify(reqs, drafts, logits, [c.forced for c in chunks])
+        try:
+            logits = self.grammar.mask_draft_logits(reqs, drafts, logits)
+            committed = self.worker.verify(reqs, drafts, logits, [c.forced for c in chunks])
+        except Exception as e:
+            committed = [None] * len(chunks)
+            for req in reqs:
+                req.fail(e)
         for chunk, tokens in zip(chunks, committed):
-            req, accepted = chunk.req, len(tokens) - 1
-            forced = sum(i < accepted for i in chunk.forced)  # forced tokens are not drafts in the metrics
-            req.spec_accepted += accepted - forced
-            req.spec_accept_lens.append(accepted - forced)
-            appended = 0
-            for tok in tokens:
-                req.output_ids.append(tok)
-                appended += 1
-                self.grammar.commit(req, tok)
-                if not req.finished:
-                    req.check_finished(self.eos_ids, self.tokenizer)
-                if req.finished:
-                    break
-            self.stats.generated_tokens += appended
-            self.stats.jump_forward_tokens += sum(i < appended for i in chunk.forced)
-            jumped = self.grammar.jump_forward(req)  # forced tokens: KV comes with the next extend
-            if jumped:
-                self.stats.jump_forward_tokens += jumped
+            end = chunk.req.kv_len + len(chunk.drafts)  # the anchor's KV is counted, the drafts' not yet
+            if tokens is not None:
+                try:
+                    self._commit_one(chunk, tokens)
+                except Exception as e:
+                    chunk.req.fail(e)
+            self.cache.free_after_kv(chunk.req, end)
+
+    def _commit_one(self, chunk: ScheduledChunk, tokens: list[int]) -> None:
+        """Append the accepted drafts and the bonus token, advance the grammar, jump forward; kv_len then counts
+        the accepted drafts whose KV stays."""
+        req, accepted = chunk.req, len(tokens) - 1
+        forced = sum(i < accepted for i in chunk.forced)  # forced tokens are not drafts in the metrics
+        req.spec_accepted += accepted - forced
+        req.spec_accept_lens.append(accepted - forced)
+        appended = 0
+        for tok in tokens:
+            req.output_ids.append(tok)
+            appended += 1
+            self.grammar.commit(req, tok)
+            if not req.finished:
                 req.check_finished(self.eos_ids, self.tokenizer)
-            # KV is valid for the anchor (already counted in kv_len) and the accepted drafts that stayed
-            end = req.kv_len + len(chunk.drafts)
-            req.kv_len += min(accepted, appended)
-            self.cache.free_after_kv(req, end)
+            if req.finished:
+                break
+        self.stats.generated_tokens += appended
+        self.stats.jump_forward_tokens += sum(i < appended for i in chunk.forced)
+        jumped = self.grammar.jump_forward(req)  # forced tokens: KV comes with the next extend
+        if jumped:
+            self.stats.jump_forward_tokens += jumped
+            req.check_finished(self.eos_ids, self.tokenizer)
+        # KV is valid for the anchor (already counted in kv_len) and the accepted drafts that stayed
+        req.kv_len += min(accepted, appended)
 
     def observe(self, clock: RoundClock) -> None:
         """After a pure decode step: its committed tokens and wall time, drafting included."""
@@ -131,3 +147,6 @@ class SpecRound:
 
     def release(self, rid: str) -> None:
         self.worker.release(rid)
+
+    def request_states(self) -> int:
+        return self.worker.request_states()

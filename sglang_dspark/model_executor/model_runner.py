@@ -70,7 +70,8 @@ class ModelRunner:
             quantize_to_int8(self.model)
         release_freed_memory()
         self.model.eval()
-        self.cpu_ops = select_cpu_ops(server_args.cpu_kernels, self.device, self.dtype)
+        self.deterministic = server_args.enable_deterministic_inference
+        self.cpu_ops = select_cpu_ops(server_args.cpu_kernels, self.device, self.dtype, self.deterministic)
         if self.cpu_ops is not None:
             use_cpu_ops(self.model, self.cpu_ops)
 
@@ -123,5 +124,6 @@ class ModelRunner:
         return self.config.vocab_size
 
     def forward(self, fb: ForwardBatch) -> ModelOutput:
-        fb.attn_metadata = build_attention_metadata(fb, self.cpu_ops.pool_attention if self.cpu_ops else None)
+        pool_attention = self.cpu_ops.pool_attention if self.cpu_ops else None
+        fb.attn_metadata = build_attention_metadata(fb, pool_attention, all_in_pool=self.deterministic)
         return self.model(fb)

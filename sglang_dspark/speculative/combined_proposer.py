@@ -75,3 +75,6 @@ class BestOfProposer:
     def release(self, rid: str) -> None:
         for p in self.proposers:
             p.release(rid)
+
+    def request_states(self) -> int:
+        return max(p.request_states() for p in self.proposers)

@@ -41,6 +41,8 @@ class Proposer(Protocol):
 
     def release(self, rid: str) -> None: ...
 
+    def request_states(self) -> int: ...  # requests this proposer keeps state for (0 when idle)
+
 
 def draft_temperature(req: SpecRequest) -> float:
     """0 (greedy drafts) for greedy and grammar requests (the scheduler may cut a grammar request's draft,

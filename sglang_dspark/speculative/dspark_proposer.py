@@ -129,6 +129,9 @@ class DSparkProposer:
     def release(self, rid: str) -> None:
         self.states.pop(rid, None)
 
+    def request_states(self) -> int:
+        return len(self.states)
+
 
 class DraftGrammarWalk:
     """The drafter's MaskFn for a batch: the grammar requests' allowed tokens at each draft step.

@@ -206,3 +206,6 @@ class NGramProposer:
 
     def release(self, rid: str) -> None:
         self.indexes.pop(rid, None)
+
+    def request_states(self) -> int:
+        return len(self.indexes)

@@ -77,3 +77,6 @@ class CalibratedProposer:
 
     def release(self, rid: str) -> None:
         self.proposer.release(rid)
+
+    def request_states(self) -> int:
+        return self.proposer.request_states()

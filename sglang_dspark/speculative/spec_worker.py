@@ -140,3 +140,8 @@ class SpecWorker:
 
     def release(self, rid: str) -> None:
         self.proposer.release(rid)
+        self.proposals.pop(rid, None)
+
+    def request_states(self) -> int:
+        """Requests with proposer state or a proposal being verified."""
+        return max(self.proposer.request_states(), len(self.proposals))

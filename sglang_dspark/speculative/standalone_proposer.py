@@ -63,6 +63,9 @@ class StandaloneProposer:
             drafts[i] = Draft(tokens[i], confs[i], q, "standalone" if q is None else "standalone/sampled")
         return drafts
 
+    def request_states(self) -> int:
+        return len(self.rows)
+
     def release(self, rid: str) -> None:
         if rid in self.rows:
             self._truncate(rid, 0)

@@ -1,4 +1,5 @@
-"""Faults on a real server: the scheduler process killed mid-load, and a SIGTERM mid-load."""
+"""Faults: the scheduler process killed mid-load, a SIGTERM mid-load, the KV pool exhausted under load, a grammar
+compile worker killed mid-compile."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import psutil
 import pytest
 import requests
 
+from sglang_dspark import Engine
 from sglang_dspark.launch_server import start_local_server, stop
 
 FLAGS = ["--max-total-tokens", "8192", "--random-seed", "0", "--log-level", "warning"]
 LONG = {"temperature": 0, "max_new_tokens": 4000, "ignore_eos": True}  # runs until something stops it
 SHORT = {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}  # done well within the grace period
+SLOW_REGEX = "(a|b)*a(a|b){16}"  # ~2^16 DFA states: outlines compiles it for tens of seconds
 
 
 def post(url: str, body: dict, results: list, timeout: float = 300) -> None:
@@ -99,3 +102,62 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(server):
     assert events[-1]["text"] == plain["text"]  # the same greedy request, not cut short
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/health", timeout=10)
+
+
+def test_kv_exhausted_under_load_retracts_and_loses_nothing():
+    """8 requests that need about twice the KV pool: the scheduler retracts and re-admits, every request
+    finishes with the tokens it gets alone (deterministic inference makes the recomputed KV identical)."""
+    engine = Engine(
+        max_total_tokens=400,
+        enable_deterministic_inference=True,
+        random_seed=0,
+        log_level="error",
+        max_running_requests=8,
+    )
+    try:
+        prompts = [f"Tell story number {i} about a dragon." for i in range(4)]
+        params = {"temperature": 0, "max_new_tokens": 64, "ignore_eos": True}
+        alone = [engine.generate(p, params)["output_ids"] for p in prompts]
+        engine.flush_cache()
+        batched = engine.generate(prompts * 2, [params] * 8)
+        assert engine.scheduler.stats.num_retractions > 0
+        assert [r["output_ids"] for r in batched] == alone * 2
+        assert all(r["meta_info"]["finish_reason"]["type"] == "length" for r in batched)
+    finally:
+        engine.shutdown()
+
+
+def test_killed_grammar_worker_fails_its_request_only(tmp_path):
+    """outlines compiles in worker processes: one killed mid-compile is a 400 naming the cause for its request;
+    a request running beside it finishes, and the next constrained request compiles in a new worker."""
+    server = start_local_server([*FLAGS, "--grammar-backend", "outlines"], tmp_path / "server.log")
+    try:
+        bodies = [{"text": "Pick:", "sampling_params": {**SHORT, "regex": SLOW_REGEX}}]
+        bodies.append({"text": "Once upon a time", "sampling_params": SHORT})
+        threads, results = start_load(server.url, bodies)
+        worker = wait_for_worker(server.proc.pid)
+        worker.send_signal(signal.SIGKILL)
+        for t in threads:
+            t.join(300)
+        by_status = {status: payload for status, payload in results}
+        assert set(by_status) == {200, 400}, results
+        assert "compile process" in by_status[400]["error"]["message"]  # died mid-compile or while starting
+        assert by_status[200]["meta_info"]["completion_tokens"] == 16
+        again = requests.post(
+            f"{server.url}/generate",
+            json={"text": "Answer:", "sampling_params": {**SHORT, "regex": "(yes|no)"}},
+            timeout=300,
+        )
+        assert again.status_code == 200 and again.json()["text"] in ("yes", "no")
+    finally:
+        stop(server.proc)
+
+
+def wait_for_worker(server_pid: int) -> psutil.Process:
+    """The outlines compile worker among the server's descendants, once it runs."""
+    for _ in range(600):
+        for p in psutil.Process(server_pid).children(recursive=True):
+            if "outlines_compile_worker" in " ".join(p.cmdline()):
+                return p
+        time.sleep(0.1)
+    raise AssertionError("no outlines compile worker started")
