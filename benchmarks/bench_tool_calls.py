@@ -1,7 +1,7 @@
 """Tool calls with `tool_choice: required` against function schemas from data/json_schemas.
 
     python benchmarks/bench_tool_calls.py                      # 50 functions, plain and DSPARK servers
-    python benchmarks/bench_tool_calls.py --calls 10 --algorithms none
+    python benchmarks/bench_tool_calls.py --calls 10 --algorithms none --concurrency 1
 
 For each function (`sglang_dspark.evaluation.tool_call_schemas`: object schemas xgrammar enforces, round
 robin over the set's splits) one chat request through the real `openai` client: the default model, fp32,
@@ -9,7 +9,8 @@ greedy, `max_tokens` 512, the function as the only tool, `tool_choice` "required
 `parallel_tool_calls` false; once non-streamed and once streamed (tool_calls deltas assembled as OpenAI
 clients do). A call counts as valid when it is exactly one call of the function whose arguments parse
 and validate with `jsonschema`. Servers: plain decoding and `--speculative-algorithm DSPARK` (the shipped
-drafter); a DSPARK call must also equal the plain one (greedy is lossless). Prints a markdown table.
+drafter); a DSPARK call must also equal the plain one (greedy fp32 is lossless and does not depend on
+batching). `--concurrency` requests run at once. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import argparse
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 import openai
@@ -59,6 +62,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--algorithms", default="none,DSPARK", help="comma-separated; none = plain decoding")
+    ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
     functions = schema_functions(args.calls)
     rows, reference, failures = [], {}, []
@@ -69,8 +73,10 @@ def main() -> int:
             for stream in (False, True):
                 valid = same = 0
                 start = time.perf_counter()
-                for function in functions:
-                    calls = run_calls(client, function, stream)
+                with ThreadPoolExecutor(args.concurrency) as pool:
+                    results = list(pool.map(run_calls, repeat(client), functions, repeat(stream)))
+                seconds = time.perf_counter() - start
+                for function, calls in zip(functions, results):
                     problem = call_problem(function, calls)
                     valid += problem is None
                     if problem is not None:
@@ -78,13 +84,12 @@ def main() -> int:
                     key = (function.name, stream)
                     reference.setdefault(key, calls)
                     same += reference[key] == calls
-                seconds = time.perf_counter() - start
                 rows.append((algorithm, stream, valid, same, seconds))
                 print(f"{algorithm} stream={stream}: {valid}/{len(functions)} valid", file=sys.stderr, flush=True)
-    print(f"| server | streamed | valid calls | equal to plain | seconds ({len(functions)} calls) |")
+    n, at_once = len(functions), args.concurrency
+    print(f"| server | streamed | valid calls | equal to plain | seconds ({n} calls, {at_once} at once) |")
     print("|---|---|---:|---:|---:|")
     for algorithm, stream, valid, same, seconds in rows:
-        n = len(functions)
         print(f"| {algorithm} | {'yes' if stream else 'no'} | {valid}/{n} | {same}/{n} | {seconds:.0f} |")
     for failure in failures:
         print(f"- {failure}")

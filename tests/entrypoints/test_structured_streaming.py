@@ -20,8 +20,8 @@ RECORDS = {
     "properties": {
         "users": {
             "type": "array",
-            "minItems": 6,
-            "maxItems": 6,
+            "minItems": 3,
+            "maxItems": 3,
             "items": {
                 "type": "object",
                 "properties": {
@@ -79,12 +79,12 @@ def request(schema_name: str) -> dict:
         "messages": [{"role": "user", "content": f"Write a JSON document following this schema: {json.dumps(schema)}"}],
         "response_format": {"type": "json_schema", "json_schema": {"name": schema_name, "schema": schema}},
         "temperature": 0,
-        "max_tokens": 400,
+        "max_tokens": 300,
     }
 
 
 def client_of(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=1200)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_streamed_schema_output_stays_in_the_language(server_urls, tokenizer, pl
                 assert is_prefix(text), text
     assert text == full.message.content
     assert chunks > 5  # streamed in pieces, not in one final chunk
-    assert len(full.message.content) > 150  # a long output
+    assert len(full.message.content) > 100  # a long output: many chunks, speculative rounds, forced runs
 
 
 @pytest.fixture
