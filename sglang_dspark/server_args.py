@@ -10,6 +10,7 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 CPU_KERNELS = ("auto", "native", "torch")
 QUANTIZATIONS = ("auto", "none", "int8")  # see sglang_dspark/models/quantization.py
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "llguidance", "none")
+TOOL_CALL_PARSERS = ("qwen25", "qwen", "hermes", "llama3")  # SGLang's names; see entrypoints/tool_calls.py
 SPECULATIVE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
 # adaptive = Algorithm 1 with its early stop; async = paper section 5.2 (budget from older confidences);
 # fixed = every proposed draft; threshold = drafts whose survival reaches --speculative-dspark-verify-threshold
@@ -18,6 +19,7 @@ VERIFY_MODES = ("adaptive", "async", "fixed", "threshold")
 CHOICES = {
     "dtype": DTYPES,
     "grammar_backend": GRAMMAR_BACKENDS,
+    "tool_call_parser": TOOL_CALL_PARSERS,
     "speculative_algorithm": SPECULATIVE_ALGORITHMS,
     "speculative_dspark_verify_mode": VERIFY_MODES,
     "cpu_kernels": CPU_KERNELS,
@@ -56,6 +58,9 @@ class ServerArgs:
 
     # Structured output.
     grammar_backend: str = "xgrammar"
+    # the tool-call format of /v1/chat/completions: qwen25 (= qwen, hermes; SmolLM2's too) is
+    # <tool_call>{"name": ..., "arguments": ...}</tool_call>; llama3 is {"name": ..., "parameters": ...}
+    tool_call_parser: str = "qwen25"
     grammar_compile_timeout: float = 60.0  # seconds; a grammar still compiling then fails its request (400)
     # GiB of address space of an outlines compile process (it dies past it: a 400); 0 = unlimited
     grammar_compile_memory_limit: float = 4.0

@@ -34,6 +34,7 @@ from sglang_dspark.entrypoints.http_guard import (
 from sglang_dspark.entrypoints.http_utils import json_body, read_json_object, run_to_completion, stream_events
 from sglang_dspark.entrypoints.openai_api import router as openai_router
 from sglang_dspark.entrypoints.server_state import ServerState, server_state
+from sglang_dspark.entrypoints.sglang_fields import GENERATE_FIELDS
 from sglang_dspark.managers.metrics import ServerMetrics
 from sglang_dspark.managers.scheduler_client import (
     SCHEDULER_DIED,
@@ -57,6 +58,24 @@ _CheckedGenerateReqInput = pydantic.dataclasses.dataclass(
 )
 
 
+# SGLang lets these be null (the default) or one value per prompt of a batch
+_PER_PROMPT_FIELDS = {"return_logprob": False, "logprob_start_len": -1, "top_logprobs_num": 0}
+
+
+def _generate_request(body: dict) -> GenerateReqInput:
+    """The /generate body (any SGLang GenerateReqInput field) as our GenerateReqInput; ValueError -> 400."""
+    body = GENERATE_FIELDS.strip(body)
+    for name, default in _PER_PROMPT_FIELDS.items():
+        value = body.get(name)
+        if value is None:
+            body[name] = default
+        elif isinstance(value, list):
+            if len(set(map(repr, value))) > 1:
+                raise ValueError(f"`{name}` must be the same for every prompt of a batch here, got {value!r}")
+            body[name] = value[0] if value else default
+    return _CheckedGenerateReqInput(**body)
+
+
 def _error_message(e: Exception) -> str:
     if isinstance(e, ValidationError):
         return "; ".join(
@@ -75,7 +94,7 @@ router = APIRouter()
 @router.post("/generate", openapi_extra=json_body(_CheckedGenerateReqInput))
 async def generate(request: Request) -> Response:
     state = server_state(request)
-    obj = _CheckedGenerateReqInput(**await read_json_object(request))
+    obj = _generate_request(await read_json_object(request))
     tm = state.tokenizer_manager
     reqs = tm.tokenize(obj)
     multi = not obj.is_single or len(reqs) > 1

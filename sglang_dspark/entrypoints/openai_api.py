@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,9 +16,20 @@ from fastapi.responses import JSONResponse, Response
 from sglang_dspark.entrypoints.http_utils import json_body, read_json_object, run_to_completion, stream_events
 from sglang_dspark.entrypoints.openai_protocol import ChatCompletionRequest, CompletionRequest
 from sglang_dspark.entrypoints.server_state import ServerState, server_state
+from sglang_dspark.entrypoints.tool_calls import (
+    FORMATS,
+    ToolCall,
+    ToolCallFormat,
+    ToolCallStream,
+    ToolPlan,
+    template_messages,
+    with_tool_prompt,
+)
+from sglang_dspark.entrypoints.tool_calls import plan as tool_plan
 from sglang_dspark.managers.io_struct import TokenLogprob, TopLogprobs
 from sglang_dspark.managers.scheduler_client import RequestGroup
 from sglang_dspark.managers.tokenizer_manager import GenerateReqInput, RequestState
+from sglang_dspark.sampling.sampling_params import SamplingParams
 
 router = APIRouter(prefix="/v1")
 
@@ -64,10 +76,52 @@ async def completions(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     state = server_state(request)
     req = ChatCompletionRequest.model_validate(await read_json_object(request))
-    tokenizer = state.tokenizer_manager.tokenizer
+    fmt = FORMATS[state.server_args.tool_call_parser]
+    tools = tool_plan(req, fmt)
+    prompt_ids = req.input_ids or _apply_chat_template(state.tokenizer_manager.tokenizer, req, fmt, tools)
+    max_new_tokens = req.max_completion_tokens or req.max_tokens or state.max_sequence_len - len(prompt_ids)
+    sampling_params = req.sampling_params(max_new_tokens)
+    if tools.structural_tag is not None:
+        given = [k for k in SamplingParams.CONSTRAINT_FIELDS if sampling_params.get(k) is not None]
+        if given:
+            raise ValueError(f"tools with tool_choice {req.tool_choice!r} cannot be combined with {given[0]}")
+        sampling_params["structural_tag"] = json.dumps(tools.structural_tag)
+    obj = GenerateReqInput(
+        input_ids=prompt_ids,
+        sampling_params=sampling_params,
+        rid=req.rid,
+        return_logprob=req.logprobs,
+        top_logprobs_num=req.top_logprobs,
+    )
+    responder = _Responder(state, "chat.completion", "chatcmpl", req.n, req.logprobs)
+    responder.tool_format = fmt if tools.parse else None
+    reqs = state.tokenizer_manager.tokenize(obj)
+    if req.stream:
+        return await stream_events(state.client, reqs, False, responder.stream(req.include_usage))
+    return JSONResponse(responder.complete(await run_to_completion(request, state.client, reqs, False)))
+
+
+_PROBE_MESSAGES = [{"role": "user", "content": "?"}]
+_PROBE_TOOLS = [{"type": "function", "function": {"name": "probe_tool", "parameters": {"type": "object"}}}]
+
+
+def _renders_tools(tokenizer) -> bool:
+    """Whether the model's chat template writes the `tools` it is given into the prompt."""
+    render = tokenizer.apply_chat_template
+    return render(_PROBE_MESSAGES, tools=_PROBE_TOOLS, tokenize=False) != render(_PROBE_MESSAGES, tokenize=False)
+
+
+def _apply_chat_template(tokenizer, req: ChatCompletionRequest, fmt: ToolCallFormat, tools: ToolPlan) -> list[int]:
+    """The prompt: the model's chat template with the tools when it renders them, else the format's tool
+    prompt in the system message."""
     try:
-        prompt_ids = tokenizer.apply_chat_template(
-            req.chat_messages(),
+        renders = _renders_tools(tokenizer)
+        messages = template_messages(req, fmt, renders)
+        if tools.functions and not renders:
+            messages = with_tool_prompt(messages, fmt.system_prompt(tools.functions))
+        return tokenizer.apply_chat_template(
+            messages,
+            tools=[f.openai() for f in tools.functions] if tools.functions and renders else None,
             add_generation_prompt=not req.continue_final_message,
             continue_final_message=req.continue_final_message,
             tokenize=True,
@@ -76,19 +130,6 @@ async def chat_completions(request: Request) -> Response:
         )
     except jinja2.TemplateError as e:
         raise ValueError(f"the chat template failed on these messages: {e}") from None
-    max_new_tokens = req.max_completion_tokens or req.max_tokens or state.max_sequence_len - len(prompt_ids)
-    obj = GenerateReqInput(
-        input_ids=prompt_ids,
-        sampling_params=req.sampling_params(max_new_tokens),
-        rid=req.rid,
-        return_logprob=req.logprobs,
-        top_logprobs_num=req.top_logprobs,
-    )
-    responder = _Responder(state, "chat.completion", "chatcmpl", req.n, req.logprobs)
-    reqs = state.tokenizer_manager.tokenize(obj)
-    if req.stream:
-        return await stream_events(state.client, reqs, False, responder.stream(req.include_usage))
-    return JSONResponse(responder.complete(await run_to_completion(request, state.client, reqs, False)))
 
 
 @dataclass
@@ -97,6 +138,7 @@ class _Sent:
 
     text: str = ""
     logprobs: int = 0
+    tool_calls: ToolCallStream | None = None  # chat with tools: what of the calls was sent
 
 
 class _Responder:
@@ -112,6 +154,7 @@ class _Responder:
         self.n = n
         self.logprobs = logprobs
         self.prefixes: list[str] | None = None  # completions with echo: each choice starts with its prompt
+        self.tool_format: ToolCallFormat | None = None  # chat with tools: outputs are parsed for calls
 
     def _text(self, i: int, state: RequestState) -> str:
         text = self.tm.output_text(state)
@@ -131,7 +174,7 @@ class _Responder:
         chunk_kind = "chat.completion.chunk" if self.chat else "text_completion"
 
         async def events(group: RequestGroup) -> AsyncIterator[dict]:
-            sent = [_Sent() for _ in group.states]
+            sent = [_Sent(tool_calls=self.tool_format and ToolCallStream(self.tool_format)) for _ in group.states]
             if self.chat:
                 for i in range(len(group.states)):
                     start = {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
@@ -150,12 +193,21 @@ class _Responder:
         text = self._text(i, state)
         delta = text[len(sent.text) :] if text.startswith(sent.text) else ""
         sent.text += delta
+        calls: list[ToolCall] = []
+        if sent.tool_calls is not None:
+            delta, calls = sent.tool_calls.delta(text, state.finished)
         entries = state.output_token_logprobs[sent.logprobs :]
         tops = state.output_top_logprobs[sent.logprobs :]
         sent.logprobs = len(state.output_token_logprobs)
-        if not (delta or entries or state.finished):
+        if not (delta or calls or entries or state.finished):
             return None
-        return self._choice(i, state, delta, entries, tops, streaming=True)
+        choice = self._choice(i, state, delta, entries, tops, streaming=True)
+        if calls:
+            first = sent.tool_calls.sent_calls - len(calls)
+            choice["delta"]["tool_calls"] = [c.openai(index=first + k) for k, c in enumerate(calls)]
+        if state.finished and sent.tool_calls is not None and sent.tool_calls.sent_calls:
+            choice["finish_reason"] = _tool_calls_finish(choice["finish_reason"])
+        return choice
 
     def _choice(
         self,
@@ -170,8 +222,19 @@ class _Responder:
             content = {"text": text}
         elif streaming:
             content = {"delta": {"content": text} if text else {}}
-        else:
+        elif self.tool_format is None:
             content = {"message": {"role": "assistant", "content": text}}
+        else:
+            parsed = self.tool_format.parse(text)
+            if not parsed.calls:
+                content = {"message": {"role": "assistant", "content": text}}
+            else:
+                message = {"role": "assistant", "content": parsed.content.strip() or None}
+                message["tool_calls"] = [c.openai() for c in parsed.calls]
+                finish = _finish(state)
+                finish["finish_reason"] = _tool_calls_finish(finish["finish_reason"])
+                logprobs = self._logprobs(entries, tops) if self.logprobs else None
+                return {"index": i, "message": message, "logprobs": logprobs, **finish}
         logprobs = self._logprobs(entries, tops) if self.logprobs else None
         return {"index": i, **content, "logprobs": logprobs, **_finish(state)}
 
@@ -207,6 +270,11 @@ class _Responder:
             "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": sum(s.cached_tokens for s in firsts)},
         }
+
+
+def _tool_calls_finish(reason: str | None) -> str | None:
+    """OpenAI's finish_reason of an answer with calls: "tool_calls" where it stopped by itself."""
+    return "tool_calls" if reason == "stop" else reason
 
 
 def _finish(state: RequestState) -> dict:

@@ -41,6 +41,7 @@ class ConstraintKind(str, Enum):
     JSON_OBJECT = "json_object"  # any JSON object (OpenAI response_format {"type": "json_object"})
     REGEX = "regex"
     EBNF = "ebnf"
+    STRUCTURAL_TAG = "structural_tag"  # xgrammar's structural tag (JSON): free text with constrained tagged parts
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,11 @@ class Constraint:
 
     @classmethod
     def from_fields(
-        cls, regex: str | None = None, json_schema: str | None = None, ebnf: str | None = None
+        cls,
+        regex: str | None = None,
+        json_schema: str | None = None,
+        ebnf: str | None = None,
+        structural_tag: str | None = None,
     ) -> Constraint | None:
         """The constraint of SGLang's sampling params (at most one field set), or None.
 
@@ -60,6 +65,8 @@ class Constraint:
             return cls(ConstraintKind.REGEX, regex)
         if ebnf is not None:
             return cls(ConstraintKind.EBNF, ebnf)
+        if structural_tag is not None:
+            return cls(ConstraintKind.STRUCTURAL_TAG, structural_tag)
         if json_schema is not None:
             if _parse_json(json_schema) == json.loads(ANY_OBJECT_SCHEMA):
                 return cls(ConstraintKind.JSON_OBJECT, "")
@@ -74,6 +81,9 @@ class Constraint:
         if not isinstance(schema, dict | bool):
             raise GrammarError(f"a JSON schema must be an object or a boolean, got {type(schema).__name__}")
         return schema
+
+
+STRUCTURAL_TAG_NEEDS_XGRAMMAR = "structural_tag constraints (and tool calling) need --grammar-backend xgrammar"
 
 
 def compile_timeout_error(constraint: Constraint, timeout: float) -> GrammarError:

@@ -17,6 +17,7 @@ import torch
 
 from sglang_dspark.grammar.base import (
     DEFAULT_LIMITS,
+    STRUCTURAL_TAG_NEEDS_XGRAMMAR,
     CompileLimits,
     Constraint,
     ConstraintKind,
@@ -81,6 +82,8 @@ class LLGuidanceBackend(GrammarBackend):
             grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
         elif kind == ConstraintKind.REGEX:
             grammar = llguidance.LLMatcher.grammar_from_regex(constraint.text)
+        elif kind == ConstraintKind.STRUCTURAL_TAG:
+            raise GrammarError(STRUCTURAL_TAG_NEEDS_XGRAMMAR)
         else:
             try:
                 grammar = llguidance.grammar_from("ebnf", constraint.text)

@@ -20,6 +20,7 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from sglang_dspark.grammar.base import (
     DEFAULT_LIMITS,
+    STRUCTURAL_TAG_NEEDS_XGRAMMAR,
     CompileLimits,
     Constraint,
     ConstraintKind,
@@ -121,6 +122,8 @@ class OutlinesBackend(GrammarBackend):
         kind = constraint.kind
         if kind == ConstraintKind.EBNF:
             raise GrammarError("the outlines grammar backend does not support EBNF; use xgrammar or llguidance")
+        if kind == ConstraintKind.STRUCTURAL_TAG:
+            raise GrammarError(STRUCTURAL_TAG_NEEDS_XGRAMMAR)
         if kind == ConstraintKind.REGEX:
             regex = constraint.text
         else:

@@ -126,8 +126,10 @@ class XGrammarBackend(GrammarBackend):
                 )
             if kind == ConstraintKind.REGEX:
                 return self.compiler.compile_regex(constraint.text)
+            if kind == ConstraintKind.STRUCTURAL_TAG:
+                return self.compiler.compile_structural_tag(constraint.text)
             return self.compiler.compile_grammar(constraint.text)
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:  # ValueError: a structural tag that does not parse
             raise GrammarError(f"invalid {kind.value}: {_reason(e)}") from None
 
     def make_grammar(self, compiled: xgrammar.CompiledGrammar) -> XGrammarGrammar:

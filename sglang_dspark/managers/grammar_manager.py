@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 
 def constraint_of(params: SamplingParams) -> Constraint | None:
-    return Constraint.from_fields(regex=params.regex, json_schema=params.json_schema, ebnf=params.ebnf)
+    return Constraint.from_fields(
+        regex=params.regex, json_schema=params.json_schema, ebnf=params.ebnf, structural_tag=params.structural_tag
+    )
 
 
 class GrammarManager:

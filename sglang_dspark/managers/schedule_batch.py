@@ -127,9 +127,8 @@ class Req:
         if params.stop_regex:
             text = tokenizer.decode(self.output_ids, skip_special_tokens=False)
             for pattern in params.stop_regex:
-                m = re.search(pattern, text)
-                if m:
-                    self.finished_reason = FinishReason("stop", matched=m.group(0))
+                if re.search(pattern, text):  # SGLang reports the pattern and keeps the matched text
+                    self.finished_reason = FinishReason("stop", matched=pattern)
                     return
 
 

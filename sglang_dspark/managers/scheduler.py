@@ -330,7 +330,7 @@ class Scheduler:
         for i in rows:
             params = reqs[i].sampling_params
             stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)
-            banned[i, list(stop_ids)] = True
+            banned[i, [t for t in stop_ids if 0 <= t < self.vocab_size]] = True  # ids outside the vocab never occur
             if reqs[i].grammar is not None and not (torch.isfinite(logits[i]) & ~banned[i]).any():
                 banned[i] = False  # the grammar allows nothing but a stop token: it wins over min_new_tokens
         return banned

@@ -94,6 +94,8 @@ class TokenizerManager:
         else:
             params = [params] * size
         rids = obj.rid if isinstance(obj.rid, list) else [obj.rid] * size
+        if len(rids) != size:
+            raise ValueError(f"got {len(rids)} rids for {size} prompts")
         if obj.top_logprobs_num < 0:
             raise ValueError("top_logprobs_num must be >= 0")
         if obj.logprob_start_len < -1:
@@ -131,7 +133,7 @@ class TokenizerManager:
             skip_special_tokens=params.skip_special_tokens,
             spaces_between_special_tokens=params.spaces_between_special_tokens,
         )
-        if reason.get("type") == "stop" and isinstance(reason.get("matched"), str) and not params.no_stop_trim:
+        if reason.get("type") == "stop" and reason.get("matched") in params.stop and not params.no_stop_trim:
             pos = text.find(reason["matched"])
             if pos >= 0:
                 text = text[:pos]

@@ -1,9 +1,10 @@
 """Per-request sampling parameters (the ``sampling_params`` object of SGLang's ``/generate``).
 
-``SamplingParams.from_dict`` is the entry point for user input: it rejects unknown keys and wrongly
-typed values, normalizes ``stop`` / ``stop_regex`` to lists, and runs ``validate()`` without a vocab
-size. The engine calls ``validate(vocab_size)`` again once the tokenizer/model vocab is known, which
-additionally range-checks ``stop_token_ids`` and ``logit_bias`` ids.
+``SamplingParams.from_dict`` is the entry point for user input: as in SGLang a null value means the
+default; it rejects unknown keys and wrongly typed values, normalizes ``stop`` / ``stop_regex`` to lists,
+and runs ``validate()`` without a vocab size. The engine calls ``validate(vocab_size)`` again once the
+tokenizer/model vocab is known, which additionally range-checks ``logit_bias`` ids. A ``stop_token_ids``
+entry outside the vocabulary is accepted, as SGLang does, and never matches.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ SAMPLING_EPS = 1e-6
 
 class SamplingParamsError(ValueError):
     """Invalid sampling parameters (unknown key, wrong type or out-of-range value)."""
+
+
+# SGLang sampling_params keys this server takes only at SGLang's default (null, or the value given here):
+# beam search, custom logit-processor parameters and watermarking are not implemented; streamed chunks
+# carry every new token (SGLang's stream_interval 1)
+_DEFAULT_ONLY_KEYS = {"beam_width": None, "custom_params": None, "watermark": None, "stream_interval": 1}
 
 
 def _is_int(v: Any) -> bool:
@@ -57,6 +64,7 @@ class SamplingParams:
     regex: str | None = None
     json_schema: str | None = None  # a JSON string (a dict is accepted and serialized)
     ebnf: str | None = None
+    structural_tag: str | None = None  # an xgrammar structural tag (JSON string; a dict is serialized)
     sampling_seed: int | None = None
     logit_bias: dict[int, float] | None = None  # keys given as str or int, normalized to int
 
@@ -68,9 +76,11 @@ class SamplingParams:
         "presence_penalty",
         "repetition_penalty",
     )
+    CONSTRAINT_FIELDS = ("regex", "json_schema", "ebnf", "structural_tag")
     _INT_FIELDS = ("max_new_tokens", "min_new_tokens", "n", "top_k")
     _BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim")
     _OPT_STR_FIELDS = ("regex", "ebnf")
+    _OPT_JSON_FIELDS = ("json_schema", "structural_tag")
 
     def __post_init__(self) -> None:
         self._normalize_and_check_types()
@@ -88,6 +98,10 @@ class SamplingParams:
             d = {}
         if not isinstance(d, dict):
             raise SamplingParamsError(f"sampling_params must be an object/dict, got {_type_name(d)}")
+        for key, default in _DEFAULT_ONLY_KEYS.items():
+            if d.get(key) not in (None, default):
+                raise SamplingParamsError(f"sampling_params.{key} is not supported by this server (got {d[key]!r})")
+        d = {k: v for k, v in d.items() if v is not None and k not in _DEFAULT_ONLY_KEYS}
         valid = cls.valid_keys()
         unknown = sorted(str(k) for k in d if k not in valid)
         if unknown:
@@ -143,11 +157,12 @@ class SamplingParams:
             raise SamplingParamsError(f"stop_token_ids must be a list of integers, got {ids!r}")
         self.stop_token_ids = list(ids)
 
-        js = self.json_schema
-        if isinstance(js, dict):
-            self.json_schema = json.dumps(js)
-        elif js is not None and not isinstance(js, str):
-            raise SamplingParamsError(f"json_schema must be a JSON string or null, got {_type_name(js)}")
+        for name in self._OPT_JSON_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, dict):
+                setattr(self, name, json.dumps(v))
+            elif v is not None and not isinstance(v, str):
+                raise SamplingParamsError(f"{name} must be a JSON string or null, got {_type_name(v)}")
 
         seed = self.sampling_seed
         if seed is not None and not _is_int(seed):
@@ -211,16 +226,19 @@ class SamplingParams:
             errs.append(f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})")
         if self.n < 1:
             errs.append(f"n must be >= 1, got {self.n}")
-        constraints = [k for k in ("regex", "json_schema", "ebnf") if getattr(self, k) is not None]
+        constraints = [k for k in self.CONSTRAINT_FIELDS if getattr(self, k) is not None]
         if len(constraints) > 1:
-            errs.append(f"only one of regex, json_schema, ebnf may be set, got {', '.join(constraints)}")
-        if self.json_schema is not None:
+            errs.append(f"only one of {', '.join(self.CONSTRAINT_FIELDS)} may be set, got {', '.join(constraints)}")
+        for name in self._OPT_JSON_FIELDS:
+            text = getattr(self, name)
+            if text is None:
+                continue
             try:
-                json.loads(self.json_schema)
+                json.loads(text)
             except ValueError as e:
-                errs.append(f"json_schema is not valid JSON: {e}")
+                errs.append(f"{name} is not valid JSON: {e}")
             except RecursionError:
-                errs.append("json_schema is nested too deeply")
+                errs.append(f"{name} is nested too deeply")
         for pat in self.stop_regex:
             try:
                 re.compile(pat)
@@ -231,8 +249,6 @@ class SamplingParams:
         def out_of_range(ids: Any) -> list[int]:
             return [t for t in ids if t < 0 or (vocab_size is not None and t >= vocab_size)]
 
-        if bad := out_of_range(self.stop_token_ids):
-            errs.append(f"stop_token_ids {bad} out of range [0, {hi})")
         if bad := out_of_range(self.logit_bias or {}):
             errs.append(f"logit_bias token ids {bad} out of range [0, {hi})")
         if errs:
@@ -247,4 +263,4 @@ class SamplingParams:
 
     @property
     def has_constraint(self) -> bool:
-        return self.regex is not None or self.json_schema is not None or self.ebnf is not None
+        return any(getattr(self, k) is not None for k in self.CONSTRAINT_FIELDS)

@@ -67,3 +67,22 @@ def wait_idle(internal_state):
         raise AssertionError(f"the server did not return to idle: {state}")
 
     return wait
+
+
+def _spec_server(tmp_path_factory, algorithm: str):
+    flags = [*SERVER_FLAGS, "--speculative-algorithm", algorithm]
+    return local_server(flags, tmp_path_factory.mktemp(algorithm.lower()) / "server.log")
+
+
+@pytest.fixture(scope="session")
+def dspark_server_url(tmp_path_factory) -> str:
+    """The shared server's flags with --speculative-algorithm DSPARK (the shipped drafter)."""
+    with _spec_server(tmp_path_factory, "DSPARK") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def ngram_server_url(tmp_path_factory) -> str:
+    """The shared server's flags with --speculative-algorithm NGRAM."""
+    with _spec_server(tmp_path_factory, "NGRAM") as url:
+        yield url

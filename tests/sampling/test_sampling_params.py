@@ -70,7 +70,6 @@ def test_unknown_keys_rejected_with_valid_list():
         ({"temperature": "hot"}, "temperature"),
         ({"temperature": True}, "temperature"),
         ({"max_new_tokens": 1.5}, "max_new_tokens"),
-        ({"top_k": None}, "top_k"),
         ({"ignore_eos": 1}, "ignore_eos"),
         ({"stop": 5}, "stop"),
         ({"stop": ["a", 1]}, "stop"),
@@ -88,6 +87,20 @@ def test_unknown_keys_rejected_with_valid_list():
 def test_wrong_types_rejected(d, needle):
     with pytest.raises(SamplingParamsError, match=needle):
         SamplingParams.from_dict(d)
+
+
+def test_sglang_semantics_null_defaults_and_stop_ids_outside_the_vocab():
+    p = SamplingParams.from_dict({"top_k": None, "temperature": None, "stream_interval": 1, "beam_width": None})
+    assert p.top_k == -1 and p.temperature == 1.0
+    p = SamplingParams.from_dict({"stop_token_ids": [-1, 10**9]})
+    p.validate(vocab_size=100)  # accepted: such ids never match
+    assert p.stop_token_ids == [-1, 10**9]
+    for key, value in (("beam_width", 2), ("custom_params", {"a": 1}), ("stream_interval", 4)):
+        with pytest.raises(SamplingParamsError, match=key):
+            SamplingParams.from_dict({key: value})
+    with pytest.raises(SamplingParamsError, match="only one of"):
+        SamplingParams.from_dict({"regex": "a", "structural_tag": "{}"})
+    assert SamplingParams.from_dict({"structural_tag": {"type": "structural_tag"}}).has_constraint
 
 
 def test_non_dict_rejected():
@@ -122,7 +135,6 @@ def test_non_dict_rejected():
         ({"json_schema": "{not json"}, "json_schema is not valid JSON"),
         ({"json_schema": '{"items": ' * 5000 + "{}" + "}" * 5000}, "nested too deeply"),
         ({"stop_regex": ["(unclosed"]}, "stop_regex"),
-        ({"stop_token_ids": [-1]}, "stop_token_ids"),
         ({"logit_bias": {"-3": 1.0}}, "logit_bias"),
     ],
 )
@@ -152,8 +164,7 @@ def test_vocab_checks_only_with_vocab():
     p = SamplingParams.from_dict({"stop_token_ids": [5, 99], "logit_bias": {"100": 1.0}})
     p.validate()  # no vocab: fine
     p.validate(vocab_size=101)
-    with pytest.raises(SamplingParamsError, match=r"stop_token_ids \[99\]"):
-        p.validate(vocab_size=50)
+    SamplingParams.from_dict({"stop_token_ids": [99]}).validate(vocab_size=50)  # accepted: never matches
     with pytest.raises(SamplingParamsError, match=r"logit_bias token ids \[100\]"):
         p.validate(vocab_size=100)
 
