@@ -29,7 +29,7 @@ RANKS = {
     "models": 3,
     "layers": 2,
     "model_executor.forward_batch": 1,
-    **{name: 0 for name in ("grammar", "mem_cache", "kernels", "sampling", "server_args")},
+    **{name: 0 for name in ("grammar", "mem_cache", "kernels", "sampling", "server_args", "distributed")},
 }
 
 
