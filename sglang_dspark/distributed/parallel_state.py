@@ -17,6 +17,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from sglang_dspark.distributed.net import parse_host_port
+
 logger = logging.getLogger(__name__)
 
 # A follower waits for rank 0's next batch across idle periods of any length; a rank that dies is noticed
@@ -66,13 +68,6 @@ class TpGroup:
 
     def close(self) -> None:
         dist.destroy_process_group(self.group)
-
-
-def parse_host_port(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"--dist-init-addr must be HOST:PORT, got {addr!r}")
-    return host.strip("[]"), int(port)
 
 
 def init_tp_group(rank: int, size: int, init_addr: str, timeout_s: float, device: str) -> TpGroup:

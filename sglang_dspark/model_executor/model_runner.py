@@ -11,7 +11,6 @@ import ctypes
 import dataclasses
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import torch
 from torch import nn
 
 from sglang_dspark.distributed.cpu_binding import bind_rank_to_cores
+from sglang_dspark.distributed.net import free_port
 from sglang_dspark.distributed.parallel_state import TpGroup, init_tp_group
-from sglang_dspark.distributed.partition import head_shard
+from sglang_dspark.distributed.partition import even_span, head_shard
 from sglang_dspark.kernels.cpu_ops import CpuOps, describe_cpu_ops, select_cpu_ops
 from sglang_dspark.kernels.quant_linear import load_quant_kernel
 from sglang_dspark.layers.attention import build_attention_metadata
@@ -43,12 +43,6 @@ MAX_AUTO_KV_TOKENS = 1 << 18
 
 def physical_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def release_freed_memory() -> None:
@@ -100,6 +94,13 @@ class TpBatch:
         )
 
 
+def check_tp_split(cfg: DecoderConfig, tp_size: int) -> None:
+    """Raise ValueError, naming the numbers, if the model's heads or MLP cannot be split over tp_size ranks."""
+    for rank in range(tp_size):
+        head_shard(cfg.num_heads, cfg.num_kv_heads, tp_size, rank)
+    even_span(cfg.intermediate_size, tp_size, 0, "MLP channels (intermediate_size)")
+
+
 class ModelRunner:
     def __init__(self, server_args: ServerArgs, model_dir: Path, tp_rank: int = 0) -> None:
         """``tp_rank``: this process's global tensor-parallel rank; rank 0 starts the other ranks of its node."""
@@ -108,13 +109,13 @@ class ModelRunner:
         self.dtype = getattr(torch, server_args.torch_dtype_name)
         self.tp: TpGroup | None = None
         self.tp_ranks: TpRanks | None = None  # the processes of the other ranks rank 0 started
+        self.hf_config = load_hf_config(model_dir)
+        self.config = DecoderConfig.from_hf(self.hf_config)
         if server_args.tp_size > 1:
+            check_tp_split(self.config, server_args.tp_size)  # before any rank starts
             server_args = self._join_tp_group(server_args, model_dir, tp_rank)
         if server_args.num_threads:
             torch.set_num_threads(server_args.num_threads)
-
-        self.hf_config = load_hf_config(model_dir)
-        self.config = DecoderConfig.from_hf(self.hf_config)
         cls = model_class(self.config.architecture)
         self.context_len = server_args.context_length or self.config.max_position_embeddings
         self.model = cls(self.config, self.tp).to(device=self.device, dtype=self.dtype)
@@ -168,6 +169,7 @@ class ModelRunner:
         """Pin this rank to its cores, start the node's other ranks (rank 0), meet them all. Returns the
         arguments with the rendezvous address filled in."""
         ranks = local_ranks(server_args)
+        self._unbound = (os.sched_getaffinity(0), torch.get_num_threads())  # restored by close()
         if tp_rank == 0:
             if server_args.dist_init_addr is None:
                 server_args = dataclasses.replace(server_args, dist_init_addr=f"127.0.0.1:{free_port()}")
@@ -233,3 +235,5 @@ class ModelRunner:
             self.tp_ranks.stop()
         self.tp.close()
         self.tp = None
+        os.sched_setaffinity(0, self._unbound[0])
+        torch.set_num_threads(self._unbound[1])
