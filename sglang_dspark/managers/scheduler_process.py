@@ -83,6 +83,8 @@ class SchedulerLoop:
             **dataclasses.asdict(stats),
             # completion tokens per verify round over finished speculating requests; None without speculation
             "avg_spec_accept_length": self.spec_tokens / self.spec_rounds if self.spec_rounds else None,
+            # --tp-size > 1: rank 0's all-reduces and batch broadcasts so far (bytes, seconds)
+            "tp_comm": dataclasses.asdict(scheduler.runner.tp.stats) if scheduler.runner.tp else None,
         }
 
     def _count_spec(self, outputs: list[ReqOutput]) -> None:
