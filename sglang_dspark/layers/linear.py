@@ -61,16 +61,16 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] -> [..., out]."""
-        flat = x.reshape(-1, x.shape[-1])
+        return self._matmul(x.reshape(-1, x.shape[-1]), self.bias).view(*x.shape[:-1], -1)
+
+    def _matmul(self, flat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """flat [M, in] -> [M, out]."""
         if self.qweight is not None:
-            return quant_linear(flat, self.qweight, self.bias).view(*x.shape[:-1], -1)
-        return self.linear_fn(flat, self.weight, self.bias).view(*x.shape[:-1], -1)
+            return quant_linear(flat, self.qweight, bias)
+        return self.linear_fn(flat, self.weight, bias)
 
     def load_weight(self, tensor: torch.Tensor | QuantizedWeight) -> None:
-        """Load this layer's slice of the checkpoint's full weight."""
-        self._load_local(tensor)
-
-    def _load_local(self, tensor: torch.Tensor | QuantizedWeight) -> None:
+        """Load this layer's weight [out, in], dense or quantized."""
         if isinstance(tensor, QuantizedWeight):
             self.set_quantized(tensor)
             return
@@ -189,16 +189,11 @@ class RowParallelLinear(LinearBase):
         """x [..., in / tp] -> [..., out], summed over the ranks."""
         if self.tp is None:
             return super().forward(x)
-        flat = x.reshape(-1, x.shape[-1])
-        if self.qweight is not None:
-            partial = quant_linear(flat, self.qweight, None)
-        else:
-            partial = self.linear_fn(flat, self.weight, None)
-        out = self.tp.all_reduce(partial)
+        out = self.tp.all_reduce(self._matmul(x.reshape(-1, x.shape[-1]), None))
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], -1)
 
     def load_weight(self, tensor: torch.Tensor | QuantizedWeight) -> None:
         """Load this rank's columns of the checkpoint's full weight [out, in]."""
-        self._load_local(slice_cols(tensor, self.cols))
+        super().load_weight(slice_cols(tensor, self.cols))
