@@ -3,7 +3,7 @@
 From the top: the command-line modules (`launch_server`, `train`, `eval`, `calibrate`, `profile_sps`), the
 offline tools they drive (`training`, `evaluation`), then the runtime: `entrypoints` -> `managers` ->
 `speculative` -> `model_executor` -> `models` -> `layers` -> the foundations (`grammar`, `mem_cache`,
-`kernels`, `sampling`, `server_args`). `model_executor.forward_batch` (the batch description every layer
+`kernels`, `sampling`, `server_args`, `distributed`). `model_executor.forward_batch` (the batch description every layer
 reads, as in SGLang) sits just above the foundations. Every import counts, also one inside a function.
 """
 
