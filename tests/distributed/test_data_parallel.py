@@ -1,5 +1,7 @@
 """``launch_server --dp-size 2``: two replicas behind the real sglang-router (cache-aware) on loopback.
 
+Also what the router reads of a replica: its load (``/get_load``'s ``num_tokens``) shows in ``/get_loads``.
+
 Requests through the router's OpenAI route reach both replicas, requests that share a long prefix land where
 it is cached (``cached_tokens > 0``), and a replica killed mid-run loses at most the requests it was running:
 the router drops it and the other replica serves everything after."""
@@ -94,10 +96,13 @@ def test_killed_replica_loses_only_its_running_requests(router):
     runner = threading.Thread(target=lambda: results.extend(run_all(calls)))
     runner.start()
     deadline = time.monotonic() + 300
-    running = 0
-    while running == 0 and time.monotonic() < deadline:
-        running = requests.get(f"{victim}/get_load", timeout=10).json()[0]["num_reqs"]
+    load = {"num_tokens": 0}
+    while load["num_tokens"] == 0 and time.monotonic() < deadline:
+        load = requests.get(f"{victim}/get_load", timeout=10).json()[0]
         time.sleep(0.05)
+    running = load["num_reqs"]
+    loads = requests.get(f"{router}/get_loads", timeout=10).json()["workers"]  # the router reads our /get_load
+    assert any(w["worker"] == victim and w["load"] > 0 for w in loads)
     os.kill(pid_listening_on(victim), signal.SIGKILL)
     runner.join()
     lost = [r for r in results if isinstance(r, Exception)]
