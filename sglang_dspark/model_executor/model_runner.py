@@ -104,7 +104,6 @@ def check_tp_split(cfg: DecoderConfig, tp_size: int) -> None:
 class ModelRunner:
     def __init__(self, server_args: ServerArgs, model_dir: Path, tp_rank: int = 0) -> None:
         """``tp_rank``: this process's global tensor-parallel rank; rank 0 starts the other ranks of its node."""
-        self.server_args = server_args
         self.device = server_args.device
         self.dtype = getattr(torch, server_args.torch_dtype_name)
         self.tp: TpGroup | None = None
@@ -114,6 +113,7 @@ class ModelRunner:
         if server_args.tp_size > 1:
             check_tp_split(self.config, server_args.tp_size)  # before any rank starts
             server_args = self._join_tp_group(server_args, model_dir, tp_rank)
+        self.server_args = server_args
         if server_args.num_threads:
             torch.set_num_threads(server_args.num_threads)
         cls = model_class(self.config.architecture)
