@@ -5,44 +5,42 @@ port (tests, benchmarks)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sglang_dspark.distributed.net import free_port
+from sglang_dspark.entrypoints.data_parallel import healthy
 from sglang_dspark.server_args import ServerArgs
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sglang_dspark.launch_server", description=__doc__)
     ServerArgs.add_cli_args(parser)
+    argv = sys.argv[1:] if argv is None else argv
     server_args = ServerArgs.from_cli_args(parser.parse_args(argv))
 
-    from sglang_dspark.entrypoints.http_server import launch_server  # after parsing: --help stays fast
+    # imports after parsing: --help stays fast
+    if server_args.dp_size > 1:  # replicas behind sglang-router
+        from sglang_dspark.entrypoints.data_parallel import launch_data_parallel
+
+        sys.exit(launch_data_parallel(server_args, argv))
+    if server_args.node_rank > 0:  # tensor-parallel ranks of another node; node 0 serves HTTP
+        from sglang_dspark.model_executor.tp_processes import serve_node
+        from sglang_dspark.models.model_source import resolve_model_path
+
+        logging.basicConfig(level=server_args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+        sys.exit(serve_node(server_args, resolve_model_path(server_args.model_path)))
+    from sglang_dspark.entrypoints.http_server import launch_server
 
     launch_server(server_args)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @dataclass
@@ -66,7 +64,7 @@ def start_local_server(
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     deadline = time.monotonic() + timeout
-    while not _healthy(url):
+    while not healthy(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             what = f"exited with {proc.returncode}" if proc.returncode is not None else "did not come up"
             stop(proc)

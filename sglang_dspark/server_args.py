@@ -36,7 +36,14 @@ class ServerArgs:
     dtype: str = "auto"  # auto = bfloat16 on CPU
     device: str = "cpu"
     context_length: int | None = None
+    # Scale-out (docs/scale_out.md). tp_size ranks split every layer (torch.distributed); dp_size independent
+    # replicas behind sglang-router; a tp group may span nnodes machines met at dist_init_addr (HOST:PORT).
     tp_size: int = 1
+    dp_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: str | None = None  # None on one node = a free loopback port
+    dist_timeout: float = 120.0  # seconds for the tensor-parallel ranks to meet
     # weights kept quantized: auto = a GGUF's own block types (Q4_0, Q4_1, Q8_0), dense checkpoints dense;
     # none = all dense (dequantized at load); int8 = Q8_0 blocks for every linear weight and the embedding
     quantization: str = "auto"
@@ -104,8 +111,7 @@ class ServerArgs:
             value = getattr(self, name)
             if value not in choices and not (value is None and getattr(ServerArgs, name) is None):
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {choices}, got {value!r}")
-        if self.tp_size != 1:
-            raise ValueError("--tp-size > 1 is not supported yet")
+        self._validate_scale_out()
         for name in ("max_running_requests", "chunked_prefill_size", "max_prefill_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
@@ -125,6 +131,36 @@ class ServerArgs:
             raise ValueError("--speculative-dspark-verify-threshold must be in (0, 1]")
         if (self.speculative_dspark_draft_vocab_size or 0) < 0:
             raise ValueError("--speculative-dspark-draft-vocab-size must be >= 0 (0 = the whole vocabulary)")
+
+    def _validate_scale_out(self) -> None:
+        for name in ("tp_size", "dp_size", "nnodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"--node-rank {self.node_rank} must be in [0, --nnodes {self.nnodes})")
+        if self.tp_size % self.nnodes:
+            raise ValueError(f"--tp-size {self.tp_size} must be a multiple of --nnodes {self.nnodes}")
+        if self.nnodes > 1 and not self.dist_init_addr:
+            raise ValueError("--nnodes > 1 needs --dist-init-addr HOST:PORT (node 0's address)")
+        if self.dp_size > 1 and self.nnodes > 1:
+            raise ValueError(
+                "--dp-size > 1 starts replicas on this machine; across machines run sglang-router "
+                "in front of one server per machine (docs/scale_out.md)"
+            )
+        if self.dist_timeout <= 0:
+            raise ValueError("--dist-timeout must be positive")
+        if self.tp_size > 1 and self.speculative_algorithm == "STANDALONE":
+            raise ValueError("--speculative-algorithm STANDALONE does not run with --tp-size > 1")
+        if (
+            self.tp_size > 1
+            and self.speculative_algorithm
+            and self.speculative_dspark_verify_mode in ("adaptive", "async")
+            and not self.speculative_dspark_sps_table_path
+        ):
+            raise ValueError(
+                "--tp-size > 1 with speculative decoding needs --speculative-dspark-sps-table-path (write one with "
+                "python -m sglang_dspark.profile_sps) or a --speculative-dspark-verify-mode without SPS(B)"
+            )
 
     @property
     def torch_dtype_name(self) -> str:

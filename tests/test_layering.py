@@ -3,7 +3,7 @@
 From the top: the command-line modules (`launch_server`, `train`, `eval`, `calibrate`, `profile_sps`), the
 offline tools they drive (`training`, `evaluation`), then the runtime: `entrypoints` -> `managers` ->
 `speculative` -> `model_executor` -> `models` -> `layers` -> the foundations (`grammar`, `mem_cache`,
-`kernels`, `sampling`, `server_args`). `model_executor.forward_batch` (the batch description every layer
+`kernels`, `sampling`, `server_args`, `distributed`). `model_executor.forward_batch` (the batch description every layer
 reads, as in SGLang) sits just above the foundations. Every import counts, also one inside a function.
 """
 
@@ -29,7 +29,7 @@ RANKS = {
     "models": 3,
     "layers": 2,
     "model_executor.forward_batch": 1,
-    **{name: 0 for name in ("grammar", "mem_cache", "kernels", "sampling", "server_args")},
+    **{name: 0 for name in ("grammar", "mem_cache", "kernels", "sampling", "server_args", "distributed")},
 }
 
 

@@ -31,6 +31,11 @@ def test_grammar_flags_parse():
         ({"grammar_compile_timeout": 0}, "--grammar-compile-timeout"),
         ({"grammar_compile_memory_limit": -1}, "--grammar-compile-memory-limit"),
         ({"grammar_backend": "regexy"}, "--grammar-backend"),
+        ({"nnodes": 2, "tp_size": 2}, "--dist-init-addr"),
+        ({"nnodes": 2, "tp_size": 3, "dist_init_addr": "10.0.0.1:5000"}, "--nnodes"),
+        ({"node_rank": 1}, "--node-rank"),
+        ({"dp_size": 0}, "--dp-size"),
+        ({"tp_size": 2, "speculative_algorithm": "NGRAM"}, "--speculative-dspark-sps-table-path"),
     ],
 )
 def test_bad_values_name_the_flag(overrides, flag):

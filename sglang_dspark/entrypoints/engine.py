@@ -93,6 +93,7 @@ class Engine:
         for req in [*self.scheduler.grammars.queue, *self.scheduler.waiting, *self.scheduler.running]:
             self.scheduler.abort_request(req.rid, "engine shut down")
         self.scheduler.grammars.close()
+        self.scheduler.runner.close()
 
     def __enter__(self) -> Engine:
         return self

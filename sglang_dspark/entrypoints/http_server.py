@@ -162,6 +162,21 @@ async def server_info(request: Request) -> dict:
     }
 
 
+@router.get("/get_load")
+async def get_load(request: Request) -> list[dict]:
+    """SGLang's load report, one entry per data-parallel rank of this server (one): what sglang-router's
+    load monitor reads (``num_tokens``: KV slots held by running requests)."""
+    state = await server_state(request).client.internal_state()
+    return [
+        {
+            "dp_rank": 0,
+            "num_reqs": state["num_running_reqs"] + state["num_waiting_reqs"],
+            "num_waiting_reqs": state["num_waiting_reqs"],
+            "num_tokens": state["kv_usage"]["in_use"],
+        }
+    ]
+
+
 @router.api_route("/flush_cache", methods=["GET", "POST"])
 async def flush_cache(request: Request) -> Response:
     if await server_state(request).client.flush_cache():

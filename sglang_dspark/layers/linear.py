@@ -1,9 +1,12 @@
 """Linear layers named after their tensor-parallel role (SGLang's names).
 
 Checkpoints keep q/k/v and gate/up as separate tensors; the merged layers load each one into
-its own shard of one weight, so a forward runs one matmul instead of three (or two). A later
-tensor-parallel change shards these along the output (column) or input (row) dimension
-without touching the models.
+its own shard of one weight, so a forward runs one matmul instead of three (or two).
+
+Under tensor parallelism (a ``TpGroup``) each rank keeps its slice of the checkpoint's tensors
+(sglang_dspark/distributed/partition.py): column-parallel layers the rows of their output dimension,
+row-parallel layers the columns of their input dimension, summed over the ranks by an all-reduce. Quantized
+weights are sliced the same way, block by block: rows freely, columns only at block boundaries.
 
 Every layer computes ``linear_fn(x, weight, bias)``: ``F.linear`` unless the model runner picks a
 faster kernel for the hardware (sglang_dspark/kernels/cpu_ops.py); a layer whose weight is kept
@@ -17,9 +20,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang_dspark.distributed.parallel_state import TpGroup
+from sglang_dspark.distributed.partition import HeadShard, Span, even_span, head_shard
 from sglang_dspark.kernels.cpu_ops import LinearFn
-from sglang_dspark.kernels.quant_formats import QuantizedWeight, concat_rows
+from sglang_dspark.kernels.quant_formats import BLOCK, QuantizedWeight, concat_rows
 from sglang_dspark.kernels.quant_linear import quant_linear
+
+
+def slice_rows(w: torch.Tensor | QuantizedWeight, rows: Span) -> torch.Tensor | QuantizedWeight:
+    """Rows [start, end) of w [N, K] (or of a bias [N])."""
+    if isinstance(w, QuantizedWeight):
+        return QuantizedWeight(w.fmt, w.data[rows.start : rows.end], w.cols)
+    return w[rows.start : rows.end]
+
+
+def slice_cols(w: torch.Tensor | QuantizedWeight, cols: Span) -> torch.Tensor | QuantizedWeight:
+    """Columns [start, end) of w [N, K]; a quantized weight only at whole blocks."""
+    if not isinstance(w, QuantizedWeight):
+        return w[:, cols.start : cols.end]
+    if cols.start % BLOCK or cols.size % BLOCK:
+        raise ValueError(
+            f"a {w.fmt.name} weight splits only at multiples of {BLOCK} input columns, not [{cols.start}, "
+            f"{cols.end}); run this --tp-size with --quantization none"
+        )
+    per_block = w.fmt.block_bytes
+    data = w.data[:, cols.start // BLOCK * per_block : cols.end // BLOCK * per_block].contiguous()
+    return QuantizedWeight(w.fmt, data, cols.size)
 
 
 class LinearBase(nn.Module):
@@ -35,10 +61,23 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] -> [..., out]."""
-        flat = x.reshape(-1, x.shape[-1])
+        return self._matmul(x.reshape(-1, x.shape[-1]), self.bias).view(*x.shape[:-1], -1)
+
+    def _matmul(self, flat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """flat [M, in] -> [M, out]."""
         if self.qweight is not None:
-            return quant_linear(flat, self.qweight, self.bias).view(*x.shape[:-1], -1)
-        return self.linear_fn(flat, self.weight, self.bias).view(*x.shape[:-1], -1)
+            return quant_linear(flat, self.qweight, bias)
+        return self.linear_fn(flat, self.weight, bias)
+
+    def load_weight(self, tensor: torch.Tensor | QuantizedWeight) -> None:
+        """Load this layer's weight [out, in], dense or quantized."""
+        if isinstance(tensor, QuantizedWeight):
+            self.set_quantized(tensor)
+            return
+        if tensor.shape != self.weight.shape:
+            raise ValueError(f"weight of shape {tuple(tensor.shape)}, expected {tuple(self.weight.shape)}")
+        with torch.no_grad():
+            self.weight.copy_(tensor)
 
     def set_quantized(self, qweight: QuantizedWeight) -> None:
         """Use ``qweight`` [out, in] and drop the dense weight."""
@@ -64,19 +103,23 @@ class ReplicatedLinear(nn.Linear):
 
 
 class ColumnParallelLinear(LinearBase):
-    """The output dimension is split into named shards."""
+    """The output dimension is split into named shards; under tensor parallelism each rank holds the rows
+    ``shards[name]`` of every checkpoint tensor ``name`` (the whole tensor without)."""
 
-    def __init__(self, in_features: int, shard_sizes: dict[str, int], bias: bool = False) -> None:
+    def __init__(self, in_features: int, shards: dict[str, Span], bias: bool = False) -> None:
         offsets: dict[str, tuple[int, int]] = {}
         offset = 0
-        for name, size in shard_sizes.items():
-            offsets[name] = (offset, size)
-            offset += size
+        for name, span in shards.items():
+            offsets[name] = (offset, span.size)
+            offset += span.size
         super().__init__(in_features, offset, bias)
+        self.shards = shards
         self.shard_offsets = offsets
         self._quantized_shards: dict[str, QuantizedWeight] = {}
 
     def load_shard(self, shard: str, tensor: torch.Tensor | QuantizedWeight, is_bias: bool = False) -> None:
+        """Load this rank's rows of the checkpoint tensor ``shard`` (q, k, v, gate or up)."""
+        tensor = slice_rows(tensor, self.shards[shard])
         start, size = self.shard_offsets[shard]
         if isinstance(tensor, QuantizedWeight):  # kept until every shard is there, then merged row-wise
             if tensor.shape != (size, self.in_features):
@@ -93,25 +136,64 @@ class ColumnParallelLinear(LinearBase):
 
 
 class QKVParallelLinear(ColumnParallelLinear):
-    def __init__(self, hidden: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool) -> None:
+    """q, k and v of this rank's attention heads (all heads without tensor parallelism)."""
+
+    def __init__(
+        self, hidden: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool, tp: TpGroup | None = None
+    ) -> None:
+        if tp is None:
+            self.heads = HeadShard(Span(0, num_heads), Span(0, num_kv_heads))
+        else:
+            self.heads = head_shard(num_heads, num_kv_heads, tp.size, tp.rank)
+        q, kv = self.heads.q_heads, self.heads.kv_heads
         super().__init__(
             hidden,
-            {"q": num_heads * head_dim, "k": num_kv_heads * head_dim, "v": num_kv_heads * head_dim},
+            {
+                "q": Span(q.start * head_dim, q.size * head_dim),
+                "k": Span(kv.start * head_dim, kv.size * head_dim),
+                "v": Span(kv.start * head_dim, kv.size * head_dim),
+            },
             bias,
         )
-        self.q_size = num_heads * head_dim
-        self.kv_size = num_kv_heads * head_dim
+        self.q_size = q.size * head_dim
+        self.kv_size = kv.size * head_dim
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
-    """gate and up projections of a gated MLP in one weight."""
+    """gate and up projections of a gated MLP in one weight (this rank's part of the intermediate size)."""
 
-    def __init__(self, hidden: int, intermediate: int) -> None:
-        super().__init__(hidden, {"gate": intermediate, "up": intermediate})
+    def __init__(self, hidden: int, intermediate: int, tp: TpGroup | None = None) -> None:
+        part = even_span(intermediate, tp.size, tp.rank, "MLP channels") if tp else Span(0, intermediate)
+        super().__init__(hidden, {"gate": part, "up": part})
 
 
 class RowParallelLinear(LinearBase):
-    """Input dimension is the one a tensor-parallel run would split (o_proj, down_proj)."""
+    """The input dimension is split (o_proj, down_proj): each rank multiplies its columns ``cols`` of the
+    weight with its part of the input, and the all-reduce sums the partial outputs; the bias is added once,
+    after the sum."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
-        super().__init__(in_features, out_features, bias)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        tp: TpGroup | None = None,
+        cols: Span | None = None,
+    ) -> None:
+        """``cols``: this rank's columns of the full [out, in_features] weight (all of them by default)."""
+        self.cols = cols or Span(0, in_features)
+        super().__init__(self.cols.size, out_features, bias)
+        self.tp = tp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in / tp] -> [..., out], summed over the ranks."""
+        if self.tp is None:
+            return super().forward(x)
+        out = self.tp.all_reduce(self._matmul(x.reshape(-1, x.shape[-1]), None))
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], -1)
+
+    def load_weight(self, tensor: torch.Tensor | QuantizedWeight) -> None:
+        """Load this rank's columns of the checkpoint's full weight [out, in]."""
+        super().load_weight(slice_cols(tensor, self.cols))

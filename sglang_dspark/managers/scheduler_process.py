@@ -87,6 +87,8 @@ class SchedulerLoop:
             "avg_spec_accept_length": self.spec_tokens / self.spec_rounds if self.spec_rounds else None,
             # zero when idle; requests still being validated are counted with the others
             "resources": {**resources, "requests": resources["requests"] + len(self.validating)},
+            # --tp-size > 1: rank 0's all-reduces and batch broadcasts so far (bytes, seconds)
+            "tp_comm": dataclasses.asdict(scheduler.runner.tp.stats) if scheduler.runner.tp else None,
         }
 
     def _count_spec(self, outputs: list[ReqOutput]) -> None:

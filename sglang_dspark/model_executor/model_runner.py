@@ -1,15 +1,26 @@
-"""ModelRunner: loads a model, owns the KV memory, runs forwards."""
+"""ModelRunner: loads a model, owns the KV memory, runs forwards.
+
+With ``--tp-size N`` every rank has a ModelRunner over its shard of the model and of the KV pool (its KV
+heads). Rank 0's scheduler calls ``forward``, which first broadcasts the batch (``TpBatch``); the other ranks
+sit in ``follow`` and run the same forward, their all-reduces meeting rank 0's.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from sglang_dspark.distributed.cpu_binding import bind_rank_to_cores
+from sglang_dspark.distributed.net import free_port
+from sglang_dspark.distributed.parallel_state import TpGroup, init_tp_group
+from sglang_dspark.distributed.partition import even_span, head_shard
 from sglang_dspark.kernels.cpu_ops import CpuOps, describe_cpu_ops, select_cpu_ops
 from sglang_dspark.kernels.quant_linear import load_quant_kernel
 from sglang_dspark.layers.attention import build_attention_metadata
@@ -17,6 +28,7 @@ from sglang_dspark.layers.layernorm import RMSNorm
 from sglang_dspark.layers.linear import LinearBase
 from sglang_dspark.mem_cache.memory_pool import KVPool, ReqToTokenPool, TokenAllocator
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
+from sglang_dspark.model_executor.tp_processes import TpRanks, local_ranks, start_tp_ranks
 from sglang_dspark.models.config import DecoderConfig
 from sglang_dspark.models.llama import ModelOutput
 from sglang_dspark.models.quantization import prepare_weights, quantize_to_int8, quantized_bytes
@@ -50,19 +62,63 @@ def use_cpu_ops(model: nn.Module, ops: CpuOps) -> None:
             module.linear_fn = ops.linear
 
 
+@dataclass
+class TpBatch:
+    """What the other tensor-parallel ranks need of one forward: rank 0's ForwardBatch with the request
+    rows of its req_to_token table copied in (they keep no table of their own)."""
+
+    input_ids: torch.Tensor  # [N] int64
+    positions: torch.Tensor  # [N] int64
+    out_cache_loc: torch.Tensor  # [N] int64
+    seq_lens: list[int]  # [B]
+    extend_lens: list[int]  # [B]
+    kv_slots: torch.Tensor  # [B, max(seq_lens)] int64, the KV slot of every position of each request
+
+    @classmethod
+    def of(cls, fb: ForwardBatch) -> TpBatch:
+        slots = fb.req_to_token[fb.req_pool_indices, : max(fb.seq_lens)]
+        return cls(fb.input_ids, fb.positions, fb.out_cache_loc, fb.seq_lens, fb.extend_lens, slots)
+
+    def forward_batch(self, kv_pool: KVPool) -> ForwardBatch:
+        """The batch over this rank's KV pool; no logits (only rank 0 samples)."""
+        return ForwardBatch(
+            input_ids=self.input_ids,
+            positions=self.positions,
+            out_cache_loc=self.out_cache_loc,
+            req_pool_indices=torch.arange(len(self.seq_lens)),
+            seq_lens=self.seq_lens,
+            extend_lens=self.extend_lens,
+            logits_indices=torch.zeros(0, dtype=torch.int64),
+            kv_pool=kv_pool,
+            req_to_token=self.kv_slots,
+        )
+
+
+def check_tp_split(cfg: DecoderConfig, tp_size: int) -> None:
+    """Raise ValueError, naming the numbers, if the model's heads or MLP cannot be split over tp_size ranks."""
+    for rank in range(tp_size):
+        head_shard(cfg.num_heads, cfg.num_kv_heads, tp_size, rank)
+    even_span(cfg.intermediate_size, tp_size, 0, "MLP channels (intermediate_size)")
+
+
 class ModelRunner:
-    def __init__(self, server_args: ServerArgs, model_dir: Path) -> None:
-        self.server_args = server_args
+    def __init__(self, server_args: ServerArgs, model_dir: Path, tp_rank: int = 0) -> None:
+        """``tp_rank``: this process's global tensor-parallel rank; rank 0 starts the other ranks of its node."""
         self.device = server_args.device
         self.dtype = getattr(torch, server_args.torch_dtype_name)
-        if server_args.num_threads:
-            torch.set_num_threads(server_args.num_threads)
-
+        self.tp: TpGroup | None = None
+        self.tp_ranks: TpRanks | None = None  # the processes of the other ranks rank 0 started
         self.hf_config = load_hf_config(model_dir)
         self.config = DecoderConfig.from_hf(self.hf_config)
+        if server_args.tp_size > 1:
+            check_tp_split(self.config, server_args.tp_size)  # before any rank starts
+            server_args = self._join_tp_group(server_args, model_dir, tp_rank)
+        self.server_args = server_args
+        if server_args.num_threads:
+            torch.set_num_threads(server_args.num_threads)
         cls = model_class(self.config.architecture)
         self.context_len = server_args.context_length or self.config.max_position_embeddings
-        self.model = cls(self.config).to(device=self.device, dtype=self.dtype)
+        self.model = cls(self.config, self.tp).to(device=self.device, dtype=self.dtype)
         self.quantization = self._quantization(server_args.quantization, model_dir)
         weights = load_safetensors_state(model_dir)
         self.model.load_weights(prepare_weights(weights, keep_blocks=self.quantization == "gguf"))
@@ -76,22 +132,29 @@ class ModelRunner:
             use_cpu_ops(self.model, self.cpu_ops)
 
         cfg = self.config
-        per_token = KVPool.bytes_per_token(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype)
+        kv_heads = cfg.num_kv_heads
+        if self.tp is not None:  # every rank sizes its pool like the rank with the most KV heads: same slots
+            kv_heads = max(
+                head_shard(cfg.num_heads, kv_heads, self.tp.size, r).kv_heads.size for r in range(self.tp.size)
+            )
+        per_token = KVPool.bytes_per_token(cfg.num_layers, kv_heads, cfg.head_dim, self.dtype)
         if server_args.max_total_tokens is not None:
             self.max_total_tokens = server_args.max_total_tokens
         else:
             budget = int(server_args.mem_fraction_static * physical_memory_bytes()) // per_token
             cap = server_args.max_running_requests * self.context_len
             self.max_total_tokens = max(1, min(budget, cap, MAX_AUTO_KV_TOKENS))
+        local_kv_heads = self.model.layers[0].self_attn.num_kv_heads
         self.kv_pool = KVPool(
-            self.max_total_tokens, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device
+            self.max_total_tokens, cfg.num_layers, local_kv_heads, cfg.head_dim, self.dtype, self.device
         )
         self.token_allocator = TokenAllocator(self.max_total_tokens)
         # two rows per running request leave room for requests that are being retracted and re-admitted
         self.req_to_token_pool = ReqToTokenPool(2 * server_args.max_running_requests, self.context_len, self.device)
         logger.info(
-            "model %s (%s), dtype %s, weights %s (%.1f MiB quantized), %s kernels, KV pool %d tokens (%.1f MiB), "
+            "%smodel %s (%s), dtype %s, weights %s (%.1f MiB quantized), %s kernels, KV pool %d tokens (%.1f MiB), "
             "context %d",
+            f"tensor-parallel rank {self.tp.rank} of {self.tp.size}: " if self.tp else "",
             model_dir.name,
             cfg.architecture,
             self.dtype,
@@ -102,6 +165,31 @@ class ModelRunner:
             self.max_total_tokens * per_token / 2**20,
             self.context_len,
         )
+
+    def _join_tp_group(self, server_args: ServerArgs, model_dir: Path, tp_rank: int) -> ServerArgs:
+        """Pin this rank to its cores, start the node's other ranks (rank 0), meet them all. Returns the
+        arguments with the rendezvous address filled in."""
+        ranks = local_ranks(server_args)
+        self._unbound = (os.sched_getaffinity(0), torch.get_num_threads())  # restored by close()
+        if tp_rank == 0:
+            if server_args.dist_init_addr is None:
+                server_args = dataclasses.replace(server_args, dist_init_addr=f"127.0.0.1:{free_port()}")
+            self.tp_ranks = start_tp_ranks(server_args, model_dir, ranks[1:])  # before binding: they inherit it
+        cores = bind_rank_to_cores(ranks.index(tp_rank), len(ranks))
+        if not server_args.num_threads:
+            server_args = dataclasses.replace(server_args, num_threads=len(cores))
+        logger.info("tensor-parallel rank %d computes on cores %s", tp_rank, cores)
+        try:
+            self.tp = init_tp_group(
+                tp_rank, server_args.tp_size, server_args.dist_init_addr, server_args.dist_timeout, self.device
+            )
+        except Exception:
+            if self.tp_ranks is not None:
+                self.tp_ranks.stop()
+            raise
+        if self.tp_ranks is not None:
+            self.tp_ranks.watch()
+        return server_args
 
     def _quantization(self, requested: str, model_dir: Path) -> str:
         """What the weights become: ``gguf`` (the checkpoint's own blocks kept), ``int8`` or ``none`` (dense).
@@ -124,6 +212,33 @@ class ModelRunner:
         return self.config.vocab_size
 
     def forward(self, fb: ForwardBatch) -> ModelOutput:
-        pool_attention = self.cpu_ops.pool_attention if self.cpu_ops else None
-        fb.attn_metadata = build_attention_metadata(fb, pool_attention, all_in_pool=self.deterministic)
+        if self.tp is not None:
+            self.tp.broadcast_from_rank0(TpBatch.of(fb))
+        fb.attn_metadata = self._attention_metadata(fb)
         return self.model(fb)
+
+    def _attention_metadata(self, fb: ForwardBatch):
+        pool_attention = self.cpu_ops.pool_attention if self.cpu_ops else None
+        return build_attention_metadata(fb, pool_attention, all_in_pool=self.deterministic)
+
+    def follow(self) -> None:
+        """A rank other than 0: run every forward rank 0 broadcasts, until it sends None."""
+        while True:
+            batch = self.tp.broadcast_from_rank0(None)
+            if batch is None:
+                return
+            fb = batch.forward_batch(self.kv_pool)
+            fb.attn_metadata = self._attention_metadata(fb)
+            self.model(fb)
+
+    def close(self) -> None:
+        """Rank 0: release the other ranks (they return from ``follow``) and wait for them to exit."""
+        if self.tp is None or self.tp.rank != 0:
+            return
+        self.tp.broadcast_from_rank0(None)
+        if self.tp_ranks is not None:
+            self.tp_ranks.stop()
+        self.tp.close()
+        self.tp = None
+        os.sched_setaffinity(0, self._unbound[0])
+        torch.set_num_threads(self._unbound[1])

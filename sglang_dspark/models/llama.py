@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sglang_dspark.distributed.parallel_state import TpGroup
+from sglang_dspark.distributed.partition import Span, even_span
 from sglang_dspark.kernels.cpu_ops import LinearFn
 from sglang_dspark.kernels.quant_formats import QuantizedWeight
 from sglang_dspark.layers.attention import paged_attention
@@ -27,13 +29,18 @@ class ModelOutput:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: DecoderConfig, layer_id: int, qkv_bias: bool, qk_norm: bool) -> None:
+    """This rank's attention heads (all of them without tensor parallelism)."""
+
+    def __init__(self, cfg: DecoderConfig, layer_id: int, qkv_bias: bool, qk_norm: bool, tp: TpGroup | None) -> None:
         super().__init__()
         self.layer_id = layer_id
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.head_dim = cfg.head_dim
         self.scale = cfg.head_dim**-0.5
-        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias)
-        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size)
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias, tp)
+        q_heads = self.qkv_proj.heads.q_heads
+        self.num_heads, self.num_kv_heads = q_heads.size, self.qkv_proj.heads.kv_heads.size
+        o_cols = Span(q_heads.start * cfg.head_dim, q_heads.size * cfg.head_dim)
+        self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, tp=tp, cols=o_cols)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
 
@@ -50,10 +57,11 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg: DecoderConfig) -> None:
+    def __init__(self, cfg: DecoderConfig, tp: TpGroup | None) -> None:
         super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size)
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size)
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size, tp)
+        part = even_span(cfg.intermediate_size, tp.size, tp.rank, "MLP channels") if tp else None
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, tp=tp, cols=part)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -61,12 +69,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: DecoderConfig, layer_id: int, qkv_bias: bool, qk_norm: bool) -> None:
+    def __init__(self, cfg: DecoderConfig, layer_id: int, qkv_bias: bool, qk_norm: bool, tp: TpGroup | None) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = LlamaAttention(cfg, layer_id, qkv_bias, qk_norm)
+        self.self_attn = LlamaAttention(cfg, layer_id, qkv_bias, qk_norm, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = LlamaMLP(cfg)
+        self.mlp = LlamaMLP(cfg, tp)
 
     def forward(
         self,
@@ -86,14 +94,18 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    """The whole model, or with ``tp`` this rank's share of it: every decoder layer split across the ranks,
+    the embedding, the norms and the LM head replicated (so the residual stream, the captured hidden states
+    and the logits are whole on every rank)."""
+
     qk_norm = False  # Qwen3 normalises q and k per head
 
-    def __init__(self, cfg: DecoderConfig) -> None:
+    def __init__(self, cfg: DecoderConfig, tp: TpGroup | None = None) -> None:
         super().__init__()
         self.config = cfg
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(cfg, i, self.qkv_bias(cfg), self.qk_norm) for i in range(cfg.num_layers)
+            LlamaDecoderLayer(cfg, i, self.qkv_bias(cfg), self.qk_norm, tp) for i in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
@@ -161,6 +173,11 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if name not in params:
                 raise ValueError(f"unexpected weight {hf_name!r} for {type(self).__name__}")
+            module = self.get_submodule(name.removesuffix(".weight"))
+            if isinstance(module, RowParallelLinear) and name.endswith(".weight"):  # this rank's columns
+                module.load_weight(tensor)
+                loaded.add(name)
+                continue
             if isinstance(tensor, QuantizedWeight):
                 self.get_submodule(name.removesuffix(".weight")).set_quantized(tensor)
                 loaded.add(name)

@@ -1,0 +1,113 @@
+"""``--tp-size 2`` computes what ``--tp-size 1`` computes: logits within 1e-4 and the same greedy tokens on the
+real default model (its Q4_1 blocks split between the ranks), plain and DSPARK, with and without a JSON schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sglang_dspark import Engine
+from sglang_dspark.model_executor.forward_batch import ForwardBatch
+from sglang_dspark.model_executor.model_runner import ModelRunner
+from sglang_dspark.models.model_source import resolve_model_path
+from sglang_dspark.server_args import ServerArgs
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three prime numbers.",
+    "Explain what a linked list is in one sentence.",
+    "Translate 'good morning' into Spanish.",
+    "What is 12 times 7?",
+    "Name a famous painting by Leonardo da Vinci.",
+    "Give me a tip for learning to code.",
+    "Describe a cat in five words.",
+    "Why is the sky blue?",
+]
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+MAX_NEW_TOKENS = 24
+ENGINE_ARGS = {"dtype": "float32", "max_total_tokens": 2048, "max_running_requests": 16, "log_level": "warning"}
+
+
+@pytest.fixture(scope="module")
+def sps_path(tmp_path_factory):
+    """A fixed SPS table (profiling SPS(B) at start-up runs single-process forwards, so TP needs one)."""
+    path = tmp_path_factory.mktemp("sps") / "sps.json"
+    table = {"sample_batch_tokens": [1, 8, 16, 64], "sample_steps_per_sec": [0.027, 0.0238, 0.0204, 0.010]}
+    path.write_text(json.dumps({**table, "max_batch_tokens": 64}))
+    return str(path)
+
+
+def outputs(engine: Engine, schema: dict | None) -> list[list[int]]:
+    ids = [
+        engine.tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        for p in PROMPTS
+    ]
+    params = {"temperature": 0, "max_new_tokens": MAX_NEW_TOKENS}
+    if schema is not None:
+        params["json_schema"] = json.dumps(schema)
+    return [r["output_ids"] for r in engine.generate(input_ids=ids, sampling_params=params)]
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, list[list[int]]]:
+    with Engine(**ENGINE_ARGS) as engine:
+        return {"plain": outputs(engine, None), "json": outputs(engine, SCHEMA)}
+
+
+@pytest.mark.parametrize("algorithm", [None, "DSPARK"])
+def test_tp2_greedy_tokens_equal_tp1(expected, sps_path, algorithm):
+    spec = {"speculative_algorithm": algorithm, "speculative_dspark_sps_table_path": sps_path} if algorithm else {}
+    with Engine(**ENGINE_ARGS, tp_size=2, **spec) as engine:
+        got = {"plain": outputs(engine, None), "json": outputs(engine, SCHEMA)}
+    assert got["plain"] == expected["plain"]
+    assert got["json"] == expected["json"]
+
+
+def prefill_then_decode(runner: ModelRunner, prompt: list[int]) -> torch.Tensor:
+    """Logits [len(prompt) + 1, V] of a prefill of ``prompt`` and one greedy decode step after it."""
+    table = runner.req_to_token_pool.req_to_token
+    n = len(prompt)
+    table[0, : n + 1] = torch.arange(1, n + 2)
+
+    def step(ids: list[int], start: int, logits_rows: int) -> torch.Tensor:
+        k = len(ids)
+        fb = ForwardBatch(
+            input_ids=torch.tensor(ids),
+            positions=torch.arange(start, start + k),
+            out_cache_loc=table[0, start : start + k].clone(),
+            req_pool_indices=torch.tensor([0]),
+            seq_lens=[start + k],
+            extend_lens=[k],
+            logits_indices=torch.arange(k - logits_rows, k),
+            kv_pool=runner.kv_pool,
+            req_to_token=table,
+        )
+        return runner.forward(fb).logits
+
+    prefill = step(prompt, 0, n)
+    decode = step([int(prefill[-1].argmax())], n, 1)
+    return torch.cat([prefill, decode])
+
+
+@pytest.mark.parametrize("quantization", ["auto", "none"])
+def test_tp2_logits_within_1e4(quantization):
+    model_dir = resolve_model_path(None)
+    prompt = list(range(100, 140))
+    logits = []
+    for tp in (1, 2):
+        args = ServerArgs(dtype="float32", tp_size=tp, quantization=quantization, max_total_tokens=128)
+        runner = ModelRunner(args, model_dir)
+        try:
+            logits.append(prefill_then_decode(runner, prompt))
+        finally:
+            runner.close()
+    assert (logits[0] - logits[1]).abs().max().item() < 1e-4
