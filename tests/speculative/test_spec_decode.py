@@ -414,3 +414,22 @@ def test_standalone_needs_a_draft_model_with_the_targets_vocabulary(sps_path, tm
     path = save_tiny_draft_model(tmp_path / "draft", vocab_size=97)
     with pytest.raises(ValueError, match="vocab_size 97, the target 49152"):
         spec_engine("STANDALONE", sps_path, speculative_draft_model_path=path)
+
+
+def test_dspark_uses_the_last_kv_slot(sps_path):
+    """A request that fills the whole KV pool reaches its last slot (slots run 1..max_total_tokens): the
+    drafter's per-slot features must have a row for it."""
+    eng = Engine(
+        max_total_tokens=64,
+        disable_radix_cache=True,
+        log_level="warning",
+        speculative_algorithm="DSPARK",
+        speculative_dspark_sps_table_path=sps_path,
+    )
+    try:
+        ids = chat(eng, "Count to twenty.")
+        out = eng.generate(input_ids=ids, sampling_params={"temperature": 0, "max_new_tokens": 64 - len(ids)})
+        assert out["meta_info"]["finish_reason"]["type"] in ("length", "stop")
+        assert eng.scheduler.runner.token_allocator.available_size() == 64
+    finally:
+        eng.shutdown()
