@@ -23,7 +23,7 @@ from torch import nn
 from sglang_dspark.distributed.parallel_state import TpGroup
 from sglang_dspark.distributed.partition import HeadShard, Span, even_span, head_shard
 from sglang_dspark.kernels.cpu_ops import LinearFn
-from sglang_dspark.kernels.quant_formats import BLOCK, QuantizedWeight, concat_rows
+from sglang_dspark.kernels.quant_formats import QuantizedWeight, concat_rows
 from sglang_dspark.kernels.quant_linear import quant_linear
 
 
@@ -38,13 +38,14 @@ def slice_cols(w: torch.Tensor | QuantizedWeight, cols: Span) -> torch.Tensor | 
     """Columns [start, end) of w [N, K]; a quantized weight only at whole blocks."""
     if not isinstance(w, QuantizedWeight):
         return w[:, cols.start : cols.end]
-    if cols.start % BLOCK or cols.size % BLOCK:
+    block = w.fmt.block_weights
+    if cols.start % block or cols.size % block:
         raise ValueError(
-            f"a {w.fmt.name} weight splits only at multiples of {BLOCK} input columns, not [{cols.start}, "
+            f"a {w.fmt.name} weight splits only at multiples of {block} input columns, not [{cols.start}, "
             f"{cols.end}); run this --tp-size with --quantization none"
         )
     per_block = w.fmt.block_bytes
-    data = w.data[:, cols.start // BLOCK * per_block : cols.end // BLOCK * per_block].contiguous()
+    data = w.data[:, cols.start // block * per_block : cols.end // block * per_block].contiguous()
     return QuantizedWeight(w.fmt, data, cols.size)
 
 
