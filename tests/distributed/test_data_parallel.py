@@ -2,7 +2,7 @@
 
 Also what the router reads of a replica: its load (``/get_load``'s ``num_tokens``) shows in ``/get_loads``.
 
-Requests through the router's OpenAI route reach both replicas, requests that share a long prefix land where
+Requests through the router's OpenAI route reach both replicas, its native /generate route works, requests that share a long prefix land where
 it is cached (``cached_tokens > 0``), and a replica killed mid-run loses at most the requests it was running:
 the router drops it and the other replica serves everything after."""
 
@@ -86,6 +86,14 @@ def test_router_spreads_requests_and_routes_shared_prefixes_to_their_cache(route
     assert not errors
     assert all(r.usage.prompt_tokens_details.cached_tokens > 0 for r in results[:15])
     assert all(served_prompt_tokens(w) > 0 for w in workers)
+
+
+def test_native_generate_through_the_router(router):
+    """The router forwards /generate bodies with the fields of SGLang's GenerateReqInput; replicas accept them."""
+    body = {"text": "Hello", "sampling_params": {"temperature": 0, "max_new_tokens": MAX_TOKENS, "ignore_eos": True}}
+    r = requests.post(f"{router}/generate", json=body, timeout=600)
+    assert r.status_code == 200, r.text
+    assert r.json()["meta_info"]["completion_tokens"] == MAX_TOKENS
 
 
 def test_killed_replica_loses_only_its_running_requests(router):
