@@ -73,6 +73,7 @@ GENERATE_FIELDS = FieldPolicy(
             "received_time",
             "kv_hints",
             "priority",
+            "model",  # not in GenerateReqInput: sglang-router's /generate body carries it
         }
     ),
     default_only={
