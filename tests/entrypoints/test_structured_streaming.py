@@ -111,7 +111,7 @@ def test_streamed_schema_output_stays_in_the_language(server_urls, tokenizer, pl
                 chunks += 1
                 assert is_prefix(text), text
     assert text == full.message.content
-    assert chunks > 5  # streamed in pieces, not in one final chunk
+    assert chunks >= 3  # streamed in pieces (a DSPARK round with forced runs commits many tokens at once)
     assert len(full.message.content) > 100  # a long output: many chunks, speculative rounds, forced runs
 
 
