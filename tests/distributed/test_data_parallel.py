@@ -2,9 +2,9 @@
 
 Also what the router reads of a replica: its load (``/get_load``'s ``num_tokens``) shows in ``/get_loads``.
 
-Requests through the router's OpenAI route reach both replicas, its native /generate route works, requests that share a long prefix land where
-it is cached (``cached_tokens > 0``), and a replica killed mid-run loses at most the requests it was running:
-the router drops it and the other replica serves everything after."""
+Requests through the router's OpenAI route reach both replicas, its native /generate route works, requests
+that share a long prefix land where it is cached (``cached_tokens > 0``), and a replica killed mid-run loses at
+most the requests it was running: the router drops it and the other replica serves everything after."""
 
 from __future__ import annotations
 
