@@ -43,15 +43,7 @@ def assemble(chunks) -> list[dict]:
 
 
 def run_calls(client: openai.OpenAI, function: SchemaFunction, stream: bool) -> list[dict]:
-    kwargs = {
-        "model": "any",
-        "temperature": 0,
-        "max_tokens": 512,
-        "messages": [{"role": "user", "content": function.prompt()}],
-        "tools": [function.tool()],
-        "tool_choice": "required",
-        "parallel_tool_calls": False,
-    }
+    kwargs = {"model": "any", "temperature": 0, "max_tokens": 512, **function.required_call()}
     if stream:
         return assemble(client.chat.completions.create(**kwargs, stream=True))
     message = client.chat.completions.create(**kwargs).choices[0].message

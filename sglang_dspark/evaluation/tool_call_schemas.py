@@ -39,6 +39,11 @@ class SchemaFunction:
     def prompt(self) -> str:
         return f"Call {self.name} with realistic example arguments."
 
+    def required_call(self) -> dict[str, Any]:
+        """Chat-completion arguments that ask for exactly one call of this function (``tool_choice`` required)."""
+        messages = [{"role": "user", "content": self.prompt()}]
+        return {"messages": messages, "tools": [self.tool()], "tool_choice": "required", "parallel_tool_calls": False}
+
 
 def _usable(schema: Any, max_chars: int) -> bool:
     if not isinstance(schema, dict) or schema.get("type") != "object" or not schema.get("properties"):

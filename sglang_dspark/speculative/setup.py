@@ -155,7 +155,7 @@ def build_dspark_proposer(args: ServerArgs, runner: ModelRunner, model_dir: Path
         cfg.target_layer_ids,
         cfg.vocab_size if drafter.draft_vocab is None else len(drafter.draft_vocab),
     )
-    num_slots = runner.max_total_tokens + 1  # KV slots run 1..max_total_tokens; slot 0 is padding
+    num_slots = runner.max_total_tokens + 1  # KV slots are 1..max_total_tokens; slot 0 is padding
     return DSparkProposer(drafter, runner.req_to_token_pool.req_to_token, num_slots, calibration, args.random_seed)
 
 

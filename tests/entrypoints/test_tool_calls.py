@@ -204,14 +204,7 @@ def schema_calls(client: openai.OpenAI, count: int, stream: bool) -> list[list[t
     """Per function: its calls as (name, arguments), or "length" where the output hit max_tokens."""
     out = []
     for function in schema_functions(count):
-        kwargs = {
-            **GREEDY,
-            "max_tokens": 512,
-            "messages": [{"role": "user", "content": function.prompt()}],
-            "tools": [function.tool()],
-            "tool_choice": "required",
-            "parallel_tool_calls": False,
-        }
+        kwargs = {**GREEDY, "max_tokens": 512, **function.required_call()}
         if stream:
             _, calls, finish = streamed_calls(client.chat.completions.create(**kwargs, stream=True))
         else:
