@@ -16,6 +16,7 @@ They are compiled on first use with torch's JIT extension builder (about a minut
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import os
 import shutil
@@ -63,18 +64,37 @@ def load_cpu_ops() -> CpuOps:
 
 
 def build_extension(name: str, sources: list[Path], cflags: list[str]):
-    """Compile (or reuse the cached build of) a torch C++ extension with OpenMP (at::parallel_for threads)."""
-    from torch.utils.cpp_extension import load
+    """Compile (or reuse the cached build of) a torch C++ extension with OpenMP (at::parallel_for threads).
 
-    logger.info("building the native CPU kernels %s (first use only, about a minute)", name)
-    with _ninja_on_path():
+    torch's builder waits, without a time-out, while a ``lock`` file sits in the build directory, and a
+    builder that was killed leaves that file behind. Builds here hold an OS file lock instead (the
+    kernel drops it when its process dies), so a ``lock`` file found while holding it is stale.
+    """
+    from torch.utils.cpp_extension import _get_build_directory, load
+
+    build_dir = Path(_get_build_directory(name, verbose=False))
+    with _ninja_on_path(), _exclusive(build_dir / "build.flock"):
+        (build_dir / "lock").unlink(missing_ok=True)
+        logger.info("building the native CPU kernels %s (first use only, about a minute)", name)
         return load(
             name=name,
             sources=[str(p) for p in sources],
             extra_cflags=[*cflags, "-fopenmp"],
             extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
             verbose=False,
         )
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Holds an exclusive flock on ``path``: one builder per build directory across processes."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextmanager
