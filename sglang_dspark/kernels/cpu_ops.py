@@ -7,7 +7,8 @@ and its bf16 ``rms_norm`` and per-layer K/V gathers cost more than the math they
 - ``linear``: reads every weight row once per tile of 4 rows of ``x``, fp32 accumulation;
 - ``rms_norm`` / ``add_rms_norm``: HF's rounding order, one pass, residual add fused;
 - ``pool_attention``: decode, verify and short-extend queries over K/V read in place from the token
-  pool (causal: query n sees the first ``kv_lens[n]`` slots of its request's slot row).
+  pool (causal: query n sees the first ``kv_lens[n]`` slots of its request's slot row);
+- ``rotary``: the rotary embedding of q and k in place, HF's rounding (one call instead of a dozen ops).
 
 They are compiled on first use with torch's JIT extension builder (about a minute; cached in
 ~/.cache/torch_extensions) and checked against torch before they are used.
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 LinearFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (x [M, K], weight [N, K], bias [N]) -> [M, N]
 # (q [N, Hq, D], k_buf/v_buf [T, Hkv, D], slots [B, S], q_rows [N], kv_lens [N], scale) -> [N, Hq, D]
 PoolAttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, float], Tensor]
+# (q [N, Hq, D], k [N, Hkv, D], cos [N, 1, D], sin [N, 1, D]) -> rotated (q, k)
+RotaryFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
 
 
@@ -44,6 +47,7 @@ class CpuOps:
     rms_norm: Callable[[Tensor, Tensor, float], Tensor]  # x [N, d], weight [d], eps -> [N, d]
     add_rms_norm: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]  # -> (normed, x + residual)
     pool_attention: PoolAttentionFn
+    rotary: RotaryFn  # in place on q and k
 
 
 def cpu_lacks_bf16_gemm() -> bool:
@@ -58,7 +62,7 @@ def load_cpu_ops() -> CpuOps:
     if capability not in ("AVX2", "AVX512"):
         raise RuntimeError(f"the native CPU kernels need AVX2 + FMA (CPU capability: {capability})")
     module = build_extension("sglang_dspark_cpu_ops", SOURCES, ["-O3", "-mavx2", "-mfma"])
-    ops = CpuOps(module.bf16_linear, module.rms_norm, module.add_rms_norm, module.pool_attention)
+    ops = CpuOps(module.bf16_linear, module.rms_norm, module.add_rms_norm, module.pool_attention, module.rotary)
     _check_against_torch(ops)
     return ops
 
@@ -129,6 +133,11 @@ def _check_against_torch(ops: CpuOps) -> None:
     k_buf, v_buf = kv[0].reshape(14, 2, 16), kv[1].reshape(14, 2, 16)
     got = ops.pool_attention(q, k_buf, v_buf, slots, torch.tensor([0, 1]), torch.tensor([7, 7]), 0.25)
     _expect_close("pool_attention", got, want)
+    cos, sin = torch.randn(2, 2, 1, 16, generator=gen)
+    rotated = torch.cat([-q[..., 8:], q[..., :8]], dim=-1)
+    want = q.float() * cos + rotated.float() * sin
+    got, _ = ops.rotary(q.clone(), q[:, :1].clone(), cos.bfloat16(), sin.bfloat16())
+    _expect_close("rotary", got, want)
 
 
 def _expect_close(name: str, got: Tensor, want: Tensor) -> None:

@@ -39,8 +39,8 @@ from sglang_dspark.kernels.quant_formats import (
     random_blocks,
 )
 
-# (x [M, K], weight [N, bytes] uint8, kernel format id, K, bias [N] | None) -> [M, N]
-QuantLinearKernel = Callable[[Tensor, Tensor, int, int, Tensor | None], Tensor]
+# (x [M, K], weight [N, bytes] uint8, kernel format id, K, bias [N] | None, float_out) -> [M, N]
+QuantLinearKernel = Callable[[Tensor, Tensor, int, int, Tensor | None, bool], Tensor]
 SOURCE = Path(__file__).parent / "csrc_avx512" / "quant_linear.cpp"
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "f16c")
 CPUINFO = Path("/proc/cpuinfo")
@@ -75,19 +75,23 @@ def _build_quant_kernel() -> QuantLinearKernel:
     return kernel
 
 
-def quant_linear(x: Tensor, weight: AnyQuantizedWeight, bias: Tensor | None) -> Tensor:
-    """x [M, K] -> x W^T + b [M, N] in x's dtype (the kernel must have loaded: ``load_quant_kernel``)."""
-    return _run(_build_quant_kernel(), x, weight, bias)
+def quant_linear(x: Tensor, weight: AnyQuantizedWeight, bias: Tensor | None, float_out: bool = False) -> Tensor:
+    """x [M, K] (bf16 or fp32) -> x W^T + b [M, N] in x's dtype, or fp32 with ``float_out`` (the kernel
+    must have loaded: ``load_quant_kernel``)."""
+    return _run(_build_quant_kernel(), x, weight, bias, float_out)
 
 
-def _run(kernel: QuantLinearKernel, x: Tensor, weight: AnyQuantizedWeight, bias: Tensor | None) -> Tensor:
+def _run(
+    kernel: QuantLinearKernel, x: Tensor, weight: AnyQuantizedWeight, bias: Tensor | None, float_out: bool = False
+) -> Tensor:
     x = x.contiguous()
     if isinstance(weight, QuantizedWeight):
-        return kernel(x, weight.data, weight.fmt.kernel_id, weight.cols, bias)
+        return kernel(x, weight.data, weight.fmt.kernel_id, weight.cols, bias, float_out)
     outs, start = [], 0
     for part in weight.parts:  # one call per format, each row of the output from one part
         end = start + part.shape[0]
-        outs.append(kernel(x, part.data, part.fmt.kernel_id, part.cols, None if bias is None else bias[start:end]))
+        part_bias = None if bias is None else bias[start:end]
+        outs.append(kernel(x, part.data, part.fmt.kernel_id, part.cols, part_bias, float_out))
         start = end
     return torch.cat(outs, dim=1)
 

@@ -73,7 +73,7 @@ def build_attention_metadata(
     if not short:
         return AttentionMetadata(None, long)
     max_s = max(fb.seq_lens[i] for i in short)
-    kv_slots = fb.req_to_token[fb.req_pool_indices[short]][:, :max_s]  # [Bs, S]
+    kv_slots = fb.req_to_token[:, :max_s][fb.req_pool_indices[short]]  # [Bs, S]
     elen = torch.tensor([fb.extend_lens[i] for i in short])  # [Bs]
     seq = torch.tensor([fb.seq_lens[i] for i in short])  # [Bs]
     if pool_attention is not None:

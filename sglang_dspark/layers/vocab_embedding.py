@@ -51,4 +51,4 @@ class VocabParallelEmbedding(nn.Embedding):
         """As the LM head: hidden [M, d] -> [M, V] float32 (``linear_fn`` for a dense table)."""
         if self.qweight is None:
             return linear_fn(hidden, self.weight, None).float()
-        return quant_linear(hidden, self.qweight, None).float()
+        return quant_linear(hidden, self.qweight, None, float_out=True)

@@ -54,12 +54,15 @@ def release_freed_memory() -> None:
 
 
 def use_cpu_ops(model: nn.Module, ops: CpuOps) -> None:
-    """Route the model's matmuls (LinearBase layers and the LM head) and RMSNorms through native kernels."""
+    """Route the model's matmuls (LinearBase layers and the LM head), RMSNorms and rotary embeddings through
+    native kernels."""
     for module in model.modules():
         if isinstance(module, RMSNorm):
             module.cpu_ops = ops
         elif isinstance(module, LinearBase) or "linear_fn" in vars(module):
             module.linear_fn = ops.linear
+        if "rotary_fn" in vars(module):
+            module.rotary_fn = ops.rotary
 
 
 @dataclass

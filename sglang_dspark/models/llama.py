@@ -11,7 +11,7 @@ from torch import nn
 
 from sglang_dspark.distributed.parallel_state import TpGroup
 from sglang_dspark.distributed.partition import Span, even_span
-from sglang_dspark.kernels.cpu_ops import LinearFn
+from sglang_dspark.kernels.cpu_ops import LinearFn, RotaryFn
 from sglang_dspark.kernels.quant_formats import QuantizedWeight
 from sglang_dspark.layers.attention import paged_attention
 from sglang_dspark.layers.layernorm import RMSNorm
@@ -43,6 +43,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, tp=tp, cols=o_cols)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
+        self.rotary_fn: RotaryFn = apply_rotary  # the native kernel where the model runner loads it
 
     def forward(self, x: torch.Tensor, fb: ForwardBatch, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         n = x.shape[0]
@@ -51,7 +52,7 @@ class LlamaAttention(nn.Module):
         k = k.view(n, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, k, *cos_sin)
+        q, k = self.rotary_fn(q, k, *cos_sin)
         out = paged_attention(q, k, v.view(n, self.num_kv_heads, self.head_dim), self.layer_id, fb, self.scale)
         return self.o_proj(out)
 

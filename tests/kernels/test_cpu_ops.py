@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from sglang_dspark.kernels.cpu_ops import cpu_lacks_bf16_gemm, load_cpu_ops, select_cpu_ops
 from sglang_dspark.layers.layernorm import RMSNorm
 from sglang_dspark.layers.linear import QKVParallelLinear, RowParallelLinear
+from sglang_dspark.layers.rotary_embedding import RotaryEmbedding, apply_rotary
 from sglang_dspark.model_executor.model_runner import use_cpu_ops
 
 pytestmark = pytest.mark.skipif(
@@ -149,6 +150,32 @@ def test_pool_attention_rejects_bad_inputs(ops):
     with pytest.raises(RuntimeError, match="multiple of 8"):
         kv6 = torch.randn(4, 2, 6)
         ops.pool_attention(torch.randn(1, 2, 6), kv6, kv6, slots, torch.tensor([0]), torch.tensor([1]), 1.0)
+
+
+# ---------------------------------------------------------------- rotary
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_rotary_matches_torch_bit_for_bit_in_place_on_strided_views(ops, dtype):
+    gen = _gen(7)
+    n, hq, hkv, d = 5, 6, 2, 64
+    qkv = torch.randn(n, (hq + 2 * hkv) * d, generator=gen).to(dtype)  # q and k are views of a fused projection
+    q, k, _ = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+    q, k = q.view(n, hq, d), k.view(n, hkv, d)
+    rope = RotaryEmbedding(d, 64, 10000.0)
+    cos, sin = rope.cos_sin(torch.tensor([0, 3, 9, 20, 63]), dtype)
+    want_q, want_k = apply_rotary(q, k, cos, sin)
+    got_q, got_k = ops.rotary(q, k, cos, sin)
+    assert got_q.data_ptr() == q.data_ptr() and got_k.data_ptr() == k.data_ptr()  # rotated in place
+    assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
+
+
+def test_rotary_rejects_mismatched_inputs(ops):
+    q, k, cos = torch.randn(2, 4, 8), torch.randn(2, 2, 8), torch.randn(2, 1, 8)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        ops.rotary(q, k, cos.bfloat16(), cos.bfloat16())
+    with pytest.raises(RuntimeError, match="cos/sin"):
+        ops.rotary(q, k, torch.randn(3, 1, 8), torch.randn(3, 1, 8))
 
 
 # ---------------------------------------------------------------- selection and wiring

@@ -63,6 +63,8 @@ def test_matmul_matches_dequantized_reference(name, rows, bias):
     assert_matches_reference(got, x, dense, b)
     got_bf16 = quant_linear(x.bfloat16(), w, b)  # bf16 activations: widened to fp32, result rounded to bf16
     assert got_bf16.dtype == torch.bfloat16
+    got_float = quant_linear(x.bfloat16(), w, b, float_out=True)  # the same sums, not rounded to bf16
+    assert got_float.dtype == torch.float32 and torch.equal(got_float.bfloat16(), got_bf16)
     want_bf16 = torch.nn.functional.linear(x.bfloat16().double(), dense.double(), None if b is None else b.double())
     torch.testing.assert_close(got_bf16.double(), want_bf16, rtol=1e-2, atol=1e-2 * float(want_bf16.abs().max()))
 

@@ -15,6 +15,10 @@ torch::Tensor pool_attention(const torch::Tensor& q, const torch::Tensor& k_buf,
                              const torch::Tensor& slots, const torch::Tensor& q_rows, const torch::Tensor& kv_lens,
                              double scale);
 
+// Rotary embedding of q [N, Hq, D] and k [N, Hkv, D] in place (HF's rotate_half and rounding); cos/sin [N, 1, D].
+std::tuple<torch::Tensor, torch::Tensor> rotary(torch::Tensor q, torch::Tensor k, const torch::Tensor& cos,
+                                                const torch::Tensor& sin);
+
 // HF RMSNorm of x [N, d]; with a residual, of x + residual, returning (normed, x + residual).
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 std::tuple<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& residual,

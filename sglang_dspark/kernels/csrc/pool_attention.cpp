@@ -139,8 +139,12 @@ torch::Tensor pool_attention(const torch::Tensor& q, const torch::Tensor& k_buf,
                       lens = kv_lens.to(torch::kInt64).contiguous();
   torch::Tensor out = torch::empty_like(q);
   if (N == 0) return out;
-  TORCH_CHECK(lens.min().item<int64_t>() >= 1 && lens.max().item<int64_t>() <= s.size(1), "kv_lens out of range");
-  TORCH_CHECK(rows.min().item<int64_t>() >= 0 && rows.max().item<int64_t>() < s.size(0), "q_rows out of range");
+  // bounds of every index the kernel reads through, checked in a loop (a handful of values per call)
+  const int64_t *lp = lens.data_ptr<int64_t>(), *rp = rows.data_ptr<int64_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    TORCH_CHECK(lp[n] >= 1 && lp[n] <= s.size(1), "kv_lens out of range");
+    TORCH_CHECK(rp[n] >= 0 && rp[n] < s.size(0), "q_rows out of range");
+  }
   const float sc = static_cast<float>(scale);
   if (q.scalar_type() == at::kBFloat16) {
     run(q.data_ptr<at::BFloat16>(), k_buf.data_ptr<at::BFloat16>(), v_buf.data_ptr<at::BFloat16>(), s.data_ptr<int64_t>(),

@@ -147,13 +147,13 @@ inline void tile(const float* x, int64_t K, const float* w, float out[4][kPanel]
     for (int n = 0; n < NB; ++n) out[m][n] = _mm512_reduce_add_ps(acc[m][n]);
 }
 
-template <int NB>
-void panel_times_rows(const float* x, int64_t M, int64_t K, const float* w, const float* bias, int64_t n0, float* y,
+template <int NB, typename OutT>
+void panel_times_rows(const float* x, int64_t M, int64_t K, const float* w, const float* bias, int64_t n0, OutT* y,
                       int64_t N) {
   float out[4][kPanel];
   auto store = [&](int64_t m, int mt) {
     for (int i = 0; i < mt; ++i)
-      for (int n = 0; n < NB; ++n) y[(m + i) * N + n0 + n] = out[i][n] + (bias ? bias[n0 + n] : 0.f);
+      for (int n = 0; n < NB; ++n) y[(m + i) * N + n0 + n] = static_cast<OutT>(out[i][n] + (bias ? bias[n0 + n] : 0.f));
   };
   int64_t m = 0;
   for (; m + 4 <= M; m += 4) { tile<4, NB>(x + m * K, K, w, out); store(m, 4); }
@@ -165,8 +165,8 @@ void panel_times_rows(const float* x, int64_t M, int64_t K, const float* w, cons
   }
 }
 
-template <QType T>
-void run(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t row_bytes, const float* bias, float* y,
+template <QType T, typename OutT>
+void run(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t row_bytes, const float* bias, OutT* y,
          int64_t N) {
   const int64_t panels = (N + kPanel - 1) / kPanel;
   at::parallel_for(0, panels, 8, [&](int64_t begin, int64_t end) {
@@ -177,40 +177,22 @@ void run(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t row_byt
         const int64_t n0 = p * kPanel, nb = std::min(kPanel, N - n0);
         for (int64_t n = 0; n < nb; ++n) decode_row<T>(w + (n0 + n) * row_bytes, K, buf.data() + n * K);
         const float* xm = x + m0 * K;
-        float* ym = y + m0 * N;
+        OutT* ym = y + m0 * N;
         switch (nb) {
-          case 4: panel_times_rows<4>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
-          case 3: panel_times_rows<3>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
-          case 2: panel_times_rows<2>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
-          default: panel_times_rows<1>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
+          case 4: panel_times_rows<4, OutT>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
+          case 3: panel_times_rows<3, OutT>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
+          case 2: panel_times_rows<2, OutT>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
+          default: panel_times_rows<1, OutT>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
         }
       }
     }
   });
 }
 
-}  // namespace
 
-// x [M, K] (bf16 or fp32), weight [N, K / block weights * block bytes] uint8 in format qtype, bias [N] or
-// None -> [M, N] in x's dtype.
-torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, int64_t qtype, int64_t K,
-                           const c10::optional<torch::Tensor>& bias) {
-  TORCH_CHECK(qtype >= 0 && qtype < kNumTypes, "unknown quantized weight type ", qtype);
-  TORCH_CHECK(K % kBlockWeights[qtype] == 0, "K must be a multiple of ", kBlockWeights[qtype]);
-  TORCH_CHECK(weight.scalar_type() == at::kByte && weight.dim() == 2 && weight.is_contiguous() &&
-                  weight.size(1) == K / kBlockWeights[qtype] * kBlockBytes[qtype],
-              "weight must be contiguous uint8 [N, K / block weights * block bytes]");
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, "x must be [M, K]");
-  const int64_t M = x.size(0), N = weight.size(0);
-  torch::Tensor xf = x.to(torch::kFloat32).contiguous();
-  torch::Tensor bf;
-  if (bias.has_value()) bf = bias->to(torch::kFloat32).contiguous();
-  torch::Tensor y = torch::empty({M, N}, x.options().dtype(torch::kFloat32));
-  const float* bp = bias.has_value() ? bf.data_ptr<float>() : nullptr;
-  const uint8_t* wp = weight.data_ptr<uint8_t>();
-  const float* xp = xf.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const int64_t rb = weight.size(1);
+template <typename OutT>
+void dispatch(int64_t qtype, const float* xp, int64_t M, int64_t K, const uint8_t* wp, int64_t rb, const float* bp,
+              OutT* yp, int64_t N) {
   switch (qtype) {
     case kQ4_0: run<kQ4_0>(xp, M, K, wp, rb, bp, yp, N); break;
     case kQ4_1: run<kQ4_1>(xp, M, K, wp, rb, bp, yp, N); break;
@@ -221,7 +203,51 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
     case kQ5_K: run<kQ5_K>(xp, M, K, wp, rb, bp, yp, N); break;
     default: run<kQ6_K>(xp, M, K, wp, rb, bp, yp, N); break;
   }
-  return y.to(x.scalar_type());
+}
+
+// n values of a bf16 or fp32 tensor's memory as fp32 (no torch op: a decode step makes hundreds of these calls)
+std::vector<float> as_float(const torch::Tensor& t) {
+  std::vector<float> out(t.numel());
+  if (t.scalar_type() == at::kBFloat16) {
+    const at::BFloat16* p = t.data_ptr<at::BFloat16>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(p[i]);
+  } else {
+    TORCH_CHECK(t.scalar_type() == at::kFloat, "quant_linear supports bfloat16 and float32 inputs");
+    std::memcpy(out.data(), t.data_ptr<float>(), out.size() * sizeof(float));
+  }
+  return out;
+}
+
+}  // namespace
+
+// x [M, K] (bf16 or fp32, contiguous), weight [N, K / block weights * block bytes] uint8 in format qtype,
+// bias [N] or None -> [M, N] in x's dtype, or in fp32 with float_out.
+torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, int64_t qtype, int64_t K,
+                           const c10::optional<torch::Tensor>& bias, bool float_out) {
+  TORCH_CHECK(qtype >= 0 && qtype < kNumTypes, "unknown quantized weight type ", qtype);
+  TORCH_CHECK(K % kBlockWeights[qtype] == 0, "K must be a multiple of ", kBlockWeights[qtype]);
+  TORCH_CHECK(weight.scalar_type() == at::kByte && weight.dim() == 2 && weight.is_contiguous() &&
+                  weight.size(1) == K / kBlockWeights[qtype] * kBlockBytes[qtype],
+              "weight must be contiguous uint8 [N, K / block weights * block bytes]");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == K && x.is_contiguous(), "x must be contiguous [M, K]");
+  const int64_t M = x.size(0), N = weight.size(0);
+  const std::vector<float> xf = x.scalar_type() == at::kFloat ? std::vector<float>() : as_float(x);
+  const float* xp = x.scalar_type() == at::kFloat ? x.data_ptr<float>() : xf.data();
+  std::vector<float> bf;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->numel() == N && bias->is_contiguous(), "bias must be contiguous [N]");
+    bf = as_float(*bias);
+  }
+  const float* bp = bias.has_value() ? bf.data() : nullptr;
+  const uint8_t* wp = weight.data_ptr<uint8_t>();
+  const int64_t rb = weight.size(1);
+  torch::Tensor y = torch::empty({M, N}, x.options().dtype(float_out ? at::kFloat : x.scalar_type()));
+  if (y.scalar_type() == at::kFloat) {
+    dispatch(qtype, xp, M, K, wp, rb, bp, y.data_ptr<float>(), N);
+  } else {
+    dispatch(qtype, xp, M, K, wp, rb, bp, y.data_ptr<at::BFloat16>(), N);
+  }
+  return y;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
