@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from llama_cpp_baseline import LlamaCppBaseline
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "prompts"
 
@@ -90,23 +91,12 @@ def bench_hf(model, tokenizer, prompts_ids: list[list[int]], new_tokens: int, ba
     return statistics.median(rates)
 
 
-def bench_llamacpp(gguf: Path, prompts_ids: list[list[int]], new_tokens: int) -> float | None:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
-    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False)
+def bench_llamacpp(cpp: LlamaCppBaseline, prompts_ids: list[list[int]], new_tokens: int) -> float:
+    """Median batch-1 tokens/s of llama.cpp over the prompts (prefill included, as in bench_ours)."""
     rates = []
     for ids in prompts_ids:
-        llm.reset()
-        t = time.perf_counter()
-        n = 0
-        for tok in llm.generate(ids, temp=0.0):
-            n += 1
-            if n == new_tokens:
-                break
-            del tok
-        rates.append(n / (time.perf_counter() - t))
+        req = cpp.generate(ids, new_tokens, ignore_eos=True)
+        rates.append(req.tokens / req.seconds)
     return statistics.median(rates)
 
 
@@ -236,14 +226,22 @@ def main() -> None:
         print(f"| {' | '.join(cells)} |", flush=True)
 
     rates: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in engines}
+    cpp = LlamaCppBaseline(gguf, torch.get_num_threads()) if LlamaCppBaseline.available() else None
+    cpp_rates: list[float] = []
     for engine, _ in engines.values():
         bench_ours(engine, prompts[:1], 8, 1)  # warm-up
-    for _ in range(args.repeats):
+    if cpp is not None:
+        bench_llamacpp(cpp, prompts[:1], 8)
+    for _ in range(args.repeats):  # llama.cpp takes its turn in every pass too
         for name, (engine, _) in engines.items():
             rates[name][0].append(bench_ours(engine, prompts, args.new_tokens, 1))
             rates[name][1].append(bench_ours(engine, prompts, args.new_tokens, batch))
+        if cpp is not None:
+            cpp_rates.append(bench_llamacpp(cpp, prompts, args.new_tokens))
     for name, (r1, r8) in rates.items():
         report(name, statistics.median(r1), statistics.median(r8), engines[name][1])
+    if cpp is not None:
+        report(f"llama.cpp ({gguf.name})", statistics.median(cpp_rates), None, gguf.stat().st_size)
     model_dir = next(iter(engines.values()))[0].model_dir
     for engine, _ in engines.values():
         engine.shutdown()
@@ -259,9 +257,6 @@ def main() -> None:
                 sum(p.numel() * p.element_size() for p in hf.parameters()),
             )
             del hf
-    cpp = bench_llamacpp(gguf, prompts, args.new_tokens)
-    if cpp is not None:
-        report(f"llama.cpp ({gguf.name})", cpp, None, gguf.stat().st_size)
     for reference in [r for r in rows if not r[0].startswith("sglang-dspark")]:
         ratios = ", ".join(f"{name.split(':')[0]} {b1 / reference[1]:.2f}x" for name, b1, _ in rows if name in rates)
         print(f"\nbatch 1 vs {reference[0]}: {ratios}")

@@ -40,9 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from llama_cpp_baseline import LlamaCppBaseline
 
 from sglang_dspark import Engine
 from sglang_dspark.grammar import Constraint, GrammarError
+from sglang_dspark.models.model_source import default_model_gguf
 from sglang_dspark.speculative.metrics import conditional_acceptance, tau
 from sglang_dspark.speculative.setup import build_spec_worker
 from sglang_dspark.speculative.spec_worker import SpecWorker
@@ -50,6 +52,7 @@ from sglang_dspark.speculative.spec_worker import SpecWorker
 DATA = Path(__file__).resolve().parents[1] / "data"
 WORKLOADS = ("code", "chat", "json")
 SHOWN_POSITIONS = 4
+CPP = "llama.cpp"  # the --llamacpp entry
 MAX_PROMPT_CHARS = 3000  # longer chat prompts are skipped: their prefill would dominate on a CPU
 
 
@@ -83,14 +86,17 @@ class LevelRun:
     accept_lens: list[int] = field(default_factory=list)
 
 
-def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, max_new_tokens: int) -> LevelRun:
-    tok = engine.tokenizer
-    ids = [
-        tok.apply_chat_template(
+def chat_ids(tokenizer, items: list[tuple[str, dict]]) -> list[list[int]]:
+    return [
+        tokenizer.apply_chat_template(
             [{"role": "user", "content": m}], add_generation_prompt=True, tokenize=True, return_dict=False
         )
         for m, _ in items
     ]
+
+
+def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, max_new_tokens: int) -> LevelRun:
+    ids = chat_ids(engine.tokenizer, items)
     params = [{"temperature": 0, "max_new_tokens": max_new_tokens, **extra} for _, extra in items]
     run = LevelRun()
     t = time.perf_counter()
@@ -107,6 +113,18 @@ def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, m
             run.draft_lens += meta.get("spec_draft_lens", [])
             run.accept_lens += meta.get("spec_accept_lens", [])
     run.seconds = time.perf_counter() - t
+    return run
+
+
+def run_cpp_level(cpp: LlamaCppBaseline, tokenizer, items: list[tuple[str, dict]], max_new_tokens: int) -> LevelRun:
+    """llama.cpp on the same prompts, one at a time (concurrency 1)."""
+    run = LevelRun()
+    for ids, (_, extra) in zip(chat_ids(tokenizer, items), items):
+        req = cpp.generate(ids, max_new_tokens, extra.get("json_schema"))
+        run.tokens += req.tokens
+        run.seconds += req.seconds
+        if req.tokens > 1:
+            run.tpots.append((req.seconds - req.first_token_seconds) / (req.tokens - 1))
     return run
 
 
@@ -171,6 +189,11 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None or x != x else format(x, spec)
 
 
+def versus(row: dict, reference: dict | None) -> str:
+    """row's tok/s as a multiple of reference's ("-" without one)."""
+    return "-" if reference is None else f"{row['tok_s'] / reference['tok_s']:.2f}x"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -198,6 +221,11 @@ def main() -> None:
     )
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument(
+        "--llamacpp",
+        action="store_true",
+        help="add llama.cpp on the same GGUF file (concurrency 1; needs llama-cpp-python) and each row's ratio to it",
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args()
 
@@ -229,10 +257,14 @@ def main() -> None:
             workers[name] = engine.scheduler.spec.worker
             if config:
                 workers[name] = variant_worker(engine, workers[name], config)
+    cpp = LlamaCppBaseline(default_model_gguf(), torch.get_num_threads()) if args.llamacpp else None
     if "json" in items:  # schemas the grammar backend refuses (a 400) are left out; every engine compiles
         # (and caches) the rest now, so no level of one engine pays for compiles the others do not
         items["json"] = [
-            it for it in items["json"] if all([compiles(e, it[1]["json_schema"]) for e in set(engines.values())])
+            it
+            for it in items["json"]
+            if all([compiles(e, it[1]["json_schema"]) for e in set(engines.values())])
+            and (cpp is None or cpp.prepare(it[1]["json_schema"]))
         ]
         items["json"] = items["json"][:most]
     for w, its in items.items():
@@ -241,13 +273,18 @@ def main() -> None:
     for w in workloads:
         for c in levels:
             runs: dict[str, list[LevelRun]] = {name: [] for name in engines}
+            if cpp is not None and c == 1:
+                runs[CPP] = []
             for _ in range(args.repeats):
                 for name, engine in engines.items():
                     if name in workers:
                         engine.scheduler.spec.worker = workers[name]
                     engine.flush_cache()  # cold radix cache: no level reuses the prompts or outputs of another
                     runs[name].append(run_level(engine, items[w][: prompts[c]], c, args.max_new_tokens))
-            for name in engines:
+                if CPP in runs:
+                    tok = engines["none"].tokenizer
+                    runs[CPP].append(run_cpp_level(cpp, tok, items[w][: prompts[c]], args.max_new_tokens))
+            for name in runs:
                 row = summarize(runs[name])
                 results.setdefault(w, {}).setdefault(name, {})[c] = row
                 print(
@@ -264,9 +301,9 @@ def main() -> None:
     cond_cols = " | ".join(f"cond@{k + 1}" for k in range(SHOWN_POSITIONS))
     print(
         f"| workload | algorithm | concurrency | tok/s | speed-up | TPOT ms | decode speed-up | tau | {cond_cols} "
-        "| verify budget |"
+        f"| verify budget |{' vs llama.cpp |' if cpp else ''}"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * SHOWN_POSITIONS + "---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * SHOWN_POSITIONS + "---:|" + ("---:|" if cpp else ""))
     for w, by_algo in results.items():
         for name, by_level in by_algo.items():
             for c, row in by_level.items():
@@ -277,6 +314,7 @@ def main() -> None:
                     f"{row['tpot_ms']:.1f} | {base['tpot_ms'] / row['tpot_ms']:.2f}x | {fmt(row.get('tau'))} | "
                     + " | ".join(fmt(x) for x in cond)
                     + f" | {fmt(row.get('budget'), '.1f')} |"
+                    + (f" {versus(row, by_algo.get(CPP, {}).get(c))} |" if cpp else "")
                 )
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
