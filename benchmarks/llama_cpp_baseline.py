@@ -23,12 +23,31 @@ class CppRequest:
 
 
 class LlamaCppBaseline:
-    """One llama.cpp context over ``gguf`` with ``threads`` threads."""
+    """One llama.cpp context over ``gguf`` with ``threads`` threads.
 
-    def __init__(self, gguf: Path, threads: int, n_ctx: int = 4096) -> None:
+    ``extra_buffers`` is llama.cpp's ``use_extra_bufts`` (weights repacked for AMX or wider SIMD). It is off by
+    default: on the AMX machine these benchmarks run on, llama.cpp 0.3.36's AMX matmul crashes the process
+    (SIGSEGV in ggml_backend_amx_mul_mat at the first prompt), so llama.cpp runs its AVX-512 kernels.
+    """
+
+    def __init__(self, gguf: Path, threads: int, n_ctx: int = 4096, extra_buffers: bool = False) -> None:
+        import llama_cpp.llama_cpp as api
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+        defaults = api.llama_model_default_params
+
+        def model_params():
+            params = defaults()
+            params.use_extra_bufts = extra_buffers
+            return params
+
+        api.llama_model_default_params = model_params  # Llama() has no argument for it
+        try:
+            self.llm = Llama(
+                model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False
+            )
+        finally:
+            api.llama_model_default_params = defaults
         self._grammars: dict[str, object] = {}
 
     @staticmethod
