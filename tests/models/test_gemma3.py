@@ -202,7 +202,7 @@ def test_real_270m_logits_match_hf_including_past_the_sliding_window(real_gemma3
     prompts = [tok(p)["input_ids"] for p in REAL_PROMPTS[:2]] + [long_prompt(tok, 3 * cfg.sliding_window // 2)]
     for ids, out in zip(prompts, forward_sequences(ours.eval(), prompts), strict=True):
         want = hf_logits(hf, ids)
-        torch.testing.assert_close(out.logits, want, atol=2e-3, rtol=1e-4)
+        torch.testing.assert_close(out.logits, want, atol=5e-4, rtol=1e-4)  # measured: 6e-5 at most
         assert torch.equal(out.logits.argmax(-1), want.argmax(-1))
 
 
