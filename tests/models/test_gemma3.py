@@ -230,3 +230,24 @@ def test_real_270m_greedy_output_equals_hf_greedy(real_gemma3):
         with torch.no_grad():
             ref = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=12, eos_token_id=None)
         assert out == ref[0, len(ids) :].tolist()
+
+
+@needs_gemma3
+def test_real_270m_keeps_its_k_quant_blocks(real_gemma3):
+    """--quantization auto runs the GGUF's Q4_K / Q5_0 / Q6_K / Q8_0 blocks as they are (Q8_0: the tied embedding
+    and LM head); its greedy continuation of a factual prompt is the dense model's."""
+    from sglang_dspark import Engine
+    from sglang_dspark.kernels.quant_linear import missing_cpu_flags
+    from sglang_dspark.models.weights import checkpoint_quant_types
+
+    if missing_cpu_flags():
+        pytest.skip("the quantized matmul needs AVX-512")
+    model_dir, _, _ = real_gemma3
+    assert checkpoint_quant_types(model_dir) == {"Q4_K", "Q5_0", "Q6_K", "Q8_0"}
+    engine = Engine(model_path=str(model_dir), dtype="float32", max_total_tokens=2048, log_level="warning")
+    try:
+        assert engine.scheduler.runner.quantization == "gguf"
+        out = engine.generate("The capital of France is", {"temperature": 0, "max_new_tokens": 8})
+    finally:
+        engine.shutdown()
+    assert out["text"].startswith(" the capital of the country of France.")
