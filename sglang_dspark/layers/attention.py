@@ -7,6 +7,12 @@ over K/V read in place from the pool, each query seeing its request's keys up to
 position; without them it is padded into one batched SDPA call over gathered K/V. Grouped-query
 attention folds the query heads of one KV head into the query-length axis, so K/V are never
 repeated.
+
+Sliding-window layers (Gemma 3) get metadata of their own (``AttentionMetadata.windowed``): the
+query at position p sees the keys at positions p - window + 1 .. p. The pool keeps every key, so a
+cached prefix, a chunk boundary or a verify row changes nothing. For the native kernel each short
+query gets a slot row of its own starting at its window's first key (the kernel's causal
+``kv_lens`` contract, unchanged); the SDPA paths add the window to their masks.
 """
 
 from __future__ import annotations
@@ -55,13 +61,28 @@ class PoolShortGroup:
 class AttentionMetadata:
     short: PaddedShortGroup | PoolShortGroup | None
     long: list[LongExtend]
+    window: int | None = None  # keys each query sees (itself included); None = all before it
+    windowed: AttentionMetadata | None = None  # the same batch for the model's sliding-window layers
 
 
 def build_attention_metadata(
-    fb: ForwardBatch, pool_attention: PoolAttentionFn | None = None, all_in_pool: bool = False
+    fb: ForwardBatch,
+    pool_attention: PoolAttentionFn | None = None,
+    all_in_pool: bool = False,
+    sliding_window: int | None = None,
 ) -> AttentionMetadata:
     """Groups the batch's requests; ``all_in_pool`` sends every query, prefill chunks included, to
-    ``pool_attention`` (batch-invariant: each query's result is independent of chunking and batch)."""
+    ``pool_attention`` (batch-invariant: each query's result is independent of chunking and batch).
+    ``sliding_window``: the window of the model's sliding layers, if it has any (fills ``windowed``)."""
+    meta = _group(fb, pool_attention, all_in_pool, None)
+    if sliding_window is not None:
+        meta.windowed = _group(fb, pool_attention, all_in_pool, sliding_window)
+    return meta
+
+
+def _group(
+    fb: ForwardBatch, pool_attention: PoolAttentionFn | None, all_in_pool: bool, window: int | None
+) -> AttentionMetadata:
     if all_in_pool and pool_attention is None:
         raise ValueError("all_in_pool needs the native pool attention kernel")
     starts = [0]
@@ -69,24 +90,31 @@ def build_attention_metadata(
         starts.append(starts[-1] + e)
     short_max = max(fb.extend_lens, default=0) if all_in_pool else SHORT_EXTEND_MAX
     short = [i for i, e in enumerate(fb.extend_lens) if e <= short_max]
-    long = [_long_extend(fb, i, starts[i]) for i, e in enumerate(fb.extend_lens) if e > short_max]
+    long = [_long_extend(fb, i, starts[i], window) for i, e in enumerate(fb.extend_lens) if e > short_max]
     if not short:
-        return AttentionMetadata(None, long)
+        return AttentionMetadata(None, long, window)
     max_s = max(fb.seq_lens[i] for i in short)
     kv_slots = fb.req_to_token[:, :max_s][fb.req_pool_indices[short]]  # [Bs, S]
     elen = torch.tensor([fb.extend_lens[i] for i in short])  # [Bs]
     seq = torch.tensor([fb.seq_lens[i] for i in short])  # [Bs]
     if pool_attention is not None:
-        return AttentionMetadata(_pool_group(short, starts, elen, seq, kv_slots, not long, pool_attention), long)
-    return AttentionMetadata(_padded_group(short, starts, elen, seq, kv_slots, not long), long)
+        group = _pool_group(short, starts, elen, seq, kv_slots, not long, pool_attention, window)
+        return AttentionMetadata(group, long, window)
+    return AttentionMetadata(_padded_group(short, starts, elen, seq, kv_slots, not long, window), long, window)
 
 
-def _long_extend(fb: ForwardBatch, i: int, q_start: int) -> LongExtend:
+def _long_extend(fb: ForwardBatch, i: int, q_start: int, window: int | None) -> LongExtend:
     e, s = fb.extend_lens[i], fb.seq_lens[i]
-    slots = fb.req_to_token[int(fb.req_pool_indices[i]), :s]
     prefix = s - e
-    mask = torch.arange(s)[None, :] <= (prefix + torch.arange(e))[:, None] if prefix > 0 else None
-    return LongExtend(q_start, q_start + e, slots, mask)
+    first = 0 if window is None else max(0, prefix + 1 - window)  # the first query's first key
+    slots = fb.req_to_token[int(fb.req_pool_indices[i]), first:s]
+    k_abs = torch.arange(first, s)[None, :]  # [1, S]
+    q_abs = (prefix + torch.arange(e))[:, None]  # [e, 1]
+    mask = k_abs <= q_abs
+    if window is not None:
+        mask &= k_abs > q_abs - window
+    plain_causal = prefix == 0 and (window is None or s <= window)
+    return LongExtend(q_start, q_start + e, slots, None if plain_causal else mask)
 
 
 def _pool_group(
@@ -97,17 +125,30 @@ def _pool_group(
     kv_slots: torch.Tensor,
     all_short: bool,
     attend: PoolAttentionFn,
+    window: int | None,
 ) -> PoolShortGroup:
     q_rows = torch.repeat_interleave(torch.arange(len(short)), elen)  # [Ns]
     first = torch.cumsum(elen, 0) - elen  # [Bs] offset of each request's first query in the group
     offset = torch.arange(len(q_rows)) - first[q_rows]  # [Ns] j: position among the request's new tokens
     kv_lens = (seq - elen)[q_rows] + offset + 1
     q_index = None if all_short else torch.tensor([starts[i] for i in short])[q_rows] + offset
+    if window is not None and int(kv_lens.max()) > window:
+        # one slot row per query, from its window's first key: [Ns, W]
+        key_start = (kv_lens - window).clamp(min=0)  # [Ns]
+        cols = (key_start[:, None] + torch.arange(window)[None, :]).clamp(max=kv_slots.shape[1] - 1)
+        kv_slots = kv_slots[q_rows[:, None], cols]
+        q_rows, kv_lens = torch.arange(len(q_rows)), kv_lens - key_start
     return PoolShortGroup(q_index, q_rows, kv_lens, kv_slots.contiguous(), attend)
 
 
 def _padded_group(
-    short: list[int], starts: list[int], elen: torch.Tensor, seq: torch.Tensor, kv_slots: torch.Tensor, all_short: bool
+    short: list[int],
+    starts: list[int],
+    elen: torch.Tensor,
+    seq: torch.Tensor,
+    kv_slots: torch.Tensor,
+    all_short: bool,
+    window: int | None,
 ) -> PaddedShortGroup:
     ext, max_s = int(elen.max()), kv_slots.shape[1]
     kv_pos = torch.arange(max_s)
@@ -120,6 +161,8 @@ def _padded_group(
     # query j of request b sits at absolute position seq - elen + j and sees keys <= that position
     q_abs = (seq - elen)[:, None] + q_off[None, :]  # [Bp, E]
     mask = (kv_pos[None, None, :] <= q_abs[:, :, None]) & kv_valid[:, None, :]  # [Bp, E, S]
+    if window is not None:
+        mask &= kv_pos[None, None, :] > q_abs[:, :, None] - window
     need_mask = not bool(mask[q_valid].all())
     pure_decode = all_short and ext == 1
     return PaddedShortGroup(
@@ -150,10 +193,21 @@ def _gather(buf: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 
 
 def paged_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int, fb: ForwardBatch, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layer_id: int,
+    fb: ForwardBatch,
+    scale: float,
+    sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """q [N, Hq, D], k/v [N, Hkv, D] for the new tokens -> [N, Hq * D]. Writes k/v to the pool first."""
+    """q [N, Hq, D], k/v [N, Hkv, D] for the new tokens -> [N, Hq * D]. Writes k/v to the pool first.
+    ``sliding_window``: this layer's window (the batch's metadata must have been built with it)."""
     meta: AttentionMetadata = fb.attn_metadata  # type: ignore[assignment]
+    if sliding_window is not None:
+        meta = meta.windowed
+        if meta is None or meta.window != sliding_window:
+            raise ValueError(f"attention metadata was not built for a sliding window of {sliding_window}")
     pool = fb.kv_pool
     pool.set_kv(layer_id, fb.out_cache_loc, k, v)
     k_buf, v_buf = pool.k_buffer[layer_id], pool.v_buffer[layer_id]

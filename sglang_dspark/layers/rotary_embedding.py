@@ -7,14 +7,17 @@ from torch import nn
 
 
 def rope_theta_and_scaling(config: dict) -> tuple[float, dict | None]:
-    """Read rope settings from an HF config (transformers 4.x `rope_theta` or 5.x `rope_parameters`)."""
+    """Read rope settings from an HF config (transformers 4.x `rope_theta` or 5.x `rope_parameters`); a model
+    with RoPE per layer type (Gemma 3) gives those of its full-attention layers."""
     params = config.get("rope_parameters") or {}
+    if isinstance(params.get("full_attention"), dict):
+        params = params["full_attention"]
     theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
     scaling = config.get("rope_scaling") or params
     rope_type = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
-    if rope_type not in ("default", "llama3"):
-        raise ValueError(f"unsupported rope scaling type {rope_type!r} (supported: default, llama3)")
-    return theta, (scaling if rope_type == "llama3" else None)
+    if rope_type not in ("default", "llama3", "linear"):
+        raise ValueError(f"unsupported rope scaling type {rope_type!r} (supported: default, llama3, linear)")
+    return theta, (scaling if rope_type != "default" else None)
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
@@ -34,7 +37,9 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         # float32 throughout, as HF computes it, so fp32 outputs match HF bit for bit where possible
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        if scaling is not None:
+        if scaling is not None and scaling.get("rope_type", scaling.get("type")) == "linear":
+            inv_freq = inv_freq / scaling["factor"]
+        elif scaling is not None:
             inv_freq = _llama3_inv_freq(inv_freq, scaling)
         freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)

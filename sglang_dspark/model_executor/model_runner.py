@@ -222,7 +222,9 @@ class ModelRunner:
 
     def _attention_metadata(self, fb: ForwardBatch):
         pool_attention = self.cpu_ops.pool_attention if self.cpu_ops else None
-        return build_attention_metadata(fb, pool_attention, all_in_pool=self.deterministic)
+        return build_attention_metadata(
+            fb, pool_attention, all_in_pool=self.deterministic, sliding_window=self.config.sliding_window
+        )
 
     def follow(self) -> None:
         """A rank other than 0: run every forward rank 0 broadcasts, until it sends None."""

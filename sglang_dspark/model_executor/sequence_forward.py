@@ -79,7 +79,9 @@ class SequenceRunner:
             req_to_token=self.req_to_token,
             capture_layers=tuple(capture),
         )
-        fb.attn_metadata = build_attention_metadata(fb, self.pool_attention)
+        fb.attn_metadata = build_attention_metadata(
+            fb, self.pool_attention, sliding_window=self.model.config.sliding_window
+        )
         out = self.model(fb)
         return out.logits, out.hidden_states
 

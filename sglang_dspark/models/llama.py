@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,13 @@ from sglang_dspark.layers.linear import MergedColumnParallelLinear, QKVParallelL
 from sglang_dspark.layers.rotary_embedding import RotaryEmbedding, apply_rotary
 from sglang_dspark.layers.vocab_embedding import VocabParallelEmbedding
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
-from sglang_dspark.models.config import DecoderConfig
+from sglang_dspark.models.config import SLIDING, DecoderConfig
+
+NormFactory = Callable[[int, float], RMSNorm]  # (size, eps) -> the model's RMSNorm
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+}
 
 
 @dataclass
@@ -29,20 +36,24 @@ class ModelOutput:
 
 
 class LlamaAttention(nn.Module):
-    """This rank's attention heads (all of them without tensor parallelism)."""
+    """This rank's attention heads (all of them without tensor parallelism); ``qk_norm``: the per-head
+    norm of q and k (Qwen3, Gemma 3), or None."""
 
-    def __init__(self, cfg: DecoderConfig, layer_id: int, qkv_bias: bool, qk_norm: bool, tp: TpGroup | None) -> None:
+    def __init__(
+        self, cfg: DecoderConfig, layer_id: int, qkv_bias: bool, qk_norm: NormFactory | None, tp: TpGroup | None
+    ) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.head_dim = cfg.head_dim
-        self.scale = cfg.head_dim**-0.5
+        self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
+        self.sliding_window = cfg.sliding_window if cfg.layer_type(layer_id) == SLIDING else None
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads, qkv_bias, tp)
         q_heads = self.qkv_proj.heads.q_heads
         self.num_heads, self.num_kv_heads = q_heads.size, self.qkv_proj.heads.kv_heads.size
         o_cols = Span(q_heads.start * cfg.head_dim, q_heads.size * cfg.head_dim)
         self.o_proj = RowParallelLinear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, tp=tp, cols=o_cols)
-        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
-        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
+        self.q_norm = qk_norm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
+        self.k_norm = qk_norm(cfg.head_dim, cfg.rms_norm_eps) if qk_norm else None
         self.rotary_fn: RotaryFn = apply_rotary  # the native kernel where the model runner loads it
 
     def forward(self, x: torch.Tensor, fb: ForwardBatch, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -53,7 +64,8 @@ class LlamaAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary_fn(q, k, *cos_sin)
-        out = paged_attention(q, k, v.view(n, self.num_kv_heads, self.head_dim), self.layer_id, fb, self.scale)
+        v = v.view(n, self.num_kv_heads, self.head_dim)
+        out = paged_attention(q, k, v, self.layer_id, fb, self.scale, self.sliding_window)
         return self.o_proj(out)
 
 
@@ -63,14 +75,21 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size, tp)
         part = even_span(cfg.intermediate_size, tp.size, tp.rank, "MLP channels") if tp else None
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, tp=tp, cols=part)
+        try:
+            self.act = ACTIVATIONS[cfg.hidden_act]
+        except KeyError:
+            supported = sorted(ACTIVATIONS)
+            raise ValueError(f"unsupported MLP activation {cfg.hidden_act!r}; supported: {supported}") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.act(gate) * up)
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: DecoderConfig, layer_id: int, qkv_bias: bool, qk_norm: bool, tp: TpGroup | None) -> None:
+    def __init__(
+        self, cfg: DecoderConfig, layer_id: int, qkv_bias: bool, qk_norm: NormFactory | None, tp: TpGroup | None
+    ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = LlamaAttention(cfg, layer_id, qkv_bias, qk_norm, tp)
@@ -100,22 +119,35 @@ class LlamaForCausalLM(nn.Module):
     and the logits are whole on every rank)."""
 
     qk_norm = False  # Qwen3 normalises q and k per head
+    norm_factory: NormFactory = RMSNorm  # every RMSNorm of the model (Gemma: weights offset by one)
 
     def __init__(self, cfg: DecoderConfig, tp: TpGroup | None = None) -> None:
         super().__init__()
         self.config = cfg
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(cfg, i, self.qkv_bias(cfg), self.qk_norm, tp) for i in range(cfg.num_layers)
+        self.layers = nn.ModuleList(self.decoder_layer(cfg, i, tp) for i in range(cfg.num_layers))
+        self.norm = self.norm_factory(cfg.hidden_size, cfg.rms_norm_eps)
+        # one RoPE table per layer type with its own base (Gemma 3's sliding and global layers)
+        self.rotary = nn.ModuleDict(
+            {
+                kind: RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, *cfg.rope_of(kind))
+                for kind in sorted({cfg.layer_type(i) for i in range(cfg.num_layers)})
+            }
         )
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
         self.lm_head = None if cfg.tie_word_embeddings else VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.linear_fn: LinearFn = F.linear  # the LM head's matmul, like LinearBase.linear_fn
+
+    def decoder_layer(self, cfg: DecoderConfig, layer_id: int, tp: TpGroup | None) -> nn.Module:
+        qk_norm = self.norm_factory if self.qk_norm else None
+        return LlamaDecoderLayer(cfg, layer_id, self.qkv_bias(cfg), qk_norm, tp)
 
     @staticmethod
     def qkv_bias(cfg: DecoderConfig) -> bool:
         return cfg.attention_bias
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [N] -> the first layer's input [N, d]."""
+        return self.embed_tokens(ids)
 
     @property
     def lm_head_module(self) -> VocabParallelEmbedding:
@@ -134,13 +166,13 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, fb: ForwardBatch) -> ModelOutput:
         capture = fb.capture_layers
         captured: dict[int, torch.Tensor] = {}
-        x = self.embed_tokens(fb.input_ids)
-        cos_sin = self.rotary.cos_sin(fb.positions, x.dtype)
+        x = self.embed(fb.input_ids)
+        cos_sin = {kind: rotary.cos_sin(fb.positions, x.dtype) for kind, rotary in self.rotary.items()}
         if -1 in capture:
             captured[-1] = x
         residual = None
         for i, layer in enumerate(self.layers):
-            x, residual = layer(x, residual, fb, cos_sin)
+            x, residual = layer(x, residual, fb, cos_sin[self.config.layer_type(i)])
             if i in capture:
                 captured[i] = x + residual
         x, _ = self.norm(x, residual)
