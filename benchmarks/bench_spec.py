@@ -7,6 +7,7 @@
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:fullvocab   # with / without the draft vocabulary
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:drafter=runs/x/dspark/drafter   # two drafters
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:off=gate,DSPARK:set=verify_mode=fixed   # SpecConfig
+    python benchmarks/bench_spec.py --logprobs 5   # every request returns its logprobs and the top 5
 
 Workloads (the first --num-prompts of each, at least --min-waves groups of c at concurrency c (48 prompts at
 16 by default: one group of 16 decays as its requests finish, too short a level to measure),
@@ -83,7 +84,10 @@ class LevelRun:
     accept_lens: list[int] = field(default_factory=list)
 
 
-def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, max_new_tokens: int) -> LevelRun:
+def run_level(
+    engine: Engine, items: list[tuple[str, dict]], concurrency: int, max_new_tokens: int, logprobs: int | None
+) -> LevelRun:
+    """logprobs: every request returns its output tokens' logprobs and the top `logprobs` alternatives (None: off)."""
     tok = engine.tokenizer
     ids = [
         tok.apply_chat_template(
@@ -96,7 +100,10 @@ def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, m
     t = time.perf_counter()
     for start in range(0, len(items), concurrency):
         outs = engine.generate(
-            input_ids=ids[start : start + concurrency], sampling_params=params[start : start + concurrency]
+            input_ids=ids[start : start + concurrency],
+            sampling_params=params[start : start + concurrency],
+            return_logprob=logprobs is not None,
+            top_logprobs_num=logprobs,
         )
         for out in outs:
             meta = out["meta_info"]
@@ -198,6 +205,13 @@ def main() -> None:
     )
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument(
+        "--logprobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="every request returns its output logprobs and the top N alternatives (return_logprob, top_logprobs_num)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args()
 
@@ -246,7 +260,7 @@ def main() -> None:
                     if name in workers:
                         engine.scheduler.spec.worker = workers[name]
                     engine.flush_cache()  # cold radix cache: no level reuses the prompts or outputs of another
-                    runs[name].append(run_level(engine, items[w][: prompts[c]], c, args.max_new_tokens))
+                    runs[name].append(run_level(engine, items[w][: prompts[c]], c, args.max_new_tokens, args.logprobs))
             for name in engines:
                 row = summarize(runs[name])
                 results.setdefault(w, {}).setdefault(name, {})[c] = row
@@ -257,9 +271,10 @@ def main() -> None:
         engine.shutdown()
 
     counts = ", ".join(f"{prompts[c]} at concurrency {c}" for c in levels)
+    logprobs = "" if args.logprobs is None else f", logprobs with the top {args.logprobs}"
     print(
         f"\nprompts per workload: {counts}; {args.repeats} pass(es) per level; greedy, {args.max_new_tokens} new "
-        f"tokens, {torch.get_num_threads()} threads\n"
+        f"tokens{logprobs}, {torch.get_num_threads()} threads\n"
     )
     cond_cols = " | ".join(f"cond@{k + 1}" for k in range(SHOWN_POSITIONS))
     print(

@@ -14,7 +14,7 @@ import torch
 from sglang_dspark import Engine
 from sglang_dspark.kernels.cpu_ops import select_cpu_ops
 from sglang_dspark.kernels.quant_linear import missing_cpu_flags
-from sglang_dspark.managers.tokenizer_manager import GenerateReqInput
+from sglang_dspark.managers.tokenizer_manager import GenerateReqInput, RequestState
 from sglang_dspark.model_executor.sequence_forward import forward_sequences
 from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.server_args import ServerArgs
@@ -433,3 +433,75 @@ def test_dspark_uses_the_last_kv_slot(sps_path):
         assert eng.scheduler.runner.token_allocator.available_size() == 64
     finally:
         eng.shutdown()
+
+
+def run_together(engine, batch: list[tuple[list[int], bool]], params: dict) -> list[dict]:
+    """batch: (input_ids, whether it reports logprobs) per request, all admitted to engine's scheduler at once and
+    stepped until done; requests that report logprobs ask for the top 5 from their fourth-last prompt token on.
+    Returns SGLang's response per request."""
+    states = []
+    for ids, asks in batch:
+        obj = GenerateReqInput(
+            input_ids=ids,
+            sampling_params=params,
+            return_logprob=asks,
+            top_logprobs_num=5,
+            logprob_start_len=len(ids) - 4,
+        )
+        states += [RequestState(r, False) for r in engine.tokenizer_manager.tokenize(obj)]
+    by_rid = {s.req.rid: s for s in states}
+    for s in states:
+        engine.scheduler.add_request(s.req)
+    while engine.scheduler.has_work():
+        for out in engine.scheduler.step():
+            by_rid[out.rid].update(out)
+    return [engine.tokenizer_manager.response(s) for s in states]
+
+
+def assert_same_logprobs(got: list, expected: list) -> None:
+    """[logprob, token id, text] per position (logprob None for the first input token): the same tokens,
+    logprobs within 1e-5."""
+    assert [e[1] for e in got] == [e[1] for e in expected]
+    for g, e in zip(got, expected):
+        assert (g[0] is None) == (e[0] is None)
+        if e[0] is not None:
+            assert g[0] == pytest.approx(e[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("schema", [False, True], ids=["plain", "json"])
+@pytest.mark.parametrize("algorithm", ["NGRAM", "DSPARK"])
+def test_logprob_requests_speculate_with_plain_decodings_logprobs(plain, sps_path, algorithm, schema):
+    """Logprob requests draft too: each committed token's logprob and top 5 come from its raw verify row, equal
+    (fp32, within 1e-5) to plain decoding's from its sampling row, with a JSON schema too (whose mask, as in
+    plain decoding, shapes the tokens and not the reported distribution). Alone, and in a batch where requests
+    without logprobs verify in the same forward."""
+    params = {**GREEDY, "max_new_tokens": 96, "json_schema": STATES_SCHEMA} if schema else GREEDY
+    ids = [chat(plain, p) for p in PROMPTS]
+    batch = [(ids[0], True), (ids[1], False), (ids[2], True), (ids[0], False), (ids[1], True), (ids[2], False)]
+    expected = run_together(plain, batch, params)
+    spec = spec_engine(algorithm, sps_path)
+    try:
+        alone = {i: run_together(spec, [batch[i]], params)[0] for i in (0, 2, 4)}
+        together = run_together(spec, batch, params)
+        assert spec.kv_usage().in_use == 0
+    finally:
+        spec.shutdown()
+    assert [r["output_ids"] for r in together] == [r["output_ids"] for r in expected]
+    checked = [(expected[i], r) for i, r in alone.items()] + [(expected[i], together[i]) for i in (0, 2, 4)]
+    for want, got in checked:
+        w, g = want["meta_info"], got["meta_info"]
+        assert got["output_ids"] == want["output_ids"]
+        assert len(g["output_token_logprobs"]) == len(got["output_ids"])
+        for key in ("input_token_logprobs", "output_token_logprobs"):
+            assert_same_logprobs(g[key], w[key])
+        for key in ("input_top_logprobs", "output_top_logprobs"):
+            assert [t is None for t in g[key]] == [t is None for t in w[key]]
+            for gt, wt in zip(g[key], w[key]):
+                if wt is not None:
+                    assert len(gt) == 5
+                    assert_same_logprobs(gt, wt)
+    for r in together[1::2]:
+        assert "output_token_logprobs" not in r["meta_info"]
+    # drafts were verified and accepted for the logprob requests, alone and in the batch
+    assert sum(r["meta_info"]["spec_num_correct_drafts"] for r in alone.values()) > 0
+    assert sum(together[i]["meta_info"]["spec_num_correct_drafts"] for i in (0, 2, 4)) > 0
