@@ -435,12 +435,19 @@ def test_dspark_uses_the_last_kv_slot(sps_path):
         eng.shutdown()
 
 
-def run_together(engine, batch: list[tuple[list[int], bool]], params: dict) -> list[dict]:
-    """batch: (input_ids, whether it reports logprobs) per request, all admitted to engine's scheduler at once and
-    stepped until done; requests that report logprobs ask for the top 5 from their fourth-last prompt token on.
-    Returns SGLang's response per request."""
+@pytest.fixture(scope="module")
+def plain_deterministic():
+    eng = Engine(dtype="float32", max_total_tokens=4096, log_level="warning", enable_deterministic_inference=True)
+    yield eng
+    eng.shutdown()
+
+
+def run_together(engine, batch: list[tuple[list[int], dict, bool]]) -> list[dict]:
+    """batch: (input_ids, sampling params, whether it reports logprobs) per request, all admitted to engine's
+    scheduler at once and stepped until done; requests that report logprobs ask for the top 5 from their
+    fourth-last prompt token on. Returns SGLang's response per request."""
     states = []
-    for ids, asks in batch:
+    for ids, params, asks in batch:
         obj = GenerateReqInput(
             input_ids=ids,
             sampling_params=params,
@@ -468,27 +475,40 @@ def assert_same_logprobs(got: list, expected: list) -> None:
             assert g[0] == pytest.approx(e[0], abs=1e-5)
 
 
-@pytest.mark.parametrize("schema", [False, True], ids=["plain", "json"])
 @pytest.mark.parametrize("algorithm", ["NGRAM", "DSPARK"])
-def test_logprob_requests_speculate_with_plain_decodings_logprobs(plain, sps_path, algorithm, schema):
+def test_logprob_requests_speculate_with_plain_decodings_logprobs(sps_path, algorithm):
     """Logprob requests draft too: each committed token's logprob and top 5 come from its raw verify row, equal
     (fp32, within 1e-5) to plain decoding's from its sampling row, with a JSON schema too (whose mask, as in
     plain decoding, shapes the tokens and not the reported distribution). Alone, and in a batch where requests
-    without logprobs verify in the same forward."""
-    params = {**GREEDY, "max_new_tokens": 96, "json_schema": STATES_SCHEMA} if schema else GREEDY
-    ids = [chat(plain, p) for p in PROMPTS]
-    batch = [(ids[0], True), (ids[1], False), (ids[2], True), (ids[0], False), (ids[1], True), (ids[2], False)]
-    expected = run_together(plain, batch, params)
-    spec = spec_engine(algorithm, sps_path)
+    without logprobs verify in the same forward. Batch-invariant kernels on both sides: with torch's GEMM a
+    row's logits change in their last bits with the rows beside it (docs/reliability.md), which moves fp32
+    logprobs by up to ~3e-5 between plain decoding alone and batched as much as between a verify row and a
+    decode row; these kernels make the verify row the decode row's exact computation."""
+    args = {
+        "dtype": "float32",
+        "max_total_tokens": 4096,
+        "log_level": "warning",
+        "enable_deterministic_inference": True,
+    }
+    plain = Engine(**args)
+    count, states = chat(plain, REPETITIVE), chat(plain, PROMPTS[1])
+    schema = {**GREEDY, "max_new_tokens": 48, "json_schema": STATES_SCHEMA}
+    greedy = {**GREEDY, "max_new_tokens": 48}
+    # the logprob requests first, then the same two without logprobs
+    batch = [(count, greedy, True), (states, schema, True), (count, greedy, False), (states, schema, False)]
     try:
-        alone = {i: run_together(spec, [batch[i]], params)[0] for i in (0, 2, 4)}
-        together = run_together(spec, batch, params)
+        expected = run_together(plain, batch)
+    finally:
+        plain.shutdown()
+    spec = Engine(**args, speculative_algorithm=algorithm, speculative_dspark_sps_table_path=sps_path)
+    try:
+        alone = [run_together(spec, [batch[i]])[0] for i in (0, 1)]
+        together = run_together(spec, batch)
         assert spec.kv_usage().in_use == 0
     finally:
         spec.shutdown()
     assert [r["output_ids"] for r in together] == [r["output_ids"] for r in expected]
-    checked = [(expected[i], r) for i, r in alone.items()] + [(expected[i], together[i]) for i in (0, 2, 4)]
-    for want, got in checked:
+    for want, got in zip(expected[:2] * 2, alone + together[:2]):
         w, g = want["meta_info"], got["meta_info"]
         assert got["output_ids"] == want["output_ids"]
         assert len(g["output_token_logprobs"]) == len(got["output_ids"])
@@ -500,8 +520,6 @@ def test_logprob_requests_speculate_with_plain_decodings_logprobs(plain, sps_pat
                 if wt is not None:
                     assert len(gt) == 5
                     assert_same_logprobs(gt, wt)
-    for r in together[1::2]:
+        assert g["spec_num_correct_drafts"] > 0  # drafts were verified and accepted for the logprob request
+    for r in together[2:]:
         assert "output_token_logprobs" not in r["meta_info"]
-    # drafts were verified and accepted for the logprob requests, alone and in the batch
-    assert sum(r["meta_info"]["spec_num_correct_drafts"] for r in alone.values()) > 0
-    assert sum(together[i]["meta_info"]["spec_num_correct_drafts"] for i in (0, 2, 4)) > 0
