@@ -7,6 +7,7 @@
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:fullvocab   # with / without the draft vocabulary
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:drafter=runs/x/dspark/drafter   # two drafters
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:off=gate,DSPARK:set=verify_mode=fixed   # SpecConfig
+    python benchmarks/bench_spec.py --logprobs 5   # every request returns its logprobs and the top 5
 
 Workloads (the first --num-prompts of each, at least --min-waves groups of c at concurrency c (48 prompts at
 16 by default: one group of 16 decays as its requests finish, too short a level to measure),
@@ -95,14 +96,20 @@ def chat_ids(tokenizer, items: list[tuple[str, dict]]) -> list[list[int]]:
     ]
 
 
-def run_level(engine: Engine, items: list[tuple[str, dict]], concurrency: int, max_new_tokens: int) -> LevelRun:
+def run_level(
+    engine: Engine, items: list[tuple[str, dict]], concurrency: int, max_new_tokens: int, logprobs: int | None
+) -> LevelRun:
+    """logprobs: every request returns its output tokens' logprobs and the top `logprobs` alternatives (None: off)."""
     ids = chat_ids(engine.tokenizer, items)
     params = [{"temperature": 0, "max_new_tokens": max_new_tokens, **extra} for _, extra in items]
     run = LevelRun()
     t = time.perf_counter()
     for start in range(0, len(items), concurrency):
         outs = engine.generate(
-            input_ids=ids[start : start + concurrency], sampling_params=params[start : start + concurrency]
+            input_ids=ids[start : start + concurrency],
+            sampling_params=params[start : start + concurrency],
+            return_logprob=logprobs is not None,
+            top_logprobs_num=logprobs,
         )
         for out in outs:
             meta = out["meta_info"]
@@ -226,6 +233,13 @@ def main() -> None:
         action="store_true",
         help="add llama.cpp on the same GGUF file (concurrency 1; needs llama-cpp-python) and each row's ratio to it",
     )
+    ap.add_argument(
+        "--logprobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="every request returns its output logprobs and the top N alternatives (return_logprob, top_logprobs_num)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args()
 
@@ -280,7 +294,8 @@ def main() -> None:
                     if name in workers:
                         engine.scheduler.spec.worker = workers[name]
                     engine.flush_cache()  # cold radix cache: no level reuses the prompts or outputs of another
-                    runs[name].append(run_level(engine, items[w][: prompts[c]], c, args.max_new_tokens))
+                    level = items[w][: prompts[c]]
+                    runs[name].append(run_level(engine, level, c, args.max_new_tokens, args.logprobs))
                 if CPP in runs:
                     tok = engines["none"].tokenizer
                     runs[CPP].append(run_cpp_level(cpp, tok, items[w][: prompts[c]], args.max_new_tokens))
@@ -294,9 +309,10 @@ def main() -> None:
         engine.shutdown()
 
     counts = ", ".join(f"{prompts[c]} at concurrency {c}" for c in levels)
+    logprobs = "" if args.logprobs is None else f", logprobs with the top {args.logprobs}"
     print(
         f"\nprompts per workload: {counts}; {args.repeats} pass(es) per level; greedy, {args.max_new_tokens} new "
-        f"tokens, {torch.get_num_threads()} threads\n"
+        f"tokens{logprobs}, {torch.get_num_threads()} threads\n"
     )
     cond_cols = " | ".join(f"cond@{k + 1}" for k in range(SHOWN_POSITIONS))
     print(

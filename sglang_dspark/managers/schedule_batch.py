@@ -11,6 +11,7 @@ import torch
 
 from sglang_dspark.grammar import BaseGrammarObject, PendingGrammar
 from sglang_dspark.managers.io_struct import TokenizedGenerateReqInput, TokenLogprob, TopLogprobs
+from sglang_dspark.managers.logprobs import PositionLogprobs
 from sglang_dspark.mem_cache.memory_pool import KVPool
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.models.llama import ModelOutput
@@ -99,6 +100,11 @@ class Req:
         if not self.input_logprobs_done:
             limit = min(limit, self.logprob_start_len)
         return max(limit, 0)
+
+    def add_output_logprobs(self, lp: PositionLogprobs) -> None:
+        """The logprobs of the output token just appended, sent with the next ReqOutput."""
+        self.pending_output_logprobs.append(lp.token)
+        self.pending_output_top.append(lp.top)
 
     def fail(self, error: Exception) -> None:
         """Finish with an abort naming ``error``: an exception in this request's own processing (sampling, its

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import torch
 
-from sglang_dspark.layers.sampler import SamplingBatchInfo, compute_logprobs, greedy_or_sample, process_logits
+from sglang_dspark.layers.sampler import SamplingBatchInfo, greedy_or_sample, process_logits
 from sglang_dspark.managers.cache_manager import CacheManager, KVUsage
 from sglang_dspark.managers.grammar_manager import GrammarManager
 from sglang_dspark.managers.io_struct import ReqOutput, TokenizedGenerateReqInput
+from sglang_dspark.managers.logprobs import position_logprobs
 from sglang_dspark.managers.schedule_batch import (
     FinishReason,
     ForwardInput,
@@ -259,13 +260,12 @@ class Scheduler:
         """logits [len(rows), V]: row i at rows[i].position scores the input token after it."""
         if not rows:
             return
-        targets = torch.tensor([r.req.origin_input_ids[r.position + 1] for r in rows])
-        top_k = max(r.req.top_logprobs_num for r in rows)
-        lps, top_v, top_i = compute_logprobs(logits, targets, top_k)
-        for j, row in enumerate(rows):
+        targets = [r.req.origin_input_ids[r.position + 1] for r in rows]
+        scored = position_logprobs(logits, targets, [r.req.top_logprobs_num for r in rows])
+        for row, lp in zip(rows, scored):
             req, p = row.req, row.position
-            req.pending_input_logprobs.append((float(lps[j]), int(targets[j])))
-            req.pending_input_top.append(_top_pairs(top_v, top_i, j, req.top_logprobs_num))
+            req.pending_input_logprobs.append(lp.token)
+            req.pending_input_top.append(lp.top)
             req.next_input_logprob_pos = p + 1
             req.input_logprobs_done = p + 1 == len(req.origin_input_ids) - 1
 
@@ -305,11 +305,11 @@ class Scheduler:
         processed = process_logits(masked, info, prompt_ids, output_ids, self._min_tokens_ban(reqs, masked))
         next_ids = greedy_or_sample(processed, info, [r.generator for r in reqs]).tolist()
         if want_lp:
-            top_k = max(reqs[i].top_logprobs_num for i in want_lp)
-            lps, top_v, top_i = compute_logprobs(logits[want_lp], torch.tensor([next_ids[i] for i in want_lp]), top_k)
-            for j, i in enumerate(want_lp):
-                reqs[i].pending_output_logprobs.append((float(lps[j]), next_ids[i]))
-                reqs[i].pending_output_top.append(_top_pairs(top_v, top_i, j, reqs[i].top_logprobs_num))
+            scored = position_logprobs(
+                logits[want_lp], [next_ids[i] for i in want_lp], [reqs[i].top_logprobs_num for i in want_lp]
+            )
+            for i, lp in zip(want_lp, scored):
+                reqs[i].add_output_logprobs(lp)
         return next_ids
 
     def _append(self, req: Req, tok: int) -> None:
@@ -358,9 +358,3 @@ class Scheduler:
         req.pending_output_logprobs, req.pending_output_top = [], []
         req.pending_input_logprobs, req.pending_input_top = [], []
         return out
-
-
-def _top_pairs(values: torch.Tensor | None, indices: torch.Tensor | None, row: int, k: int):
-    if values is None or k == 0:
-        return None
-    return [(float(v), int(i)) for v, i in zip(values[row, :k], indices[row, :k])]

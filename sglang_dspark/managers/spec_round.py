@@ -7,7 +7,8 @@ decode verifies after its anchor, runs them in its step's forward, and hands the
 2. cut by the grammar (``SpecGrammar.valid_draft``) and by the free KV;
 3. verify forward: the scheduler's ``ForwardInput`` runs each anchor + drafts as one extend;
 4. accept (``SpecGrammar.mask_draft_logits``, then ``SpecWorker.verify``);
-5. commit: append the tokens, advance the grammar, check for the end, jump forward;
+5. commit: append the tokens (with their logprobs from the raw verify rows, for requests that ask), advance
+   the grammar, check for the end, jump forward;
 6. free the KV slots of rejected drafts;
 then ``observe`` reports the round's tokens and time to the worker (pacing.py).
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from sglang_dspark.managers.cache_manager import CacheManager
+from sglang_dspark.managers.logprobs import PositionLogprobs, position_logprobs
 from sglang_dspark.managers.schedule_batch import ForwardInput, ForwardOutput, Req, ScheduledChunk, SchedulerStats
 from sglang_dspark.managers.spec_grammar import SpecGrammar, VerifyDraft
 from sglang_dspark.speculative.spec_worker import SpecWorker
@@ -32,6 +34,43 @@ class RoundClock:
     reqs: list[Req]
     generated_before: int
     started: float
+
+
+@dataclass
+class VerifyLogprobRows:
+    """The raw verify rows of a round's requests that report logprobs, copied before the grammar masks the
+    rows in place: the committed token k of a request is scored by its row k (the anchor's row is 0), as
+    plain decoding scores a sampled token by its raw sampling row."""
+
+    logits: torch.Tensor  # [sum(len(c.drafts) + 1) over the logprob requests' chunks, V]
+    starts: dict[int, int]  # id(req) -> the row of its anchor in logits
+
+    @classmethod
+    def copy(cls, chunks: list[ScheduledChunk], logits: torch.Tensor) -> VerifyLogprobRows:
+        """logits [sum(len(c.drafts) + 1), V]: every chunk's anchor + drafts rows, in order."""
+        rows: list[int] = []
+        starts = {}
+        start = 0
+        for c in chunks:
+            if c.req.return_logprob:
+                starts[id(c.req)] = len(rows)
+                rows += range(start, start + len(c.drafts) + 1)
+            start += len(c.drafts) + 1
+        return cls(logits[rows], starts)  # advanced indexing: a copy
+
+    def committed(self, chunks: list[ScheduledChunk], tokens: list[list[int] | None]) -> list[list[PositionLogprobs]]:
+        """Per chunk, the logprobs of the tokens it commits (empty for requests that do not ask)."""
+        rows, targets, tops = [], [], []
+        for c, toks in zip(chunks, tokens, strict=True):
+            if toks is not None and id(c.req) in self.starts:
+                rows += range(self.starts[id(c.req)], self.starts[id(c.req)] + len(toks))
+                targets += toks
+                tops += [c.req.top_logprobs_num] * len(toks)
+        scored = iter(position_logprobs(self.logits[rows], targets, tops) if rows else [])
+        return [
+            [next(scored) for _ in toks] if toks is not None and id(c.req) in self.starts else []
+            for c, toks in zip(chunks, tokens)
+        ]
 
 
 @dataclass
@@ -49,8 +88,9 @@ class SpecRound:
 
     @staticmethod
     def can_speculate(req: Req) -> bool:
-        """Drafts are verified for plain and grammar requests; logprob and min_new_tokens requests decode normally."""
-        return not req.return_logprob and len(req.output_ids) >= req.sampling_params.min_new_tokens
+        """Drafts are verified for plain, grammar and logprob requests; a request decodes normally while it is
+        below min_new_tokens (its stop tokens are banned only from the sampling row)."""
+        return len(req.output_ids) >= req.sampling_params.min_new_tokens
 
     def plan(self, decodes: list[Req], spare: int) -> dict[int, VerifyDraft]:
         """Steps 1-2: id(req) -> the tokens it verifies after its anchor, for every decode that speculates
@@ -100,24 +140,26 @@ class SpecRound:
         reqs = [c.req for c in chunks]
         drafts = [c.drafts for c in chunks]
         try:
+            raw = VerifyLogprobRows.copy(chunks, logits)
             logits = self.grammar.mask_draft_logits(reqs, drafts, logits)
             committed = self.worker.verify(reqs, drafts, logits, [c.forced for c in chunks])
+            logprobs = raw.committed(chunks, committed)
         except Exception as e:
-            committed = [None] * len(chunks)
+            committed, logprobs = [None] * len(chunks), [[]] * len(chunks)
             for req in reqs:
                 req.fail(e)
-        for chunk, tokens in zip(chunks, committed):
+        for chunk, tokens, lps in zip(chunks, committed, logprobs):
             end = chunk.req.kv_len + len(chunk.drafts)  # the anchor's KV is counted, the drafts' not yet
             if tokens is not None:
                 try:
-                    self._commit_one(chunk, tokens)
+                    self._commit_one(chunk, tokens, lps)
                 except Exception as e:
                     chunk.req.fail(e)
             self.cache.free_after_kv(chunk.req, end)
 
-    def _commit_one(self, chunk: ScheduledChunk, tokens: list[int]) -> None:
-        """Append the accepted drafts and the bonus token, advance the grammar, jump forward; kv_len then counts
-        the accepted drafts whose KV stays."""
+    def _commit_one(self, chunk: ScheduledChunk, tokens: list[int], logprobs: list[PositionLogprobs]) -> None:
+        """Append the accepted drafts and the bonus token (with their logprobs, when the request asks: one per
+        token), advance the grammar, jump forward; kv_len then counts the accepted drafts whose KV stays."""
         req, accepted = chunk.req, len(tokens) - 1
         forced = sum(i < accepted for i in chunk.forced)  # forced tokens are not drafts in the metrics
         req.spec_accepted += accepted - forced
@@ -125,6 +167,8 @@ class SpecRound:
         appended = 0
         for tok in tokens:
             req.output_ids.append(tok)
+            if logprobs:
+                req.add_output_logprobs(logprobs[appended])
             appended += 1
             self.grammar.commit(req, tok)
             if not req.finished:

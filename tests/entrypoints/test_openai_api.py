@@ -84,6 +84,51 @@ def test_chat_n_stop_logprobs_and_sglang_extras(client):
     assert stopped.choices[0].message.content == text[: text.index(stop)]
 
 
+def assert_close_entries(got: list, want: list) -> None:
+    """The OpenAI client's logprob entries: the same tokens and top tokens, logprobs within 1e-4."""
+    assert [e.token for e in got] == [e.token for e in want]
+    for g, w in zip(got, want):
+        assert g.logprob == pytest.approx(w.logprob, abs=1e-4)
+        assert [t.token for t in g.top_logprobs] == [t.token for t in w.top_logprobs]
+        assert [t.logprob for t in g.top_logprobs] == pytest.approx([t.logprob for t in w.top_logprobs], abs=1e-4)
+
+
+def test_logprobs_under_dspark_are_plain_decodings(client, server_url, dspark_server_url):
+    """Logprob requests speculate (drafts are accepted), and the DSPARK server's logprobs and top 5 equal the plain
+    server's through the OpenAI chat route (streamed too) and /generate: the same tokens, logprobs within 1e-4.
+    fp32 with torch's GEMM, whose sums change in their last bits with the rows beside them, as plain decoding's
+    do between alone and batched; with batch-invariant kernels they are equal within 1e-5
+    (tests/speculative/test_spec_decode.py)."""
+    dspark = openai.OpenAI(base_url=f"{dspark_server_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    count = [{"role": "user", "content": "Count from 1 to 20, separated by commas."}]
+    kw = {"model": "any", "messages": count, "max_tokens": 24, "temperature": 0, "logprobs": True, "top_logprobs": 5}
+    want = client.chat.completions.create(**kw).choices[0]
+    got = dspark.chat.completions.create(**kw).choices[0]
+    chunks = list(dspark.chat.completions.create(**kw, stream=True))
+    assert got.message.content == want.message.content
+    assert_close_entries(got.logprobs.content, want.logprobs.content)
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content or []]
+    assert_close_entries(streamed, want.logprobs.content)
+
+    body = {
+        "text": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,",
+        "sampling_params": {"temperature": 0, "max_new_tokens": 24},
+        "return_logprob": True,
+        "top_logprobs_num": 5,
+    }
+    plain, spec = (
+        requests.post(f"{u}/generate", json=body, timeout=300).json() for u in (server_url, dspark_server_url)
+    )
+    assert spec["output_ids"] == plain["output_ids"]
+    assert spec["meta_info"]["spec_num_correct_drafts"] > 0
+    pairs = zip(spec["meta_info"]["output_token_logprobs"], plain["meta_info"]["output_token_logprobs"], strict=True)
+    for g, w in pairs:
+        assert g[1] == w[1] and g[0] == pytest.approx(w[0], abs=1e-4)
+    for g, w in zip(spec["meta_info"]["output_top_logprobs"], plain["meta_info"]["output_top_logprobs"], strict=True):
+        assert [t[1] for t in g] == [t[1] for t in w]
+        assert [t[0] for t in g] == pytest.approx([t[0] for t in w], abs=1e-4)
+
+
 def test_completions(client, tokenizer):
     out = client.completions.create(model="any", prompt="1, 2, 3, 4,", max_tokens=12, temperature=0, stop=[" 7"])
     choice = out.choices[0]

@@ -14,7 +14,7 @@ import torch
 from sglang_dspark import Engine
 from sglang_dspark.kernels.cpu_ops import select_cpu_ops
 from sglang_dspark.kernels.quant_linear import missing_cpu_flags
-from sglang_dspark.managers.tokenizer_manager import GenerateReqInput
+from sglang_dspark.managers.tokenizer_manager import GenerateReqInput, RequestState
 from sglang_dspark.model_executor.sequence_forward import forward_sequences
 from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.server_args import ServerArgs
@@ -433,3 +433,93 @@ def test_dspark_uses_the_last_kv_slot(sps_path):
         assert eng.scheduler.runner.token_allocator.available_size() == 64
     finally:
         eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def plain_deterministic():
+    eng = Engine(dtype="float32", max_total_tokens=4096, log_level="warning", enable_deterministic_inference=True)
+    yield eng
+    eng.shutdown()
+
+
+def run_together(engine, batch: list[tuple[list[int], dict, bool]]) -> list[dict]:
+    """batch: (input_ids, sampling params, whether it reports logprobs) per request, all admitted to engine's
+    scheduler at once and stepped until done; requests that report logprobs ask for the top 5 from their
+    fourth-last prompt token on. Returns SGLang's response per request."""
+    states = []
+    for ids, params, asks in batch:
+        obj = GenerateReqInput(
+            input_ids=ids,
+            sampling_params=params,
+            return_logprob=asks,
+            top_logprobs_num=5,
+            logprob_start_len=len(ids) - 4,
+        )
+        states += [RequestState(r, False) for r in engine.tokenizer_manager.tokenize(obj)]
+    by_rid = {s.req.rid: s for s in states}
+    for s in states:
+        engine.scheduler.add_request(s.req)
+    while engine.scheduler.has_work():
+        for out in engine.scheduler.step():
+            by_rid[out.rid].update(out)
+    return [engine.tokenizer_manager.response(s) for s in states]
+
+
+def assert_same_logprobs(got: list, expected: list) -> None:
+    """[logprob, token id, text] per position (logprob None for the first input token): the same tokens,
+    logprobs within 1e-5."""
+    assert [e[1] for e in got] == [e[1] for e in expected]
+    for g, e in zip(got, expected):
+        assert (g[0] is None) == (e[0] is None)
+        if e[0] is not None:
+            assert g[0] == pytest.approx(e[0], abs=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["NGRAM", "DSPARK"])
+def test_logprob_requests_speculate_with_plain_decodings_logprobs(sps_path, algorithm):
+    """Logprob requests draft too: each committed token's logprob and top 5 come from its raw verify row, equal
+    (fp32, within 1e-5) to plain decoding's from its sampling row, with a JSON schema too (whose mask, as in
+    plain decoding, shapes the tokens and not the reported distribution). Alone, and in a batch where requests
+    without logprobs verify in the same forward. Batch-invariant kernels on both sides: with torch's GEMM a
+    row's logits change in their last bits with the rows beside it (docs/reliability.md), which moves fp32
+    logprobs by up to ~3e-5 between plain decoding alone and batched as much as between a verify row and a
+    decode row; these kernels make the verify row the decode row's exact computation."""
+    args = {
+        "dtype": "float32",
+        "max_total_tokens": 4096,
+        "log_level": "warning",
+        "enable_deterministic_inference": True,
+    }
+    plain = Engine(**args)
+    count, states = chat(plain, REPETITIVE), chat(plain, PROMPTS[1])
+    schema = {**GREEDY, "max_new_tokens": 48, "json_schema": STATES_SCHEMA}
+    greedy = {**GREEDY, "max_new_tokens": 48}
+    # the logprob requests first, then the same two without logprobs
+    batch = [(count, greedy, True), (states, schema, True), (count, greedy, False), (states, schema, False)]
+    try:
+        expected = run_together(plain, batch)
+    finally:
+        plain.shutdown()
+    spec = Engine(**args, speculative_algorithm=algorithm, speculative_dspark_sps_table_path=sps_path)
+    try:
+        alone = [run_together(spec, [batch[i]])[0] for i in (0, 1)]
+        together = run_together(spec, batch)
+        assert spec.kv_usage().in_use == 0
+    finally:
+        spec.shutdown()
+    assert [r["output_ids"] for r in together] == [r["output_ids"] for r in expected]
+    for want, got in zip(expected[:2] * 2, alone + together[:2]):
+        w, g = want["meta_info"], got["meta_info"]
+        assert got["output_ids"] == want["output_ids"]
+        assert len(g["output_token_logprobs"]) == len(got["output_ids"])
+        for key in ("input_token_logprobs", "output_token_logprobs"):
+            assert_same_logprobs(g[key], w[key])
+        for key in ("input_top_logprobs", "output_top_logprobs"):
+            assert [t is None for t in g[key]] == [t is None for t in w[key]]
+            for gt, wt in zip(g[key], w[key]):
+                if wt is not None:
+                    assert len(gt) == 5
+                    assert_same_logprobs(gt, wt)
+        assert g["spec_num_correct_drafts"] > 0  # drafts were verified and accepted for the logprob request
+    for r in together[2:]:
+        assert "output_token_logprobs" not in r["meta_info"]
