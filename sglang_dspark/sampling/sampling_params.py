@@ -18,6 +18,9 @@ from typing import Any
 
 # Temperatures below this are treated as greedy (dividing logits by ~0 is numerically meaningless).
 SAMPLING_EPS = 1e-6
+# Samples per prompt: OpenAI's own limit. Each sample is a request of its own, so an unbounded n in a
+# few bytes of JSON could queue millions of them.
+MAX_N = 128
 
 
 class SamplingParamsError(ValueError):
@@ -224,8 +227,8 @@ class SamplingParams:
             errs.append(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
         elif self.min_new_tokens > self.max_new_tokens >= 0:
             errs.append(f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})")
-        if self.n < 1:
-            errs.append(f"n must be >= 1, got {self.n}")
+        if not 1 <= self.n <= MAX_N:
+            errs.append(f"n must be in [1, {MAX_N}], got {self.n}")
         constraints = [k for k in self.CONSTRAINT_FIELDS if getattr(self, k) is not None]
         if len(constraints) > 1:
             errs.append(f"only one of {', '.join(self.CONSTRAINT_FIELDS)} may be set, got {', '.join(constraints)}")

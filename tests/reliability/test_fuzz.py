@@ -3,7 +3,7 @@ invalid bodies) and hypothesis strategies for hostile sampling parameters and gr
 
 What must hold: no 5xx, no request that hangs past the grammar time limit, and the server still
 generates afterwards (/health_generate). The number of cases per test is FUZZ_EXAMPLES (environment
-variable SGLANG_DSPARK_FUZZ_EXAMPLES; small in CI, thousands for the long run in the README).
+variable SGLANG_DSPARK_FUZZ_EXAMPLES; small in CI, 100 for the long run of benchmarks/results/reliability.md).
 """
 
 from __future__ import annotations

@@ -130,6 +130,7 @@ def test_non_dict_rejected():
         ({"min_new_tokens": -1}, "min_new_tokens"),
         ({"min_new_tokens": 10, "max_new_tokens": 5}, "min_new_tokens"),
         ({"n": 0}, "n must be"),
+        ({"n": 34197746}, r"n must be in \[1, 128\]"),  # a fuzz case that queued millions of requests
         ({"regex": "a+", "json_schema": "{}"}, "only one of"),
         ({"regex": "a+", "ebnf": "root ::= 'a'"}, "only one of"),
         ({"json_schema": "{not json"}, "json_schema is not valid JSON"),
