@@ -47,7 +47,7 @@ class CpuOps:
     rms_norm: Callable[[Tensor, Tensor, float], Tensor]  # x [N, d], weight [d], eps -> [N, d]
     add_rms_norm: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]  # -> (normed, x + residual)
     pool_attention: PoolAttentionFn
-    rotary: RotaryFn  # in place on q and k
+    rotary: RotaryFn | None  # in place on q and k; None: the model keeps torch's rotary
 
 
 def cpu_lacks_bf16_gemm() -> bool:
@@ -186,7 +186,11 @@ def batch_invariant_ops(device: str, dtype: torch.dtype) -> CpuOps:
     if device != "cpu":
         raise ValueError(f"--enable-deterministic-inference runs on the CPU only (device {device})")
     ops = load_cpu_ops()
-    return ops if dtype == torch.bfloat16 else dataclasses.replace(ops, linear=rowwise_linear)
+    if dtype == torch.bfloat16:
+        return ops
+    # fp32 keeps torch's rotary: with the native one, fp32 logprobs of verify rows and decode rows differed by
+    # 1.5e-5 (tests/speculative/test_spec_decode.py, logprob requests), a cause not yet found
+    return dataclasses.replace(ops, linear=rowwise_linear, rotary=None)
 
 
 def rowwise_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -61,7 +61,7 @@ def use_cpu_ops(model: nn.Module, ops: CpuOps) -> None:
             module.cpu_ops = ops
         elif isinstance(module, LinearBase) or "linear_fn" in vars(module):
             module.linear_fn = ops.linear
-        if "rotary_fn" in vars(module):
+        if "rotary_fn" in vars(module) and ops.rotary is not None:
             module.rotary_fn = ops.rotary
 
 
