@@ -300,13 +300,14 @@ class Scheduler:
         prompt_ids = [r.origin_input_ids for r in reqs]
         output_ids = [r.output_ids for r in reqs]
         want_lp = [i for i, r in enumerate(reqs) if r.return_logprob]
-        # grammar masks go in first (penalties and biases keep -inf); logprobs stay the model's own
-        masked = self.grammars.mask_logits(reqs, logits.clone() if want_lp else logits)
+        # grammar masks go in first (penalties and biases keep -inf; process_logits works out of place, so
+        # `masked` stays the masked model distribution that logprobs report)
+        masked = self.grammars.mask_logits(reqs, logits)
         processed = process_logits(masked, info, prompt_ids, output_ids, self._min_tokens_ban(reqs, masked))
         next_ids = greedy_or_sample(processed, info, [r.generator for r in reqs]).tolist()
         if want_lp:
             scored = position_logprobs(
-                logits[want_lp], [next_ids[i] for i in want_lp], [reqs[i].top_logprobs_num for i in want_lp]
+                masked[want_lp], [next_ids[i] for i in want_lp], [reqs[i].top_logprobs_num for i in want_lp]
             )
             for i, lp in zip(want_lp, scored):
                 reqs[i].add_output_logprobs(lp)

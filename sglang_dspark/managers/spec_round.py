@@ -38,9 +38,9 @@ class RoundClock:
 
 @dataclass
 class VerifyLogprobRows:
-    """The raw verify rows of a round's requests that report logprobs, copied before the grammar masks the
-    rows in place: the committed token k of a request is scored by its row k (the anchor's row is 0), as
-    plain decoding scores a sampled token by its raw sampling row."""
+    """The grammar-masked verify rows of a round's requests that report logprobs, copied before verification:
+    the committed token k of a request is scored by its row k (the anchor's row is 0), as plain decoding
+    scores a sampled token by its masked sampling row."""
 
     logits: torch.Tensor  # [sum(len(c.drafts) + 1) over the logprob requests' chunks, V]
     starts: dict[int, int]  # id(req) -> the row of its anchor in logits
@@ -140,10 +140,10 @@ class SpecRound:
         reqs = [c.req for c in chunks]
         drafts = [c.drafts for c in chunks]
         try:
-            raw = VerifyLogprobRows.copy(chunks, logits)
             logits = self.grammar.mask_draft_logits(reqs, drafts, logits)
+            rows = VerifyLogprobRows.copy(chunks, logits)
             committed = self.worker.verify(reqs, drafts, logits, [c.forced for c in chunks])
-            logprobs = raw.committed(chunks, committed)
+            logprobs = rows.committed(chunks, committed)
         except Exception as e:
             committed, logprobs = [None] * len(chunks), [[]] * len(chunks)
             for req in reqs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -93,6 +94,28 @@ def test_ebnf(engine):
         texts.append(engine.generate(chat(engine, "Is the sky blue?"), greedy(ebnf=ebnf))["text"])
     assert re.fullmatch(r"The answer is (yes|no|[0-9]+)\.", texts[0])
     assert texts[0] == texts[1]
+
+
+def test_logprobs_are_those_of_the_masked_distribution(engine):
+    """A constrained request reports the model's distribution over the tokens its grammar allows: every
+    alternative is an allowed token, and the position's logprobs renormalize over them (the same prompt
+    unconstrained reports the raw distribution, whose alternatives the grammar would forbid)."""
+    use_backend(engine, "xgrammar", disable_jump_forward=True)
+    prompt = chat(engine, "Is the sky blue? Answer in one word.")
+    k = 20
+    constrained, free = (
+        engine.generate(prompt, greedy(1, **extra), return_logprob=True, top_logprobs_num=k)["meta_info"]
+        for extra in ({"regex": "(yes|no|maybe)"}, {})
+    )
+    top = constrained["output_top_logprobs"][0]
+    texts = [engine.tokenizer.decode([tok]) for _, tok, *_ in top]
+    assert 0 < len(top) < k  # fewer allowed tokens than asked for: only the allowed ones are listed
+    assert all("yes".startswith(t) or "no".startswith(t) or "maybe".startswith(t) for t in texts), texts
+    assert sum(math.exp(lp) for lp, *_ in top) == pytest.approx(1.0, abs=1e-4)
+    chosen_lp, chosen = constrained["output_token_logprobs"][0][:2]
+    assert chosen == top[0][1] and chosen_lp == pytest.approx(top[0][0])
+    free_texts = [engine.tokenizer.decode([tok]) for _, tok, *_ in free["output_top_logprobs"][0]]
+    assert len(free_texts) == k and set(free_texts) - set(texts)  # unconstrained: the raw distribution
 
 
 def test_greedy_identical_across_backends(engine):

@@ -477,13 +477,14 @@ def assert_same_logprobs(got: list, expected: list) -> None:
 
 @pytest.mark.parametrize("algorithm", ["NGRAM", "DSPARK"])
 def test_logprob_requests_speculate_with_plain_decodings_logprobs(sps_path, algorithm):
-    """Logprob requests draft too: each committed token's logprob and top 5 come from its raw verify row, equal
-    (fp32, within 1e-5) to plain decoding's from its sampling row, with a JSON schema too (whose mask, as in
-    plain decoding, shapes the tokens and not the reported distribution). Alone, and in a batch where requests
-    without logprobs verify in the same forward. Batch-invariant kernels on both sides: with torch's GEMM a
-    row's logits change in their last bits with the rows beside it (docs/reliability.md), which moves fp32
-    logprobs by up to ~3e-5 between plain decoding alone and batched as much as between a verify row and a
-    decode row; these kernels make the verify row the decode row's exact computation."""
+    """Logprob requests draft too: each committed token's logprob and top 5 come from its verify row, equal
+    (fp32, within 1e-5) to plain decoding's from its sampling row, with a JSON schema too (whose mask applies
+    to the reported distribution on both sides: positions with fewer than 5 allowed tokens list fewer).
+    Alone, and in a batch where requests without logprobs verify in the same forward. Batch-invariant
+    kernels on both sides: with torch's GEMM a row's logits change in their last bits with the rows beside it
+    (docs/reliability.md), which moves fp32 logprobs by up to ~3e-5 between plain decoding alone and batched
+    as much as between a verify row and a decode row; these kernels make the verify row the decode row's
+    exact computation."""
     args = {
         "dtype": "float32",
         "max_total_tokens": 4096,
@@ -518,7 +519,7 @@ def test_logprob_requests_speculate_with_plain_decodings_logprobs(sps_path, algo
             assert [t is None for t in g[key]] == [t is None for t in w[key]]
             for gt, wt in zip(g[key], w[key]):
                 if wt is not None:
-                    assert len(gt) == 5
+                    assert 0 < len(gt) <= 5
                     assert_same_logprobs(gt, wt)
         assert g["spec_num_correct_drafts"] > 0  # drafts were verified and accepted for the logprob request
     for r in together[2:]:
