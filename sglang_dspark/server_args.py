@@ -68,6 +68,11 @@ class ServerArgs:
     # the tool-call format of /v1/chat/completions: qwen25 (= qwen, hermes; SmolLM2's too) is
     # <tool_call>{"name": ..., "arguments": ...}</tool_call>; llama3 is {"name": ..., "parameters": ...}
     tool_call_parser: str = "qwen25"
+    # JSON length bounds of tool-call arguments when the answer is nothing but calls (tool_choice required or
+    # a named function): a string closes after this many characters, an array after this many items, so a
+    # model that loops inside a value still returns a complete call (grammar/json_bounds.py); 0 = unbounded
+    tool_call_max_string_length: int = 256
+    tool_call_max_array_items: int = 16
     grammar_compile_timeout: float = 60.0  # seconds; a grammar still compiling then fails its request (400)
     # GiB of address space of an outlines compile process (it dies past it: a 400); 0 = unlimited
     grammar_compile_memory_limit: float = 4.0
@@ -121,6 +126,10 @@ class ServerArgs:
             raise ValueError("--api-key must not be empty")
         if self.max_total_tokens is not None and self.max_total_tokens <= 0:
             raise ValueError("--max-total-tokens must be positive")
+        if self.tool_call_max_string_length < 0:
+            raise ValueError("--tool-call-max-string-length must be >= 0 (0 = unbounded)")
+        if self.tool_call_max_array_items < 0 or self.tool_call_max_array_items == 1:
+            raise ValueError("--tool-call-max-array-items must be 0 (unbounded) or >= 2")
         if self.grammar_compile_timeout <= 0:
             raise ValueError("--grammar-compile-timeout must be positive")
         if self.grammar_compile_memory_limit < 0:

@@ -86,6 +86,14 @@ async def chat_completions(request: Request) -> Response:
         if given:
             raise ValueError(f"tools with tool_choice {req.tool_choice!r} cannot be combined with {given[0]}")
         sampling_params["structural_tag"] = json.dumps(tools.structural_tag)
+        if tools.only_calls:
+            args = state.server_args
+            for key, default in (
+                ("max_json_string_length", args.tool_call_max_string_length),
+                ("max_json_array_items", args.tool_call_max_array_items),
+            ):
+                if sampling_params[key] is None and default:
+                    sampling_params[key] = default
     obj = GenerateReqInput(
         input_ids=prompt_ids,
         sampling_params=sampling_params,

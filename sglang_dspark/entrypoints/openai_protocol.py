@@ -109,6 +109,9 @@ class OpenAISamplingRequest(BaseModel):
     ebnf: str | None = None
     json_schema: str | None = None
     rid: str | list[str] | None = None
+    # this server's extras (grammar/json_bounds.py)
+    max_json_string_length: int | None = None
+    max_json_array_items: int | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -146,6 +149,8 @@ class OpenAISamplingRequest(BaseModel):
             "spaces_between_special_tokens": self.spaces_between_special_tokens,
             "no_stop_trim": self.no_stop_trim,
             **constraint,
+            "max_json_string_length": self.max_json_string_length,
+            "max_json_array_items": self.max_json_array_items,
             "sampling_seed": self.seed,
             "logit_bias": self.logit_bias,
         }

@@ -235,6 +235,7 @@ class ToolPlan:
     functions: list[Function]
     structural_tag: dict[str, Any] | None  # None: no constraint from the tools
     parse: bool
+    only_calls: bool = False  # the answer is nothing but calls (tool_choice required or a named function)
 
 
 def plan(req: ChatCompletionRequest, fmt: ToolCallFormat) -> ToolPlan:
@@ -244,9 +245,11 @@ def plan(req: ChatCompletionRequest, fmt: ToolCallFormat) -> ToolPlan:
         return ToolPlan([], None, parse=False)
     if isinstance(choice, ToolChoice):
         chosen = [f for f in functions if f.name == choice.function.name]
-        return ToolPlan(functions, fmt.structural_tag(chosen, only_calls=True, parallel=False), parse=True)
-    tag = fmt.structural_tag(functions, only_calls=choice == "required", parallel=req.parallel_tool_calls)
-    return ToolPlan(functions, tag, parse=True)
+        tag = fmt.structural_tag(chosen, only_calls=True, parallel=False)
+        return ToolPlan(functions, tag, parse=True, only_calls=True)
+    only_calls = choice == "required"
+    tag = fmt.structural_tag(functions, only_calls=only_calls, parallel=req.parallel_tool_calls)
+    return ToolPlan(functions, tag, parse=True, only_calls=only_calls)
 
 
 def template_messages(req: ChatCompletionRequest, fmt: ToolCallFormat, renders_tools: bool) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 JSON schema / json_object / regex / EBNF constraints through one interface (``base``), three
 backends (xgrammar, outlines-core, llguidance), a compile cache with a thread pool and a time limit
-(``compiler``), and bitmask-to-logits masking (``mask``).
+(``compiler``), bitmask-to-logits masking (``mask``) and JSON length bounds that narrow masks (``json_bounds``).
 """
 
 from sglang_dspark.grammar.base import (
@@ -15,6 +15,7 @@ from sglang_dspark.grammar.base import (
     allocate_bitmask,
 )
 from sglang_dspark.grammar.compiler import GrammarCompiler, PendingGrammar
+from sglang_dspark.grammar.json_bounds import JsonBounds
 from sglang_dspark.grammar.registry import create_backend
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "GrammarBackend",
     "GrammarCompiler",
     "GrammarError",
+    "JsonBounds",
     "PendingGrammar",
     "allocate_bitmask",
     "create_backend",

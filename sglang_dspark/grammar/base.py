@@ -13,9 +13,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from sglang_dspark.grammar.json_bounds import JsonBounds
 
 ANY_OBJECT_SCHEMA = '{"type": "object"}'  # what OpenAI's response_format json_object means
 
@@ -84,6 +87,7 @@ class Constraint:
 
 
 STRUCTURAL_TAG_NEEDS_XGRAMMAR = "structural_tag constraints (and tool calling) need --grammar-backend xgrammar"
+JSON_BOUNDS_NEED_XGRAMMAR = "max_json_string_length and max_json_array_items need --grammar-backend xgrammar"
 
 
 def compile_timeout_error(constraint: Constraint, timeout: float) -> GrammarError:
@@ -191,8 +195,9 @@ class GrammarBackend(ABC):
         """Constraint -> a compiled grammar; raises GrammarError with the reason if it cannot."""
 
     @abstractmethod
-    def make_grammar(self, compiled: Any) -> BaseGrammarObject:
-        """A fresh grammar object at the start of a compiled grammar."""
+    def make_grammar(self, compiled: Any, bounds: JsonBounds | None = None) -> BaseGrammarObject:
+        """A fresh grammar object at the start of a compiled grammar; ``bounds`` (xgrammar only, else a
+        GrammarError) narrow its masks (grammar/json_bounds.py)."""
 
     def close(self) -> None:  # noqa: B027 - optional: only outlines holds something to release
         """Release what the backend holds outside this process (outlines' compile processes)."""

@@ -29,6 +29,7 @@ from sglang_dspark.grammar.base import (
     GrammarError,
     compile_timeout_error,
 )
+from sglang_dspark.grammar.json_bounds import JsonBounds
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ class GrammarCompiler:
         except FutureTimeout:
             raise compile_timeout_error(constraint, self.timeout) from None
 
-    def make_grammar(self, compiled: Any) -> BaseGrammarObject:
-        return self.backend.make_grammar(compiled)
+    def make_grammar(self, compiled: Any, bounds: JsonBounds | None = None) -> BaseGrammarObject:
+        return self.backend.make_grammar(compiled, bounds)
 
     def _compile(self, constraint: Constraint) -> Any:
         start = time.perf_counter()

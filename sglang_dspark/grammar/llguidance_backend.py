@@ -17,6 +17,7 @@ import torch
 
 from sglang_dspark.grammar.base import (
     DEFAULT_LIMITS,
+    JSON_BOUNDS_NEED_XGRAMMAR,
     STRUCTURAL_TAG_NEEDS_XGRAMMAR,
     CompileLimits,
     Constraint,
@@ -25,6 +26,7 @@ from sglang_dspark.grammar.base import (
     GrammarError,
 )
 from sglang_dspark.grammar.external_stop import ExternalStopGrammar
+from sglang_dspark.grammar.json_bounds import JsonBounds
 from sglang_dspark.grammar.schema_support import SchemaSupport
 
 # Compact JSON (no whitespace between tokens) like the other backends; oneOf as anyOf once
@@ -97,7 +99,9 @@ class LLGuidanceBackend(GrammarBackend):
             raise GrammarError(f"invalid {kind.value}: {matcher.get_error()}")
         return matcher
 
-    def make_grammar(self, compiled: llguidance.LLMatcher) -> LLGuidanceGrammar:
+    def make_grammar(self, compiled: llguidance.LLMatcher, bounds: JsonBounds | None = None) -> LLGuidanceGrammar:
+        if bounds:
+            raise GrammarError(JSON_BOUNDS_NEED_XGRAMMAR)
         return LLGuidanceGrammar(compiled.deep_copy(), self.stop_token_ids)
 
     def fill_masks(self, grammars: Sequence[LLGuidanceGrammar], bitmask: torch.Tensor, rows: Sequence[int]) -> None:

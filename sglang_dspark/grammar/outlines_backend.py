@@ -20,6 +20,7 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from sglang_dspark.grammar.base import (
     DEFAULT_LIMITS,
+    JSON_BOUNDS_NEED_XGRAMMAR,
     STRUCTURAL_TAG_NEEDS_XGRAMMAR,
     CompileLimits,
     Constraint,
@@ -30,6 +31,7 @@ from sglang_dspark.grammar.base import (
 )
 from sglang_dspark.grammar.compile_process import CompileProcessPool
 from sglang_dspark.grammar.external_stop import ExternalStopGrammar
+from sglang_dspark.grammar.json_bounds import JsonBounds
 from sglang_dspark.grammar.mask import allow_token_, single_allowed_token
 from sglang_dspark.grammar.schema_support import NOT_ENFORCEABLE, SchemaSupport
 from sglang_dspark.grammar.vocab import token_bytes
@@ -141,5 +143,7 @@ class OutlinesBackend(GrammarBackend):
     def close(self) -> None:
         self.processes.close()
 
-    def make_grammar(self, compiled: Index) -> OutlinesGrammar:
+    def make_grammar(self, compiled: Index, bounds: JsonBounds | None = None) -> OutlinesGrammar:
+        if bounds:
+            raise GrammarError(JSON_BOUNDS_NEED_XGRAMMAR)
         return OutlinesGrammar(Guide(compiled, max_rollback=MAX_ROLLBACK), self.stop_token_ids, self.vocab_size)

@@ -23,6 +23,7 @@ from sglang_dspark.grammar.base import (
     GrammarBackend,
     GrammarError,
 )
+from sglang_dspark.grammar.json_bounds import JsonBounds, JsonBoundsTracker, JsonBoundsVocab
 from sglang_dspark.grammar.schema_support import NOT_ENFORCEABLE, SchemaSupport
 from sglang_dspark.grammar.vocab import token_bytes
 
@@ -46,28 +47,41 @@ def _reason(error: Exception) -> str:
 
 
 class XGrammarGrammar(BaseGrammarObject):
-    def __init__(self, matcher: xgrammar.GrammarMatcher, encode: Callable[[str], list[int]]) -> None:
+    def __init__(
+        self,
+        matcher: xgrammar.GrammarMatcher,
+        encode: Callable[[str], list[int]],
+        bounds: JsonBoundsTracker | None = None,
+    ) -> None:
         self.matcher = matcher
         self.encode = encode
+        self.bounds = bounds  # JSON length bounds narrowing the matcher's masks
 
     def accept_token(self, token: int) -> bool:
-        return self.matcher.accept_token(token)
+        accepted = self.matcher.accept_token(token)
+        if accepted and self.bounds is not None:
+            self.bounds.accept(token)
+        return accepted
 
     def rollback(self, num_tokens: int) -> None:
         if num_tokens:
             self.matcher.rollback(num_tokens)
+            if self.bounds is not None:
+                self.bounds.rollback(num_tokens)
 
     def fill_mask(self, bitmask: torch.Tensor, row: int) -> None:
         if self.matcher.is_terminated():  # xgrammar refuses to fill a terminated matcher's mask
             bitmask[row].zero_()
         else:
             self.matcher.fill_next_token_bitmask(bitmask, row)
+            if self.bounds is not None:
+                self.bounds.narrow(bitmask, row)
 
     def is_terminated(self) -> bool:
         return self.matcher.is_terminated()
 
     def fork(self) -> XGrammarGrammar:
-        return XGrammarGrammar(self.matcher.fork(), self.encode)
+        return XGrammarGrammar(self.matcher.fork(), self.encode, self.bounds and self.bounds.fork())
 
     def jump_forward_tokens(self) -> list[int]:
         try:
@@ -90,6 +104,8 @@ class XGrammarGrammar(BaseGrammarObject):
         sibling = torch.full((n,), -1, dtype=torch.int64)
         tokens = torch.tensor([0, *draft[:valid]], dtype=torch.int64)
         self.matcher.traverse_draft_tree(next_token, sibling, tokens, bitmask[row : row + n])
+        if self.bounds is not None:
+            self.bounds.narrow_chain(list(draft[:valid]), bitmask, row, n)
         return n
 
 
@@ -100,8 +116,10 @@ class XGrammarBackend(GrammarBackend):
         self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int], limits: CompileLimits = DEFAULT_LIMITS
     ) -> None:
         super().__init__(vocab_size, stop_token_ids, limits)
+        vocab = token_bytes(tokenizer, vocab_size)
+        self.bounds_vocab = JsonBoundsVocab(vocab)
         info = xgrammar.TokenizerInfo(
-            token_bytes(tokenizer, vocab_size),
+            vocab,
             xgrammar.VocabType.RAW,
             vocab_size=vocab_size,
             stop_token_ids=self.stop_token_ids,
@@ -132,8 +150,9 @@ class XGrammarBackend(GrammarBackend):
         except (RuntimeError, ValueError) as e:  # ValueError: a structural tag that does not parse
             raise GrammarError(f"invalid {kind.value}: {_reason(e)}") from None
 
-    def make_grammar(self, compiled: xgrammar.CompiledGrammar) -> XGrammarGrammar:
-        return XGrammarGrammar(xgrammar.GrammarMatcher(compiled), self.encode)
+    def make_grammar(self, compiled: xgrammar.CompiledGrammar, bounds: JsonBounds | None = None) -> XGrammarGrammar:
+        tracker = JsonBoundsTracker(bounds, self.bounds_vocab) if bounds else None
+        return XGrammarGrammar(xgrammar.GrammarMatcher(compiled), self.encode, tracker)
 
     def fill_masks(self, grammars: Sequence[XGrammarGrammar], bitmask: torch.Tensor, rows: Sequence[int]) -> None:
         live = [(g.matcher, r) for g, r in zip(grammars, rows, strict=True) if not g.is_terminated()]
@@ -142,3 +161,5 @@ class XGrammarBackend(GrammarBackend):
         for g, r in zip(grammars, rows, strict=True):
             if g.is_terminated():
                 bitmask[r].zero_()
+            elif g.bounds is not None:
+                g.bounds.narrow(bitmask, r)

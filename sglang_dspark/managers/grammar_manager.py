@@ -103,7 +103,8 @@ class GrammarManager:
         for req in [r for r in self.queue if r.pending_grammar.ready()]:
             self.queue.remove(req)
             try:
-                req.grammar = self.compiler.make_grammar(req.pending_grammar.compiled())
+                compiled = req.pending_grammar.compiled()
+                req.grammar = self.compiler.make_grammar(compiled, req.sampling_params.json_bounds)
                 self._live.add(req.grammar)
                 ready.append(req)
             except GrammarError as e:

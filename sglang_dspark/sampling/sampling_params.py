@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sglang_dspark.grammar.json_bounds import JsonBounds
+
 # Temperatures below this are treated as greedy (dividing logits by ~0 is numerically meaningless).
 SAMPLING_EPS = 1e-6
 # Samples per prompt: OpenAI's own limit. Each sample is a request of its own, so an unbounded n in a
@@ -68,6 +70,9 @@ class SamplingParams:
     json_schema: str | None = None  # a JSON string (a dict is accepted and serialized)
     ebnf: str | None = None
     structural_tag: str | None = None  # an xgrammar structural tag (JSON string; a dict is serialized)
+    # JSON length bounds under a constraint (grammar/json_bounds.py; None: unbounded)
+    max_json_string_length: int | None = None
+    max_json_array_items: int | None = None
     sampling_seed: int | None = None
     logit_bias: dict[int, float] | None = None  # keys given as str or int, normalized to int
 
@@ -84,6 +89,7 @@ class SamplingParams:
     _BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim")
     _OPT_STR_FIELDS = ("regex", "ebnf")
     _OPT_JSON_FIELDS = ("json_schema", "structural_tag")
+    _OPT_INT_FIELDS = ("max_json_string_length", "max_json_array_items", "sampling_seed")
 
     def __post_init__(self) -> None:
         self._normalize_and_check_types()
@@ -167,9 +173,10 @@ class SamplingParams:
             elif v is not None and not isinstance(v, str):
                 raise SamplingParamsError(f"{name} must be a JSON string or null, got {_type_name(v)}")
 
-        seed = self.sampling_seed
-        if seed is not None and not _is_int(seed):
-            raise SamplingParamsError(f"sampling_seed must be an integer or null, got {_type_name(seed)}")
+        for name in self._OPT_INT_FIELDS:
+            v = getattr(self, name)
+            if v is not None and not _is_int(v):
+                raise SamplingParamsError(f"{name} must be an integer or null, got {_type_name(v)}")
 
         if self.logit_bias is not None:
             self.logit_bias = self._normalize_logit_bias(self.logit_bias)
@@ -232,6 +239,14 @@ class SamplingParams:
         constraints = [k for k in self.CONSTRAINT_FIELDS if getattr(self, k) is not None]
         if len(constraints) > 1:
             errs.append(f"only one of {', '.join(self.CONSTRAINT_FIELDS)} may be set, got {', '.join(constraints)}")
+        try:
+            bounds = self.json_bounds
+        except ValueError as e:
+            errs.append(str(e))
+        else:
+            if bounds and not constraints:
+                fields = ", ".join(self.CONSTRAINT_FIELDS)
+                errs.append(f"max_json_string_length / max_json_array_items need one of {fields}")
         for name in self._OPT_JSON_FIELDS:
             text = getattr(self, name)
             if text is None:
@@ -263,6 +278,12 @@ class SamplingParams:
     def is_greedy(self) -> bool:
         """Greedy decoding: temperature 0 (below SAMPLING_EPS) or top_k == 1."""
         return self.temperature < SAMPLING_EPS or self.top_k == 1
+
+    @property
+    def json_bounds(self) -> JsonBounds | None:
+        """The JSON length bounds of a constrained request (None when neither is set); ValueError if out of range."""
+        bounds = JsonBounds(self.max_json_string_length, self.max_json_array_items, self.max_new_tokens)
+        return bounds if bounds else None
 
     @property
     def has_constraint(self) -> bool:

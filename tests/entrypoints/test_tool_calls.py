@@ -127,6 +127,19 @@ def test_required_round_trip(client):
     assert answer.usage.prompt_tokens > first.usage.prompt_tokens
 
 
+def test_call_arguments_respect_json_bounds(client):
+    """Strings in the arguments close at max_json_string_length characters (the server's
+    --tool-call-max-string-length unless the request sets it), and the call still validates."""
+    kwargs = {"messages": ASK, "tools": [WEATHER], "tool_choice": "required", **ONE_CALL}
+    free = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0]
+    city = json.loads(free.function.arguments)["city"]
+    assert len(city) > 2
+    bounded = client.chat.completions.create(**kwargs, extra_body={"max_json_string_length": 2})
+    call = bounded.choices[0].message.tool_calls[0]
+    arguments = json.loads(call.function.arguments)
+    assert len(arguments["city"]) <= 2 and arguments["unit"] in ("celsius", "fahrenheit")
+
+
 def test_auto_round_trip(client):
     # with `auto` the model decides; this 135M model writes a call only when shown one to repeat
     call = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}

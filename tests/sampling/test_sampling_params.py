@@ -78,6 +78,7 @@ def test_unknown_keys_rejected_with_valid_list():
         ({"regex": 3}, "regex"),
         ({"json_schema": 3}, "json_schema"),
         ({"sampling_seed": "7"}, "sampling_seed"),
+        ({"max_json_string_length": 2.5, "json_schema": "{}"}, "max_json_string_length"),
         ({"logit_bias": [1, 2]}, "logit_bias"),
         ({"logit_bias": {"abc": 1.0}}, "logit_bias"),
         ({"logit_bias": {"1": "big"}}, "logit_bias"),
@@ -137,6 +138,9 @@ def test_non_dict_rejected():
         ({"json_schema": '{"items": ' * 5000 + "{}" + "}" * 5000}, "nested too deeply"),
         ({"stop_regex": ["(unclosed"]}, "stop_regex"),
         ({"logit_bias": {"-3": 1.0}}, "logit_bias"),
+        ({"max_json_string_length": 0, "json_schema": "{}"}, "max_json_string_length must be >= 1"),
+        ({"max_json_array_items": 1, "regex": "a+"}, "max_json_array_items must be >= 2"),
+        ({"max_json_string_length": 64}, "need one of regex, json_schema"),
     ],
 )
 def test_invalid_values_rejected(d, needle):
@@ -159,6 +163,9 @@ def test_boundary_values_accepted():
         }
     )
     SamplingParams.from_dict({"top_p": 1e-6, "min_p": 0, "repetition_penalty": 0.01, "ebnf": "root ::= 'a'"})
+    bounded = SamplingParams.from_dict({"json_schema": "{}", "max_json_string_length": 1, "max_json_array_items": 2})
+    assert (bounded.json_bounds.max_string_length, bounded.json_bounds.max_array_items) == (1, 2)
+    assert SamplingParams.from_dict({"json_schema": "{}"}).json_bounds is None
 
 
 def test_vocab_checks_only_with_vocab():

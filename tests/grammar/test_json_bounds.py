@@ -1,0 +1,131 @@
+"""JSON length bounds: the lexer, and the narrowed masks of a real xgrammar grammar on SmolLM2's vocabulary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sglang_dspark.grammar import Constraint, GrammarError, JsonBounds, allocate_bitmask
+from sglang_dspark.grammar.json_bounds import CLOSING_RESERVE, OBJECT, LexState, lex, string_growth
+from sglang_dspark.grammar.mask import allowed_from_bitmask
+
+VOCAB = 49152  # as in conftest.py
+
+
+def test_lex_tracks_strings_escapes_and_array_items():
+    state = lex(LexState(), '{"a": ["x\\"y", "é'.encode())
+    assert state == LexState(in_string=True, escaped=False, chars=1, stack=(OBJECT, 1))
+    assert lex(state, b'", [1, 2], 3').stack == (OBJECT, 3)  # commas of the inner array are its own
+    assert lex(state, b'"]}') == LexState()
+    assert lex(LexState(), b'"ab\\').escaped
+
+
+def test_string_growth_counts_up_to_the_closing_quote():
+    assert string_growth(b"abc", escaped=False) == 3
+    assert string_growth(b'ab",', escaped=False) == 2
+    assert string_growth(b'"', escaped=False) == 0
+    assert string_growth(b'",x', escaped=True) == 3  # an escaped quote is a character
+    assert string_growth(b"a\\", escaped=False) == 2  # the trailing backslash begins a character
+    assert string_growth("é".encode(), escaped=False) == 1
+
+
+def test_bounds_are_checked():
+    with pytest.raises(ValueError, match="max_json_array_items"):
+        JsonBounds(max_array_items=1)
+    with pytest.raises(ValueError, match="max_json_string_length"):
+        JsonBounds(max_string_length=0)
+    assert not JsonBounds()
+
+
+def allowed_texts(grammar, tokenizer) -> list[bytes]:
+    bitmask = allocate_bitmask(1, VOCAB)
+    grammar.fill_mask(bitmask, 0)
+    ids = allowed_from_bitmask(bitmask, VOCAB)[0].nonzero().flatten().tolist()
+    return [tokenizer.decode([i]).encode() for i in ids]
+
+
+def feed(grammar, tokenizer, text: str) -> None:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert grammar.accept_tokens(ids) == len(ids), text
+
+
+def schema_grammar(backends, schema: dict, bounds: JsonBounds):
+    xgr = backends["xgrammar"]
+    return xgr.make_grammar(xgr.compile(Constraint.from_fields(json_schema=json.dumps(schema))), bounds)
+
+
+def string_chars(text: bytes) -> int:
+    """Characters a token without backslashes adds to an open string."""
+    return sum(1 for b in text.split(b'"')[0] if b & 0xC0 != 0x80)
+
+
+def test_a_string_stays_within_its_bound(backends, tokenizer):
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    grammar = schema_grammar(backends, schema, JsonBounds(max_string_length=6))
+    feed(grammar, tokenizer, '{"a":"abc')
+    texts = [t for t in allowed_texts(grammar, tokenizer) if b"\\" not in t]
+    assert max(string_chars(t) for t in texts) == 3  # room for 3 more characters
+    feed(grammar, tokenizer, "def")
+    texts = allowed_texts(grammar, tokenizer)
+    assert texts and all(t.startswith(b'"') for t in texts)  # 6: only closing tokens
+    grammar.rollback(1)  # back to 3 characters
+    assert any(not t.startswith(b'"') for t in allowed_texts(grammar, tokenizer))
+
+
+def test_a_string_the_schema_keeps_open_is_not_narrowed(backends, tokenizer):
+    schema = {"type": "object", "properties": {"a": {"type": "string", "minLength": 10}}, "required": ["a"]}
+    grammar = schema_grammar(backends, schema, JsonBounds(max_string_length=4))
+    feed(grammar, tokenizer, '{"a":"abcdef')
+    texts = allowed_texts(grammar, tokenizer)
+    assert texts and not any(t.startswith(b'"') for t in texts)  # the grammar's own mask: it must go on
+
+
+def test_a_long_array_may_only_close(backends, tokenizer):
+    schema = {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "integer"}}}}
+    grammar = schema_grammar(backends, schema, JsonBounds(max_array_items=3))
+    feed(grammar, tokenizer, '{"a":[1,2')
+    assert b"," in allowed_texts(grammar, tokenizer)
+    feed(grammar, tokenizer, ",3")
+    texts = allowed_texts(grammar, tokenizer)
+    assert texts and all(t.startswith(b"]") for t in texts)
+
+
+def test_the_last_tokens_of_the_budget_close_what_is_open(backends, tokenizer):
+    schema = {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}}
+    opening = tokenizer.encode('{"a":["x', add_special_tokens=False)
+    grammar = schema_grammar(backends, schema, JsonBounds(max_string_length=100, token_budget=len(opening) + 40))
+    feed(grammar, tokenizer, '{"a":["x')
+    assert any(not t.startswith(b'"') for t in allowed_texts(grammar, tokenizer))  # 40 tokens left: free
+    grammar = schema_grammar(backends, schema, JsonBounds(max_string_length=100, token_budget=len(opening) + 8))
+    feed(grammar, tokenizer, '{"a":["x')
+    assert all(t.startswith(b'"') for t in allowed_texts(grammar, tokenizer))  # 8 left: the string closes
+    feed(grammar, tokenizer, '"')
+    assert all(t.startswith(b"]") for t in allowed_texts(grammar, tokenizer))  # then the array
+    feed(grammar, tokenizer, "]")
+    assert all(t.startswith(b"}") for t in allowed_texts(grammar, tokenizer))  # then the object
+
+
+def test_draft_chain_masks_equal_step_by_step_masks(backends, tokenizer):
+    """fill_draft_masks (what verification reads) narrows each row as fill_mask does after the same tokens."""
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "array"}}}
+    grammar = schema_grammar(backends, schema, JsonBounds(3, 2, token_budget=CLOSING_RESERVE + 4))
+    draft = tokenizer.encode('{"a":"abcd', add_special_tokens=False)  # into the closing reserve
+    chain = allocate_bitmask(len(draft) + 1, VOCAB)
+    assert grammar.fill_draft_masks(draft, chain, 0) == len(draft) + 1
+    fork = grammar.fork()
+    for i, tok in enumerate([None, *draft]):
+        if tok is not None:
+            assert fork.accept_token(tok)
+        step = allocate_bitmask(1, VOCAB)
+        fork.fill_mask(step, 0)
+        assert torch.equal(chain[i], step[0]), i
+    assert grammar.bounds.states == [grammar.bounds.states[0]]  # the chain left the grammar where it was
+
+
+def test_bounds_need_xgrammar(backends):
+    llg = backends["llguidance"]
+    compiled = llg.compile(Constraint.from_fields(json_schema='{"type": "object"}'))
+    with pytest.raises(GrammarError, match="xgrammar"):
+        llg.make_grammar(compiled, JsonBounds(max_string_length=8))
