@@ -61,7 +61,7 @@ def main() -> int:
     for algorithm in args.algorithms.split(","):
         flags = FLAGS if algorithm == "none" else [*FLAGS, "--speculative-algorithm", algorithm]
         with tempfile.TemporaryDirectory() as tmp, local_server(flags, Path(tmp) / "server.log") as url:
-            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=1800)
             for stream in (False, True):
                 valid = same = 0
                 start = time.perf_counter()

@@ -8,9 +8,10 @@ within ``max_string_length`` characters stay allowed (so at the limit only token
 array holds ``max_array_items`` items only tokens starting with ``]`` do; in both cases only where the grammar
 allows such a token (a string whose schema demands more characters, or an array below its ``minItems``,
 keeps the grammar's own mask). In the last ``CLOSING_RESERVE`` tokens of the request's ``max_new_tokens`` the
-output closes what is open: strings at once, then objects and arrays wherever the grammar lets them close, so
-the JSON ends complete rather than cut. The output is lexed as JSON from its first byte: bounds are meant for
-outputs that are JSON throughout (``json_schema``, tool calls that are nothing but calls).
+output closes what is open, with tokens that open nothing new: strings at once, then objects and arrays
+wherever the grammar lets them close, so the JSON ends complete rather than cut. The output is lexed as JSON
+from its first byte: bounds are meant for outputs that are JSON throughout (``json_schema``, tool calls that
+are nothing but calls).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sglang_dspark.grammar.base import bitmask_width
 
 OBJECT = -1  # a container on the lexer's stack that is an object; an array is its count of commas
 CLOSING_RESERVE = 32  # tokens before max_new_tokens from which open JSON values close
+OPENING = b'{[",'  # bytes that open a value or another item
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,8 @@ def lex(state: LexState, data: bytes) -> LexState:
 
 
 class JsonBoundsVocab:
-    """Per tokenizer: how many characters each token adds to an open string, and the bitmask rows the bounds
-    narrow to."""
+    """Per tokenizer: how many characters each token adds to an open string, which tokens only close, and the
+    bitmask rows the bounds narrow to."""
 
     def __init__(self, token_bytes: list[bytes]) -> None:
         self.token_bytes = token_bytes
@@ -86,10 +88,13 @@ class JsonBoundsVocab:
         self.growth = {escaped: [string_growth(t, escaped) for t in token_bytes] for escaped in (False, True)}
         self.longest = max(max(g) for g in self.growth.values())
         self._fits: dict[tuple[int, bool], torch.Tensor] = {}  # (room, escaped) -> bitmask row [W]
-        self.closes = {
-            container: _bitmask_row([t.startswith(bracket) for t in token_bytes])  # [W]
-            for container, bracket in ((OBJECT, b"}"), (0, b"]"))
+        # what closes the open string, object or array and opens nothing after it (no `{`, `[`, `"` or `,`):
+        # a token like `"}, {` closes a string but starts a new array item
+        self.only_closes = {
+            kind: _bitmask_row([t.startswith(first) and not any(b in OPENING for b in t[1:]) for t in token_bytes])
+            for kind, first in (("string", b'"'), (OBJECT, b"}"), (0, b"]"))
         }
+        self.closes_array = _bitmask_row([t.startswith(b"]") for t in token_bytes])  # [W]
 
     def fits(self, room: int, escaped: bool) -> torch.Tensor:
         """The bitmask row [W] of tokens that add at most ``room`` characters to an open string."""
@@ -97,20 +102,24 @@ class JsonBoundsVocab:
             self._fits[room, escaped] = _bitmask_row([n <= room for n in self.growth[escaped]])
         return self._fits[room, escaped]
 
-    def narrowing(self, bounds: JsonBounds, state: LexState, closing: bool) -> torch.Tensor | None:
-        """The bitmask row [W] that the mask narrows to in ``state`` (``closing``: within the closing reserve),
-        or None where no bound is near."""
+    def narrowing(self, bounds: JsonBounds, state: LexState, closing: bool) -> tuple[torch.Tensor, ...]:
+        """The bitmask rows [W] the mask narrows to in ``state`` (``closing``: within the closing reserve), in
+        order of preference: the first that leaves a token the grammar allows wins (none: the grammar's mask)."""
         if state.in_string:
-            limit = 0 if closing else bounds.max_string_length
+            if closing and not state.escaped:
+                return self.only_closes["string"], self.fits(0, False)
+            limit = bounds.max_string_length
             if limit is None or limit - state.chars >= self.longest:
-                return None
-            return self.fits(max(limit - state.chars, 0), state.escaped)
+                return ()
+            return (self.fits(max(limit - state.chars, 0), state.escaped),)
         if not state.stack:
-            return None
+            return ()
         top, limit = state.stack[-1], bounds.max_array_items
-        if closing or (top != OBJECT and limit is not None and top >= limit - 1):
-            return self.closes[min(top, 0)]
-        return None
+        if closing:
+            return (self.only_closes[min(top, 0)],)
+        if top != OBJECT and limit is not None and top >= limit - 1:
+            return self.only_closes[0], self.closes_array
+        return ()
 
 
 def string_growth(token: bytes, escaped: bool) -> int:
@@ -158,11 +167,11 @@ class JsonBoundsTracker:
                 state = lex(state, self.vocab.token_bytes[draft[i - 1]])
             generated = len(self.states) - 1 + i  # every output token passes the grammar
             closing = budget is not None and budget - generated <= CLOSING_RESERVE
-            allowed = self.vocab.narrowing(self.bounds, state, closing)
-            if allowed is not None:
+            for allowed in self.vocab.narrowing(self.bounds, state, closing):
                 narrowed = bitmask[row + i] & allowed
                 if bool(narrowed.any()):
                     bitmask[row + i] = narrowed
+                    break
 
 
 def _bitmask_row(allowed: list[bool]) -> torch.Tensor:

@@ -100,11 +100,12 @@ def test_the_last_tokens_of_the_budget_close_what_is_open(backends, tokenizer):
     assert any(not t.startswith(b'"') for t in allowed_texts(grammar, tokenizer))  # 40 tokens left: free
     grammar = schema_grammar(backends, schema, JsonBounds(max_string_length=100, token_budget=len(opening) + 8))
     feed(grammar, tokenizer, '{"a":["x')
-    assert all(t.startswith(b'"') for t in allowed_texts(grammar, tokenizer))  # 8 left: the string closes
-    feed(grammar, tokenizer, '"')
-    assert all(t.startswith(b"]") for t in allowed_texts(grammar, tokenizer))  # then the array
-    feed(grammar, tokenizer, "]")
-    assert all(t.startswith(b"}") for t in allowed_texts(grammar, tokenizer))  # then the object
+    # 8 left: the string closes, then the array, then the object, with tokens that open nothing new
+    # (not `", "`, which would start another item)
+    for text, close in (('"', b'"'), ("]", b"]"), ("}", b"}")):
+        texts = allowed_texts(grammar, tokenizer)
+        assert texts and all(t.startswith(close) and not any(b in b'{[",' for b in t[1:]) for t in texts)
+        feed(grammar, tokenizer, text)
 
 
 def test_draft_chain_masks_equal_step_by_step_masks(backends, tokenizer):
