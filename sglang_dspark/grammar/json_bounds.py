@@ -7,11 +7,11 @@ the output: a tool call cut there is no call at all. With bounds, inside a strin
 within ``max_string_length`` characters stay allowed (so at the limit only tokens that close it), and once an
 array holds ``max_array_items`` items only tokens starting with ``]`` do; in both cases only where the grammar
 allows such a token (a string whose schema demands more characters, or an array below its ``minItems``,
-keeps the grammar's own mask). In the last ``CLOSING_RESERVE`` tokens of the request's ``max_new_tokens`` the
-output closes what is open, with tokens that open nothing new: strings at once, then objects and arrays
-wherever the grammar lets them close, so the JSON ends complete rather than cut. The output is lexed as JSON
-from its first byte: bounds are meant for outputs that are JSON throughout (``json_schema``, tool calls that
-are nothing but calls).
+keeps the grammar's own mask). In the last tokens of the request's ``max_new_tokens`` (``CLOSING_RESERVE``
+plus one per open object or array) the output closes what is open, with tokens that open nothing new:
+strings at once, then objects and arrays wherever the grammar lets them close, so the JSON ends complete
+rather than cut. The output is lexed as JSON from its first byte: bounds are meant for outputs that are JSON
+throughout (``json_schema``, tool calls that are nothing but calls).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ OPENING = b'{[",'  # bytes that open a value or another item
 class JsonBounds:
     max_string_length: int | None = None  # characters of one string value or key
     max_array_items: int | None = None  # at least 2
-    token_budget: int | None = None  # the request's max_new_tokens: its last CLOSING_RESERVE tokens close
+    token_budget: int | None = None  # the request's max_new_tokens, whose last tokens close what is open
 
     def __post_init__(self) -> None:
         if self.max_string_length is not None and self.max_string_length < 1:
@@ -166,7 +166,7 @@ class JsonBoundsTracker:
             if i:
                 state = lex(state, self.vocab.token_bytes[draft[i - 1]])
             generated = len(self.states) - 1 + i  # every output token passes the grammar
-            closing = budget is not None and budget - generated <= CLOSING_RESERVE
+            closing = budget is not None and budget - generated <= CLOSING_RESERVE + len(state.stack)
             for allowed in self.vocab.narrowing(self.bounds, state, closing):
                 narrowed = bitmask[row + i] & allowed
                 if bool(narrowed.any()):

@@ -95,12 +95,14 @@ def test_a_long_array_may_only_close(backends, tokenizer):
 def test_the_last_tokens_of_the_budget_close_what_is_open(backends, tokenizer):
     schema = {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string"}}}}
     opening = tokenizer.encode('{"a":["x', add_special_tokens=False)
-    grammar = schema_grammar(backends, schema, JsonBounds(max_string_length=100, token_budget=len(opening) + 40))
+    # the reserve: CLOSING_RESERVE tokens plus one per open container (here an object and an array)
+    budget = len(opening) + CLOSING_RESERVE + 3
+    grammar = schema_grammar(backends, schema, JsonBounds(max_string_length=100, token_budget=budget))
     feed(grammar, tokenizer, '{"a":["x')
-    assert any(not t.startswith(b'"') for t in allowed_texts(grammar, tokenizer))  # 40 tokens left: free
-    grammar = schema_grammar(backends, schema, JsonBounds(max_string_length=100, token_budget=len(opening) + 8))
+    assert any(not t.startswith(b'"') for t in allowed_texts(grammar, tokenizer))  # outside the reserve: free
+    grammar = schema_grammar(backends, schema, JsonBounds(max_string_length=100, token_budget=budget - 1))
     feed(grammar, tokenizer, '{"a":["x')
-    # 8 left: the string closes, then the array, then the object, with tokens that open nothing new
+    # inside: the string closes, then the array, then the object, with tokens that open nothing new
     # (not `", "`, which would start another item)
     for text, close in (('"', b'"'), ("]", b"]"), ("}", b"}")):
         texts = allowed_texts(grammar, tokenizer)
