@@ -43,11 +43,12 @@ def assemble(chunks) -> list[dict]:
 
 
 def run_calls(client: openai.OpenAI, function: SchemaFunction, stream: bool) -> list[dict]:
+    """The calls of one request as {"function": {"name", "arguments"}} (call ids are random: not compared)."""
     kwargs = {"model": "any", "temperature": 0, "max_tokens": 512, **function.required_call()}
     if stream:
         return assemble(client.chat.completions.create(**kwargs, stream=True))
     message = client.chat.completions.create(**kwargs).choices[0].message
-    return [c.model_dump() for c in message.tool_calls or []]
+    return [{"function": {"name": c.function.name, "arguments": c.function.arguments}} for c in message.tool_calls or []]
 
 
 def main() -> int:

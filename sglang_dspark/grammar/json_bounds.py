@@ -9,13 +9,16 @@ array holds ``max_array_items`` items only tokens starting with ``]`` do; in bot
 allows such a token (a string whose schema demands more characters, or an array below its ``minItems``,
 keeps the grammar's own mask). In the last tokens of the request's ``max_new_tokens`` (``CLOSING_RESERVE``
 plus one per open object or array) the output closes what is open, with tokens that open nothing new:
-strings at once, then objects and arrays wherever the grammar lets them close, so the JSON ends complete
-rather than cut. The output is lexed as JSON from its first byte: bounds are meant for outputs that are JSON
-throughout (``json_schema``, tool calls that are nothing but calls).
+strings at once, then objects and arrays wherever the grammar lets them close; where the grammar lets
+nothing close yet (a required key is missing, a string must still match its pattern) the output follows a
+shortest path of single-byte tokens to where it can, so the JSON ends complete rather than cut. The output
+is lexed as JSON from its first byte: bounds are meant for outputs that are JSON throughout
+(``json_schema``, tool calls that are nothing but calls).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,6 +29,9 @@ from sglang_dspark.grammar.base import bitmask_width
 OBJECT = -1  # a container on the lexer's stack that is an object; an array is its count of commas
 CLOSING_RESERVE = 32  # tokens before max_new_tokens from which open JSON values close
 OPENING = b'{[",'  # bytes that open a value or another item
+# (row i of a draft chain, goal [W] bitmask row) -> the first token of a shortest path from the state after
+# draft[:i] to one where a goal token is allowed, or None (grammar-specific: xgrammar_backend.shortest_step)
+Search = Callable[[int, torch.Tensor], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,11 @@ class JsonBoundsVocab:
             for kind, first in (("string", b'"'), (OBJECT, b"}"), (0, b"]"))
         }
         self.closes_array = _bitmask_row([t.startswith(b"]") for t in token_bytes])  # [W]
+        first_id: dict[int, int] = {}
+        for i, t in enumerate(token_bytes):
+            if len(t) == 1:
+                first_id.setdefault(t[0], i)
+        self.single_bytes = sorted(first_id.values())  # one token per byte that is a token by itself
 
     def fits(self, room: int, escaped: bool) -> torch.Tensor:
         """The bitmask row [W] of tokens that add at most ``room`` characters to an open string."""
@@ -154,12 +165,15 @@ class JsonBoundsTracker:
         copy.states = list(self.states)
         return copy
 
-    def narrow(self, bitmask: torch.Tensor, row: int) -> None:
+    def narrow(self, bitmask: torch.Tensor, row: int, search: Search | None = None) -> None:
         """Narrow ``bitmask[row]`` ([R, W] int32), the mask at the current state."""
-        self.narrow_chain([], bitmask, row, 1)
+        self.narrow_chain([], bitmask, row, 1, search)
 
-    def narrow_chain(self, draft: list[int], bitmask: torch.Tensor, row: int, rows: int) -> None:
-        """Narrow the ``rows`` rows of a draft chain's masks: ``bitmask[row + i]`` is the mask after draft[:i]."""
+    def narrow_chain(
+        self, draft: list[int], bitmask: torch.Tensor, row: int, rows: int, search: Search | None = None
+    ) -> None:
+        """Narrow the ``rows`` rows of a draft chain's masks: ``bitmask[row + i]`` is the mask after draft[:i];
+        ``search`` finds the way to a closing token where the grammar allows none yet."""
         state = self.states[-1]
         budget = self.bounds.token_budget
         for i in range(rows):
@@ -167,11 +181,23 @@ class JsonBoundsTracker:
                 state = lex(state, self.vocab.token_bytes[draft[i - 1]])
             generated = len(self.states) - 1 + i  # every output token passes the grammar
             closing = budget is not None and budget - generated <= CLOSING_RESERVE + len(state.stack)
-            for allowed in self.vocab.narrowing(self.bounds, state, closing):
+            candidates = self.vocab.narrowing(self.bounds, state, closing)
+            for allowed in candidates:
                 narrowed = bitmask[row + i] & allowed
                 if bool(narrowed.any()):
                     bitmask[row + i] = narrowed
                     break
+            else:
+                step = search(i, candidates[0]) if closing and candidates and search is not None else None
+                if step is not None:
+                    bitmask[row + i] = _token_row(step, len(self.vocab.token_bytes))
+
+
+def _token_row(token: int, vocab_size: int) -> torch.Tensor:
+    """The bitmask row [ceil(V / 32)] int32 allowing ``token`` alone."""
+    row = torch.zeros(bitmask_width(vocab_size), dtype=torch.int64)
+    row[token // 32] = 1 << (token % 32)
+    return torch.where(row >= 2**31, row - 2**32, row).to(torch.int32)
 
 
 def _bitmask_row(allowed: list[bool]) -> torch.Tensor:

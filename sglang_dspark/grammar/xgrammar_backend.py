@@ -23,7 +23,7 @@ from sglang_dspark.grammar.base import (
     GrammarBackend,
     GrammarError,
 )
-from sglang_dspark.grammar.json_bounds import JsonBounds, JsonBoundsTracker, JsonBoundsVocab
+from sglang_dspark.grammar.json_bounds import JsonBounds, JsonBoundsTracker, JsonBoundsVocab, Search
 from sglang_dspark.grammar.schema_support import NOT_ENFORCEABLE, SchemaSupport
 from sglang_dspark.grammar.vocab import token_bytes
 
@@ -38,12 +38,46 @@ SCHEMA_SUPPORT = SchemaSupport(
     pattern_lookaround=False,
     required_undeclared=False,
 )
+SEARCH_STATES = 256  # distinct grammar states one shortest_step search visits at most
+SEARCH_STEPS = 4096  # tokens it tries at most
 # "[08:12:10] /project/cpp/json_schema_converter.cc:4944: Unsupported type ..." -> "Unsupported type ..."
 _CPP_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
 def _reason(error: Exception) -> str:
     return _CPP_PREFIX.sub("", str(error).strip())
+
+
+def shortest_step(matcher: xgrammar.GrammarMatcher, steps: Sequence[int], goal: torch.Tensor) -> int | None:
+    """Breadth-first over ``steps`` (tokens of one byte each): the first token of a shortest path from the
+    matcher's state to one where a token of ``goal`` ([W] bitmask row) is allowed, or None past the search
+    limits. States are told apart by the matcher's parser state (xgrammar's debug description of it). The
+    matcher ends where it began."""
+    mask = torch.empty(1, goal.shape[0], dtype=torch.int32)
+    seen: set[str] = set()
+    frontier: list[tuple[int, ...]] = [()]
+    tried = 0
+    while frontier and len(seen) < SEARCH_STATES and tried < SEARCH_STEPS:
+        deeper = []
+        for path in frontier:
+            tried += 1
+            for tok in path:
+                matcher.accept_token(tok)
+            try:
+                key = matcher._debug_print_internal_state().partition("Last step:")[2]
+                if key in seen or matcher.is_terminated():
+                    continue
+                seen.add(key)
+                matcher.fill_next_token_bitmask(mask, 0)
+                if path and bool((mask[0] & goal).any()):
+                    return path[0]
+                words = mask[0].tolist()
+                deeper += [(*path, t) for t in steps if (words[t >> 5] >> (t & 31)) & 1]
+            finally:
+                if path:
+                    matcher.rollback(len(path))
+        frontier = deeper
+    return None
 
 
 class XGrammarGrammar(BaseGrammarObject):
@@ -75,7 +109,7 @@ class XGrammarGrammar(BaseGrammarObject):
         else:
             self.matcher.fill_next_token_bitmask(bitmask, row)
             if self.bounds is not None:
-                self.bounds.narrow(bitmask, row)
+                self.bounds.narrow(bitmask, row, self.search_after([]))
 
     def is_terminated(self) -> bool:
         return self.matcher.is_terminated()
@@ -105,8 +139,22 @@ class XGrammarGrammar(BaseGrammarObject):
         tokens = torch.tensor([0, *draft[:valid]], dtype=torch.int64)
         self.matcher.traverse_draft_tree(next_token, sibling, tokens, bitmask[row : row + n])
         if self.bounds is not None:
-            self.bounds.narrow_chain(list(draft[:valid]), bitmask, row, n)
+            self.bounds.narrow_chain(list(draft[:valid]), bitmask, row, n, self.search_after(draft[:valid]))
         return n
+
+    def search_after(self, draft: Sequence[int]) -> Search:
+        """The JSON bounds' search from the state after draft[:i] (the matcher is back where it was after it)."""
+
+        def search(i: int, goal: torch.Tensor) -> int | None:
+            for tok in draft[:i]:
+                self.matcher.accept_token(tok)
+            try:
+                return shortest_step(self.matcher, self.bounds.vocab.single_bytes, goal)
+            finally:
+                if i:
+                    self.matcher.rollback(i)
+
+        return search
 
 
 class XGrammarBackend(GrammarBackend):
@@ -162,4 +210,4 @@ class XGrammarBackend(GrammarBackend):
             if g.is_terminated():
                 bitmask[r].zero_()
             elif g.bounds is not None:
-                g.bounds.narrow(bitmask, r)
+                g.bounds.narrow(bitmask, r, g.search_after([]))

@@ -110,11 +110,36 @@ def test_the_last_tokens_of_the_budget_close_what_is_open(backends, tokenizer):
         feed(grammar, tokenizer, text)
 
 
-def test_draft_chain_masks_equal_step_by_step_masks(backends, tokenizer):
+def test_where_nothing_may_close_yet_the_output_takes_a_shortest_way(backends, tokenizer):
+    """In the closing reserve, a string that must still match its pattern gets the first token of a shortest
+    path of single-byte tokens to where it may close."""
+    pattern = {"type": "string", "pattern": "^ab/[0-9]+$"}
+    schema = {"type": "object", "properties": {"s": pattern}, "required": ["s"]}
+    opening = '{"s":"ab'
+    budget = len(tokenizer.encode(opening, add_special_tokens=False)) + 4
+    grammar = schema_grammar(backends, schema, JsonBounds(max_string_length=100, token_budget=budget))
+    feed(grammar, tokenizer, opening)
+    assert allowed_texts(grammar, tokenizer) == [b"/"]
+    feed(grammar, tokenizer, "/")
+    (digit,) = allowed_texts(grammar, tokenizer)
+    assert digit.isdigit() and len(digit) == 1
+    feed(grammar, tokenizer, digit.decode())
+    texts = allowed_texts(grammar, tokenizer)
+    assert texts and all(t.startswith(b'"') and not any(b in b'{[",' for b in t[1:]) for t in texts)
+
+
+@pytest.mark.parametrize(
+    "properties, text",
+    [
+        ({"a": {"type": "string"}, "b": {"type": "array"}}, '{"a":"abcd'),
+        ({"s": {"type": "string", "pattern": "^ab/[0-9]+$"}}, '{"s":"ab/1'),  # rows that search
+    ],
+)
+def test_draft_chain_masks_equal_step_by_step_masks(backends, tokenizer, properties, text):
     """fill_draft_masks (what verification reads) narrows each row as fill_mask does after the same tokens."""
-    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "array"}}}
+    schema = {"type": "object", "properties": properties, "required": list(properties)[:1]}
     grammar = schema_grammar(backends, schema, JsonBounds(3, 2, token_budget=CLOSING_RESERVE + 4))
-    draft = tokenizer.encode('{"a":"abcd', add_special_tokens=False)  # into the closing reserve
+    draft = tokenizer.encode(text, add_special_tokens=False)  # into the closing reserve
     chain = allocate_bitmask(len(draft) + 1, VOCAB)
     assert grammar.fill_draft_masks(draft, chain, 0) == len(draft) + 1
     fork = grammar.fork()
