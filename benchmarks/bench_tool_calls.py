@@ -48,7 +48,8 @@ def run_calls(client: openai.OpenAI, function: SchemaFunction, stream: bool) -> 
     if stream:
         return assemble(client.chat.completions.create(**kwargs, stream=True))
     message = client.chat.completions.create(**kwargs).choices[0].message
-    return [{"function": {"name": c.function.name, "arguments": c.function.arguments}} for c in message.tool_calls or []]
+    calls = message.tool_calls or []
+    return [{"function": {"name": c.function.name, "arguments": c.function.arguments}} for c in calls]
 
 
 def main() -> int:
