@@ -177,7 +177,7 @@ def run_turns(
     turns = [LevelRun(), LevelRun()]
     for start in range(0, len(convs), concurrency):
         group = convs[start : start + concurrency]
-        params = [{"temperature": 0, "max_new_tokens": max_new_tokens}] * len(group)
+        params = [{"temperature": 0, "max_new_tokens": max_new_tokens} for _ in group]
         first = [chat_prompt_ids(engine.tokenizer, conv.messages()) for conv in group]
         answers = [out["text"] for out in generate_into(turns[0], engine, first, params, logprobs)]
         second = [chat_prompt_ids(engine.tokenizer, conv.messages(a)) for conv, a in zip(group, answers)]

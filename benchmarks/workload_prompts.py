@@ -95,8 +95,9 @@ def long_message(tokenizer, module: str, bucket: int) -> str:
     def length(code: str) -> int:
         return len(chat_prompt_ids(tokenizer, [{"role": "user", "content": message(code)}]))
 
-    ids = tokenizer.encode(module_source(module), add_special_tokens=False)[: bucket - length("")]
-    code = tokenizer.decode(ids)
+    # the whole source may be longer than the model's context: verbose=False drops the warning about that
+    source = tokenizer.encode(module_source(module), add_special_tokens=False, verbose=False)
+    code = tokenizer.decode(source[: bucket - length("")])
     code = code[: code.rfind("\n") + 1]
     while length(code) > bucket:  # tokens merge differently where the cut text meets the instruction
         code = code[: code.rstrip("\n").rfind("\n") + 1]
