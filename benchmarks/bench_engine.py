@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from llama_cpp_baseline import LlamaCppBaseline
 from targets import TARGETS, target_gguf
+from workload_prompts import chat_prompt_ids
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "prompts"
 
@@ -53,9 +54,7 @@ def measure_bandwidth_gbs(size_mb: int = 512, reps: int = 5) -> float:
 
 
 def chat_ids(tokenizer, prompt: str) -> list[int]:
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
-    )
+    return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
 
 
 def bench_ours(engine, prompts_ids: list[list[int]], new_tokens: int, batch: int) -> float:

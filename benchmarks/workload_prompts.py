@@ -41,6 +41,10 @@ LONGCTX_MODULES = (  # standard-library modules of well over 6144 tokens each, i
     "threading",
     "typing",
 )
+PLAIN_CHAT_TEMPLATE = (
+    "{{ bos_token or '' }}{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 LONGCTX_INSTRUCTION = "Above is part of the source of Python's `{module}` module. Explain what this code does."
 
 
@@ -110,5 +114,9 @@ def load_long_messages(tokenizer, bucket: int, n: int) -> list[str]:
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """The token ids of a chat, formatted by the model's chat template for the assistant's next answer."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    """The token ids of a chat, formatted for the assistant's next answer by the model's chat template, or as a
+    plain transcript (PLAIN_CHAT_TEMPLATE) for a base model that has none (Gemma 3 270M)."""
+    template = None if tokenizer.chat_template else PLAIN_CHAT_TEMPLATE
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, add_generation_prompt=True, tokenize=True, return_dict=False
+    )

@@ -75,3 +75,12 @@ def test_module_source_of_a_package_and_of_a_missing_module() -> None:
     assert "def getLogger" in wp.module_source("logging")
     with pytest.raises(ValueError, match="no Python source"):
         wp.module_source("sys")  # built in
+
+
+def test_plain_transcript_without_a_chat_template() -> None:
+    """A base model (Gemma 3 270M ships none) gets its chats as a plain User/Assistant transcript."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None))
+    tokenizer.chat_template = None
+    conv = wp.Conversation("Say hi.", "Again.")
+    text = tokenizer.decode(wp.chat_prompt_ids(tokenizer, conv.messages("Hi!")))
+    assert text == f"{tokenizer.bos_token}User: Say hi.\n\nAssistant: Hi!\n\nUser: Again.\n\nAssistant:"
