@@ -1,6 +1,6 @@
 """Speculative decoding vs plain decoding, in one run: tokens/s, tau, conditional acceptance, verify budget.
 
-    python benchmarks/bench_spec.py                                  # NGRAM and DSPARK vs none, all workloads
+    python benchmarks/bench_spec.py                                  # NGRAM and DSPARK vs none: code, chat, json
     python benchmarks/bench_spec.py --algorithms NGRAM --workloads json --concurrency 1,4
     python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:fixed,NGRAM:threshold   # verify modes
     python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:raw   # without the online calibration
