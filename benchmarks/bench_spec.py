@@ -1,6 +1,6 @@
 """Speculative decoding vs plain decoding, in one run: tokens/s, tau, conditional acceptance, verify budget.
 
-    python benchmarks/bench_spec.py                                  # NGRAM and DSPARK vs none, all workloads
+    python benchmarks/bench_spec.py                                  # NGRAM and DSPARK vs none: code, chat, json
     python benchmarks/bench_spec.py --algorithms NGRAM --workloads json --concurrency 1,4
     python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:fixed,NGRAM:threshold   # verify modes
     python benchmarks/bench_spec.py --algorithms NGRAM,NGRAM:raw   # without the online calibration
@@ -8,20 +8,34 @@
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:drafter=runs/x/dspark/drafter   # two drafters
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:off=gate,DSPARK:set=verify_mode=fixed   # SpecConfig
     python benchmarks/bench_spec.py --logprobs 5   # every request returns its logprobs and the top 5
+    python benchmarks/bench_spec.py --workloads multiturn,longctx   # per turn and per context length
+    python benchmarks/bench_spec.py --model qwen-coder --workloads code,json   # another target (benchmarks/targets.py)
 
 Workloads (the first --num-prompts of each, at least --min-waves groups of c at concurrency c (48 prompts at
 16 by default: one group of 16 decays as its requests finish, too short a level to measure),
 chat-formatted, greedy, --max-new-tokens): ``code`` = mbpp,
 ``chat`` = arena-hard-v2 (prompts up to 3000 characters), ``json`` = JSON-schema tasks from the
 JSONSchemaBench subset (the prompt asks for an object following the schema, and the request carries it
-as ``json_schema``). Each concurrency level c sends the prompts in groups of c requests that run together
-(c in flight); `--repeats N` runs every level N times, the engines taking turns each time, and pools them.
+as ``json_schema``); these three run by default. ``multiturn`` = two user turns per prompt (its rows
+``multiturn turn 1`` and ``multiturn turn 2``): the repository's prompt sets hold one turn, so the first comes from
+mbpp, gsm8k and arena-hard-v2 in turn and the second is a fixed instruction to shorten the answer
+(benchmarks/workload_prompts.py); turn 2's chat carries the model's own turn-1 answer and runs right after it, on
+top of its cached KV (no flush between the turns). ``longctx`` = the start of a Python standard-library module's
+source with an instruction to explain it, one row per prompt length (``longctx 2k``, ``4k``, ``6k``: at most
+2048, 4096, 6144 tokens, chat template included; 16 prompts at most); their progress lines also give the mean
+prompt tokens per request and the share of them the radix cache held. Each concurrency level c sends the
+prompts in groups of c requests that run together (c in flight); `--repeats N` runs every level N times, the
+engines taking turns each time, and pools them.
 Every algorithm runs on its own Engine over the same prompts; the engines stay alive together and take
 turns level by level, so that drift of a busy machine hits each alike. The speed-up column divides by plain
 decoding at the same workload and level. The radix cache is flushed before every level (the levels repeat the same
 prompts, and NGRAM would draft the earlier level's cached outputs). Entries that differ only in SpecConfig
 (``off=`` / ``set=``) share the engine of the first of them, each with its own speculative worker (the same SPS
 table) swapped in for its turns: one model in memory, the same machine state for every variant.
+
+``--model`` picks the target (default SmolLM2-135M-Instruct, qwen-coder, gemma3: benchmarks/targets.py). DSPARK
+needs a drafter for the target: the default --algorithms skip it, with a note, on a target that ships none; a
+DSPARK entry named in --algorithms is an error there unless it names its drafter (DSPARK:drafter=DIR).
 
 Columns: tok/s = generated tokens / wall time of the level (prefill included: the JSON prompts carry the
 schema); TPOT = mean time per output token after the first (e2e latency - first-token latency, per request),
@@ -42,16 +56,28 @@ from pathlib import Path
 
 import torch
 from llama_cpp_baseline import LlamaCppBaseline
+from targets import TARGETS, target_gguf
+from workload_prompts import (
+    CONTEXT_BUCKETS,
+    Conversation,
+    bucket_label,
+    chat_prompt_ids,
+    load_conversations,
+    load_long_messages,
+)
 
 from sglang_dspark import Engine
 from sglang_dspark.grammar import Constraint, GrammarError
-from sglang_dspark.models.model_source import default_model_gguf
+from sglang_dspark.models.model_source import resolve_model_path
+from sglang_dspark.speculative.dspark.checkpoint import packaged_drafter
 from sglang_dspark.speculative.metrics import conditional_acceptance, tau
 from sglang_dspark.speculative.setup import build_spec_worker
 from sglang_dspark.speculative.spec_worker import SpecWorker
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-WORKLOADS = ("code", "chat", "json")
+DEFAULT_WORKLOADS = ("code", "chat", "json")
+WORKLOADS = (*DEFAULT_WORKLOADS, "multiturn", "longctx")
+TURNS = ("multiturn turn 1", "multiturn turn 2")  # the multiturn workload's rows
 SHOWN_POSITIONS = 4
 CPP = "llama.cpp"  # the --llamacpp entry
 MAX_PROMPT_CHARS = 3000  # longer chat prompts are skipped: their prefill would dominate on a CPU
@@ -76,6 +102,18 @@ def load_workload(name: str, n: int) -> list[tuple[str, dict]]:
     return [(t, {}) for t in turns if len(t) <= MAX_PROMPT_CHARS][:n]
 
 
+def load_rows(name: str, n: int, tokenizer) -> dict[str, list]:
+    """A workload's prompts by the table row they are measured in: multiturn's Conversations in one entry (its
+    turns become rows when it runs), longctx's prompts per length bucket, the others' load_workload items."""
+    if name == "multiturn":
+        return {name: load_conversations(DATA / "prompts", n, MAX_PROMPT_CHARS)}
+    if name == "longctx":
+        return {
+            f"{name} {bucket_label(b)}": [(m, {}) for m in load_long_messages(tokenizer, b, n)] for b in CONTEXT_BUCKETS
+        }
+    return {name: load_workload(name, n)}
+
+
 @dataclass
 class LevelRun:
     """What one pass over a level's prompts measured."""
@@ -85,42 +123,75 @@ class LevelRun:
     tpots: list[float] = field(default_factory=list)  # seconds per output token after the first, per request
     draft_lens: list[int] = field(default_factory=list)  # per verify round
     accept_lens: list[int] = field(default_factory=list)
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, those the radix cache held
 
 
 def chat_ids(tokenizer, items: list[tuple[str, dict]]) -> list[list[int]]:
-    return [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": m}], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        for m, _ in items
-    ]
+    return [chat_prompt_ids(tokenizer, [{"role": "user", "content": m}]) for m, _ in items]
+
+
+def generate_into(
+    run: LevelRun, engine: Engine, ids: list[list[int]], params: list[dict], logprobs: int | None
+) -> list[dict]:
+    """One group of requests run together, its time and outputs added to run; returns the outputs.
+    logprobs: every request returns its output tokens' logprobs and the top `logprobs` alternatives (None: off)."""
+    t = time.perf_counter()
+    outs = engine.generate(
+        input_ids=ids, sampling_params=params, return_logprob=logprobs is not None, top_logprobs_num=logprobs
+    )
+    run.seconds += time.perf_counter() - t
+    for out in outs:
+        meta = out["meta_info"]
+        run.tokens += meta["completion_tokens"]
+        if meta["completion_tokens"] > 1:
+            decode_s = meta["e2e_latency"] - meta["first_token_latency"]
+            run.tpots.append(decode_s / (meta["completion_tokens"] - 1))
+        run.draft_lens += meta.get("spec_draft_lens", [])
+        run.accept_lens += meta.get("spec_accept_lens", [])
+        run.requests += 1
+        run.prompt_tokens += meta["prompt_tokens"]
+        run.cached_tokens += meta["cached_tokens"]
+    return outs
 
 
 def run_level(
     engine: Engine, items: list[tuple[str, dict]], concurrency: int, max_new_tokens: int, logprobs: int | None
 ) -> LevelRun:
-    """logprobs: every request returns its output tokens' logprobs and the top `logprobs` alternatives (None: off)."""
+    """The items in groups of `concurrency` requests."""
     ids = chat_ids(engine.tokenizer, items)
     params = [{"temperature": 0, "max_new_tokens": max_new_tokens, **extra} for _, extra in items]
     run = LevelRun()
-    t = time.perf_counter()
     for start in range(0, len(items), concurrency):
-        outs = engine.generate(
-            input_ids=ids[start : start + concurrency],
-            sampling_params=params[start : start + concurrency],
-            return_logprob=logprobs is not None,
-            top_logprobs_num=logprobs,
-        )
-        for out in outs:
-            meta = out["meta_info"]
-            run.tokens += meta["completion_tokens"]
-            if meta["completion_tokens"] > 1:
-                decode_s = meta["e2e_latency"] - meta["first_token_latency"]
-                run.tpots.append(decode_s / (meta["completion_tokens"] - 1))
-            run.draft_lens += meta.get("spec_draft_lens", [])
-            run.accept_lens += meta.get("spec_accept_lens", [])
-    run.seconds = time.perf_counter() - t
+        group = slice(start, start + concurrency)
+        generate_into(run, engine, ids[group], params[group], logprobs)
     return run
+
+
+def run_turns(
+    engine: Engine, convs: list[Conversation], concurrency: int, max_new_tokens: int, logprobs: int | None
+) -> list[LevelRun]:
+    """Groups of `concurrency` conversations, each group's turn 2 right after its turn 1 (its chat ends in the
+    model's own turn-1 answer, still in the radix cache) -> [turn 1's run, turn 2's run]."""
+    turns = [LevelRun(), LevelRun()]
+    for start in range(0, len(convs), concurrency):
+        group = convs[start : start + concurrency]
+        params = [{"temperature": 0, "max_new_tokens": max_new_tokens} for _ in group]
+        first = [chat_prompt_ids(engine.tokenizer, conv.messages()) for conv in group]
+        answers = [out["text"] for out in generate_into(turns[0], engine, first, params, logprobs)]
+        second = [chat_prompt_ids(engine.tokenizer, conv.messages(a)) for conv, a in zip(group, answers)]
+        generate_into(turns[1], engine, second, params, logprobs)
+    return turns
+
+
+def run_workload(
+    engine: Engine, workload: str, items: list, concurrency: int, max_new_tokens: int, logprobs: int | None
+) -> dict[str, LevelRun]:
+    """One pass over a level of a load_rows entry -> its table rows' runs (multiturn: one per turn)."""
+    if workload == "multiturn":
+        return dict(zip(TURNS, run_turns(engine, items, concurrency, max_new_tokens, logprobs)))
+    return {workload: run_level(engine, items, concurrency, max_new_tokens, logprobs)}
 
 
 def run_cpp_level(cpp: LlamaCppBaseline, tokenizer, items: list[tuple[str, dict]], max_new_tokens: int) -> LevelRun:
@@ -146,7 +217,18 @@ def summarize(runs: list[LevelRun]) -> dict:
         row["tau"] = tau(a)
         row["cond"] = conditional_acceptance(a, d, SHOWN_POSITIONS).tolist()
         row["budget"] = float(d.double().mean())
+    requests, prompt = sum(r.requests for r in runs), sum(r.prompt_tokens for r in runs)
+    if requests:
+        row["prompt_tokens"] = prompt / requests
+        row["cached_share"] = sum(r.cached_tokens for r in runs) / max(prompt, 1)
     return row
+
+
+def prompt_note(row: dict) -> str:
+    """', N prompt tokens (P% cached)' for a row with prompt statistics (not llama.cpp's)."""
+    if "prompt_tokens" not in row:
+        return ""
+    return f", {row['prompt_tokens']:.0f} prompt tokens ({row['cached_share']:.0%} cached)"
 
 
 def compiles(engine: Engine, schema: str) -> bool:
@@ -178,6 +260,17 @@ def engine_args(name: str) -> tuple[dict, dict]:
         "speculative_draft_model_path": drafter[0] if drafter else None,
     }
     return spec, config
+
+
+def missing_drafter(name: str, model_dir: Path) -> bool:
+    """An --algorithms entry that drafts with the drafter shipped for the target (DSPARK without drafter=) where
+    none ships."""
+    spec, _ = engine_args(name)
+    return (
+        spec["speculative_algorithm"] == "DSPARK"
+        and spec["speculative_draft_model_path"] is None
+        and packaged_drafter(model_dir.name) is None
+    )
 
 
 def variant_worker(engine: Engine, base: SpecWorker, config: dict) -> SpecWorker:
@@ -214,7 +307,10 @@ def main() -> None:
         "ALGO[...]:set=NAME=VALUE sets a SpecConfig field (--speculative-config, speculative/spec_config.py; "
         "repeatable; VALUE is JSON or a string)",
     )
-    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument(
+        "--workloads", default=",".join(DEFAULT_WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}"
+    )
+    ap.add_argument("--model", choices=TARGETS, default="default", help="the target (benchmarks/targets.py)")
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--num-prompts", type=int, default=16)
     ap.add_argument(
@@ -250,11 +346,22 @@ def main() -> None:
         raise SystemExit(f"unknown workloads {sorted(unknown)}; choose from {WORKLOADS}")
     prompts = {c: max(args.num_prompts, args.min_waves * c) for c in levels}  # per level
     most = max(prompts.values())
-    items = {w: load_workload(w, most * 2 if w == "json" else most) for w in workloads}
+    gguf = target_gguf(args.model)
+    model_dir = resolve_model_path(gguf)
+    algorithms = args.algorithms.split(",")
+    no_drafter = [a for a in algorithms if missing_drafter(a, model_dir)]
+    if no_drafter and args.algorithms != ap.get_default("algorithms"):
+        raise SystemExit(
+            f"no DSpark drafter ships for {model_dir.name}: {', '.join(no_drafter)} needs one "
+            "(DSPARK:drafter=DIR; train one with python -m sglang_dspark.train)"
+        )
+    for name in no_drafter:
+        print(f"{name} skipped: no DSpark drafter ships for {model_dir.name} (DSPARK:drafter=DIR names one)")
+    longest = max(CONTEXT_BUCKETS) + args.max_new_tokens if "longctx" in workloads else 0  # tokens per request
     results: dict[str, dict[str, dict[int, dict]]] = {}
     engines: dict[str, Engine] = {}  # all alive at once: levels run interleaved, so drift hits each alike
     workers: dict[str, SpecWorker] = {}  # SpecConfig variants: their own worker on a shared engine
-    for name in ["none", *args.algorithms.split(",")]:
+    for name in ["none", *[a for a in algorithms if a not in no_drafter]]:
         spec, config = engine_args(name)
         same = [n for n in engines if n in workers and engine_args(n)[0] == spec]
         base = same[0] if same and config else None
@@ -263,7 +370,11 @@ def main() -> None:
             workers[name] = variant_worker(engines[base], workers[base], config)
             continue
         engine = Engine(
-            dtype=args.dtype, max_total_tokens=32768, log_level="warning", **(spec if name != "none" else {})
+            model_path=str(gguf),
+            dtype=args.dtype,
+            max_total_tokens=max(32768, max(levels) * longest),
+            log_level="warning",
+            **(spec if name != "none" else {}),
         )
         engine.generate("warm-up", {"max_new_tokens": 4})
         engines[name] = engine
@@ -271,7 +382,12 @@ def main() -> None:
             workers[name] = engine.scheduler.spec.worker
             if config:
                 workers[name] = variant_worker(engine, workers[name], config)
-    cpp = LlamaCppBaseline(default_model_gguf(), torch.get_num_threads()) if args.llamacpp else None
+    items: dict[str, list] = {}
+    for w in workloads:
+        items.update(load_rows(w, most * 2 if w == "json" else most, engines["none"].tokenizer))
+    cpp = LlamaCppBaseline(gguf, torch.get_num_threads(), n_ctx=max(4096, longest)) if args.llamacpp else None
+    if cpp is not None and "multiturn" in items:
+        print("llama.cpp runs the single-turn workloads only: multiturn has no llama.cpp rows", flush=True)
     if "json" in items:  # schemas the grammar backend refuses (a 400) are left out; every engine compiles
         # (and caches) the rest now, so no level of one engine pays for compiles the others do not
         items["json"] = [
@@ -284,27 +400,28 @@ def main() -> None:
     for w, its in items.items():
         if len(its) < most:
             print(f"{w}: only {len(its)} prompts, levels that want more run those", flush=True)
-    for w in workloads:
+    for w in items:
         for c in levels:
-            runs: dict[str, list[LevelRun]] = {name: [] for name in engines}
-            if cpp is not None and c == 1:
-                runs[CPP] = []
+            runs: dict[str, dict[str, list[LevelRun]]] = {}  # table row -> engine -> passes
             for _ in range(args.repeats):
                 for name, engine in engines.items():
                     if name in workers:
                         engine.scheduler.spec.worker = workers[name]
                     engine.flush_cache()  # cold radix cache: no level reuses the prompts or outputs of another
                     level = items[w][: prompts[c]]
-                    runs[name].append(run_level(engine, level, c, args.max_new_tokens, args.logprobs))
-                if CPP in runs:
+                    for label, run in run_workload(engine, w, level, c, args.max_new_tokens, args.logprobs).items():
+                        runs.setdefault(label, {}).setdefault(name, []).append(run)
+                if cpp is not None and c == 1 and w != "multiturn":
                     tok = engines["none"].tokenizer
-                    runs[CPP].append(run_cpp_level(cpp, tok, items[w][: prompts[c]], args.max_new_tokens))
-            for name in runs:
-                row = summarize(runs[name])
-                results.setdefault(w, {}).setdefault(name, {})[c] = row
-                print(
-                    f"{w:5} {name:15} c={c:<3} {fmt(row['tok_s'], '.1f')} tok/s tau {fmt(row.get('tau'))}", flush=True
-                )
+                    cpp_run = run_cpp_level(cpp, tok, items[w][: prompts[c]], args.max_new_tokens)
+                    runs[w].setdefault(CPP, []).append(cpp_run)
+            for label, by_name in runs.items():
+                for name, passes in by_name.items():
+                    row = summarize(passes)
+                    results.setdefault(label, {}).setdefault(name, {})[c] = row
+                    note = "" if w in DEFAULT_WORKLOADS else prompt_note(row)
+                    rate = f"{fmt(row['tok_s'], '.1f')} tok/s tau {fmt(row.get('tau'))}"
+                    print(f"{label:5} {name:15} c={c:<3} {rate}{note}", flush=True)
     for engine in set(engines.values()):
         engine.shutdown()
 
