@@ -7,10 +7,12 @@ layers (+ its final norm and LM head) pick the token the whole model picks.
 The target generates greedy answers to the workload's prompts (bench_spec.py's workloads, chat-formatted);
 one teacher-forced forward over each prompt + answer captures every layer's hidden state, and each K's
 head is scored on the answer positions. Columns: agreement = P(the K-layer head's argmax = the target's
-token) (the acceptance of a greedy draft made from the true context); cost = K / L, a drafted token's cost
-in decode steps; one-draft gain = (1 + agreement) / (1 + cost), the tokens per unit of time of a round that
-drafts and verifies one token relative to plain decoding (verifying two tokens taken to cost one step).
-A K whose gain is below 1 cannot pay at any draft length: later drafts are accepted less often.
+token) (the acceptance of a greedy draft made from the true context); cost = a drafted token's cost in
+decode steps, by the weights it reads: (K layers + LM head) / (L layers + LM head) (a small model's LM head
+over a large vocabulary is a large share of a step); one-draft gain = (1 + agreement) / (1 + cost), the
+tokens per unit of time of a round that drafts and verifies one token relative to plain decoding
+(verifying two tokens taken to cost one step). A K whose gain is below 1 cannot pay at any draft length:
+later drafts are accepted less often.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from bench_spec import WORKLOADS, chat_ids, load_workload
 
 from sglang_dspark import Engine
 from sglang_dspark.model_executor.sequence_forward import forward_sequences
+from sglang_dspark.models.config import DecoderConfig
 
 
 def layer_agreement(model, prompts: list[list[int]], answers: list[list[int]]) -> torch.Tensor:
@@ -38,6 +41,14 @@ def layer_agreement(model, prompts: list[list[int]], answers: list[list[int]]) -
                 head = model.compute_logits(model.norm(hidden[k][rows]))
                 hits[k] += float((head.argmax(dim=-1) == target).sum())
     return hits / sum(len(a) for a in answers)
+
+
+def draft_cost(cfg: DecoderConfig, k: int) -> float:
+    """A first-k-layers draft step's weights over a whole step's: (k layers + LM head) / (L layers + LM head)."""
+    attention = cfg.hidden_size * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
+    layer = attention + 3 * cfg.hidden_size * cfg.intermediate_size
+    head = cfg.vocab_size * cfg.hidden_size
+    return (k * layer + head) / (cfg.num_layers * layer + head)
 
 
 def main() -> None:
@@ -61,9 +72,9 @@ def main() -> None:
         engine.shutdown()
     layers = len(agreement)
     print(f"{engine.model_dir.name}, {layers} layers, {args.workload}: {sum(map(len, answers))} answer tokens\n")
-    print("| K | agreement | cost K/L | one-draft gain |\n|---:|---:|---:|---:|")
+    print("| K | agreement | cost | one-draft gain |\n|---:|---:|---:|---:|")
     for k in range(1, layers):
-        a, cost = float(agreement[k - 1]), k / layers
+        a, cost = float(agreement[k - 1]), draft_cost(model.config, k)
         print(f"| {k} | {a:.3f} | {cost:.2f} | {(1 + a) / (1 + cost):.2f} |")
 
 

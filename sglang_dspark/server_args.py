@@ -81,7 +81,7 @@ class ServerArgs:
     speculative_dspark_sps_table_path: str | None = None
     speculative_dspark_confidence_sts_path: str | None = None
     speculative_dspark_disable_ngram: bool = False  # DSPARK or SELF alone, without the n-gram / radix proposer
-    # SELF: the target's first K decoder layers draft (then its final norm and LM head); None = a quarter of them
+    # SELF: the target's first K decoder layers draft (then its final norm and LM head); None = 9/10 of them
     speculative_self_draft_layers: int | None = None
     speculative_dspark_verify_mode: str = "adaptive"  # how many drafts each request verifies: VERIFY_MODES
     speculative_dspark_verify_threshold: float = 0.5  # survival cut-off of the threshold mode

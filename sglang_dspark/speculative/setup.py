@@ -125,9 +125,12 @@ def build_standalone_proposer(args: ServerArgs, runner: ModelRunner) -> Standalo
 
 
 def build_self_draft_proposer(args: ServerArgs, runner: ModelRunner, max_tokens: int) -> SelfDraftProposer:
-    """The target's first --speculative-self-draft-layers layers (default: a quarter of them, at least one)."""
-    layers = args.speculative_self_draft_layers or max(1, runner.config.num_layers // 4)
-    logger.info("self-drafting with %d of the target's %d layers", layers, runner.config.num_layers)
+    """The target's first --speculative-self-draft-layers layers (default: nine tenths of them, at least one
+    fewer than all: the default model's layers agree with its output only near the top,
+    benchmarks/results/self_drafting.md)."""
+    total = runner.config.num_layers
+    layers = args.speculative_self_draft_layers or max(1, min(total - 1, round(0.9 * total)))
+    logger.info("self-drafting with %d of the target's %d layers", layers, total)
     return SelfDraftProposer(runner, layers, max_tokens, args.random_seed)
 
 
