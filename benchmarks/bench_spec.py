@@ -7,6 +7,7 @@
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:fullvocab   # with / without the draft vocabulary
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:drafter=runs/x/dspark/drafter   # two drafters
     python benchmarks/bench_spec.py --algorithms DSPARK,DSPARK:off=gate,DSPARK:set=verify_mode=fixed   # SpecConfig
+    python benchmarks/bench_spec.py --algorithms SELF,SELF:layers=20,SELF:layers=20:alone   # self-drafting
     python benchmarks/bench_spec.py --logprobs 5   # every request returns its logprobs and the top 5
     python benchmarks/bench_spec.py --workloads multiturn,longctx   # per turn and per context length
     python benchmarks/bench_spec.py --model qwen-coder --workloads code,json   # another target (benchmarks/targets.py)
@@ -250,7 +251,9 @@ def engine_args(name: str) -> tuple[dict, dict]:
             config[key] = json.loads(value)
         except json.JSONDecodeError:
             config[key] = value
-    modes = [o for o in options if o not in ("raw", "fullvocab") and not o.startswith(("draft", "off=", "set="))]
+    layers = [int(o.removeprefix("layers=")) for o in options if o.startswith("layers=")]
+    flags = ("raw", "fullvocab", "alone")
+    modes = [o for o in options if o not in flags and not o.startswith(("draft", "off=", "set=", "layers="))]
     spec = {
         "speculative_algorithm": algo,
         "speculative_dspark_verify_mode": modes[0] if modes else "adaptive",
@@ -258,6 +261,8 @@ def engine_args(name: str) -> tuple[dict, dict]:
         "speculative_dspark_draft_vocab_size": 0 if "fullvocab" in options else None,
         "speculative_num_draft_tokens": draft_n[0] if draft_n else None,
         "speculative_draft_model_path": drafter[0] if drafter else None,
+        "speculative_dspark_disable_ngram": "alone" in options,
+        "speculative_self_draft_layers": layers[0] if layers else None,
     }
     return spec, config
 
@@ -303,7 +308,9 @@ def main() -> None:
         "ALGO[:MODE]:raw also --speculative-dspark-disable-online-calibration, DSPARK[...]:fullvocab drafts over "
         "the whole vocabulary (--speculative-dspark-draft-vocab-size 0), ALGO[...]:draftN proposes up to N tokens "
         "(--speculative-num-draft-tokens N), ALGO[...]:drafter=DIR drafts with the drafter in DIR "
-        "(--speculative-draft-model-path DIR), ALGO[...]:off=NAME turns the SpecConfig switch NAME off and "
+        "(--speculative-draft-model-path DIR), DSPARK|SELF[...]:alone drafts without the n-gram proposer "
+        "(--speculative-dspark-disable-ngram), SELF[...]:layers=K drafts with the target's first K layers "
+        "(--speculative-self-draft-layers K), ALGO[...]:off=NAME turns the SpecConfig switch NAME off and "
         "ALGO[...]:set=NAME=VALUE sets a SpecConfig field (--speculative-config, speculative/spec_config.py; "
         "repeatable; VALUE is JSON or a string)",
     )

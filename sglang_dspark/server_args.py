@@ -11,7 +11,7 @@ CPU_KERNELS = ("auto", "native", "torch")
 QUANTIZATIONS = ("auto", "none", "int8")  # see sglang_dspark/models/quantization.py
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "llguidance", "none")
 TOOL_CALL_PARSERS = ("qwen25", "qwen", "hermes", "llama3")  # SGLang's names; see entrypoints/tool_calls.py
-SPECULATIVE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
+SPECULATIVE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE", "SELF")
 # adaptive = Algorithm 1 with its early stop; async = paper section 5.2 (budget from older confidences);
 # fixed = every proposed draft; threshold = drafts whose survival reaches --speculative-dspark-verify-threshold
 VERIFY_MODES = ("adaptive", "async", "fixed", "threshold")
@@ -85,7 +85,9 @@ class ServerArgs:
     speculative_dspark_block_size: int | None = None
     speculative_dspark_sps_table_path: str | None = None
     speculative_dspark_confidence_sts_path: str | None = None
-    speculative_dspark_disable_ngram: bool = False  # DSPARK alone, without the n-gram / radix proposer
+    speculative_dspark_disable_ngram: bool = False  # DSPARK or SELF alone, without the n-gram / radix proposer
+    # SELF: the target's first K decoder layers draft (then its final norm and LM head); None = 9/10 of them
+    speculative_self_draft_layers: int | None = None
     speculative_dspark_verify_mode: str = "adaptive"  # how many drafts each request verifies: VERIFY_MODES
     speculative_dspark_verify_threshold: float = 0.5  # survival cut-off of the threshold mode
     # the drafter proposes only the K most frequent tokens of its token_frequencies.json (None = 8192 where
@@ -140,6 +142,11 @@ class ServerArgs:
             raise ValueError("--speculative-dspark-verify-threshold must be in (0, 1]")
         if (self.speculative_dspark_draft_vocab_size or 0) < 0:
             raise ValueError("--speculative-dspark-draft-vocab-size must be >= 0 (0 = the whole vocabulary)")
+        if self.speculative_self_draft_layers is not None:
+            if self.speculative_algorithm != "SELF":
+                raise ValueError("--speculative-self-draft-layers needs --speculative-algorithm SELF")
+            if self.speculative_self_draft_layers < 1:
+                raise ValueError("--speculative-self-draft-layers must be >= 1 (and below the target's layers)")
 
     def _validate_scale_out(self) -> None:
         for name in ("tp_size", "dp_size", "nnodes"):

@@ -27,6 +27,8 @@ class ForwardBatch:
     kv_pool: KVPool
     req_to_token: torch.Tensor  # [rows, max_context_len] int64, slot of every (request, position)
     capture_layers: tuple[int, ...] = ()  # hidden states to return; -1 = embedding output
+    # run only decoder layers [0, num_layers), then the final norm and LM head (self-drafting); None = all
+    num_layers: int | None = None
     attn_metadata: object | None = field(default=None, repr=False)  # filled by the attention backend
 
     @property

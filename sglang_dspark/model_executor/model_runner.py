@@ -76,11 +76,12 @@ class TpBatch:
     seq_lens: list[int]  # [B]
     extend_lens: list[int]  # [B]
     kv_slots: torch.Tensor  # [B, max(seq_lens)] int64, the KV slot of every position of each request
+    num_layers: int | None  # ForwardBatch.num_layers: the decoder layers run (self-drafting), None = all
 
     @classmethod
     def of(cls, fb: ForwardBatch) -> TpBatch:
         slots = fb.req_to_token[fb.req_pool_indices, : max(fb.seq_lens)]
-        return cls(fb.input_ids, fb.positions, fb.out_cache_loc, fb.seq_lens, fb.extend_lens, slots)
+        return cls(fb.input_ids, fb.positions, fb.out_cache_loc, fb.seq_lens, fb.extend_lens, slots, fb.num_layers)
 
     def forward_batch(self, kv_pool: KVPool) -> ForwardBatch:
         """The batch over this rank's KV pool; no logits (only rank 0 samples)."""
@@ -94,6 +95,7 @@ class TpBatch:
             logits_indices=torch.zeros(0, dtype=torch.int64),
             kv_pool=kv_pool,
             req_to_token=self.kv_slots,
+            num_layers=self.num_layers,
         )
 
 

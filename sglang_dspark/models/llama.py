@@ -171,7 +171,8 @@ class LlamaForCausalLM(nn.Module):
         if -1 in capture:
             captured[-1] = x
         residual = None
-        for i, layer in enumerate(self.layers):
+        layers = self.layers if fb.num_layers is None else self.layers[: fb.num_layers]
+        for i, layer in enumerate(layers):
             x, residual = layer(x, residual, fb, cos_sin[self.config.layer_type(i)])
             if i in capture:
                 captured[i] = x + residual

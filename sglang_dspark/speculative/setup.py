@@ -23,6 +23,7 @@ from sglang_dspark.speculative.ngram import NGramProposer
 from sglang_dspark.speculative.online_calibration import CalibratedProposer, OnlineCalibration
 from sglang_dspark.speculative.pacing import ProposerGate
 from sglang_dspark.speculative.planner import SPSTable
+from sglang_dspark.speculative.self_draft_proposer import DEFAULT_SELF_DRAFT_TOKENS, SelfDraftProposer
 from sglang_dspark.speculative.spec_config import DEFAULT_NUM_DRAFT_TOKENS, SpecConfig
 from sglang_dspark.speculative.spec_worker import SpecWorker
 from sglang_dspark.speculative.sps_profile import profile_runner_sps
@@ -32,7 +33,7 @@ from sglang_dspark.speculative.verify_policy import LOAD_ADAPTIVE_MODES, make_ve
 
 logger = logging.getLogger(__name__)
 
-AVAILABLE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE")
+AVAILABLE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE", "SELF")
 DEFAULT_STANDALONE_DRAFT_TOKENS = 4  # one draft-model step per token
 
 
@@ -58,23 +59,27 @@ def build_spec_worker(
     def ngram() -> NGramProposer:
         return NGramProposer(cfg.ngram_min_n, cfg.ngram_max_n, radix, cfg.radix_confidence)
 
-    gate = None  # the drafter's ProposerGate (DSPARK with the n-gram proposer)
-    if algo == "DSPARK":
-        dspark = build_dspark_proposer(args, runner, model_dir, cfg.sts)
-        block = dspark.drafter.config.block_size
-        # the drafter drafts at most its block; the n-gram proposer combined with it as much as NGRAM alone
+    gate = None  # the drafter's ProposerGate (DSPARK or SELF with the n-gram proposer)
+    if algo in ("DSPARK", "SELF"):
+        if algo == "DSPARK":
+            drafter = build_dspark_proposer(args, runner, model_dir, cfg.sts)
+            cap = drafter.drafter.config.block_size
+        else:
+            cap = cfg.num_draft_tokens or DEFAULT_SELF_DRAFT_TOKENS
+            drafter = build_self_draft_proposer(args, runner, cap)
+        # the drafter drafts at most `cap`; the n-gram proposer combined with it as much as NGRAM alone
         # (its long matches of repeated JSON keys and code lines are where speculation gains most)
-        num_draft_tokens = cfg.num_draft_tokens or max(block, DEFAULT_NUM_DRAFT_TOKENS)
+        num_draft_tokens = cfg.num_draft_tokens or max(cap, DEFAULT_NUM_DRAFT_TOKENS)
         # per request, the n-gram / radix draft or the drafter's, whichever expects more accepted tokens;
         # the drafter only runs for requests whose n-gram draft expects fewer than ngram_enough, and for the
         # kinds of requests (grammar or not) where its drafts have lately added more than they cost (ProposerGate)
         if args.speculative_dspark_disable_ngram:
-            num_draft_tokens = min(num_draft_tokens, block)
-            proposer = calibrated(dspark)
+            num_draft_tokens = min(num_draft_tokens, cap)
+            proposer = calibrated(drafter)
         else:
             if cfg.gate:
                 gate = ProposerGate(cfg.gate_min_gain, cfg.gate_explore_every, cfg.gate_weight)
-            proposer = BestOfProposer((calibrated(ngram()), calibrated(dspark)), cfg.ngram_enough, gate)
+            proposer = BestOfProposer((calibrated(ngram()), calibrated(drafter)), cfg.ngram_enough, gate)
     elif algo == "STANDALONE":
         proposer = calibrated(build_standalone_proposer(args, runner))
         num_draft_tokens = cfg.num_draft_tokens or DEFAULT_STANDALONE_DRAFT_TOKENS
@@ -117,6 +122,16 @@ def build_standalone_proposer(args: ServerArgs, runner: ModelRunner) -> Standalo
             "STANDALONE needs the target's tokenizer"
         )
     return StandaloneProposer(draft, args.random_seed)
+
+
+def build_self_draft_proposer(args: ServerArgs, runner: ModelRunner, max_tokens: int) -> SelfDraftProposer:
+    """The target's first --speculative-self-draft-layers layers (default: nine tenths of them, at least one
+    fewer than all: the default model's layers agree with its output only near the top,
+    benchmarks/results/self_drafting.md)."""
+    total = runner.config.num_layers
+    layers = args.speculative_self_draft_layers or max(1, min(total - 1, round(0.9 * total)))
+    logger.info("self-drafting with %d of the target's %d layers", layers, total)
+    return SelfDraftProposer(runner, layers, max_tokens, args.random_seed)
 
 
 def build_dspark_proposer(args: ServerArgs, runner: ModelRunner, model_dir: Path, sts: bool = True) -> DSparkProposer:

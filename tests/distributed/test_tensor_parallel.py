@@ -1,5 +1,6 @@
 """``--tp-size 2`` computes what ``--tp-size 1`` computes: logits within 1e-4 and the same greedy tokens on the
-real default model (its Q4_1 blocks split between the ranks), plain and DSPARK, with and without a JSON schema."""
+real default model (its Q4_1 blocks split between the ranks), plain, DSPARK and SELF, with and without a JSON
+schema."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def expected() -> dict[str, list[list[int]]]:
         return {"plain": outputs(engine, None), "json": outputs(engine, SCHEMA)}
 
 
-@pytest.mark.parametrize("algorithm", [None, "DSPARK"])
+@pytest.mark.parametrize("algorithm", [None, "DSPARK", "SELF"])  # SELF: every rank runs the truncated forward
 def test_tp2_greedy_tokens_equal_tp1(expected, sps_path, algorithm):
     spec = {"speculative_algorithm": algorithm, "speculative_dspark_sps_table_path": sps_path} if algorithm else {}
     with Engine(**ENGINE_ARGS, tp_size=2, **spec) as engine:

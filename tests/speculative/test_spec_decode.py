@@ -30,24 +30,6 @@ GREEDY = {"temperature": 0, "max_new_tokens": 64}
 
 
 @pytest.fixture(scope="module")
-def sps_path(tmp_path_factory):
-    # the shape measured on a CPU (docs/design.md "CPU cost model"): flat to ~8 tokens, then slower. Scaled to a
-    # 37-second target step: the planner only reads ratios, and no drafting time can then outweigh a
-    # step, so the drafting-cost backoff (which reads the wall clock) never changes what these tests see
-    path = tmp_path_factory.mktemp("sps") / "sps.json"
-    path.write_text(
-        json.dumps(
-            {
-                "sample_batch_tokens": [1, 8, 16, 64],
-                "sample_steps_per_sec": [0.027, 0.0238, 0.0204, 0.010],
-                "max_batch_tokens": 64,
-            }
-        )
-    )
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def plain():
     eng = Engine(dtype="float32", max_total_tokens=4096, log_level="warning")
     yield eng
