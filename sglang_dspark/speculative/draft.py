@@ -54,3 +54,13 @@ def draft_temperature(req: SpecRequest) -> float:
 def expected_drafts(draft: Draft) -> float:
     """Expected accepted drafts if all were verified: the sum of the survival probabilities."""
     return float(torch.tensor(draft.confidences, dtype=torch.float64).clamp(0, 1).cumprod(0).sum())
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """The generator sampled drafts draw from: seeded with ``seed``, or from the OS when None."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator

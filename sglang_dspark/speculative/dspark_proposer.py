@@ -26,7 +26,7 @@ import torch
 
 from sglang_dspark.grammar.base import allocate_bitmask
 from sglang_dspark.grammar.mask import allowed_from_bitmask
-from sglang_dspark.speculative.draft import Draft, SpecRequest, draft_temperature
+from sglang_dspark.speculative.draft import Draft, SpecRequest, draft_temperature, seeded_generator
 from sglang_dspark.speculative.dspark import DrafterState, DSparkDrafter
 from sglang_dspark.speculative.sts import STSCalibration
 
@@ -63,11 +63,7 @@ class DSparkProposer:
         self.features = torch.zeros(num_slots, len(cfg.target_layer_ids) * cfg.hidden_size, dtype=drafter.dtype)
         self.calibration = calibration
         self.states: dict[str, DrafterState] = {}
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
+        self.generator = seeded_generator(seed)
 
     def store_features(self, hidden_states: list[torch.Tensor], slots: torch.Tensor) -> None:
         """hidden_states: one [N, d] per capture layer of a target forward; slots [N] its tokens' KV slots."""

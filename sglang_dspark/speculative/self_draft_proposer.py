@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from sglang_dspark.model_executor.model_runner import ModelRunner
-from sglang_dspark.speculative.draft import Draft, SpecRequest, draft_temperature
+from sglang_dspark.speculative.draft import Draft, SpecRequest, draft_temperature, seeded_generator
 from sglang_dspark.speculative.stepwise_draft import draft_stepwise, extend_rows
 
 DEFAULT_SELF_DRAFT_TOKENS = 4  # one truncated step per drafted token
@@ -50,11 +50,7 @@ class SelfDraftProposer:
         self.runner = runner
         self.num_layers = num_layers
         self.max_tokens = max_tokens
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
+        self.generator = seeded_generator(seed)
 
     def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]:
         drafts = [Draft([], []) for _ in reqs]

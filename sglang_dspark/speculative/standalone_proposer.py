@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from sglang_dspark.model_executor.model_runner import ModelRunner
-from sglang_dspark.speculative.draft import Draft, SpecRequest, draft_temperature
+from sglang_dspark.speculative.draft import Draft, SpecRequest, draft_temperature, seeded_generator
 from sglang_dspark.speculative.stepwise_draft import draft_stepwise, extend_rows
 
 
@@ -23,11 +23,7 @@ class StandaloneProposer:
         self.runner = runner
         self.rows: dict[str, int] = {}  # rid -> row of the draft request table
         self.lengths: dict[str, int] = {}  # rid -> tokens with draft KV
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
+        self.generator = seeded_generator(seed)
 
     def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]:
         drafts = [Draft([], []) for _ in reqs]
