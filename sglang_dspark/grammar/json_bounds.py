@@ -11,7 +11,8 @@ keeps the grammar's own mask). In the last tokens of the request's ``max_new_tok
 plus one per open object or array) the output closes what is open, with tokens that open nothing new:
 strings at once, then objects and arrays wherever the grammar lets them close; where the grammar lets
 nothing close yet (a required key is missing, a string must still match its pattern) the output follows a
-shortest path of single-byte tokens to where it can, so the JSON ends complete rather than cut. The output
+shortest path of single-byte tokens to where it can, so the JSON ends complete rather than cut; and once
+nothing is open the output ends where the grammar lets it (rather than begin another tool call). The output
 is lexed as JSON from its first byte: bounds are meant for outputs that are JSON throughout
 (``json_schema``, tool calls that are nothing but calls).
 """
@@ -101,6 +102,7 @@ class JsonBoundsVocab:
             for kind, first in (("string", b'"'), (OBJECT, b"}"), (0, b"]"))
         }
         self.closes_array = _bitmask_row([t.startswith(b"]") for t in token_bytes])  # [W]
+        self.ends = _bitmask_row([t == b"" for t in token_bytes])  # [W] stop and other special tokens
         first_id: dict[int, int] = {}
         for i, t in enumerate(token_bytes):
             if len(t) == 1:
@@ -123,8 +125,8 @@ class JsonBoundsVocab:
             if limit is None or limit - state.chars >= self.longest:
                 return ()
             return (self.fits(max(limit - state.chars, 0), state.escaped),)
-        if not state.stack:
-            return ()
+        if not state.stack:  # between values: in the reserve, end (rather than begin another tool call)
+            return (self.ends,) if closing else ()
         top, limit = state.stack[-1], bounds.max_array_items
         if closing:
             return (self.only_closes[min(top, 0)],)

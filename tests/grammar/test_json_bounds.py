@@ -11,7 +11,7 @@ from sglang_dspark.grammar import Constraint, GrammarError, JsonBounds, allocate
 from sglang_dspark.grammar.json_bounds import CLOSING_RESERVE, OBJECT, LexState, lex, string_growth
 from sglang_dspark.grammar.mask import allowed_from_bitmask
 
-VOCAB = 49152  # as in conftest.py
+VOCAB, EOS = 49152, 2  # as in conftest.py
 
 
 def test_lex_tracks_strings_escapes_and_array_items():
@@ -126,6 +126,21 @@ def test_where_nothing_may_close_yet_the_output_takes_a_shortest_way(backends, t
     feed(grammar, tokenizer, digit.decode())
     texts = allowed_texts(grammar, tokenizer)
     assert texts and all(t.startswith(b'"') and not any(b in b'{[",' for b in t[1:]) for t in texts)
+
+
+def test_in_the_reserve_the_output_ends_instead_of_beginning_another_call(backends, tokenizer):
+    call = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    tag = {"type": "tag", "begin": "<c>", "content": {"type": "json_schema", "json_schema": call}, "end": "</c>"}
+    calls = {"type": "tags_with_separator", "tags": [tag], "separator": "\n", "at_least_one": True}
+    constraint = Constraint.from_fields(structural_tag=json.dumps({"type": "structural_tag", "format": calls}))
+    xgr = backends["xgrammar"]
+    text = '<c>{"a": 1}</c>'
+    n = len(tokenizer.encode(text, add_special_tokens=False))
+    for budget, more_calls in ((n + CLOSING_RESERVE + 1, True), (n + CLOSING_RESERVE, False)):
+        grammar = xgr.make_grammar(xgr.compile(constraint), JsonBounds(max_string_length=100, token_budget=budget))
+        feed(grammar, tokenizer, text)
+        texts = allowed_texts(grammar, tokenizer)
+        assert (b"\n" in texts) == more_calls and tokenizer.decode([EOS]).encode() in texts
 
 
 @pytest.mark.parametrize(
