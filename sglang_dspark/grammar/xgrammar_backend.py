@@ -164,10 +164,10 @@ class XGrammarBackend(GrammarBackend):
         self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int], limits: CompileLimits = DEFAULT_LIMITS
     ) -> None:
         super().__init__(vocab_size, stop_token_ids, limits)
-        vocab = token_bytes(tokenizer, vocab_size)
-        self.bounds_vocab = JsonBoundsVocab(vocab)
+        self.token_bytes = token_bytes(tokenizer, vocab_size)
+        self._bounds_vocab: JsonBoundsVocab | None = None  # built on the first request with JSON bounds
         info = xgrammar.TokenizerInfo(
-            vocab,
+            self.token_bytes,
             xgrammar.VocabType.RAW,
             vocab_size=vocab_size,
             stop_token_ids=self.stop_token_ids,
@@ -199,7 +199,11 @@ class XGrammarBackend(GrammarBackend):
             raise GrammarError(f"invalid {kind.value}: {_reason(e)}") from None
 
     def make_grammar(self, compiled: xgrammar.CompiledGrammar, bounds: JsonBounds | None = None) -> XGrammarGrammar:
-        tracker = JsonBoundsTracker(bounds, self.bounds_vocab) if bounds else None
+        tracker = None
+        if bounds:
+            if self._bounds_vocab is None:
+                self._bounds_vocab = JsonBoundsVocab(self.token_bytes)
+            tracker = JsonBoundsTracker(bounds, self._bounds_vocab)
         return XGrammarGrammar(xgrammar.GrammarMatcher(compiled), self.encode, tracker)
 
     def fill_masks(self, grammars: Sequence[XGrammarGrammar], bitmask: torch.Tensor, rows: Sequence[int]) -> None:
