@@ -197,14 +197,18 @@ class JsonBoundsTracker:
 
 def _token_row(token: int, vocab_size: int) -> torch.Tensor:
     """The bitmask row [ceil(V / 32)] int32 allowing ``token`` alone."""
-    row = torch.zeros(bitmask_width(vocab_size), dtype=torch.int64)
-    row[token // 32] = 1 << (token % 32)
-    return torch.where(row >= 2**31, row - 2**32, row).to(torch.int32)
+    words = torch.zeros(bitmask_width(vocab_size), dtype=torch.int64)
+    words[token // 32] = 1 << (token % 32)
+    return _as_int32(words)
 
 
 def _bitmask_row(allowed: list[bool]) -> torch.Tensor:
     """allowed [V] -> one bitmask row [ceil(V / 32)] int32 (bit t % 32 of word t // 32)."""
     bits = torch.zeros(bitmask_width(len(allowed)) * 32, dtype=torch.int64)
     bits[: len(allowed)] = torch.tensor(allowed, dtype=torch.int64)
-    words = (bits.view(-1, 32) << torch.arange(32, dtype=torch.int64)).sum(1)  # [W] as unsigned 32-bit values
+    return _as_int32((bits.view(-1, 32) << torch.arange(32, dtype=torch.int64)).sum(1))
+
+
+def _as_int32(words: torch.Tensor) -> torch.Tensor:
+    """words [W] int64 holding unsigned 32-bit values -> the same bits as int32 (the bitmask layout)."""
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)

@@ -7,8 +7,8 @@ decode verifies after its anchor, runs them in its step's forward, and hands the
 2. cut by the grammar (``SpecGrammar.valid_draft``) and by the free KV;
 3. verify forward: the scheduler's ``ForwardInput`` runs each anchor + drafts as one extend;
 4. accept (``SpecGrammar.mask_draft_logits``, then ``SpecWorker.verify``);
-5. commit: append the tokens (with their logprobs from the raw verify rows, for requests that ask), advance
-   the grammar, check for the end, jump forward;
+5. commit: append the tokens (with their logprobs from the grammar-masked verify rows, for requests that
+   ask), advance the grammar, check for the end, jump forward;
 6. free the KV slots of rejected drafts;
 then ``observe`` reports the round's tokens and time to the worker (pacing.py).
 """
