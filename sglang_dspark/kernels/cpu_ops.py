@@ -147,7 +147,7 @@ def _expect_close(name: str, got: Tensor, want: Tensor) -> None:
         )
 
 
-def select_cpu_ops(choice: str, device: str, dtype: torch.dtype, deterministic: bool = False) -> CpuOps | None:
+def select_cpu_ops(choice: str, device: str, dtype: torch.dtype, batch_invariant: bool = False) -> CpuOps | None:
     """The native kernels, or None for torch's ops (``--cpu-kernels``).
 
     ``auto`` takes the native kernels for bf16, except the matmul on CPUs with native bf16 GEMM
@@ -156,10 +156,10 @@ def select_cpu_ops(choice: str, device: str, dtype: torch.dtype, deterministic: 
     torch with a warning if they cannot be built; ``native`` insists on all of them (build errors
     propagate); both leave other dtypes and devices to torch (the kernels are for bf16 weights).
 
-    ``deterministic`` (``--enable-deterministic-inference``) overrides the choice: batch-invariant ops only,
-    see ``batch_invariant_ops``.
+    ``batch_invariant`` (``--enable-deterministic-inference``, and every quantized model) overrides the
+    choice: batch-invariant ops only, see ``batch_invariant_ops``.
     """
-    if deterministic:
+    if batch_invariant:
         return batch_invariant_ops(device, dtype)
     if device != "cpu" or dtype != torch.bfloat16 or choice == "torch":
         return None

@@ -1,24 +1,22 @@
-"""The matmul over block-quantized weights (``--quantization``): native AVX-512 kernel, csrc_avx512/.
+"""The matmul over block-quantized weights (``--quantization``): native AVX-512 VNNI kernel, csrc_avx512/.
 
 Formats: every one of kernels/quant_formats.py (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q4_K, Q5_K,
-Q6_K), each decoded exactly as gguf-py dequantizes it.
+Q6_K), read as stored in the GGUF file (no repacking, fp16 scales exact).
 
-Why native and not torch's built-in ops (measured on the 2-core Sapphire Rapids host, 2 threads, a
-576 x 1536 weight): ``torch.ops.aten._weight_int4pack_mm_for_cpu`` and ``_weight_int8pack_mm`` beat bf16
-``F.linear`` only at batch 1 (364 / 423 us vs 1018 us) and slow down almost linearly with the rows of x
-(at 64 rows 5500 / 4437 us vs 724 us for bf16): they re-read the weights per row, so verify chains, batched
-decode and prefill would lose; their scales are also bf16 where GGUF's are fp16 (int4pack would round every
-Q4_1 scale and minimum) and they have no K-quant or 5-bit layout. This kernel reads GGUF's blocks as stored
-(no repacking, fp16 scales exact), decodes each weight row once per call (per 64 rows of x) into fp32 and
-multiplies it with the whole tile of rows (see quant_linear.cpp), each output row computed the same way
-whatever the batch: at 1 / 4 / 16 / 64 rows of a 3072 x 576 Q4_1 weight 119 / 119 / 277 / 894 us (bf16
-``F.linear``: 213 / 121 / 119 / 197 us; at 64 rows and more torch's bf16 GEMM runs on AMX and is faster:
-prefill is where the dense path wins). At batch 1 it is compute-bound (nibble-to-float conversion) at about
-half the machine's bandwidth; an int8 activation path (VPDPBUSD, as llama.cpp) would convert 4x fewer values
-per weight but rounds activations.
+Activations are quantized to int8 per 32 values, as llama.cpp does for its dot products
+(``int8_activations`` is the reference): each weight group then costs one exact byte dot product (VPDPBUSD)
+and two fp32 multiply-adds, instead of converting every weight to fp32. Measured on the 2-core AMD EPYC
+(Zen 4) host, 2 threads, 64 distinct 1536 x 576 weights cycled so they come from memory
+(``benchmarks/bench_quant_kernel.py``): see benchmarks/results/engine.md. Quality against the same weights
+dequantized (bf16 activations) stays within the issue's bounds (greedy tokens, perplexity): engine.md.
 
-The kernel needs AVX-512 (F, BW, VL) and F16C; ``load_quant_kernel`` raises on other CPUs (checked on every
-call, from ``CPUINFO``) and the model runner then falls back to dense weights with one log line.
+Why native and not torch's built-in ops (measured on a Sapphire Rapids host, 2 threads, a 576 x 1536
+weight): ``torch.ops.aten._weight_int4pack_mm_for_cpu`` and ``_weight_int8pack_mm`` slow down almost
+linearly with the rows of x (they re-read the weights per row: verify chains, batched decode and prefill
+would lose), their scales are bf16 where GGUF's are fp16, and they have no K-quant or 5-bit layout.
+
+The kernel needs AVX-512 (F, BW, VL, VNNI) and F16C; ``load_quant_kernel`` raises on other CPUs (checked on
+every call, from ``CPUINFO``) and the model runner then falls back to dense weights with one log line.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from sglang_dspark.kernels.quant_formats import (
 # (x [M, K], weight [N, bytes] uint8, kernel format id, K, bias [N] | None, float_out) -> [M, N]
 QuantLinearKernel = Callable[[Tensor, Tensor, int, int, Tensor | None, bool], Tensor]
 SOURCE = Path(__file__).parent / "csrc_avx512" / "quant_linear.cpp"
-REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "f16c")
+REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
 CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -68,7 +66,9 @@ def load_quant_kernel() -> QuantLinearKernel:
 @cache
 def _build_quant_kernel() -> QuantLinearKernel:
     module = build_extension(
-        "sglang_dspark_quant_linear", [SOURCE], ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mf16c", "-mfma"]
+        "sglang_dspark_quant_linear",
+        [SOURCE],
+        ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma", "-ffp-contract=off"],
     )
     kernel: QuantLinearKernel = module.quant_linear
     _check_against_dequantized(kernel)
@@ -96,12 +96,21 @@ def _run(
     return torch.cat(outs, dim=1)
 
 
+def int8_activations(x: Tensor) -> Tensor:
+    """x [M, K] as the kernel multiplies it: per 32 values, scale d = max |x| / 127 and q = round(x / d)
+    (ties to even); returns q d [M, K] fp32."""
+    groups = x.float().reshape(x.shape[0], -1, 32)
+    d = groups.abs().amax(dim=-1, keepdim=True) / 127
+    inv = torch.where(d != 0, 1 / d, torch.zeros_like(d))
+    return (torch.round(groups * inv) * d).reshape(x.shape)
+
+
 def _check_against_dequantized(kernel: QuantLinearKernel) -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 512, generator=gen)
     for fmt in FORMATS.values():
         w = random_blocks(fmt, 7, 512, gen)
         got = _run(kernel, x, w, None)
-        want = x @ dequantize(w).T
+        want = int8_activations(x) @ dequantize(w).T
         if not torch.allclose(got, want, rtol=1e-4, atol=1e-3):
             raise RuntimeError(f"native {fmt.name} matmul disagrees with the dequantized reference")

@@ -131,8 +131,13 @@ class ModelRunner:
             quantize_to_int8(self.model)
         release_freed_memory()
         self.model.eval()
-        self.deterministic = server_args.enable_deterministic_inference
-        self.cpu_ops = select_cpu_ops(server_args.cpu_kernels, self.device, self.dtype, self.deterministic)
+        # The quantized matmul rounds its input to int8, which turns a last-bit difference between a token's
+        # activations in two batches into a whole rounding step and, layers later, into different logits at
+        # near-ties. So quantized models run batch-invariant (as --enable-deterministic-inference does):
+        # every token's result is the same whatever the batch, chunking or cached prefix around it, which
+        # keeps greedy speculative decoding token-identical to plain decoding.
+        self.batch_invariant = server_args.enable_deterministic_inference or self.quantization != "none"
+        self.cpu_ops = select_cpu_ops(server_args.cpu_kernels, self.device, self.dtype, self.batch_invariant)
         if self.cpu_ops is not None:
             use_cpu_ops(self.model, self.cpu_ops)
 
@@ -225,7 +230,7 @@ class ModelRunner:
     def _attention_metadata(self, fb: ForwardBatch):
         pool_attention = self.cpu_ops.pool_attention if self.cpu_ops else None
         return build_attention_metadata(
-            fb, pool_attention, all_in_pool=self.deterministic, sliding_window=self.config.sliding_window
+            fb, pool_attention, all_in_pool=self.batch_invariant, sliding_window=self.config.sliding_window
         )
 
     def follow(self) -> None:

@@ -32,10 +32,12 @@ class SequenceRunner:
         max_tokens: int,
         max_len: int | None = None,
         pool_attention: PoolAttentionFn | None = None,  # the native kernel, as the ModelRunner uses it
+        all_in_pool: bool = False,  # every query through pool_attention (ModelRunner.batch_invariant)
     ) -> None:
         cfg = model.config
         self.model = model
         self.pool_attention = pool_attention
+        self.all_in_pool = all_in_pool
         dtype = next(model.parameters()).dtype
         self.pool = KVPool(max_tokens, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype)
         self.req_to_token = torch.zeros(rows, max_len or max_tokens, dtype=torch.int64)
@@ -80,7 +82,7 @@ class SequenceRunner:
             capture_layers=tuple(capture),
         )
         fb.attn_metadata = build_attention_metadata(
-            fb, self.pool_attention, sliding_window=self.model.config.sliding_window
+            fb, self.pool_attention, self.all_in_pool, sliding_window=self.model.config.sliding_window
         )
         out = self.model(fb)
         return out.logits, out.hidden_states
@@ -91,11 +93,15 @@ def forward_sequences(
     sequences: list[list[int]],
     capture_layers: tuple[int, ...] = (),
     logits_positions: list[list[int]] | None = None,
+    pool_attention: PoolAttentionFn | None = None,
 ) -> list[SequenceOutput]:
     """One forward over whole sequences. logits_positions[i]: positions of sequence i whose logits are
-    returned (default: every position). Hidden states are cloned out of inference mode (usable by autograd)."""
+    returned (default: every position). Hidden states are cloned out of inference mode (usable by autograd).
+    ``pool_attention``: attend with that kernel alone, batch-invariant like a quantized model's ModelRunner."""
     total = sum(len(s) for s in sequences)
-    runner = SequenceRunner(model, len(sequences), total, max(len(s) for s in sequences))
+    runner = SequenceRunner(
+        model, len(sequences), total, max(len(s) for s in sequences), pool_attention, pool_attention is not None
+    )
     wanted = logits_positions or [list(range(len(s))) for s in sequences]
     logits, hidden = runner.extend(dict(enumerate(sequences)), capture_layers, dict(enumerate(wanted)))
     out, tok, row = [], 0, 0

@@ -22,12 +22,19 @@ SPS_PROBE_CONTEXT = 256  # tokens of cached context behind each probe, like a ru
 
 
 def verify_forward_fn(
-    model, max_tokens: int, context: int, per_request: int, pool_attention: PoolAttentionFn | None = None
+    model,
+    max_tokens: int,
+    context: int,
+    per_request: int,
+    pool_attention: PoolAttentionFn | None = None,
+    all_in_pool: bool = False,
 ) -> Callable[[int], None]:
     """-> forward_fn(B): one forward of B tokens spread over requests with `context`-token prefixes.
-    pool_attention: the native attention kernel when the runtime uses it (ModelRunner.cpu_ops)."""
+    pool_attention, all_in_pool: the attention the runtime uses (ModelRunner.cpu_ops, .batch_invariant)."""
     rows = math.ceil(max_tokens / per_request)
-    runner = SequenceRunner(model, rows, rows * (context + per_request), context + per_request, pool_attention)
+    runner = SequenceRunner(
+        model, rows, rows * (context + per_request), context + per_request, pool_attention, all_in_pool
+    )
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     runner.extend({r: torch.randint(0, vocab, (context,), generator=g).tolist() for r in range(rows)})
@@ -56,7 +63,9 @@ def profile_runner_sps(
     """SPS(B) for B in sizes: the median of `repeats` timed forwards each, made monotone (a bigger batch
     never runs faster, so noise from other processes cannot invert the table)."""
     attention = runner.cpu_ops.pool_attention if runner.cpu_ops else None
-    forward = verify_forward_fn(runner.model, max(sizes), context, tokens_per_request, attention)
+    forward = verify_forward_fn(
+        runner.model, max(sizes), context, tokens_per_request, attention, runner.batch_invariant
+    )
     measured = profile_sps(forward, sizes, repeats=repeats)
     step_times = torch.tensor([1.0 / v for v in measured.steps_per_sec]).cummax(0).values
     return SPSTable(measured.batch_tokens, tuple((1.0 / step_times).tolist()))

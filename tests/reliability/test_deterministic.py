@@ -103,4 +103,4 @@ def test_same_tokens_alone_batched_cached_and_speculative(reference, algorithm):
 
 def test_deterministic_inference_on_another_device_is_refused():
     with pytest.raises(ValueError, match="CPU only"):
-        select_cpu_ops("auto", "cuda", torch.bfloat16, deterministic=True)
+        select_cpu_ops("auto", "cuda", torch.bfloat16, batch_invariant=True)

@@ -307,7 +307,10 @@ def test_dspark_drafter_context_is_the_committed_tokens_only(plain, sps_path):
         assert sum(req.spec_draft_lens) > sum(req.spec_accept_lens)  # some drafts were rejected
         state = proposer.states[req.rid]
         assert 0 < state.length <= req.kv_len
-        (ref,) = forward_sequences(sched.runner.model, [req.fill_ids[: state.length]], proposer.capture_layers)
+        runner = sched.runner  # attending as the runtime does: the quantized model is batch-invariant
+        assert runner.batch_invariant
+        seq, attention = [req.fill_ids[: state.length]], runner.cpu_ops.pool_attention
+        (ref,) = forward_sequences(runner.model, seq, proposer.capture_layers, pool_attention=attention)
         kv = proposer.drafter.context_kv(torch.cat(ref.hidden_states, dim=-1), torch.arange(state.length))
         for (k, v), keys, values in zip(kv, state.keys, state.values):
             torch.testing.assert_close(keys[: state.length], k, rtol=1e-3, atol=1e-3)

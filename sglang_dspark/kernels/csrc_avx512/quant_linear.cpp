@@ -1,13 +1,19 @@
-// y = x W^T (+ b) with W kept in a GGML block format (see kernels/quant_formats.py), AVX-512.
+// y = x W^T (+ b) with W kept in a GGML block format (see kernels/quant_formats.py), AVX-512 VNNI.
 //
-// Every call reads each quantized weight row once: a panel of kPanel rows is decoded to fp32 in a per-thread
-// buffer (L1/L2) and multiplied with every row of x in tiles of up to 4 rows, fp32 accumulation. So batch-1
-// decode streams the quantized bytes once per token and a batch of M rows (verify chains, batched decode,
-// prefill) once per 64 rows of x.
+// Activations are quantized as llama.cpp quantizes them for its dot products: each row of x, in groups of 32,
+// to int8 with one fp32 scale per group (dx = max |x| / 127, q = round-to-nearest-even(x / dx)). Each
+// 32-weight group of W is unpacked in registers to 32 unsigned bytes u with a scale a and an offset c
+// (w = a u + c), and the group's contribution is  a dx (u . q)  +  c dx (sum of q):  the byte dot product
+// is exact (VPDPBUSD, int32), the rest fp32. Q8_0's signed bytes take llama.cpp's sign trick instead
+// (|w| . sign(w) q); Q6_K's two scales per group weight each half of the dot product.
 //
-// Row independence: output (m, n) is always the same sequence of fused multiply-adds, 16 lanes wide, over
-// K in order, then one horizontal sum, whichever tile or batch size row m lands in; so a verify chain gives
-// the same logits as decoding its tokens one by one.
+// Each weight row is read from memory once per call and unpacked once per tile of up to 4 rows of x, so
+// batch-1 decode streams the quantized bytes once per token and does little work per byte.
+//
+// Row independence: output (m, n) is always the same sequence of fp32 operations (per group, in order: one
+// 8-lane fused multiply-add for the dot product and one scalar one for the offset; then the 8-lane sum),
+// whichever tile or batch size row m lands in; so a verify chain gives the same logits as decoding its
+// tokens one by one. The build turns off floating-point contraction so the compiler cannot change that.
 //
 // Block layouts (GGML's, as in the GGUF file; fp16 little-endian scales), weight w of a block:
 //   Q4_0 (32 w, 18 B): d, qs[16]           w = (q - 8) d      q: byte j low nibble -> w j, high -> w j+16
@@ -20,12 +26,12 @@
 //   Q5_K (256 w, 176 B): as Q4_K plus qh[32] before qs: bit i of qh[l] is bit 4 of weight l of sub-block i
 //   Q6_K (256 w, 210 B): ql[128], qh[64], int8 sc[16], d: weight 128h + r takes 4 bits from
 //        ql[64h + r % 64] (nibble r / 64) and 2 bits from qh[32h + r % 32] (pair r / 32); w = d sc[i / 16] (q - 32)
-// Every decode rounds as gguf-py's dequantizer does (the test's reference).
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -36,8 +42,7 @@ enum QType : int64_t { kQ4_0 = 0, kQ4_1, kQ8_0, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_
 
 constexpr int64_t kBlockBytes[kNumTypes] = {18, 20, 34, 22, 24, 144, 176, 210};
 constexpr int64_t kBlockWeights[kNumTypes] = {32, 32, 32, 32, 32, 256, 256, 256};
-constexpr int64_t kPanel = 4;      // weight rows decoded together
-constexpr int64_t kRowBlock = 64;  // rows of x per pass over the weights (fp32, stays in L2)
+constexpr int64_t kGroup = 32;  // weights per activation scale and per unpacked weight group
 
 inline float fp16(const uint8_t* p) {
   uint16_t h;
@@ -46,16 +51,13 @@ inline float fp16(const uint8_t* p) {
 }
 
 inline __m128i load16(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
-inline __m512i widen(__m128i q) { return _mm512_cvtepu8_epi32(q); }
-inline __m512 to_float(__m512i q) { return _mm512_cvtepi32_ps(q); }
-// bits [shift, shift + width) of 16 bytes, as 16 int32
-inline __m512i bits(__m128i q, int shift, int width) {
-  return _mm512_and_si512(_mm512_srlv_epi32(widen(q), _mm512_set1_epi32(shift)), _mm512_set1_epi32((1 << width) - 1));
-}
+inline __m256i load32(const void* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
-// 16 weights q d + m (exact where q d is: one rounding, as gguf-py's d * q + m)
-inline void store_affine(float* dst, __m512i q, float d, float m) {
-  _mm512_storeu_ps(dst, _mm512_fmadd_ps(to_float(q), _mm512_set1_ps(d), _mm512_set1_ps(m)));
+// 16 bytes of nibbles -> 32 bytes: low nibbles (weights 0..15), then high nibbles (16..31)
+inline __m256i nibbles(const uint8_t* p) {
+  const __m128i q = load16(p);
+  const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
+  return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
 // Q4_K / Q5_K: 6-bit scale and min of sub-block j from the 12 packed bytes
@@ -69,143 +71,204 @@ inline void scale_min_k4(const uint8_t* sc, int j, int& s, int& m) {
   }
 }
 
-// One block at blk -> kBlockWeights[T] floats at dst.
+// One 32-weight group of a weight row, unpacked: w = a u + c (Q6_K: a0 / c0 for weights 0..15, a1 / c1 for
+// 16..31; Q8_0: u holds the signed weights).
+struct Group {
+  __m256i u;
+  float a0, a1, c0, c1;
+};
+
 template <QType T>
-void decode_block(const uint8_t* blk, float* dst) {
-  if constexpr (T == kQ8_0) {
-    const __m512 d = _mm512_set1_ps(fp16(blk));
-    _mm512_storeu_ps(dst, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16(blk + 2))), d));
-    _mm512_storeu_ps(dst + 16, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16(blk + 18))), d));
-  } else if constexpr (T == kQ4_0 || T == kQ4_1) {
+inline Group unpack(const uint8_t* row, int64_t g) {
+  Group out;
+  if constexpr (kBlockWeights[T] == 32) {
+    const uint8_t* blk = row + g * kBlockBytes[T];
     const float d = fp16(blk);
-    const float m = T == kQ4_1 ? fp16(blk + 2) : -8.0f * d;  // (q - 8) d as q d + (-8 d): exact
-    const __m128i q = load16(blk + kBlockBytes[T] - 16);
-    store_affine(dst, bits(q, 0, 4), d, m);
-    store_affine(dst + 16, bits(q, 4, 4), d, m);
-  } else if constexpr (T == kQ5_0 || T == kQ5_1) {
-    const float d = fp16(blk);
-    const float m = T == kQ5_1 ? fp16(blk + 2) : -16.0f * d;
-    uint32_t qh;
-    std::memcpy(&qh, blk + kBlockBytes[T] - 20, 4);
-    const __m128i q = load16(blk + kBlockBytes[T] - 16);
-    const __m512i high = _mm512_set1_epi32(16);
-    store_affine(dst, _mm512_mask_or_epi32(bits(q, 0, 4), static_cast<__mmask16>(qh), bits(q, 0, 4), high), d, m);
-    store_affine(dst + 16,
-                 _mm512_mask_or_epi32(bits(q, 4, 4), static_cast<__mmask16>(qh >> 16), bits(q, 4, 4), high), d, m);
+    out.a0 = out.a1 = d;
+    if constexpr (T == kQ8_0) {
+      out.u = load32(blk + 2);
+      out.c0 = out.c1 = 0.f;
+    } else {
+      out.u = nibbles(blk + kBlockBytes[T] - 16);
+      if constexpr (T == kQ5_0 || T == kQ5_1) {
+        uint32_t qh;
+        std::memcpy(&qh, blk + kBlockBytes[T] - 20, 4);
+        out.u = _mm256_mask_add_epi8(out.u, static_cast<__mmask32>(qh), out.u, _mm256_set1_epi8(16));
+      }
+      const float c = T == kQ4_0 ? -8.0f * d : T == kQ5_0 ? -16.0f * d : fp16(blk + 2);  // x8, x16: exact
+      out.c0 = out.c1 = c;
+    }
   } else if constexpr (T == kQ4_K || T == kQ5_K) {
-    const float d = fp16(blk), dmin = fp16(blk + 2);
-    const uint8_t* sc = blk + 4;
-    const uint8_t* qh = blk + 16;
-    const uint8_t* qs = blk + (T == kQ5_K ? 48 : 16);
-    for (int i = 0; i < 8; ++i) {  // sub-block i: nibble i % 2 of qs[32 (i / 2) ..]
-      int s, m;
-      scale_min_k4(sc, i, s, m);
-      for (int h = 0; h < 2; ++h) {
-        __m512i q = bits(load16(qs + 32 * (i / 2) + 16 * h), 4 * (i % 2), 4);
-        if constexpr (T == kQ5_K) q = _mm512_or_si512(q, _mm512_slli_epi32(bits(load16(qh + 16 * h), i, 1), 4));
-        store_affine(dst + 32 * i + 16 * h, q, d * s, -(dmin * m));
-      }
+    const uint8_t* blk = row + (g / 8) * kBlockBytes[T];
+    const int i = g % 8;
+    int s, m;
+    scale_min_k4(blk + 4, i, s, m);
+    const uint8_t* qs = blk + (T == kQ5_K ? 48 : 16) + 32 * (i / 2);
+    __m256i u = _mm256_and_si256(_mm256_srli_epi16(load32(qs), 4 * (i % 2)), _mm256_set1_epi8(0x0F));
+    if constexpr (T == kQ5_K) {
+      const __mmask32 high = _mm256_test_epi8_mask(load32(blk + 16), _mm256_set1_epi8(static_cast<char>(1 << i)));
+      u = _mm256_mask_add_epi8(u, high, u, _mm256_set1_epi8(16));
     }
-  } else {  // kQ6_K
-    const uint8_t* ql = blk;
-    const uint8_t* qh = blk + 128;
-    const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+    out.u = u;
+    out.a0 = out.a1 = fp16(blk) * static_cast<float>(s);
+    out.c0 = out.c1 = -(fp16(blk + 2) * static_cast<float>(m));
+  } else {  // kQ6_K: group j of the block is r = 32 (j % 4) of half h = j / 4
+    const uint8_t* blk = row + (g / 8) * kBlockBytes[T];
+    const int j = g % 8, h = j / 4, r = 32 * (j % 4);
+    const __m256i lo =
+        _mm256_and_si256(_mm256_srli_epi16(load32(blk + 64 * h + r % 64), 4 * (r / 64)), _mm256_set1_epi8(0x0F));
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(load32(blk + 128 + 32 * h), 2 * (r / 32)),
+                                        _mm256_set1_epi8(0x03));
+    out.u = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+    const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192) + (128 * h + r) / 16;
     const float d = fp16(blk + 208);
-    const __m512i bias = _mm512_set1_epi32(32);
-    for (int h = 0; h < 2; ++h)
-      for (int r = 0; r < 128; r += 16) {
-        const __m512i lo = bits(load16(ql + 64 * h + r % 64), 4 * (r / 64), 4);
-        const __m512i hi = bits(load16(qh + 32 * h + r % 32), 2 * (r / 32), 2);
-        const __m512i q = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), bias);
-        // (d sc) q, in gguf-py's order
-        _mm512_storeu_ps(dst + 128 * h + r, _mm512_mul_ps(to_float(q), _mm512_set1_ps(d * sc[(128 * h + r) / 16])));
-      }
+    out.a0 = d * static_cast<float>(sc[0]);
+    out.a1 = d * static_cast<float>(sc[1]);
+    out.c0 = -32.0f * out.a0;
+    out.c1 = -32.0f * out.a1;
+  }
+  return out;
+}
+
+// Rows of x quantized per group: q [M, K] int8, and per group dx and dx * (sum of q) over the group and over
+// each half of it
+struct QuantizedRows {
+  int64_t groups;
+  std::vector<int8_t> q;
+  std::vector<float> dx, sum, sum_lo, sum_hi;
+
+  QuantizedRows(const float* x, int64_t M, int64_t K)
+      : groups(K / kGroup), q(M * K), dx(M * groups), sum(M * groups), sum_lo(M * groups), sum_hi(M * groups) {
+    for (int64_t i = 0; i < M * groups; ++i) {
+      const float* xp = x + i * kGroup;
+      const __m512 v0 = _mm512_loadu_ps(xp), v1 = _mm512_loadu_ps(xp + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+      const float d = amax / 127.0f;
+      const float id = d != 0.f ? 1.0f / d : 0.f;
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));  // nearest, ties to even
+      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q.data() + i * kGroup), _mm512_cvtepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q.data() + i * kGroup + 16), _mm512_cvtepi32_epi8(q1));
+      const int lo = _mm512_reduce_add_epi32(q0), hi = _mm512_reduce_add_epi32(q1);
+      dx[i] = d;
+      sum[i] = d * static_cast<float>(lo + hi);
+      sum_lo[i] = d * static_cast<float>(lo);
+      sum_hi[i] = d * static_cast<float>(hi);
+    }
+  }
+};
+
+// u . q over one group: 8 int32 lanes, lanes 0..3 from weights 0..15 and 4..7 from 16..31
+template <QType T>
+inline __m256i group_dot(__m256i u, __m256i q) {
+  if constexpr (T == kQ8_0) {  // signed x signed: |w| . (q with w's sign)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(u), _mm256_sign_epi8(q, u));
+  } else {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q);
   }
 }
 
-// One row of K weights (blocks starting at src) -> K floats at dst.
-template <QType T>
-void decode_row(const uint8_t* src, int64_t K, float* dst) {
-  for (int64_t b = 0; b < K / kBlockWeights[T]; ++b) decode_block<T>(src + b * kBlockBytes[T], dst + b * kBlockWeights[T]);
-}
-
-// out[m][n] = dot(x[m], w[n]) for MT rows of x and NB decoded weight rows, all fp32 and K long.
-template <int MT, int NB>
-inline void tile(const float* x, int64_t K, const float* w, float out[4][kPanel]) {
-  __m512 acc[MT][NB];
+// out[m][n] for MT rows of x (from row m0) and NB weight rows (from n0): the fixed per-output sequence.
+template <QType T, int MT, int NB>
+inline void tile(const QuantizedRows& xq, int64_t m0, int64_t K, const uint8_t* w, int64_t row_bytes, int64_t n0,
+                 float out[MT][NB]) {
+  __m256 acc[MT][NB];
+  float off[MT][NB];
   for (int m = 0; m < MT; ++m)
-    for (int n = 0; n < NB; ++n) acc[m][n] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 16) {
-    __m512 wv[NB];
-    for (int n = 0; n < NB; ++n) wv[n] = _mm512_loadu_ps(w + n * K + k);
+    for (int n = 0; n < NB; ++n) {
+      acc[m][n] = _mm256_setzero_ps();
+      off[m][n] = 0.f;
+    }
+  const int64_t groups = K / kGroup;
+  for (int64_t g = 0; g < groups; ++g) {
+    Group wg[NB];
+    for (int n = 0; n < NB; ++n) {
+      // the rows four tiles ahead, at the same column: short rows read side by side defeat the prefetchers
+      _mm_prefetch(reinterpret_cast<const char*>(w + (n0 + 4 * NB + n) * row_bytes) + g * kGroup * kBlockBytes[T] / kBlockWeights[T], _MM_HINT_T0);
+      wg[n] = unpack<T>(w + (n0 + n) * row_bytes, g);
+    }
     for (int m = 0; m < MT; ++m) {
-      const __m512 xv = _mm512_loadu_ps(x + m * K + k);
-      for (int n = 0; n < NB; ++n) acc[m][n] = _mm512_fmadd_ps(xv, wv[n], acc[m][n]);
+      const int64_t xg = (m0 + m) * groups + g;
+      const __m256i q = load32(xq.q.data() + xg * kGroup);
+      const float dx = xq.dx[xg], s = xq.sum[xg], s_lo = xq.sum_lo[xg], s_hi = xq.sum_hi[xg];
+      for (int n = 0; n < NB; ++n) {
+        const __m256 dot = _mm256_cvtepi32_ps(group_dot<T>(wg[n].u, q));
+        __m256 scale = _mm256_set1_ps(wg[n].a0 * dx);
+        if constexpr (T == kQ6_K) scale = _mm256_blend_ps(scale, _mm256_set1_ps(wg[n].a1 * dx), 0xF0);
+        acc[m][n] = _mm256_fmadd_ps(dot, scale, acc[m][n]);
+        if constexpr (T == kQ6_K) {
+          off[m][n] = std::fma(wg[n].c0, s_lo, off[m][n]);
+          off[m][n] = std::fma(wg[n].c1, s_hi, off[m][n]);
+        } else if constexpr (T != kQ8_0) {
+          off[m][n] = std::fma(wg[n].c0, s, off[m][n]);
+        }
+      }
     }
   }
   for (int m = 0; m < MT; ++m)
-    for (int n = 0; n < NB; ++n) out[m][n] = _mm512_reduce_add_ps(acc[m][n]);
+    for (int n = 0; n < NB; ++n) {
+      const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc[m][n]), _mm256_extractf128_ps(acc[m][n], 1));
+      const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+      out[m][n] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2))) + off[m][n];
+    }
 }
 
-template <int NB, typename OutT>
-void panel_times_rows(const float* x, int64_t M, int64_t K, const float* w, const float* bias, int64_t n0, OutT* y,
-                      int64_t N) {
-  float out[4][kPanel];
-  auto store = [&](int64_t m, int mt) {
-    for (int i = 0; i < mt; ++i)
-      for (int n = 0; n < NB; ++n) y[(m + i) * N + n0 + n] = static_cast<OutT>(out[i][n] + (bias ? bias[n0 + n] : 0.f));
-  };
+template <QType T, int MT, int NB, typename OutT>
+inline void tile_store(const QuantizedRows& xq, int64_t m0, int64_t K, const uint8_t* w, int64_t rb, int64_t n0,
+                       const float* bias, OutT* y, int64_t N) {
+  float out[MT][NB];
+  tile<T, MT, NB>(xq, m0, K, w, rb, n0, out);
+  for (int m = 0; m < MT; ++m)
+    for (int n = 0; n < NB; ++n) y[(m0 + m) * N + n0 + n] = static_cast<OutT>(out[m][n] + (bias ? bias[n0 + n] : 0.f));
+}
+
+// NB weight rows from n0 times every row of x, in tiles of up to 4 rows
+template <QType T, int NB, typename OutT>
+void rows_times_x(const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* w, int64_t rb, int64_t n0,
+                  const float* bias, OutT* y, int64_t N) {
   int64_t m = 0;
-  for (; m + 4 <= M; m += 4) { tile<4, NB>(x + m * K, K, w, out); store(m, 4); }
-  switch (M - m) {
-    case 3: tile<3, NB>(x + m * K, K, w, out); store(m, 3); break;
-    case 2: tile<2, NB>(x + m * K, K, w, out); store(m, 2); break;
-    case 1: tile<1, NB>(x + m * K, K, w, out); store(m, 1); break;
-    default: break;
+  if constexpr (NB <= 2) {
+    for (; m + 4 <= M; m += 4) tile_store<T, 4, NB>(xq, m, K, w, rb, n0, bias, y, N);
   }
+  for (; m + 2 <= M; m += 2) tile_store<T, 2, NB>(xq, m, K, w, rb, n0, bias, y, N);
+  if (m < M) tile_store<T, 1, NB>(xq, m, K, w, rb, n0, bias, y, N);
 }
 
 template <QType T, typename OutT>
-void run(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t row_bytes, const float* bias, OutT* y,
+void run(const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* w, int64_t rb, const float* bias, OutT* y,
          int64_t N) {
-  const int64_t panels = (N + kPanel - 1) / kPanel;
-  at::parallel_for(0, panels, 8, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(kPanel * K);
-    for (int64_t m0 = 0; m0 < M; m0 += kRowBlock) {
-      const int64_t rows = std::min(kRowBlock, M - m0);
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t n0 = p * kPanel, nb = std::min(kPanel, N - n0);
-        for (int64_t n = 0; n < nb; ++n) decode_row<T>(w + (n0 + n) * row_bytes, K, buf.data() + n * K);
-        const float* xm = x + m0 * K;
-        OutT* ym = y + m0 * N;
-        switch (nb) {
-          case 4: panel_times_rows<4, OutT>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
-          case 3: panel_times_rows<3, OutT>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
-          case 2: panel_times_rows<2, OutT>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
-          default: panel_times_rows<1, OutT>(xm, rows, K, buf.data(), bias, n0, ym, N); break;
-        }
+  // batch 1: four weight rows at a time (independent chains); more rows: two weight rows by up to four of x
+  const int64_t nb = M == 1 ? 4 : 2;
+  at::parallel_for(0, (N + nb - 1) / nb, 16 / nb, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n0 = p * nb, left = N - n0;
+      if (nb == 4 && left >= 4) {
+        rows_times_x<T, 4, OutT>(xq, M, K, w, rb, n0, bias, y, N);
+      } else if (nb == 2 && left >= 2) {
+        rows_times_x<T, 2, OutT>(xq, M, K, w, rb, n0, bias, y, N);
+      } else {
+        for (int64_t n = n0; n < N; ++n) rows_times_x<T, 1, OutT>(xq, M, K, w, rb, n, bias, y, N);
       }
     }
   });
 }
 
-
 template <typename OutT>
-void dispatch(int64_t qtype, const float* xp, int64_t M, int64_t K, const uint8_t* wp, int64_t rb, const float* bp,
-              OutT* yp, int64_t N) {
+void dispatch(int64_t qtype, const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* wp, int64_t rb,
+              const float* bp, OutT* yp, int64_t N) {
   switch (qtype) {
-    case kQ4_0: run<kQ4_0>(xp, M, K, wp, rb, bp, yp, N); break;
-    case kQ4_1: run<kQ4_1>(xp, M, K, wp, rb, bp, yp, N); break;
-    case kQ8_0: run<kQ8_0>(xp, M, K, wp, rb, bp, yp, N); break;
-    case kQ5_0: run<kQ5_0>(xp, M, K, wp, rb, bp, yp, N); break;
-    case kQ5_1: run<kQ5_1>(xp, M, K, wp, rb, bp, yp, N); break;
-    case kQ4_K: run<kQ4_K>(xp, M, K, wp, rb, bp, yp, N); break;
-    case kQ5_K: run<kQ5_K>(xp, M, K, wp, rb, bp, yp, N); break;
-    default: run<kQ6_K>(xp, M, K, wp, rb, bp, yp, N); break;
+    case kQ4_0: run<kQ4_0>(xq, M, K, wp, rb, bp, yp, N); break;
+    case kQ4_1: run<kQ4_1>(xq, M, K, wp, rb, bp, yp, N); break;
+    case kQ8_0: run<kQ8_0>(xq, M, K, wp, rb, bp, yp, N); break;
+    case kQ5_0: run<kQ5_0>(xq, M, K, wp, rb, bp, yp, N); break;
+    case kQ5_1: run<kQ5_1>(xq, M, K, wp, rb, bp, yp, N); break;
+    case kQ4_K: run<kQ4_K>(xq, M, K, wp, rb, bp, yp, N); break;
+    case kQ5_K: run<kQ5_K>(xq, M, K, wp, rb, bp, yp, N); break;
+    default: run<kQ6_K>(xq, M, K, wp, rb, bp, yp, N); break;
   }
 }
 
-// n values of a bf16 or fp32 tensor's memory as fp32 (no torch op: a decode step makes hundreds of these calls)
+// a bf16 or fp32 tensor's values as fp32 (no torch op: a decode step makes hundreds of these calls)
 std::vector<float> as_float(const torch::Tensor& t) {
   std::vector<float> out(t.numel());
   if (t.scalar_type() == at::kBFloat16) {
@@ -232,7 +295,7 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
   TORCH_CHECK(x.dim() == 2 && x.size(1) == K && x.is_contiguous(), "x must be contiguous [M, K]");
   const int64_t M = x.size(0), N = weight.size(0);
   const std::vector<float> xf = x.scalar_type() == at::kFloat ? std::vector<float>() : as_float(x);
-  const float* xp = x.scalar_type() == at::kFloat ? x.data_ptr<float>() : xf.data();
+  const QuantizedRows xq(x.scalar_type() == at::kFloat ? x.data_ptr<float>() : xf.data(), M, K);
   std::vector<float> bf;
   if (bias.has_value()) {
     TORCH_CHECK(bias->numel() == N && bias->is_contiguous(), "bias must be contiguous [N]");
@@ -243,14 +306,15 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
   const int64_t rb = weight.size(1);
   torch::Tensor y = torch::empty({M, N}, x.options().dtype(float_out ? at::kFloat : x.scalar_type()));
   if (y.scalar_type() == at::kFloat) {
-    dispatch(qtype, xp, M, K, wp, rb, bp, y.data_ptr<float>(), N);
+    dispatch(qtype, xq, M, K, wp, rb, bp, y.data_ptr<float>(), N);
   } else {
-    dispatch(qtype, xp, M, K, wp, rb, bp, y.data_ptr<at::BFloat16>(), N);
+    dispatch(qtype, xq, M, K, wp, rb, bp, y.data_ptr<at::BFloat16>(), N);
   }
   return y;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quant_linear", &quant_linear,
-        "y = x W^T (+ b) with W in a GGML block format (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)");
+        "y = x W^T (+ b) with W in a GGML block format (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) and x "
+        "quantized to int8 per 32 values");
 }
