@@ -81,12 +81,13 @@ def prefill(runner: ModelRunner, row: int, ids: list[int]) -> None:
     )
 
 
-def truncated_greedy(model, ids: list[int], layers: int, n: int) -> tuple[list[int], list[float]]:
-    """The first `layers` layers + final norm + LM head, greedy, n tokens after ids (whole-sequence forwards):
-    (tokens, the head's probability of each)."""
+def truncated_greedy(runner: ModelRunner, ids: list[int], layers: int, n: int) -> tuple[list[int], list[float]]:
+    """The first `layers` layers + final norm + LM head, greedy, n tokens after ids (whole-sequence forwards,
+    attending as the runner does): (tokens, the head's probability of each)."""
+    model, attention = runner.model, runner.cpu_ops.pool_attention if runner.batch_invariant else None
     seq, probs = list(ids), []
     for _ in range(n):
-        hidden = forward_sequences(model, [seq], capture_layers=(layers - 1,))[0].hidden_states[0]
+        hidden = forward_sequences(model, [seq], (layers - 1,), pool_attention=attention)[0].hidden_states[0]
         with torch.inference_mode():
             p = torch.softmax(model.compute_logits(model.norm(hidden[-1:]))[0].float(), dim=-1)
         seq.append(int(p.argmax()))
@@ -119,7 +120,7 @@ def test_drafts_are_the_truncated_models_greedy_continuation_and_the_pools_stay_
     try:
         proposer = SelfDraftProposer(runner, layers, max_tokens=n, seed=0)
         (draft,) = proposer.propose([req], [n])
-        tokens, probs = truncated_greedy(runner.model, context, layers, n)
+        tokens, probs = truncated_greedy(runner, context, layers, n)
         assert draft.tokens == tokens
         assert draft.confidences == pytest.approx(probs, abs=1e-4)
         assert draft.probs is None and draft.source == "self"
