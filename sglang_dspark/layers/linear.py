@@ -62,6 +62,8 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] -> [..., out]."""
+        if x.dim() == 2:  # the runtime's [tokens, in]: no reshapes (a decode step makes hundreds of these calls)
+            return self._matmul(x, self.bias)
         return self._matmul(x.reshape(-1, x.shape[-1]), self.bias).view(*x.shape[:-1], -1)
 
     def _matmul(self, flat: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
