@@ -11,9 +11,10 @@
 // batch-1 decode streams the quantized bytes once per token and does little work per byte.
 //
 // Row independence: output (m, n) is always the same sequence of fp32 operations (per group, in order: one
-// 8-lane fused multiply-add for the dot product and one scalar one for the offset; then the 8-lane sum),
-// whichever tile or batch size row m lands in; so a verify chain gives the same logits as decoding its
-// tokens one by one. The build turns off floating-point contraction so the compiler cannot change that.
+// 8-lane fused multiply-add of the dot product by a dx; then the 8-lane sum, plus the offsets' sum c . (dx
+// sum of q) taken 8 lanes at a time over the groups), whichever tile or batch size row m lands in; so a
+// verify chain gives the same logits as decoding its tokens one by one. The build turns off floating-point
+// contraction so the compiler cannot change that.
 //
 // Block layouts (GGML's, as in the GGUF file; fp16 little-endian scales), weight w of a block:
 //   Q4_0 (32 w, 18 B): d, qs[16]           w = (q - 8) d      q: byte j low nibble -> w j, high -> w j+16
@@ -130,15 +131,16 @@ inline Group unpack(const uint8_t* row, int64_t g) {
   return out;
 }
 
-// Rows of x quantized per group: q [M, K] int8, and per group dx and dx * (sum of q) over the group and over
-// each half of it
+// Rows of x quantized per group: q [M, K] int8, dx per group, and for the offsets dx * (sum of q) per group,
+// or per half group for Q6_K (halves = 2), zero-padded to a multiple of 8 per row (offset_len)
 struct QuantizedRows {
-  int64_t groups;
+  int64_t groups, offset_len;
   std::vector<int8_t> q;
-  std::vector<float> dx, sum, sum_lo, sum_hi;
+  std::vector<float> dx, sum;
 
-  QuantizedRows(const float* x, int64_t M, int64_t K)
-      : groups(K / kGroup), q(M * K), dx(M * groups), sum(M * groups), sum_lo(M * groups), sum_hi(M * groups) {
+  QuantizedRows(const float* x, int64_t M, int64_t K, int halves)
+      : groups(K / kGroup), offset_len((groups * halves + 7) / 8 * 8), q(M * K), dx(M * groups),
+        sum(M * offset_len, 0.f) {
     for (int64_t i = 0; i < M * groups; ++i) {
       const float* xp = x + i * kGroup;
       const __m512 v0 = _mm512_loadu_ps(xp), v1 = _mm512_loadu_ps(xp + 16);
@@ -151,12 +153,22 @@ struct QuantizedRows {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q.data() + i * kGroup + 16), _mm512_cvtepi32_epi8(q1));
       const int lo = _mm512_reduce_add_epi32(q0), hi = _mm512_reduce_add_epi32(q1);
       dx[i] = d;
-      sum[i] = d * static_cast<float>(lo + hi);
-      sum_lo[i] = d * static_cast<float>(lo);
-      sum_hi[i] = d * static_cast<float>(hi);
+      float* row_sums = sum.data() + (i / groups) * offset_len + (i % groups) * halves;
+      if (halves == 2) {
+        row_sums[0] = d * static_cast<float>(lo);
+        row_sums[1] = d * static_cast<float>(hi);
+      } else {
+        row_sums[0] = d * static_cast<float>(lo + hi);
+      }
     }
   }
 };
+
+inline float hsum8(__m256 v) {
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
 
 // u . q over one group: 8 int32 lanes, lanes 0..3 from weights 0..15 and 4..7 from 16..31
 template <QType T>
@@ -171,53 +183,54 @@ inline __m256i group_dot(__m256i u, __m256i q) {
 // out[m][n] for MT rows of x (from row m0) and NB weight rows (from n0): the fixed per-output sequence.
 template <QType T, int MT, int NB>
 inline void tile(const QuantizedRows& xq, int64_t m0, int64_t K, const uint8_t* w, int64_t row_bytes, int64_t n0,
-                 float out[MT][NB]) {
+                 float* offsets, float out[MT][NB]) {
+  constexpr int halves = T == kQ6_K ? 2 : 1;
+  const int64_t groups = K / kGroup, len = xq.offset_len;
   __m256 acc[MT][NB];
-  float off[MT][NB];
   for (int m = 0; m < MT; ++m)
-    for (int n = 0; n < NB; ++n) {
-      acc[m][n] = _mm256_setzero_ps();
-      off[m][n] = 0.f;
-    }
-  const int64_t groups = K / kGroup;
+    for (int n = 0; n < NB; ++n) acc[m][n] = _mm256_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     Group wg[NB];
+    __m256 a[NB];  // each lane's weight scale
     for (int n = 0; n < NB; ++n) {
       // the rows four tiles ahead, at the same column: short rows read side by side defeat the prefetchers
-      _mm_prefetch(reinterpret_cast<const char*>(w + (n0 + 4 * NB + n) * row_bytes) + g * kGroup * kBlockBytes[T] / kBlockWeights[T], _MM_HINT_T0);
+      const int64_t ahead = (n0 + 4 * NB + n) * row_bytes + g * kGroup * kBlockBytes[T] / kBlockWeights[T];
+      _mm_prefetch(reinterpret_cast<const char*>(w + ahead), _MM_HINT_T0);
       wg[n] = unpack<T>(w + (n0 + n) * row_bytes, g);
+      a[n] = _mm256_set1_ps(wg[n].a0);
+      if constexpr (T == kQ6_K) a[n] = _mm256_blend_ps(a[n], _mm256_set1_ps(wg[n].a1), 0xF0);
+      offsets[n * len + g * halves] = wg[n].c0;
+      if constexpr (T == kQ6_K) offsets[n * len + g * halves + 1] = wg[n].c1;
     }
     for (int m = 0; m < MT; ++m) {
       const int64_t xg = (m0 + m) * groups + g;
       const __m256i q = load32(xq.q.data() + xg * kGroup);
-      const float dx = xq.dx[xg], s = xq.sum[xg], s_lo = xq.sum_lo[xg], s_hi = xq.sum_hi[xg];
+      const __m256 dx = _mm256_set1_ps(xq.dx[xg]);
       for (int n = 0; n < NB; ++n) {
         const __m256 dot = _mm256_cvtepi32_ps(group_dot<T>(wg[n].u, q));
-        __m256 scale = _mm256_set1_ps(wg[n].a0 * dx);
-        if constexpr (T == kQ6_K) scale = _mm256_blend_ps(scale, _mm256_set1_ps(wg[n].a1 * dx), 0xF0);
-        acc[m][n] = _mm256_fmadd_ps(dot, scale, acc[m][n]);
-        if constexpr (T == kQ6_K) {
-          off[m][n] = std::fma(wg[n].c0, s_lo, off[m][n]);
-          off[m][n] = std::fma(wg[n].c1, s_hi, off[m][n]);
-        } else if constexpr (T != kQ8_0) {
-          off[m][n] = std::fma(wg[n].c0, s, off[m][n]);
-        }
+        acc[m][n] = _mm256_fmadd_ps(dot, _mm256_mul_ps(a[n], dx), acc[m][n]);
       }
     }
   }
   for (int m = 0; m < MT; ++m)
     for (int n = 0; n < NB; ++n) {
-      const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc[m][n]), _mm256_extractf128_ps(acc[m][n], 1));
-      const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-      out[m][n] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2))) + off[m][n];
+      float off = 0.f;
+      if constexpr (T != kQ8_0) {  // the offsets' sum: c . (dx * sum of q), 8 lanes over the groups in order
+        const float* s = xq.sum.data() + (m0 + m) * len;
+        __m256 o = _mm256_setzero_ps();
+        for (int64_t i = 0; i < len; i += 8)
+          o = _mm256_fmadd_ps(_mm256_loadu_ps(offsets + n * len + i), _mm256_loadu_ps(s + i), o);
+        off = hsum8(o);
+      }
+      out[m][n] = hsum8(acc[m][n]) + off;
     }
 }
 
 template <QType T, int MT, int NB, typename OutT>
 inline void tile_store(const QuantizedRows& xq, int64_t m0, int64_t K, const uint8_t* w, int64_t rb, int64_t n0,
-                       const float* bias, OutT* y, int64_t N) {
+                       float* offsets, const float* bias, OutT* y, int64_t N) {
   float out[MT][NB];
-  tile<T, MT, NB>(xq, m0, K, w, rb, n0, out);
+  tile<T, MT, NB>(xq, m0, K, w, rb, n0, offsets, out);
   for (int m = 0; m < MT; ++m)
     for (int n = 0; n < NB; ++n) y[(m0 + m) * N + n0 + n] = static_cast<OutT>(out[m][n] + (bias ? bias[n0 + n] : 0.f));
 }
@@ -225,13 +238,13 @@ inline void tile_store(const QuantizedRows& xq, int64_t m0, int64_t K, const uin
 // NB weight rows from n0 times every row of x, in tiles of up to 4 rows
 template <QType T, int NB, typename OutT>
 void rows_times_x(const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* w, int64_t rb, int64_t n0,
-                  const float* bias, OutT* y, int64_t N) {
+                  float* offsets, const float* bias, OutT* y, int64_t N) {
   int64_t m = 0;
   if constexpr (NB <= 2) {
-    for (; m + 4 <= M; m += 4) tile_store<T, 4, NB>(xq, m, K, w, rb, n0, bias, y, N);
+    for (; m + 4 <= M; m += 4) tile_store<T, 4, NB>(xq, m, K, w, rb, n0, offsets, bias, y, N);
   }
-  for (; m + 2 <= M; m += 2) tile_store<T, 2, NB>(xq, m, K, w, rb, n0, bias, y, N);
-  if (m < M) tile_store<T, 1, NB>(xq, m, K, w, rb, n0, bias, y, N);
+  for (; m + 2 <= M; m += 2) tile_store<T, 2, NB>(xq, m, K, w, rb, n0, offsets, bias, y, N);
+  if (m < M) tile_store<T, 1, NB>(xq, m, K, w, rb, n0, offsets, bias, y, N);
 }
 
 template <QType T, typename OutT>
@@ -242,14 +255,16 @@ void run(const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* w, int64_
   // rows of x
   const int64_t nb = M > 1 ? 2 : T == kQ8_0 ? 1 : 4;
   at::parallel_for(0, (N + nb - 1) / nb, 16 / nb, [&](int64_t begin, int64_t end) {
+    std::vector<float> offsets(4 * xq.offset_len, 0.f);  // the offsets c of up to four weight rows, per group
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n0 = p * nb, left = N - n0;
+      float* o = offsets.data();
       if (nb == 4 && left >= 4) {
-        rows_times_x<T, 4, OutT>(xq, M, K, w, rb, n0, bias, y, N);
+        rows_times_x<T, 4, OutT>(xq, M, K, w, rb, n0, o, bias, y, N);
       } else if (nb == 2 && left >= 2) {
-        rows_times_x<T, 2, OutT>(xq, M, K, w, rb, n0, bias, y, N);
+        rows_times_x<T, 2, OutT>(xq, M, K, w, rb, n0, o, bias, y, N);
       } else {
-        for (int64_t n = n0; n < std::min(N, n0 + nb); ++n) rows_times_x<T, 1, OutT>(xq, M, K, w, rb, n, bias, y, N);
+        for (int64_t n = n0; n < std::min(N, n0 + nb); ++n) rows_times_x<T, 1, OutT>(xq, M, K, w, rb, n, o, bias, y, N);
       }
     }
   });
@@ -297,7 +312,7 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
   TORCH_CHECK(x.dim() == 2 && x.size(1) == K && x.is_contiguous(), "x must be contiguous [M, K]");
   const int64_t M = x.size(0), N = weight.size(0);
   const std::vector<float> xf = x.scalar_type() == at::kFloat ? std::vector<float>() : as_float(x);
-  const QuantizedRows xq(x.scalar_type() == at::kFloat ? x.data_ptr<float>() : xf.data(), M, K);
+  const QuantizedRows xq(x.scalar_type() == at::kFloat ? x.data_ptr<float>() : xf.data(), M, K, qtype == kQ6_K ? 2 : 1);
   std::vector<float> bf;
   if (bias.has_value()) {
     TORCH_CHECK(bias->numel() == N && bias->is_contiguous(), "bias must be contiguous [N]");
