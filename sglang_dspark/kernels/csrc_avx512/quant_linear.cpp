@@ -241,6 +241,7 @@ void rows_times_x(const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* 
                   float* offsets, const float* bias, OutT* y, int64_t N) {
   int64_t m = 0;
   if constexpr (NB <= 2) {
+    for (; m + 8 <= M; m += 8) tile_store<T, 8, NB>(xq, m, K, w, rb, n0, offsets, bias, y, N);
     for (; m + 4 <= M; m += 4) tile_store<T, 4, NB>(xq, m, K, w, rb, n0, offsets, bias, y, N);
   }
   for (; m + 2 <= M; m += 2) tile_store<T, 2, NB>(xq, m, K, w, rb, n0, offsets, bias, y, N);
