@@ -51,7 +51,7 @@ def test_default_model_keeps_the_gguf_quantization(engines):
 def test_greedy_and_perplexity_match_the_dequantized_model(engines):
     """Teacher-forced on the dense model's greedy continuations: the quantized model picks the same token at
     >= 95% of the positions, and its perplexity over them is within 1% (both bf16; the quantized matmul
-    accumulates the exact dequantized weights in fp32, the dense path multiplies them rounded to bf16)."""
+    rounds activations to int8 per 32 values, the dense path multiplies the weights rounded to bf16)."""
     quant, dense = engines
     seqs, starts = [], []
     for prompt in PROMPTS:

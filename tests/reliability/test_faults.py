@@ -17,7 +17,9 @@ from sglang_dspark.launch_server import start_local_server, stop
 
 FLAGS = ["--max-total-tokens", "8192", "--random-seed", "0", "--log-level", "warning"]
 LONG = {"temperature": 0, "max_new_tokens": 4000, "ignore_eos": True}  # runs until something stops it
-SHORT = {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}  # done well within the grace period
+# long enough to be seen running (polled every 0.2 s), done well within the 30 s grace period
+SHORT_TOKENS = 128
+SHORT = {"temperature": 0, "max_new_tokens": SHORT_TOKENS, "ignore_eos": True}
 SLOW_REGEX = "(a|b)*a(a|b){16}"  # ~2^16 DFA states: outlines compiles it for tens of seconds
 
 
@@ -96,9 +98,9 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(server):
     assert server.proc.wait(90) == 0
     by_kind = {isinstance(payload, list): (status, payload) for status, payload in results}
     status, plain = by_kind[False]
-    assert status == 200 and plain["meta_info"]["completion_tokens"] == 16, results
+    assert status == 200 and plain["meta_info"]["completion_tokens"] == SHORT_TOKENS, results
     status, events = by_kind[True]
-    assert status == 200 and events[-1]["meta_info"]["completion_tokens"] == 16
+    assert status == 200 and events[-1]["meta_info"]["completion_tokens"] == SHORT_TOKENS
     assert events[-1]["text"] == plain["text"]  # the same greedy request, not cut short
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{server.url}/health", timeout=10)
@@ -142,7 +144,7 @@ def test_killed_grammar_worker_fails_its_request_only(tmp_path):
         by_status = {status: payload for status, payload in results}
         assert set(by_status) == {200, 400}, results
         assert "compile process" in by_status[400]["error"]["message"]  # died mid-compile or while starting
-        assert by_status[200]["meta_info"]["completion_tokens"] == 16
+        assert by_status[200]["meta_info"]["completion_tokens"] == SHORT_TOKENS
         again = requests.post(
             f"{server.url}/generate",
             json={"text": "Answer:", "sampling_params": {**SHORT, "regex": "(yes|no)"}},

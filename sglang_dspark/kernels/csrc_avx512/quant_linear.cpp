@@ -7,12 +7,12 @@
 // is exact (VPDPBUSD, int32), the rest fp32. Q8_0's signed bytes take llama.cpp's sign trick instead
 // (|w| . sign(w) q); Q6_K's two scales per group weight each half of the dot product.
 //
-// Each weight row is read from memory once per call and unpacked once per tile of up to 4 rows of x, so
+// Each weight row is read from memory once per call and unpacked once per tile of up to 8 rows of x, so
 // batch-1 decode streams the quantized bytes once per token and does little work per byte.
 //
 // Row independence: output (m, n) is always the same sequence of fp32 operations (per group, in order: one
-// 8-lane fused multiply-add of the dot product by a dx; then the 8-lane sum, plus the offsets' sum c . (dx
-// sum of q) taken 8 lanes at a time over the groups), whichever tile or batch size row m lands in; so a
+// 8-lane fused multiply-add of the dot product times a dx; then the 8-lane sum, plus the offsets' sum
+// c . (dx sum of q) taken 8 lanes at a time over the groups), whichever tile or batch size row m lands in; so a
 // verify chain gives the same logits as decoding its tokens one by one. The build turns off floating-point
 // contraction so the compiler cannot change that.
 //
@@ -235,7 +235,7 @@ inline void tile_store(const QuantizedRows& xq, int64_t m0, int64_t K, const uin
     for (int n = 0; n < NB; ++n) y[(m0 + m) * N + n0 + n] = static_cast<OutT>(out[m][n] + (bias ? bias[n0 + n] : 0.f));
 }
 
-// NB weight rows from n0 times every row of x, in tiles of up to 4 rows
+// NB weight rows from n0 times every row of x, in tiles of up to 8 rows
 template <QType T, int NB, typename OutT>
 void rows_times_x(const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* w, int64_t rb, int64_t n0,
                   float* offsets, const float* bias, OutT* y, int64_t N) {
@@ -252,7 +252,7 @@ template <QType T, typename OutT>
 void run(const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* w, int64_t rb, const float* bias, OutT* y,
          int64_t N) {
   // batch 1: four weight rows at a time (independent chains), but Q8_0's one at a time (a single stream, which
-  // the prefetchers follow: its 34-byte blocks read 2x faster so); more rows: two weight rows by up to four
+  // the prefetchers follow: its 34-byte blocks read 2x faster so); more rows: two weight rows by up to eight
   // rows of x
   const int64_t nb = M > 1 ? 2 : T == kQ8_0 ? 1 : 4;
   at::parallel_for(0, (N + nb - 1) / nb, 16 / nb, [&](int64_t begin, int64_t end) {
