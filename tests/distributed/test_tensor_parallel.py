@@ -44,15 +44,6 @@ ENGINE_ARGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def sps_path(tmp_path_factory):
-    """A fixed SPS table (profiling SPS(B) at start-up runs single-process forwards, so TP needs one)."""
-    path = tmp_path_factory.mktemp("sps") / "sps.json"
-    table = {"sample_batch_tokens": [1, 8, 16, 64], "sample_steps_per_sec": [0.027, 0.0238, 0.0204, 0.010]}
-    path.write_text(json.dumps({**table, "max_batch_tokens": 64}))
-    return str(path)
-
-
 def outputs(engine: Engine, schema: dict | None) -> list[list[int]]:
     ids = [
         engine.tokenizer.apply_chat_template(

@@ -69,20 +69,30 @@ def wait_idle(internal_state):
     return wait
 
 
-def _spec_server(tmp_path_factory, algorithm: str):
-    flags = [*SERVER_FLAGS, "--speculative-algorithm", algorithm]
+# What the spec servers offer to verify must not depend on the machine's speed (tests assert drafts were accepted):
+# a fixed SPS table and no wall-clock pacing (measured round throughput, the drafter's cost gate).
+TIMING_FREE_SPEC_CONFIG = '{"round_throughput": false, "gate": false}'
+
+
+def _spec_server(tmp_path_factory, algorithm: str, sps_path: str):
+    flags = [
+        *SERVER_FLAGS,
+        "--speculative-algorithm", algorithm,
+        "--speculative-dspark-sps-table-path", sps_path,
+        "--speculative-config", TIMING_FREE_SPEC_CONFIG,
+    ]  # fmt: skip
     return local_server(flags, tmp_path_factory.mktemp(algorithm.lower()) / "server.log")
 
 
 @pytest.fixture(scope="session")
-def dspark_server_url(tmp_path_factory) -> str:
+def dspark_server_url(tmp_path_factory, sps_path) -> str:
     """The shared server's flags with --speculative-algorithm DSPARK (the shipped drafter)."""
-    with _spec_server(tmp_path_factory, "DSPARK") as url:
+    with _spec_server(tmp_path_factory, "DSPARK", sps_path) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
-def ngram_server_url(tmp_path_factory) -> str:
+def ngram_server_url(tmp_path_factory, sps_path) -> str:
     """The shared server's flags with --speculative-algorithm NGRAM."""
-    with _spec_server(tmp_path_factory, "NGRAM") as url:
+    with _spec_server(tmp_path_factory, "NGRAM", sps_path) as url:
         yield url

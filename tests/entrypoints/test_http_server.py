@@ -282,13 +282,10 @@ def test_metrics(server_url):
     assert 0 <= value("sglang:cache_hit_rate") <= 1
 
 
-def test_speculative_server_reports_accept_length(tmp_path, server_flags):
+def test_speculative_server_reports_accept_length(tmp_path, server_flags, sps_path):
     """With --speculative-algorithm NGRAM: spec fields in meta_info, SGLang's avg_spec_accept_length in
     /server_info and the sglang:spec_accept_length gauge agree with the requests' own counts."""
-    sps = tmp_path / "sps.json"
-    # a 37-second step (ratios as measured): drafting always pays, whatever the machine's speed
-    sps.write_text(json.dumps({"sample_batch_tokens": [1, 16], "sample_steps_per_sec": [0.027, 0.020]}))
-    flags = [*server_flags, "--speculative-algorithm", "NGRAM", "--speculative-dspark-sps-table-path", str(sps)]
+    flags = [*server_flags, "--speculative-algorithm", "NGRAM", "--speculative-dspark-sps-table-path", sps_path]
     with local_server(flags, tmp_path / "server.log") as url:
         text = "Repeat ten times: red green blue, red green blue, red green blue, red green blue,"
         out = generate(url, {"text": text, "sampling_params": {**GREEDY, "max_new_tokens": 40}})

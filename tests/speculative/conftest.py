@@ -26,25 +26,6 @@ def cpu_sps() -> SPSTable:
 
 
 @pytest.fixture(scope="module")
-def sps_path(tmp_path_factory):
-    """An SPS table file for the runtime tests, flat to 8 tokens, then slower (the planner verifies several
-    drafts per round): the shape measured on a CPU (docs/design.md "CPU cost model") scaled to a 37-second
-    target step. The planner only reads ratios, and no drafting time can then outweigh a step, so the
-    drafting-cost backoff (which reads the wall clock) never changes what the tests see."""
-    path = tmp_path_factory.mktemp("sps") / "sps.json"
-    path.write_text(
-        json.dumps(
-            {
-                "sample_batch_tokens": [1, 8, 16, 64],
-                "sample_steps_per_sec": [0.027, 0.0238, 0.0204, 0.010],
-                "max_batch_tokens": 64,
-            }
-        )
-    )
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def gemma3_dir(tmp_path_factory):
     """A 4-layer random Gemma 3 (sliding, sliding, global, sliding; window 8) in HF format with the default
     model's tokenizer, and an untrained DSpark drafter for it: (model dir, drafter dir)."""
