@@ -175,7 +175,6 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from sglang_dspark import Engine
-    from sglang_dspark.kernels.cpu_ops import describe_cpu_ops
     from sglang_dspark.models.gguf_convert import dense_copy
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,7 +198,7 @@ def main() -> None:
         label, kwargs = ENGINES[key]
         engine = Engine(model_path=str(gguf), dtype=args.dtype, max_total_tokens=8192, log_level="warning", **kwargs)
         runner = engine.scheduler.runner
-        name = f"sglang-dspark {label}: {describe_cpu_ops(runner.cpu_ops, quantized=runner.quantization != 'none')}"
+        name = f"sglang-dspark {label}: {runner.kernels}"
         engines[name] = (engine, weight_bytes_per_token(runner.model))
     tok = next(iter(engines.values()))[0].tokenizer
     prompts = [chat_ids(tok, p) for p in load_prompts(args.data_dir, args.num_prompts)]

@@ -198,9 +198,12 @@ def rowwise_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.cat([F.linear(row, weight, bias) for row in x.split(1)]) if len(x) else F.linear(x, weight, bias)
 
 
-def describe_cpu_ops(ops: CpuOps | None, quantized: bool = False) -> str:
+def describe_cpu_ops(ops: CpuOps | None, quantized: bool = False, fused: bool = False) -> str:
     """The kernels a model runs, for logs and benchmark labels; ``quantized``: its linear layers and LM head
-    multiply block-quantized weights (kernels/quant_linear.py), whatever ``ops.linear`` is."""
+    multiply block-quantized weights (kernels/quant_linear.py), whatever ``ops.linear`` is; ``fused``: its
+    decoder layers run as one native call (kernels/fused_decoder.py)."""
+    if fused:
+        return "fused native decoder layers, quantized AVX-512 matmul"
     if quantized:
         return f"{'native CPU' if ops is not None else 'torch'} attention and norm, quantized AVX-512 matmul"
     if ops is None:

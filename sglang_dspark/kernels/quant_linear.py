@@ -39,7 +39,12 @@ from sglang_dspark.kernels.quant_formats import (
 
 # (x [M, K], weight [N, bytes] uint8, kernel format id, K, bias [N] | None, float_out) -> [M, N]
 QuantLinearKernel = Callable[[Tensor, Tensor, int, int, Tensor | None, bool], Tensor]
-SOURCE = Path(__file__).parent / "csrc_avx512" / "quant_linear.cpp"
+KERNELS = Path(__file__).parent
+# the matmul, the fused decoder layer (kernels/fused_decoder.py) and the native kernels that layer calls
+SOURCES = [
+    *sorted((KERNELS / "csrc_avx512").glob("*.cpp")),
+    *(KERNELS / "csrc" / name for name in ("pool_attention.cpp", "rms_norm.cpp", "rotary.cpp")),
+]
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -63,14 +68,24 @@ def load_quant_kernel() -> QuantLinearKernel:
     return _build_quant_kernel()
 
 
+def load_quant_module():
+    """The extension (built and its matmul checked once per process); RuntimeError as ``load_quant_kernel``."""
+    load_quant_kernel()
+    return _build_module()
+
+
+@cache
+def _build_module():
+    return build_extension(
+        "sglang_dspark_quant_linear",
+        SOURCES,
+        ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"],
+    )
+
+
 @cache
 def _build_quant_kernel() -> QuantLinearKernel:
-    module = build_extension(
-        "sglang_dspark_quant_linear",
-        [SOURCE],
-        ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma", "-ffp-contract=off"],
-    )
-    kernel: QuantLinearKernel = module.quant_linear
+    kernel: QuantLinearKernel = _build_module().quant_linear
     _check_against_dequantized(kernel)
     return kernel
 

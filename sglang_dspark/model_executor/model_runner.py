@@ -140,6 +140,8 @@ class ModelRunner:
         self.cpu_ops = select_cpu_ops(server_args.cpu_kernels, self.device, self.dtype, self.batch_invariant)
         if self.cpu_ops is not None:
             use_cpu_ops(self.model, self.cpu_ops)
+        self.fused = self.quantization != "none" and self.model.fuse_decoder()
+        self.kernels = describe_cpu_ops(self.cpu_ops, quantized=self.quantization != "none", fused=self.fused)
 
         cfg = self.config
         kv_heads = cfg.num_kv_heads
@@ -170,7 +172,7 @@ class ModelRunner:
             self.dtype,
             self.quantization,
             quantized_bytes(self.model) / 2**20,
-            describe_cpu_ops(self.cpu_ops, quantized=self.quantization != "none"),
+            self.kernels,
             self.max_total_tokens,
             self.max_total_tokens * per_token / 2**20,
             self.context_len,

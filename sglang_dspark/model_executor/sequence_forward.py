@@ -49,8 +49,10 @@ class SequenceRunner:
         chunks: dict[int, list[int]],
         capture: tuple[int, ...] = (),
         logits_positions: dict[int, list[int]] | None = None,
+        num_layers: int | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """chunks: row -> new tokens; logits_positions: row -> offsets within its chunk (default: all).
+        """chunks: row -> new tokens; logits_positions: row -> offsets within its chunk (default: all);
+        num_layers: run only the first decoder layers (ForwardBatch.num_layers).
         Returns (logits [M, V] in row order, hidden states [N, d] per capture layer)."""
         ids, pos, locs, rows, seq, ext, keep = [], [], [], [], [], [], []
         for row, toks in chunks.items():
@@ -80,6 +82,7 @@ class SequenceRunner:
             kv_pool=self.pool,
             req_to_token=self.req_to_token,
             capture_layers=tuple(capture),
+            num_layers=num_layers,
         )
         fb.attn_metadata = build_attention_metadata(
             fb, self.pool_attention, self.all_in_pool, sliding_window=self.model.config.sliding_window

@@ -13,8 +13,9 @@ from torch import nn
 from sglang_dspark.distributed.parallel_state import TpGroup
 from sglang_dspark.distributed.partition import Span, even_span
 from sglang_dspark.kernels.cpu_ops import LinearFn, RotaryFn
+from sglang_dspark.kernels.fused_decoder import FusedDecoder, FusedLayerWeights
 from sglang_dspark.kernels.quant_formats import QuantizedWeight
-from sglang_dspark.layers.attention import paged_attention
+from sglang_dspark.layers.attention import PoolShortGroup, paged_attention
 from sglang_dspark.layers.layernorm import RMSNorm
 from sglang_dspark.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from sglang_dspark.layers.rotary_embedding import RotaryEmbedding, apply_rotary
@@ -136,6 +137,7 @@ class LlamaForCausalLM(nn.Module):
         )
         self.lm_head = None if cfg.tie_word_embeddings else VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.linear_fn: LinearFn = F.linear  # the LM head's matmul, like LinearBase.linear_fn
+        self.fused_decoder: FusedDecoder | None = None  # the decoder layers as one native call (fuse_decoder)
 
     def decoder_layer(self, cfg: DecoderConfig, layer_id: int, tp: TpGroup | None) -> nn.Module:
         qk_norm = self.norm_factory if self.qk_norm else None
@@ -162,20 +164,73 @@ class LlamaForCausalLM(nn.Module):
         """hidden [M, d] (after the final norm) -> logits [M, V] float32."""
         return self.lm_head_module.logits(hidden, self.linear_fn)
 
+    def fuse_decoder(self) -> bool:
+        """Run the decoder layers as one native call per forward (kernels/fused_decoder.py), bit for bit what
+        the modules compute, wherever the batch attends in the pool. Needs Llama-family layers on the native
+        norms, block-quantized linear layers, no tensor parallelism and no sliding window; returns whether
+        the model now runs fused."""
+        weights = [self._fused_layer_weights(layer) for layer in self.layers]
+        if any(w is None for w in weights):
+            return False
+        self.fused_decoder = FusedDecoder(weights)
+        return True
+
+    @staticmethod
+    def _fused_layer_weights(layer: nn.Module) -> FusedLayerWeights | None:
+        if type(layer) is not LlamaDecoderLayer:
+            return None
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        qk = attn.q_norm is not None
+        norms = [layer.input_layernorm, layer.post_attention_layernorm, *((attn.q_norm, attn.k_norm) if qk else ())]
+        if (
+            any(m.qweight is None for m in linears)
+            or attn.o_proj.tp is not None
+            or attn.sliding_window is not None
+            or mlp.act is not F.silu
+            or any(n.cpu_ops is None or n.unit_offset for n in norms)
+        ):
+            return None
+        return FusedLayerWeights(
+            input_norm=layer.input_layernorm.weight,
+            post_norm=layer.post_attention_layernorm.weight,
+            qkv=attn.qkv_proj.qweight,
+            qkv_bias=attn.qkv_proj.bias,
+            o=attn.o_proj.qweight,
+            gate_up=mlp.gate_up_proj.qweight,
+            down=mlp.down_proj.qweight,
+            q_norm=attn.q_norm.weight if qk else None,
+            k_norm=attn.k_norm.weight if qk else None,
+            num_heads=attn.num_heads,
+            num_kv_heads=attn.num_kv_heads,
+            head_dim=attn.head_dim,
+            eps=layer.input_layernorm.eps,
+            scale=attn.scale,
+            native_rotary=attn.rotary_fn is not apply_rotary,
+        )
+
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> ModelOutput:
         capture = fb.capture_layers
-        captured: dict[int, torch.Tensor] = {}
         x = self.embed(fb.input_ids)
         cos_sin = {kind: rotary.cos_sin(fb.positions, x.dtype) for kind, rotary in self.rotary.items()}
-        if -1 in capture:
-            captured[-1] = x
-        residual = None
-        layers = self.layers if fb.num_layers is None else self.layers[: fb.num_layers]
-        for i, layer in enumerate(layers):
-            x, residual = layer(x, residual, fb, cos_sin[self.config.layer_type(i)])
-            if i in capture:
-                captured[i] = x + residual
+        captured = {-1: x} if -1 in capture else {}
+        num_layers = len(self.layers) if fb.num_layers is None else fb.num_layers
+        short = getattr(fb.attn_metadata, "short", None)
+        if self.fused_decoder is not None and isinstance(short, PoolShortGroup) and short.q_index is None:
+            hidden = [i for i in capture if i >= 0]
+            kind = self.config.layer_type(0)
+            x, residual, states = self.fused_decoder.forward(
+                x, cos_sin[kind], fb.kv_pool, fb.out_cache_loc, short.kv_slots, short.q_rows, short.kv_lens,
+                num_layers, hidden,
+            )  # fmt: skip
+            captured.update(zip(hidden, states))
+        else:
+            residual = None
+            for i, layer in enumerate(self.layers[:num_layers]):
+                x, residual = layer(x, residual, fb, cos_sin[self.config.layer_type(i)])
+                if i in capture:
+                    captured[i] = x + residual
         x, _ = self.norm(x, residual)
         logits = self.compute_logits(x[fb.logits_indices])
         return ModelOutput(logits, [captured[i] for i in capture])

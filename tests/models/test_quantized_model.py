@@ -39,6 +39,7 @@ def test_default_model_keeps_the_gguf_quantization(engines):
     quant, dense = engines
     model = quant.scheduler.runner.model
     assert quant.scheduler.runner.quantization == "gguf"
+    assert model.fused_decoder is not None and dense.scheduler.runner.model.fused_decoder is None
     assert model.embed_tokens.qweight.fmt.name == "Q8_0"  # the tied embedding / LM head too
     layers = [m for m in model.modules() if isinstance(m, LinearBase)]
     assert layers and all(m.qweight is not None and m.weight is None for m in layers)

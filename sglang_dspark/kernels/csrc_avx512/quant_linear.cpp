@@ -13,8 +13,9 @@
 // Row independence: output (m, n) is always the same sequence of fp32 operations (per group, in order: one
 // 8-lane fused multiply-add of the dot product times a dx; then the 8-lane sum, plus the offsets' sum
 // c . (dx sum of q) taken 8 lanes at a time over the groups), whichever tile or batch size row m lands in; so a
-// verify chain gives the same logits as decoding its tokens one by one. The build turns off floating-point
-// contraction so the compiler cannot change that.
+// verify chain gives the same logits as decoding its tokens one by one. Floating-point contraction is off in
+// this file (the pragma below) so the compiler cannot change that; the native kernels built beside it keep the
+// flags of their own extension (kernels/cpu_ops.py), so the fused decoder layer computes what they compute.
 //
 // Block layouts (GGML's, as in the GGUF file; fp16 little-endian scales), weight w of a block:
 //   Q4_0 (32 w, 18 B): d, qs[16]           w = (q - 8) d      q: byte j low nibble -> w j, high -> w j+16
@@ -27,9 +28,13 @@
 //   Q5_K (256 w, 176 B): as Q4_K plus qh[32] before qs: bit i of qh[l] is bit 4 of weight l of sub-block i
 //   Q6_K (256 w, 210 B): ql[128], qh[64], int8 sc[16], d: weight 128h + r takes 4 bits from
 //        ql[64h + r % 64] (nibble r / 64) and 2 bits from qh[32h + r % 32] (pair r / 32); w = d sc[i / 16] (q - 32)
+#pragma GCC optimize("fp-contract=off")
+
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/extension.h>
+
+#include "quant_linear.h"
 
 #include <algorithm>
 #include <cmath>
@@ -329,10 +334,4 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
     dispatch(qtype, xq, M, K, wp, rb, bp, y.data_ptr<at::BFloat16>(), N);
   }
   return y;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("quant_linear", &quant_linear,
-        "y = x W^T (+ b) with W in a GGML block format (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) and x "
-        "quantized to int8 per 32 values");
 }

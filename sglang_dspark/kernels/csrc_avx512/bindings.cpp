@@ -1,0 +1,22 @@
+#include "decoder_layer.h"
+#include "quant_linear.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("quant_linear", &quant_linear,
+        "y = x W^T (+ b) with W in a GGML block format (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) and x "
+        "quantized to int8 per 32 values");
+  py::class_<QuantLinear>(m, "QuantLinear")
+      .def(py::init<std::vector<torch::Tensor>, std::vector<int64_t>, int64_t, c10::optional<torch::Tensor>>(),
+           py::arg("parts"), py::arg("qtypes"), py::arg("K"), py::arg("bias"))
+      .def("__call__", &QuantLinear::operator(), py::call_guard<py::gil_scoped_release>());
+  py::class_<DecoderLayer>(m, "DecoderLayer")
+      .def(py::init<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>,
+                    QuantLinear, QuantLinear, QuantLinear, QuantLinear, int64_t, int64_t, int64_t, double, double,
+                    bool>(),
+           py::arg("input_norm"), py::arg("post_norm"), py::arg("q_norm"), py::arg("k_norm"), py::arg("qkv"),
+           py::arg("o"), py::arg("gate_up"), py::arg("down"), py::arg("num_heads"), py::arg("num_kv_heads"),
+           py::arg("head_dim"), py::arg("eps"), py::arg("scale"), py::arg("native_rotary"));
+  py::class_<DecoderStack>(m, "DecoderStack")
+      .def(py::init<std::vector<DecoderLayer>>())
+      .def("forward", &DecoderStack::forward, py::call_guard<py::gil_scoped_release>());
+}
