@@ -127,10 +127,13 @@ def _pool_group(
     attend: PoolAttentionFn,
     window: int | None,
 ) -> PoolShortGroup:
-    q_rows = torch.repeat_interleave(torch.arange(len(short)), elen)  # [Ns]
-    first = torch.cumsum(elen, 0) - elen  # [Bs] offset of each request's first query in the group
-    offset = torch.arange(len(q_rows)) - first[q_rows]  # [Ns] j: position among the request's new tokens
-    kv_lens = (seq - elen)[q_rows] + offset + 1
+    if bool((elen == 1).all()):  # one new token per request (decode): query b sees all of request b's keys
+        q_rows, offset, kv_lens = torch.arange(len(short)), torch.zeros_like(elen), seq
+    else:
+        q_rows = torch.repeat_interleave(torch.arange(len(short)), elen)  # [Ns]
+        first = torch.cumsum(elen, 0) - elen  # [Bs] offset of each request's first query in the group
+        offset = torch.arange(len(q_rows)) - first[q_rows]  # [Ns] j: position among the request's new tokens
+        kv_lens = (seq - elen)[q_rows] + offset + 1
     q_index = None if all_short else torch.tensor([starts[i] for i in short])[q_rows] + offset
     if window is not None and int(kv_lens.max()) > window:
         # one slot row per query, from its window's first key: [Ns, W]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sglang_dspark.kernels.quant_formats import QuantizedWeight, dequantize
+from sglang_dspark.kernels.quant_formats import QuantizedWeight, dequantize, dequantize_rows
 from sglang_dspark.kernels.quant_linear import quant_linear
 
 
@@ -45,7 +45,7 @@ class VocabParallelEmbedding(nn.Embedding):
         """ids [N] -> [N, d]."""
         if self.qweight is None:
             return F.embedding(ids, self.weight)
-        return dequantize(self.qweight.rows(ids)).to(self.dense_dtype)
+        return dequantize_rows(self.qweight, ids).to(self.dense_dtype)
 
     def logits(self, hidden: torch.Tensor, linear_fn) -> torch.Tensor:
         """As the LM head: hidden [M, d] -> [M, V] float32 (``linear_fn`` for a dense table)."""

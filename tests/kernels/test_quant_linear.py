@@ -14,6 +14,7 @@ from sglang_dspark.kernels.quant_formats import (
     QuantizedWeight,
     concat_rows,
     dequantize,
+    dequantize_rows,
     quantize_q8_0,
     random_blocks,
 )
@@ -129,6 +130,14 @@ def test_rows_and_concat_keep_the_block_layout():
     torch.testing.assert_close(dequantize(merged.rows(torch.tensor([6, 0]))), dequantize(merged)[[6, 0]])
     with pytest.raises(ValueError, match="widths"):
         concat_rows([a, random_weight("Q8_0", 2, seed=9, cols=64)])
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_row_lookup_decodes_as_gguf(name):
+    """An embedding lookup's rows (a torch path for Q8_0) equal gguf-py's decoding of those rows."""
+    w = random_weight(name, 9, seed=4)
+    ids = torch.tensor([8, 0, 3, 3])
+    assert torch.equal(dequantize_rows(w, ids), gguf_dequantize(w)[ids])
 
 
 def test_bad_shapes_are_refused():
