@@ -23,7 +23,7 @@ from torch import nn
 from sglang_dspark.distributed.parallel_state import TpGroup
 from sglang_dspark.distributed.partition import HeadShard, Span, even_span, head_shard
 from sglang_dspark.kernels.cpu_ops import LinearFn
-from sglang_dspark.kernels.quant_formats import QuantizedWeight, concat_rows
+from sglang_dspark.kernels.quant_formats import QuantizedWeight, concat_rows, quantize_q8_0
 from sglang_dspark.kernels.quant_linear import quant_linear
 
 
@@ -93,16 +93,25 @@ class LinearBase(nn.Module):
 
 class ReplicatedLinear(nn.Linear):
     """``nn.Linear`` (same initialisation and state-dict names, so trainable drafter modules keep their
-    checkpoint format) whose matmul is ``linear_fn``, like LinearBase."""
+    checkpoint format) whose matmul is ``linear_fn``, like LinearBase; for inference its weight can be
+    quantized to Q8_0 (``quantize``)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
         self.linear_fn: LinearFn = F.linear
+        self.qweight: QuantizedWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] -> [..., out]."""
         flat = x.reshape(-1, x.shape[-1])
+        if self.qweight is not None:
+            return quant_linear(flat, self.qweight, self.bias).view(*x.shape[:-1], -1)
         return self.linear_fn(flat, self.weight, self.bias).view(*x.shape[:-1], -1)
+
+    def quantize(self) -> None:
+        """Multiply with the weight in Q8_0 blocks from now on (inference only: the dense weight is dropped)."""
+        self.qweight = quantize_q8_0(self.weight)
+        self.weight = None
 
 
 class ColumnParallelLinear(LinearBase):

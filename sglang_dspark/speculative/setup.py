@@ -160,6 +160,8 @@ def build_dspark_proposer(args: ServerArgs, runner: ModelRunner, model_dir: Path
     if runner.cpu_ops is not None:
         use_cpu_ops(drafter, runner.cpu_ops)
     drafter.restrict_vocab(load_draft_vocab(args.speculative_dspark_draft_vocab_size, path, cfg.vocab_size))
+    if runner.quantization != "none":  # the target's int8 kernel loaded: the drafter multiplies with it too
+        drafter.quantize()
     calibration = ConfidenceCalibration()
     if sts:
         calibration = load_calibration(args.speculative_dspark_confidence_sts_path, path, cfg.block_size)

@@ -8,6 +8,8 @@ import pytest
 import torch
 from tiny_drafter import features, make_drafter
 
+from sglang_dspark.kernels.quant_linear import missing_cpu_flags
+from sglang_dspark.layers.linear import ReplicatedLinear
 from sglang_dspark.models.tiny import tiny_random_model
 from sglang_dspark.speculative.dspark import DrafterState, load_drafter, save_drafter
 
@@ -164,3 +166,22 @@ def test_restrict_vocab_rejects_bad_ids():
     for bad in (torch.tensor([3, 2]), torch.tensor([1, 1]), empty, torch.tensor([96, 97]), torch.tensor([-1, 4])):
         with pytest.raises(ValueError, match="draft vocabulary"):
             d.restrict_vocab(bad)
+
+
+@pytest.mark.skipif(bool(missing_cpu_flags()), reason="the quantized kernel needs AVX-512")
+def test_quantized_drafter_multiplies_in_q8_0_and_drafts_close_to_the_dense_one():
+    """``quantize`` (a quantized target's drafter): the backbone's linear layers and the draft vocabulary's LM head
+    rows in Q8_0, the Markov W2 dense; logits within the int8 rounding of the dense drafter's."""
+    d, state = drafter_with_context("vanilla")
+    d.restrict_vocab(torch.arange(0, 97, 2))
+    dense = d.draft([state], torch.tensor([25]), torch.tensor([15]))
+    fresh = DrafterState()
+    d.quantize()
+    linears = [m for m in d.modules() if isinstance(m, ReplicatedLinear)]
+    assert [m.qweight is None for m in linears] == [m is d.markov_head.markov_w2 for m in linears]
+    assert all(m.weight is None for m in linears if m.qweight is not None)
+    target = tiny_random_model()
+    d.append_context([fresh], [features(target, list(range(10, 25)))], [torch.arange(15)])
+    quant = d.draft([fresh], torch.tensor([25]), torch.tensor([15]))
+    torch.testing.assert_close(quant.confidence_logits, dense.confidence_logits, atol=0.05, rtol=0.05)
+    assert torch.isin(quant.tokens, d.draft_vocab).all()

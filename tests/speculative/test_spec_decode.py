@@ -13,6 +13,7 @@ import torch
 
 from sglang_dspark import Engine
 from sglang_dspark.kernels.cpu_ops import select_cpu_ops
+from sglang_dspark.kernels.quant_formats import QuantizedWeight
 from sglang_dspark.kernels.quant_linear import missing_cpu_flags
 from sglang_dspark.managers.tokenizer_manager import GenerateReqInput, RequestState
 from sglang_dspark.model_executor.sequence_forward import forward_sequences
@@ -271,13 +272,17 @@ def test_dspark_ngram_drafts_beyond_the_drafters_block(plain, sps_path):
 
 @pytest.mark.parametrize("vocab_size, expected", [(None, 8192), (0, None), (100, 100)])
 def test_dspark_drafts_among_the_shipped_draft_vocabulary(plain, sps_path, vocab_size, expected):
-    """The shipped drafter ships token_frequencies.json: by default it drafts among 8192 tokens; 0 = all."""
+    """The shipped drafter ships token_frequencies.json: by default it drafts among 8192 tokens; 0 = all. With the
+    quantized default target it multiplies in Q8_0 (its draft LM head rows too, where it has a draft vocabulary)."""
     spec = spec_engine(
         "DSPARK", sps_path, speculative_dspark_disable_ngram=True, speculative_dspark_draft_vocab_size=vocab_size
     )
     try:
         drafter = spec.scheduler.spec.worker.proposer.proposer.drafter
         assert (None if drafter.draft_vocab is None else len(drafter.draft_vocab)) == expected
+        assert drafter.fc.qweight is not None and drafter.layers[0].mlp.down_proj.qweight is not None
+        lm_rows = drafter._draft_rows[0] if drafter._draft_rows else drafter.lm_head_weight
+        assert isinstance(lm_rows, QuantizedWeight) == (expected is not None)
         ids = chat(plain, REPETITIVE)
         out = spec.generate(input_ids=ids, sampling_params={**GREEDY, "max_new_tokens": 48})
         assert (

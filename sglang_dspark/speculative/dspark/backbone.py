@@ -129,7 +129,7 @@ class DraftBackbone(nn.Module):
 
     def context_kv(self, feats: torch.Tensor, positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """feats [..., T, m*d] (raw target hidden states), positions [..., T] -> per layer (k, v) [..., T, Hkv, D]."""
-        ctx = self.hidden_norm(self.fc(feats.to(self.fc.weight.dtype)))
+        ctx = self.hidden_norm(self.fc(feats.to(self.hidden_norm.weight.dtype)))
         return [layer.self_attn.project_kv(ctx, positions, self.rope) for layer in self.layers]
 
     def forward(

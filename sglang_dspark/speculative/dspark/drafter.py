@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from sglang_dspark.kernels.cpu_ops import LinearFn
+from sglang_dspark.kernels.quant_formats import Q8_0_BLOCK, QuantizedWeight, quantize_q8_0
+from sglang_dspark.kernels.quant_linear import quant_linear
+from sglang_dspark.layers.linear import ReplicatedLinear
 from sglang_dspark.speculative.dspark.backbone import DraftBackbone
 from sglang_dspark.speculative.dspark.config import DSparkConfig
 from sglang_dspark.speculative.dspark.heads import ConfidenceHead, MarkovHead
@@ -86,18 +89,34 @@ class DSparkDrafter(DraftBackbone):
         w2 = None if self.markov_head is None else self.markov_head.markov_w2.weight.detach()[ids].contiguous()
         self.draft_vocab, self._draft_rows = ids, (self.lm_head_weight[ids].contiguous(), w2)
 
+    def quantize(self) -> None:
+        """Multiply in Q8_0 blocks with the quantized target's int8 kernel (kernels/quant_linear.py) for inference:
+        the backbone's linear layers and the draft vocabulary's LM head rows (call after ``restrict_vocab``).
+        Drafting reads half the bytes of bf16 in one kernel call per matmul; every draft stays verified."""
+        for module in self.modules():
+            if (
+                isinstance(module, ReplicatedLinear)
+                and module.in_features % Q8_0_BLOCK == 0
+                and module is not getattr(self.markov_head, "markov_w2", None)  # multiplied by its draft rows
+            ):
+                module.quantize()
+        if self._draft_rows is not None and self.config.hidden_size % Q8_0_BLOCK == 0:
+            self._draft_rows = (quantize_q8_0(self._draft_rows[0]), self._draft_rows[1])
+
     @property
     def dtype(self) -> torch.dtype:
-        return self.fc.weight.dtype
+        return self.hidden_norm.weight.dtype
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.embed_weight).to(self.dtype)
 
-    def _lm_logits(self, hidden: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def _lm_logits(self, hidden: torch.Tensor, weight: torch.Tensor | QuantizedWeight | None = None) -> torch.Tensor:
         """hidden [..., d] -> logits [..., V] float32 (or [..., K] with the rows `weight` [K, d] of the LM head)."""
         weight = self.lm_head_weight if weight is None else weight
-        flat = hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype)
-        return self.linear_fn(flat, weight, None).view(*hidden.shape[:-1], -1).float()
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        if isinstance(weight, QuantizedWeight):
+            return quant_linear(flat, weight, None, float_out=True).view(*hidden.shape[:-1], -1)
+        return self.linear_fn(flat.to(weight.dtype), weight, None).view(*hidden.shape[:-1], -1).float()
 
     def _confidence(self, hidden: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor | None:
         """hidden [..., d], prev_ids [...] -> logits [...] | None."""
@@ -198,6 +217,8 @@ class DSparkDrafter(DraftBackbone):
         base = self._lm_logits(hidden, lm_rows)  # [R, G, K] (K = V without a draft vocabulary)
         temps = torch.zeros(r) if temperatures is None else temperatures.float()
         greedy = temps <= 0
+        all_greedy = bool(greedy.all())  # an all-greedy batch draws no random numbers and keeps no distributions
+        no_outside = torch.zeros(r, dtype=torch.bool)
         tokens, probs, outsides = [], [], []
         prev, markov_state = anchor_tokens, None
         for k in range(g):
@@ -206,7 +227,7 @@ class DSparkDrafter(DraftBackbone):
                 e, markov_state = self.markov_head.transition(hidden[:, k], prev, markov_state)
                 w2 = self.markov_head.markov_w2.weight if w2_rows is None else w2_rows
                 logits = logits + self.linear_fn(e.to(w2.dtype), w2, None).float()
-            outside = torch.zeros(r, dtype=torch.bool)  # [R] rows whose mask allows no draftable token
+            outside = no_outside  # [R] rows whose mask allows no draftable token
             if mask_fn is not None:
                 allowed = mask_fn(k, torch.stack(tokens, dim=1) if tokens else anchor_tokens.new_empty(r, 0))
                 if allowed is not None:  # [R, V]
@@ -214,15 +235,15 @@ class DSparkDrafter(DraftBackbone):
                     outside = ~draftable.any(dim=1)
                     logits = logits.masked_fill(~draftable & ~outside[:, None], float("-inf"))
             local = logits.argmax(dim=-1)  # [R] index into the draft vocabulary
-            if not greedy.all():  # an all-greedy batch draws no random numbers
+            if not all_greedy:
                 p_local = torch.softmax(logits / torch.where(greedy, 1.0, temps)[:, None], dim=-1)  # [R, K]
                 sampled = torch.multinomial(p_local, 1, generator=generator).squeeze(1)
                 local = torch.where(greedy, local, sampled)
             tok = local if vocab is None else vocab[local]  # [R] token ids
-            if outside.any():
+            if outside is not no_outside and outside.any():
                 first_allowed = allowed.to(torch.uint8).argmax(dim=1)  # [R]
                 tok = torch.where(outside, first_allowed, tok)
-            if not greedy.all():  # the distributions sampled rows drew from, over the whole vocabulary
+            if not all_greedy:  # the distributions sampled rows drew from, over the whole vocabulary
                 p_full = p_local if vocab is None else p_local.new_zeros(r, self.config.vocab_size)
                 if vocab is not None:
                     p_full[:, vocab] = p_local
