@@ -53,7 +53,11 @@ class TokenAllocator:
 
 
 class KVPool:
-    """Per-layer K and V buffers of shape [size + 1, num_kv_heads, head_dim], indexed by slot."""
+    """Per-layer K and V buffers of shape [size + 1, num_kv_heads, head_dim], indexed by slot.
+
+    Only the padding slot is zeroed: a slot is read only after a forward wrote it (attention reads a request's
+    own slots up to its length; padded reads go to slot 0), so the OS commits a large pool's memory as its
+    slots are first used instead of all of it at start-up."""
 
     def __init__(
         self,
@@ -67,8 +71,10 @@ class KVPool:
         self.size = size
         self.dtype = dtype
         shape = (size + 1, num_kv_heads, head_dim)
-        self.k_buffer = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v_buffer = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.k_buffer = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v_buffer = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        for buf in self.k_buffer + self.v_buffer:
+            buf[0].zero_()
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
