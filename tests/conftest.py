@@ -21,3 +21,9 @@ def sps_path(tmp_path_factory) -> str:
     table = {"sample_batch_tokens": [1, 8, 16, 64], "sample_steps_per_sec": [0.027, 0.0238, 0.0204, 0.010]}
     path.write_text(json.dumps({**table, "max_batch_tokens": 64}))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def triton_device() -> str:
+    """Where Triton kernel tests put their tensors: the GPU when there is one, else the CPU (the interpreter)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -114,16 +114,25 @@ def kernels():
     return importlib.import_module("sglang_dspark.kernels.spec_verify_triton")
 
 
-def test_triton_greedy_matches_reference(kernels):
+def on(device: str, *tensors):
+    """The tensors (None kept) on ``device``: the Triton kernels run on the GPU, or the CPU's interpreter."""
+    return [t if t is None else t.to(device) for t in tensors]
+
+
+def cpu(*tensors):
+    return [t.cpu() for t in tensors]
+
+
+def test_triton_greedy_matches_reference(kernels, triton_device):
     batch = _greedy_batch()
-    got = kernels.greedy_accept_lengths_triton(*batch)
+    got = cpu(*kernels.greedy_accept_lengths_triton(*on(triton_device, *batch)))
     expected = greedy_accept_lengths(*batch)
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
 @pytest.mark.parametrize("K", [0, 1, 3])
 @pytest.mark.parametrize("one_hot_draft", [False, True])
-def test_triton_rejection_matches_reference(kernels, K, one_hot_draft):
+def test_triton_rejection_matches_reference(kernels, triton_device, K, one_hot_draft):
     B, V = 16, 37  # V not a multiple of the vocabulary tile: several tiles and a masked tail
     drafts, lens, draft_probs, target = _random_case(B, K, V, seed=K, scale=4.0)
     draft_probs = None if one_hot_draft else draft_probs
@@ -132,7 +141,8 @@ def test_triton_rejection_matches_reference(kernels, K, one_hot_draft):
         drafts[::2] = target[::2, :K].argmax(-1)  # half the rows draft the target's argmax: long accepts
     gens = [torch.Generator().manual_seed(b) for b in range(B)]
     uniforms, expo = draw_verify_noise(lens, K, V, gens)
-    got = kernels.rejection_sample_triton(drafts, lens, draft_probs, target, uniforms, expo, block_v=16)
+    inputs = on(triton_device, drafts, lens, draft_probs, target, uniforms, expo)
+    got = cpu(*kernels.rejection_sample_triton(*inputs, block_v=16))
     expected = rejection_sample(drafts, lens, draft_probs, target, uniforms, expo)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     if K:  # the case covers rejections, partial accepts and bonus draws
@@ -140,9 +150,9 @@ def test_triton_rejection_matches_reference(kernels, K, one_hot_draft):
         assert bool((accept < lens).any()) and bool((accept == K).any()) and bool((accept == 0).any())
 
 
-def test_triton_rejection_empty_residual_fallback(kernels):
+def test_triton_rejection_empty_residual_fallback(kernels, triton_device):
     target = torch.tensor([[[0.0, 0.3, 0.7], [1.0, 0.0, 0.0]]])
     args = (torch.tensor([[0]]), torch.tensor([1]), target[:, :1].clone(), target, torch.tensor([[0.5]]))
     expo = torch.tensor([[1.0, 2.0, 0.5]])
-    got = kernels.rejection_sample_triton(*args, expo)
+    got = kernels.rejection_sample_triton(*on(triton_device, *args, expo))
     assert [t.tolist() for t in got] == [t.tolist() for t in rejection_sample(*args, expo)] == [[0], [2]]
