@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 CPU_KERNELS = ("auto", "native", "torch")
 QUANTIZATIONS = ("auto", "none", "int8")  # see sglang_dspark/models/quantization.py
+DEVICES = ("cpu",)  # the GPU path is kernels only so far (README "GPU", launch/gpu_check.sh)
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "llguidance", "none")
 TOOL_CALL_PARSERS = ("qwen25", "qwen", "hermes", "llama3")  # SGLang's names; see entrypoints/tool_calls.py
 SPECULATIVE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE", "SELF")
@@ -24,6 +25,7 @@ CHOICES = {
     "speculative_dspark_verify_mode": VERIFY_MODES,
     "cpu_kernels": CPU_KERNELS,
     "quantization": QUANTIZATIONS,
+    "device": DEVICES,
 }
 
 

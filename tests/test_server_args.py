@@ -36,6 +36,7 @@ def test_grammar_flags_parse():
         ({"node_rank": 1}, "--node-rank"),
         ({"dp_size": 0}, "--dp-size"),
         ({"tp_size": 2, "speculative_algorithm": "NGRAM"}, "--speculative-dspark-sps-table-path"),
+        ({"device": "cuda"}, "--device"),  # the runtime runs on the CPU only (README "GPU")
     ],
 )
 def test_bad_values_name_the_flag(overrides, flag):
