@@ -6,9 +6,11 @@ on the 2-core Zen 4 host was Python and op dispatch, not math. ``FusedDecoder`` 
 over the same kernels and torch ops, in the same order, so its output is bit for bit the modules' (checked
 by tests/kernels/test_fused_decoder.py) and batch-invariant like them.
 
-It takes Llama-family layers (Llama / SmolLM2, Qwen2 with q/k/v biases, Qwen3 with per-head q/k norms) whose
-four linear layers are block-quantized, on one process (no tensor parallelism), without sliding windows,
-over the all-in-pool attention that quantized models run (layers/attention.py, ``PoolShortGroup``).
+It takes Llama-family layers (Llama / SmolLM2, Qwen2 with q/k/v biases, Qwen3 with per-head q/k norms) and
+Gemma 3's (norms scaling by 1 + weight in fp32, around the attention and the MLP; GeGLU; sliding-window layers
+attending through the windowed metadata) whose four linear layers are block-quantized, on one process (no
+tensor parallelism), over the all-in-pool attention that quantized models run (layers/attention.py,
+``PoolShortGroup``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from torch import Tensor
 
 from sglang_dspark.kernels.quant_formats import AnyQuantizedWeight, QuantizedRowStack
 from sglang_dspark.kernels.quant_linear import load_quant_module
+
+# cos, sin [N, 1, D]; then query n attends to the first kv_lens[n] slots of kv_slots[q_rows[n]]:
+# (cos, sin, kv_slots [B, S], q_rows [N], kv_lens [N])
+PoolBatch = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,10 @@ class FusedLayerWeights:
     eps: float
     scale: float
     native_rotary: bool  # the native rotary kernel (bf16); False: torch's elementwise ops (fp32)
+    gemma: bool = False  # Gemma 3's norms (1 + weight, fp32), sandwich norms and GeGLU
+    pre_ff_norm: Tensor | None = None  # Gemma 3: before the MLP (post_norm is after the attention)
+    post_ff_norm: Tensor | None = None  # Gemma 3: after the MLP
+    sliding: bool = False  # a sliding-window layer: attends through the windowed batch
 
 
 class FusedDecoder:
@@ -70,22 +80,25 @@ class FusedDecoder:
             w.eps,
             w.scale,
             w.native_rotary,
+            w.gemma,
+            w.pre_ff_norm,
+            w.post_ff_norm,
+            w.sliding,
         )
 
     def forward(
         self,
         x: Tensor,
-        cos_sin: tuple[Tensor, Tensor],
         kv_pool,
         loc: Tensor,
-        kv_slots: Tensor,
-        q_rows: Tensor,
-        kv_lens: Tensor,
+        full: PoolBatch | tuple[()],
+        windowed: PoolBatch | tuple[()],
         num_layers: int,
         capture: list[int],
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """x [N, d] embeddings; cos/sin [N, 1, D]; kv_pool's buffers take the new keys at ``loc`` [N]; query n
-        attends to the first kv_lens[n] slots of kv_slots[q_rows[n]]. Returns (the last layer's output before
-        its residual add, the residual, x + residual after each layer in ``capture``)."""
+        """x [N, d] embeddings; kv_pool's buffers take the new keys at ``loc`` [N]; global layers attend with
+        ``full``, sliding-window layers with ``windowed`` (``()`` where the model has no layers of that kind).
+        Returns (the last layer's output before its residual add, the residual, x + residual after each layer in
+        ``capture``)."""
         pool = kv_pool.k_buffer, kv_pool.v_buffer
-        return self._stack.forward(x, *cos_sin, *pool, loc, kv_slots, q_rows, kv_lens, num_layers, capture)
+        return self._stack.forward(x, *pool, loc, list(full), list(windowed), num_layers, capture)

@@ -16,10 +16,18 @@ import torch
 from torch import nn
 
 from sglang_dspark.distributed.parallel_state import TpGroup
+from sglang_dspark.kernels.fused_decoder import FusedLayerWeights
 from sglang_dspark.layers.layernorm import RMSNorm
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.models.config import DecoderConfig
-from sglang_dspark.models.llama import LlamaAttention, LlamaForCausalLM, LlamaMLP, NormFactory
+from sglang_dspark.models.llama import (
+    ACTIVATIONS,
+    LlamaAttention,
+    LlamaForCausalLM,
+    LlamaMLP,
+    NormFactory,
+    fused_weights,
+)
 
 GemmaRMSNorm: NormFactory = partial(RMSNorm, unit_offset=True)
 
@@ -52,6 +60,20 @@ class Gemma3DecoderLayer(nn.Module):
         x = self.post_attention_layernorm(self.self_attn(x, fb, cos_sin))
         x, residual = self.pre_feedforward_layernorm(x, residual)
         return self.post_feedforward_layernorm(self.mlp(x)), residual
+
+    def fused_weights(self) -> FusedLayerWeights | None:
+        """This layer in the fused stack (its norms run as torch ops there too)."""
+        return fused_weights(
+            self.self_attn,
+            self.mlp,
+            ACTIVATIONS["gelu_pytorch_tanh"],
+            input_norm=self.input_layernorm.weight,
+            post_norm=self.post_attention_layernorm.weight,
+            eps=self.input_layernorm.eps,
+            gemma=True,
+            pre_ff_norm=self.pre_feedforward_layernorm.weight,
+            post_ff_norm=self.post_feedforward_layernorm.weight,
+        )
 
 
 class Gemma3ForCausalLM(LlamaForCausalLM):

@@ -21,7 +21,7 @@ from sglang_dspark.layers.linear import MergedColumnParallelLinear, QKVParallelL
 from sglang_dspark.layers.rotary_embedding import RotaryEmbedding, apply_rotary
 from sglang_dspark.layers.vocab_embedding import VocabParallelEmbedding
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
-from sglang_dspark.models.config import SLIDING, DecoderConfig
+from sglang_dspark.models.config import FULL, SLIDING, DecoderConfig
 
 NormFactory = Callable[[int, float], RMSNorm]  # (size, eps) -> the model's RMSNorm
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -87,6 +87,33 @@ class LlamaMLP(nn.Module):
         return self.down_proj(self.act(gate) * up)
 
 
+def fused_weights(
+    attn: LlamaAttention, mlp: LlamaMLP, act: Callable[[torch.Tensor], torch.Tensor], **norms
+) -> FusedLayerWeights | None:
+    """A layer's weights for the fused stack (kernels/fused_decoder.py), or None where it cannot run there:
+    a dense linear layer, tensor parallelism, another activation. ``norms``: the layer's own norm weights and
+    flags (FusedLayerWeights' fields)."""
+    linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+    if any(m.qweight is None for m in linears) or attn.o_proj.tp is not None or mlp.act is not act:
+        return None
+    return FusedLayerWeights(
+        qkv=attn.qkv_proj.qweight,
+        qkv_bias=attn.qkv_proj.bias,
+        o=attn.o_proj.qweight,
+        gate_up=mlp.gate_up_proj.qweight,
+        down=mlp.down_proj.qweight,
+        q_norm=None if attn.q_norm is None else attn.q_norm.weight,
+        k_norm=None if attn.k_norm is None else attn.k_norm.weight,
+        num_heads=attn.num_heads,
+        num_kv_heads=attn.num_kv_heads,
+        head_dim=attn.head_dim,
+        scale=attn.scale,
+        native_rotary=attn.rotary_fn is not apply_rotary,
+        sliding=attn.sliding_window is not None,
+        **norms,
+    )
+
+
 class LlamaDecoderLayer(nn.Module):
     def __init__(
         self, cfg: DecoderConfig, layer_id: int, qkv_bias: bool, qk_norm: NormFactory | None, tp: TpGroup | None
@@ -112,6 +139,15 @@ class LlamaDecoderLayer(nn.Module):
         x = self.self_attn(x, fb, cos_sin)
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
+
+    def fused_weights(self) -> FusedLayerWeights | None:
+        """This layer in the fused stack: it needs the native norm kernels (the model runner's)."""
+        attn = self.self_attn
+        norms = [self.input_layernorm, self.post_attention_layernorm, attn.q_norm, attn.k_norm]
+        if any(n is not None and (n.cpu_ops is None or n.unit_offset) for n in norms):
+            return None
+        w = self.input_layernorm
+        return fused_weights(attn, self.mlp, F.silu, input_norm=w.weight, post_norm=norms[1].weight, eps=w.eps)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -166,48 +202,13 @@ class LlamaForCausalLM(nn.Module):
 
     def fuse_decoder(self) -> bool:
         """Run the decoder layers as one native call per forward (kernels/fused_decoder.py), bit for bit what
-        the modules compute, wherever the batch attends in the pool. Needs Llama-family layers on the native
-        norms, block-quantized linear layers, no tensor parallelism and no sliding window; returns whether
-        the model now runs fused."""
-        weights = [self._fused_layer_weights(layer) for layer in self.layers]
+        the modules compute, wherever the batch attends in the pool. Needs every layer's ``fused_weights``
+        (block-quantized linear layers, no tensor parallelism); returns whether the model now runs fused."""
+        weights = [layer.fused_weights() for layer in self.layers]
         if any(w is None for w in weights):
             return False
         self.fused_decoder = FusedDecoder(weights)
         return True
-
-    @staticmethod
-    def _fused_layer_weights(layer: nn.Module) -> FusedLayerWeights | None:
-        if type(layer) is not LlamaDecoderLayer:
-            return None
-        attn, mlp = layer.self_attn, layer.mlp
-        linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-        qk = attn.q_norm is not None
-        norms = [layer.input_layernorm, layer.post_attention_layernorm, *((attn.q_norm, attn.k_norm) if qk else ())]
-        if (
-            any(m.qweight is None for m in linears)
-            or attn.o_proj.tp is not None
-            or attn.sliding_window is not None
-            or mlp.act is not F.silu
-            or any(n.cpu_ops is None or n.unit_offset for n in norms)
-        ):
-            return None
-        return FusedLayerWeights(
-            input_norm=layer.input_layernorm.weight,
-            post_norm=layer.post_attention_layernorm.weight,
-            qkv=attn.qkv_proj.qweight,
-            qkv_bias=attn.qkv_proj.bias,
-            o=attn.o_proj.qweight,
-            gate_up=mlp.gate_up_proj.qweight,
-            down=mlp.down_proj.qweight,
-            q_norm=attn.q_norm.weight if qk else None,
-            k_norm=attn.k_norm.weight if qk else None,
-            num_heads=attn.num_heads,
-            num_kv_heads=attn.num_kv_heads,
-            head_dim=attn.head_dim,
-            eps=layer.input_layernorm.eps,
-            scale=attn.scale,
-            native_rotary=attn.rotary_fn is not apply_rotary,
-        )
 
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> ModelOutput:
@@ -216,14 +217,12 @@ class LlamaForCausalLM(nn.Module):
         cos_sin = {kind: rotary.cos_sin(fb.positions, x.dtype) for kind, rotary in self.rotary.items()}
         captured = {-1: x} if -1 in capture else {}
         num_layers = len(self.layers) if fb.num_layers is None else fb.num_layers
-        short = getattr(fb.attn_metadata, "short", None)
-        if self.fused_decoder is not None and isinstance(short, PoolShortGroup) and short.q_index is None:
+        batches = self._fused_batches(fb, cos_sin) if self.fused_decoder is not None else None
+        if batches is not None:
             hidden = [i for i in capture if i >= 0]
-            kind = self.config.layer_type(0)
             x, residual, states = self.fused_decoder.forward(
-                x, cos_sin[kind], fb.kv_pool, fb.out_cache_loc, short.kv_slots, short.q_rows, short.kv_lens,
-                num_layers, hidden,
-            )  # fmt: skip
+                x, fb.kv_pool, fb.out_cache_loc, *batches, num_layers, hidden
+            )
             captured.update(zip(hidden, states))
         else:
             residual = None
@@ -234,6 +233,20 @@ class LlamaForCausalLM(nn.Module):
         x, _ = self.norm(x, residual)
         logits = self.compute_logits(x[fb.logits_indices])
         return ModelOutput(logits, [captured[i] for i in capture])
+
+    @staticmethod
+    def _fused_batches(fb: ForwardBatch, cos_sin: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        """The fused stack's (full, windowed) pool batches; None where some query attends outside the pool."""
+        batches = []
+        for kind, meta in ((FULL, fb.attn_metadata), (SLIDING, getattr(fb.attn_metadata, "windowed", None))):
+            if kind not in cos_sin:  # no layers of this kind
+                batches.append(())
+                continue
+            short = getattr(meta, "short", None)
+            if not isinstance(short, PoolShortGroup) or short.q_index is not None:
+                return None
+            batches.append((*cos_sin[kind], short.kv_slots, short.q_rows, short.kv_lens))
+        return batches
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | QuantizedWeight]]) -> None:
         """Load HF-named tensors (model.layers.{i}.self_attn.q_proj.weight, ...). Raises on missing/extra.

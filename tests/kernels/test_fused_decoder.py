@@ -1,6 +1,7 @@
 """The fused decoder stack (kernels/fused_decoder.py) computes bit for bit what the model's modules compute:
 logits, captured hidden states and the keys and values it writes, over prefill chunks, decode steps and
-verify chains, for Llama, Qwen2 (q/k/v biases, a merged projection in three formats) and Qwen3 (q/k norms)."""
+verify chains, for Llama, Qwen2 (q/k/v biases, a merged projection in three formats), Qwen3 (q/k norms) and
+Gemma 3 (sandwich norms scaling by 1 + weight, GeGLU, sliding-window layers with their own RoPE base)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from sglang_dspark.kernels.quant_linear import missing_cpu_flags
 from sglang_dspark.model_executor.model_runner import use_cpu_ops
 from sglang_dspark.model_executor.sequence_forward import SequenceRunner
 from sglang_dspark.models.config import FULL, SLIDING
-from sglang_dspark.models.llama import LlamaDecoderLayer
 from sglang_dspark.models.quantization import quantize_to_int8
 from sglang_dspark.models.registry import model_class
 from sglang_dspark.models.tiny import tiny_random_model
@@ -51,13 +51,30 @@ def run_steps(model, ops, num_layers=None):
     return outs, [buf[:used] for buf in runner.pool.k_buffer[:ran] + runner.pool.v_buffer[:ran]]
 
 
+GEMMA3 = dict(  # three sliding-window layers of 8 keys with their own RoPE base, then a global one
+    hidden_act="gelu_pytorch_tanh",
+    layer_types=(SLIDING, SLIDING, SLIDING, FULL),
+    sliding_window=8,
+    local_rope_theta=10000.0,
+    rope_theta=1e6,
+    query_pre_attn_scalar=32.0,
+)
+ARCHITECTURES = {
+    "LlamaForCausalLM": {},
+    "Qwen2ForCausalLM": {},
+    "Qwen3ForCausalLM": {},
+    "Gemma3ForCausalLM": GEMMA3,
+}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"])
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_fused_stack_equals_the_modules(architecture, dtype, monkeypatch):
-    model, ops = quantized_model(architecture, dtype)
+    model, ops = quantized_model(architecture, dtype, **ARCHITECTURES[architecture])
     layer_calls = []
-    module_forward = LlamaDecoderLayer.forward
-    monkeypatch.setattr(LlamaDecoderLayer, "forward", lambda *a: layer_calls.append(1) or module_forward(*a))
+    layer_cls = type(model.layers[0])
+    module_forward = layer_cls.forward
+    monkeypatch.setattr(layer_cls, "forward", lambda *a: layer_calls.append(1) or module_forward(*a))
     if architecture == "Qwen2ForCausalLM":  # q, k and v quantized differently (as Q4_K_M files do)
         gen = torch.Generator().manual_seed(2)
         for layer in model.layers:
@@ -83,15 +100,7 @@ def test_fused_stack_equals_the_modules(architecture, dtype, monkeypatch):
         assert got[-1][0].abs().sum() > 0
 
 
-def test_models_the_fused_stack_does_not_take():
+def test_dense_weights_are_not_fused():
     dense = tiny_random_model()
     use_cpu_ops(dense, batch_invariant_ops("cpu", torch.float32))
-    assert not dense.fuse_decoder() and dense.fused_decoder is None  # dense weights
-    gemma, _ = quantized_model(
-        "Gemma3ForCausalLM",
-        torch.float32,
-        hidden_act="gelu_pytorch_tanh",
-        layer_types=(SLIDING, SLIDING, SLIDING, FULL),
-        sliding_window=8,
-    )
-    assert not gemma.fuse_decoder()  # its own layer (norms around attention and MLP, GeGLU, sliding windows)
+    assert not dense.fuse_decoder() and dense.fused_decoder is None

@@ -12,10 +12,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<DecoderLayer>(m, "DecoderLayer")
       .def(py::init<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>,
                     QuantLinear, QuantLinear, QuantLinear, QuantLinear, int64_t, int64_t, int64_t, double, double,
-                    bool>(),
+                    bool, bool, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, bool>(),
            py::arg("input_norm"), py::arg("post_norm"), py::arg("q_norm"), py::arg("k_norm"), py::arg("qkv"),
            py::arg("o"), py::arg("gate_up"), py::arg("down"), py::arg("num_heads"), py::arg("num_kv_heads"),
-           py::arg("head_dim"), py::arg("eps"), py::arg("scale"), py::arg("native_rotary"));
+           py::arg("head_dim"), py::arg("eps"), py::arg("scale"), py::arg("native_rotary"), py::arg("gemma"),
+           py::arg("pre_ff_norm"), py::arg("post_ff_norm"), py::arg("sliding"));
   py::class_<DecoderStack>(m, "DecoderStack")
       .def(py::init<std::vector<DecoderLayer>>())
       .def("forward", &DecoderStack::forward, py::call_guard<py::gil_scoped_release>());

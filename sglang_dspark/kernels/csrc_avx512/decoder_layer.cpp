@@ -1,6 +1,7 @@
-// A Llama-family decoder layer (Llama, Qwen2, Qwen3) over the token pool, in C++: the same kernels and torch
-// ops, in the same order and with the same rounding, as models/llama.py's modules call them, so its output is
-// bit for bit theirs; what it saves is the Python between them (a few hundred op dispatches per decode step).
+// A decoder layer (Llama, Qwen2, Qwen3, Gemma 3) over the token pool, in C++: the same kernels and torch ops, in
+// the same order and with the same rounding, as models/llama.py's and models/gemma3.py's modules call them, so
+// its output is bit for bit theirs; what it saves is the Python between them (hundreds of op dispatches per
+// decode step).
 #include "decoder_layer.h"
 
 #include "../csrc/ops.h"
@@ -33,24 +34,43 @@ torch::Tensor head_norm(const torch::Tensor& x, const torch::Tensor& weight, dou
   return rms_norm(x.reshape({-1, x.size(-1)}).contiguous(), weight, eps).view(x.sizes());
 }
 
-// (output before the residual add, residual) of one layer; LlamaDecoderLayer.forward
+// Gemma's RMSNorm over the last dim (RMSNorm with unit_offset): normalize and scale by 1 + weight in fp32
+torch::Tensor gemma_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  const torch::Tensor scaled = at::rms_norm(x.to(at::kFloat), {x.size(-1)}, c10::nullopt, eps) * (weight.to(at::kFloat) + 1.0);
+  return scaled.to(x.scalar_type());
+}
+
+torch::Tensor norm(const DecoderLayer& L, const torch::Tensor& x, const torch::Tensor& weight) {
+  return L.gemma ? gemma_norm(x, weight, L.eps) : rms_norm(x.contiguous(), weight, L.eps);
+}
+
+// (norm(x + residual), x + residual)
+std::tuple<torch::Tensor, torch::Tensor> add_norm(const DecoderLayer& L, const torch::Tensor& x,
+                                                  const torch::Tensor& residual, const torch::Tensor& weight) {
+  if (!L.gemma) return add_rms_norm(x.contiguous(), residual.contiguous(), weight, L.eps);
+  const torch::Tensor sum = x + residual;
+  return {gemma_norm(sum, weight, L.eps), sum};
+}
+
+// (output before the residual add, residual) of one layer: LlamaDecoderLayer.forward / Gemma3DecoderLayer.forward
 std::pair<torch::Tensor, torch::Tensor> layer_forward(const DecoderLayer& L, const torch::Tensor& x,
                                                       torch::Tensor residual, const PoolBatch& b,
-                                                      torch::Tensor& k_buf, torch::Tensor& v_buf) {
+                                                      const torch::Tensor& loc, torch::Tensor& k_buf,
+                                                      torch::Tensor& v_buf) {
   torch::Tensor h;
   if (!residual.defined()) {
     residual = x;
-    h = rms_norm(x.contiguous(), L.input_norm, L.eps);
+    h = norm(L, x, L.input_norm);
   } else {
-    std::tie(h, residual) = add_rms_norm(x.contiguous(), residual.contiguous(), L.input_norm, L.eps);
+    std::tie(h, residual) = add_norm(L, x, residual, L.input_norm);
   }
   const int64_t n = h.size(0), q_size = L.num_heads * L.head_dim, kv_size = L.num_kv_heads * L.head_dim;
   const std::vector<torch::Tensor> qkv = L.qkv(h).split_with_sizes({q_size, kv_size, kv_size}, -1);
   torch::Tensor q = qkv[0].view({n, L.num_heads, L.head_dim});
   torch::Tensor k = qkv[1].view({n, L.num_kv_heads, L.head_dim});
   if (L.q_norm.has_value()) {
-    q = head_norm(q, *L.q_norm, L.eps);
-    k = head_norm(k, *L.k_norm, L.eps);
+    q = L.gemma ? gemma_norm(q, *L.q_norm, L.eps) : head_norm(q, *L.q_norm, L.eps);
+    k = L.gemma ? gemma_norm(k, *L.k_norm, L.eps) : head_norm(k, *L.k_norm, L.eps);
   }
   if (L.native_rotary) {
     rotary(q, k, b.cos, b.sin);
@@ -59,30 +79,47 @@ std::pair<torch::Tensor, torch::Tensor> layer_forward(const DecoderLayer& L, con
     k = k * b.cos + rotate_half(k) * b.sin;
   }
   const torch::Tensor v = qkv[2].view({n, L.num_kv_heads, L.head_dim});
-  k_buf.index_copy_(0, b.loc, k.to(k_buf.scalar_type()));
-  v_buf.index_copy_(0, b.loc, v.to(v_buf.scalar_type()));
+  k_buf.index_copy_(0, loc, k.to(k_buf.scalar_type()));
+  v_buf.index_copy_(0, loc, v.to(v_buf.scalar_type()));
   const torch::Tensor attn =
       pool_attention(q.contiguous(), k_buf, v_buf, b.slots, b.q_rows, b.kv_lens, L.scale).view({n, q_size});
-  std::tie(h, residual) = add_rms_norm(L.o(attn).contiguous(), residual, L.post_norm, L.eps);
+  torch::Tensor o = L.o(attn);
+  if (L.gemma) {
+    std::tie(h, residual) = add_norm(L, gemma_norm(o, L.post_norm, L.eps), residual, *L.pre_ff_norm);
+  } else {
+    std::tie(h, residual) = add_rms_norm(o.contiguous(), residual, L.post_norm, L.eps);
+  }
   const std::vector<torch::Tensor> gate_up = L.gate_up(h).chunk(2, -1);
-  return {L.down(at::silu(gate_up[0]) * gate_up[1]), residual};
+  if (!L.gemma) return {L.down(at::silu(gate_up[0]) * gate_up[1]), residual};
+  const torch::Tensor out = L.down(at::gelu(gate_up[0], "tanh") * gate_up[1]);
+  return {gemma_norm(out, *L.post_ff_norm, L.eps), residual};
+}
+
+// the five tensors of a PoolBatch, or none (the model has no layers of that kind)
+c10::optional<PoolBatch> pool_batch(const std::vector<torch::Tensor>& t) {
+  if (t.empty()) return c10::nullopt;
+  TORCH_CHECK(t.size() == 5, "a pool batch is cos, sin, slots, q_rows, kv_lens");
+  return PoolBatch{t[0], t[1], t[2], t[3], t[4]};
 }
 
 }  // namespace
 
 std::tuple<torch::Tensor, torch::Tensor, std::vector<torch::Tensor>> DecoderStack::forward(
-    torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin, std::vector<torch::Tensor> k_buffers,
-    std::vector<torch::Tensor> v_buffers, const torch::Tensor& loc, const torch::Tensor& slots,
-    const torch::Tensor& q_rows, const torch::Tensor& kv_lens, int64_t num_layers,
-    const std::vector<int64_t>& capture) const {
+    torch::Tensor x, std::vector<torch::Tensor> k_buffers, std::vector<torch::Tensor> v_buffers,
+    const torch::Tensor& loc, const std::vector<torch::Tensor>& full, const std::vector<torch::Tensor>& windowed,
+    int64_t num_layers, const std::vector<int64_t>& capture) const {
   TORCH_CHECK(num_layers >= 1 && num_layers <= static_cast<int64_t>(layers_.size()), "num_layers out of range");
   TORCH_CHECK(static_cast<int64_t>(k_buffers.size()) >= num_layers && v_buffers.size() == k_buffers.size(),
               "the KV pool needs a K and a V buffer per layer");
-  const PoolBatch batch{cos, sin, loc, slots, q_rows, kv_lens};
+  const c10::optional<PoolBatch> full_batch = pool_batch(full), windowed_batch = pool_batch(windowed);
   torch::Tensor residual;
   std::vector<torch::Tensor> captured(capture.size());
   for (int64_t i = 0; i < num_layers; ++i) {
-    std::tie(x, residual) = layer_forward(layers_[i], x, residual, batch, k_buffers[i], v_buffers[i]);
+    const DecoderLayer& L = layers_[i];
+    const c10::optional<PoolBatch>& batch = L.sliding ? windowed_batch : full_batch;
+    TORCH_CHECK(batch.has_value(), "layer ", i, L.sliding ? " attends in a window: pass the windowed batch"
+                                                          : " attends to all keys: pass the full batch");
+    std::tie(x, residual) = layer_forward(L, x, residual, *batch, loc, k_buffers[i], v_buffers[i]);
     for (size_t j = 0; j < capture.size(); ++j)
       if (capture[j] == i) captured[j] = x + residual;
   }

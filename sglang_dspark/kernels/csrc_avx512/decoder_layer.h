@@ -1,5 +1,5 @@
-// A Llama-family decoder stack with block-quantized linear layers, run as one native call per forward
-// (kernels/fused_decoder.py says when and why).
+// A decoder stack with block-quantized linear layers (Llama / Qwen2 / Qwen3, and Gemma 3), run as one native
+// call per forward (kernels/fused_decoder.py says when and why).
 #pragma once
 #include <torch/extension.h>
 
@@ -18,31 +18,37 @@ struct QuantLinear {
 };
 
 struct DecoderLayer {
-  torch::Tensor input_norm, post_norm;  // [d] RMSNorm weights
-  c10::optional<torch::Tensor> q_norm, k_norm;  // [head_dim] per-head RMSNorms (Qwen3)
+  torch::Tensor input_norm, post_norm;  // [d] RMSNorm weights (post_norm: after attention)
+  c10::optional<torch::Tensor> q_norm, k_norm;  // [head_dim] per-head RMSNorms (Qwen3, Gemma 3)
   QuantLinear qkv, o, gate_up, down;
   int64_t num_heads, num_kv_heads, head_dim;
   double eps, scale;
   bool native_rotary;  // the native rotary kernel (bf16); false: torch's elementwise ops (fp32)
+  // Gemma 3: norms scale by 1 + weight in fp32 torch ops, the attention output is normed before its residual
+  // add, the MLP's input and output get their own norms (pre_ff_norm, post_ff_norm) and its gate is GeLU (tanh)
+  bool gemma;
+  c10::optional<torch::Tensor> pre_ff_norm, post_ff_norm;
+  bool sliding;  // attends through the windowed batch (a sliding-window layer)
 };
 
-// The keys and values of one forward over the token pool: pool_attention's contract (csrc/ops.h).
+// What one forward's layers attend with: cos, sin [N, 1, D], then pool_attention's slots [B, S], q_rows [N] and
+// kv_lens [N] (csrc/ops.h).
 struct PoolBatch {
-  torch::Tensor cos, sin;  // [N, 1, D]
-  torch::Tensor loc;       // [N] KV slot of each new token
-  torch::Tensor slots, q_rows, kv_lens;
+  torch::Tensor cos, sin, slots, q_rows, kv_lens;
 };
 
 class DecoderStack {
  public:
   explicit DecoderStack(std::vector<DecoderLayer> layers) : layers_(std::move(layers)) {}
-  // x [N, d] embeddings, K/V pool buffers [slots, Hkv, D] per layer -> (output of layer num_layers - 1 before
-  // its residual add, its residual, x + residual after each layer in `capture`, in capture's order)
+  // x [N, d] embeddings, K/V pool buffers [slots, Hkv, D] per layer, loc [N] the new tokens' KV slots; `full`
+  // (global layers) and `windowed` (sliding-window layers) are PoolBatch's five tensors, empty where the model
+  // has no layers of that kind -> (output of layer
+  // num_layers - 1 before its residual add, its residual, x + residual after each layer in `capture`, in
+  // capture's order)
   std::tuple<torch::Tensor, torch::Tensor, std::vector<torch::Tensor>> forward(
-      torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin, std::vector<torch::Tensor> k_buffers,
-      std::vector<torch::Tensor> v_buffers, const torch::Tensor& loc, const torch::Tensor& slots,
-      const torch::Tensor& q_rows, const torch::Tensor& kv_lens, int64_t num_layers,
-      const std::vector<int64_t>& capture) const;
+      torch::Tensor x, std::vector<torch::Tensor> k_buffers, std::vector<torch::Tensor> v_buffers,
+      const torch::Tensor& loc, const std::vector<torch::Tensor>& full, const std::vector<torch::Tensor>& windowed,
+      int64_t num_layers, const std::vector<int64_t>& capture) const;
 
  private:
   std::vector<DecoderLayer> layers_;
