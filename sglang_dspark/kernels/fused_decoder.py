@@ -38,7 +38,7 @@ class FusedLayerWeights:
     o: AnyQuantizedWeight
     gate_up: AnyQuantizedWeight  # [2 i, d], gate rows first
     down: AnyQuantizedWeight
-    q_norm: Tensor | None  # [head_dim] (Qwen3)
+    q_norm: Tensor | None  # [head_dim] (Qwen3, Gemma 3)
     k_norm: Tensor | None
     num_heads: int
     num_kv_heads: int
