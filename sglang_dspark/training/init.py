@@ -1,6 +1,7 @@
-"""Initialise a drafter from its target: draft layers <- the target's last decoder layers, final norm <- the
-target's, `fc` <- "take the deepest captured layer". A fresh drafter then starts close to a one-layer
-continuation of the target instead of from noise, which matters with a CPU-sized training budget.
+"""Initialise a drafter from its target: draft layers <- the target's last decoder layers (dequantized where the
+target keeps them quantized), final norm <- the target's, `fc` <- "take the deepest captured layer". A fresh
+drafter then starts close to a one-layer continuation of the target instead of from noise, which matters with a
+CPU-sized training budget.
 
 Or grow a trained drafter: a deeper one starts as the trained one plus layers that add nothing yet."""
 
@@ -10,12 +11,18 @@ import dataclasses
 
 import torch
 
+from sglang_dspark.kernels.quant_formats import dequantize
 from sglang_dspark.speculative.dspark import DSparkDrafter
+
+
+def _dense(linear) -> torch.Tensor:
+    """A target linear layer's weight [out, in], dequantized where the target keeps it quantized."""
+    return linear.weight if linear.qweight is None else dequantize(linear.qweight)
 
 
 def _shard(linear, name: str) -> torch.Tensor:
     start, size = linear.shard_offsets[name]
-    return linear.weight[start : start + size]
+    return _dense(linear)[start : start + size]
 
 
 @torch.no_grad()
@@ -26,10 +33,10 @@ def init_from_target(drafter: DSparkDrafter, target) -> None:
         dst.self_attn.q_proj.weight.copy_(_shard(qkv, "q"))
         dst.self_attn.k_proj.weight.copy_(_shard(qkv, "k"))
         dst.self_attn.v_proj.weight.copy_(_shard(qkv, "v"))
-        dst.self_attn.o_proj.weight.copy_(src.self_attn.o_proj.weight)
+        dst.self_attn.o_proj.weight.copy_(_dense(src.self_attn.o_proj))
         dst.mlp.gate_proj.weight.copy_(_shard(gate_up, "gate"))
         dst.mlp.up_proj.weight.copy_(_shard(gate_up, "up"))
-        dst.mlp.down_proj.weight.copy_(src.mlp.down_proj.weight)
+        dst.mlp.down_proj.weight.copy_(_dense(src.mlp.down_proj))
         dst.input_layernorm.weight.copy_(src.input_layernorm.weight)
         dst.post_attention_layernorm.weight.copy_(src.post_attention_layernorm.weight)
     drafter.norm.weight.copy_(target.norm.weight)
