@@ -36,8 +36,8 @@ torch::Tensor head_norm(const torch::Tensor& x, const torch::Tensor& weight, dou
 
 // Gemma's RMSNorm over the last dim (RMSNorm with unit_offset): normalize and scale by 1 + weight in fp32
 torch::Tensor gemma_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  const torch::Tensor scaled = at::rms_norm(x.to(at::kFloat), {x.size(-1)}, c10::nullopt, eps) * (weight.to(at::kFloat) + 1.0);
-  return scaled.to(x.scalar_type());
+  const torch::Tensor normed = at::rms_norm(x.to(at::kFloat), {x.size(-1)}, c10::nullopt, eps);
+  return (normed * (weight.to(at::kFloat) + 1.0)).to(x.scalar_type());
 }
 
 torch::Tensor norm(const DecoderLayer& L, const torch::Tensor& x, const torch::Tensor& weight) {

@@ -42,9 +42,8 @@ class DecoderStack {
   explicit DecoderStack(std::vector<DecoderLayer> layers) : layers_(std::move(layers)) {}
   // x [N, d] embeddings, K/V pool buffers [slots, Hkv, D] per layer, loc [N] the new tokens' KV slots; `full`
   // (global layers) and `windowed` (sliding-window layers) are PoolBatch's five tensors, empty where the model
-  // has no layers of that kind -> (output of layer
-  // num_layers - 1 before its residual add, its residual, x + residual after each layer in `capture`, in
-  // capture's order)
+  // has no layers of that kind -> (output of layer num_layers - 1 before its residual add, its residual,
+  // x + residual after each layer in `capture`, in capture's order)
   std::tuple<torch::Tensor, torch::Tensor, std::vector<torch::Tensor>> forward(
       torch::Tensor x, std::vector<torch::Tensor> k_buffers, std::vector<torch::Tensor> v_buffers,
       const torch::Tensor& loc, const std::vector<torch::Tensor>& full, const std::vector<torch::Tensor>& windowed,
