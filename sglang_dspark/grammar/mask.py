@@ -46,16 +46,19 @@ def _native_kernel() -> Callable | None:
 
 
 def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
-    """In place: logits [B, V] get -inf where bitmask [B, W] int32 disallows, in ``rows`` only (all rows
-    if None). Returns logits."""
+    """In place: logits [B, V] get -inf where bitmask [B, W] int32 (on the host) disallows, in ``rows`` only
+    (all rows if None). Returns logits."""
     kernel = _native_kernel()
-    if kernel is not None and logits.is_contiguous():
+    on_cpu = logits.device.type == "cpu"
+    if kernel is not None and on_cpu and logits.is_contiguous():
         kernel(logits, bitmask, vocab_size=logits.shape[-1], indices=rows)
         return logits
     if rows is None:
-        return logits.masked_fill_(banned_from_bitmask(bitmask, logits.shape[-1]), float("-inf"))
+        banned = banned_from_bitmask(bitmask, logits.shape[-1])  # [B, V]
+        return logits.masked_fill_(banned.to(logits.device), float("-inf"))
     index = torch.tensor(rows, dtype=torch.int64)
-    banned = banned_from_bitmask(bitmask.index_select(0, index), logits.shape[-1])  # [R, V]
+    banned = banned_from_bitmask(bitmask.index_select(0, index), logits.shape[-1]).to(logits.device)  # [R, V]
+    index = index.to(logits.device)
     logits[index] = logits.index_select(0, index).masked_fill_(banned, float("-inf"))
     return logits
 

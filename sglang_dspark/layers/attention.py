@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sglang_dspark.kernels.cpu_ops import PoolAttentionFn
+from sglang_dspark.layers.flashinfer_attention import FlashInferGroup
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 
 SHORT_EXTEND_MAX = 16  # extends up to this many tokens join the short group
@@ -59,7 +60,7 @@ class PoolShortGroup:
 
 @dataclass
 class AttentionMetadata:
-    short: PaddedShortGroup | PoolShortGroup | None
+    short: PaddedShortGroup | PoolShortGroup | FlashInferGroup | None  # FlashInfer takes every query
     long: list[LongExtend]
     window: int | None = None  # keys each query sees (itself included); None = all before it
     windowed: AttentionMetadata | None = None  # the same batch for the model's sliding-window layers
@@ -93,23 +94,32 @@ def _group(
     long = [_long_extend(fb, i, starts[i], window) for i, e in enumerate(fb.extend_lens) if e > short_max]
     if not short:
         return AttentionMetadata(None, long, window)
-    max_s = max(fb.seq_lens[i] for i in short)
-    kv_slots = fb.req_to_token[:, :max_s][fb.req_pool_indices[short]]  # [Bs, S]
-    elen = torch.tensor([fb.extend_lens[i] for i in short])  # [Bs]
-    seq = torch.tensor([fb.seq_lens[i] for i in short])  # [Bs]
+    dev = fb.req_to_token.device  # the metadata lives where the pool and the model run
+    ext_list, seq_list = [fb.extend_lens[i] for i in short], [fb.seq_lens[i] for i in short]
+    kv_slots = fb.req_to_token[:, : max(seq_list)][fb.req_pool_indices[short]]  # [Bs, S]
+    elen = torch.tensor(ext_list, device=dev)  # [Bs]
+    seq = torch.tensor(seq_list, device=dev)  # [Bs]
+    q_starts = torch.tensor([starts[i] for i in short], device=dev)  # [Bs] first flat row of each request
+    # decided from the host's lists, so that building the metadata never waits for the device
+    decode = max(ext_list) == 1
+    windowed = window is not None and max(seq_list) > window
     if pool_attention is not None:
-        group = _pool_group(short, starts, elen, seq, kv_slots, not long, pool_attention, window)
+        cut = window if windowed else None  # rows of their own only where some window starts past a first key
+        group = _pool_group(q_starts, elen, seq, kv_slots, not long, pool_attention, cut, sum(ext_list), decode)
         return AttentionMetadata(group, long, window)
-    return AttentionMetadata(_padded_group(short, starts, elen, seq, kv_slots, not long, window), long, window)
+    need_mask = not decode or len(set(seq_list)) > 1 or windowed
+    group = _padded_group(q_starts, elen, seq, kv_slots, not long, window, max(ext_list), need_mask)
+    return AttentionMetadata(group, long, window)
 
 
 def _long_extend(fb: ForwardBatch, i: int, q_start: int, window: int | None) -> LongExtend:
     e, s = fb.extend_lens[i], fb.seq_lens[i]
     prefix = s - e
     first = 0 if window is None else max(0, prefix + 1 - window)  # the first query's first key
-    slots = fb.req_to_token[int(fb.req_pool_indices[i]), first:s]
-    k_abs = torch.arange(first, s)[None, :]  # [1, S]
-    q_abs = (prefix + torch.arange(e))[:, None]  # [e, 1]
+    slots = fb.req_to_token[fb.req_pool_indices[i], first:s]
+    dev = slots.device
+    k_abs = torch.arange(first, s, device=dev)[None, :]  # [1, S]
+    q_abs = (prefix + torch.arange(e, device=dev))[:, None]  # [e, 1]
     mask = k_abs <= q_abs
     if window is not None:
         mask &= k_abs > q_abs - window
@@ -118,55 +128,59 @@ def _long_extend(fb: ForwardBatch, i: int, q_start: int, window: int | None) -> 
 
 
 def _pool_group(
-    short: list[int],
-    starts: list[int],
+    q_starts: torch.Tensor,
     elen: torch.Tensor,
     seq: torch.Tensor,
     kv_slots: torch.Tensor,
     all_short: bool,
     attend: PoolAttentionFn,
     window: int | None,
+    num_queries: int,
+    decode: bool,
 ) -> PoolShortGroup:
-    if bool((elen == 1).all()):  # one new token per request (decode): query b sees all of request b's keys
-        q_rows, offset, kv_lens = torch.arange(len(short)), torch.zeros_like(elen), seq
+    """``window``: set only when some query's window starts after its request's first key."""
+    dev = seq.device
+    if decode:  # one new token per request: query b sees all of request b's keys
+        q_rows, offset, kv_lens = torch.arange(len(seq), device=dev), torch.zeros_like(elen), seq
     else:
-        q_rows = torch.repeat_interleave(torch.arange(len(short)), elen)  # [Ns]
+        q_rows = torch.repeat_interleave(torch.arange(len(seq), device=dev), elen, output_size=num_queries)  # [Ns]
         first = torch.cumsum(elen, 0) - elen  # [Bs] offset of each request's first query in the group
-        offset = torch.arange(len(q_rows)) - first[q_rows]  # [Ns] j: position among the request's new tokens
+        offset = torch.arange(len(q_rows), device=dev) - first[q_rows]  # [Ns] j: position among its new tokens
         kv_lens = (seq - elen)[q_rows] + offset + 1
-    q_index = None if all_short else torch.tensor([starts[i] for i in short])[q_rows] + offset
-    if window is not None and int(kv_lens.max()) > window:
+    q_index = None if all_short else q_starts[q_rows] + offset
+    if window is not None:
         # one slot row per query, from its window's first key: [Ns, W]
         key_start = (kv_lens - window).clamp(min=0)  # [Ns]
-        cols = (key_start[:, None] + torch.arange(window)[None, :]).clamp(max=kv_slots.shape[1] - 1)
+        cols = (key_start[:, None] + torch.arange(window, device=dev)[None, :]).clamp(max=kv_slots.shape[1] - 1)
         kv_slots = kv_slots[q_rows[:, None], cols]
-        q_rows, kv_lens = torch.arange(len(q_rows)), kv_lens - key_start
+        q_rows, kv_lens = torch.arange(len(q_rows), device=dev), kv_lens - key_start
     return PoolShortGroup(q_index, q_rows, kv_lens, kv_slots.contiguous(), attend)
 
 
 def _padded_group(
-    short: list[int],
-    starts: list[int],
+    q_starts: torch.Tensor,
     elen: torch.Tensor,
     seq: torch.Tensor,
     kv_slots: torch.Tensor,
     all_short: bool,
     window: int | None,
+    ext: int,
+    need_mask: bool,
 ) -> PaddedShortGroup:
-    ext, max_s = int(elen.max()), kv_slots.shape[1]
-    kv_pos = torch.arange(max_s)
+    """ext: the most new tokens of a request; need_mask: whether some query does not see every key."""
+    dev, max_s = seq.device, kv_slots.shape[1]
+    kv_pos = torch.arange(max_s, device=dev)
     kv_valid = kv_pos[None, :] < seq[:, None]  # [Bp, S]
     kv_slots = torch.where(kv_valid, kv_slots, torch.zeros_like(kv_slots))
-    q_off = torch.arange(ext)
+    q_off = torch.arange(ext, device=dev)
     q_valid = q_off[None, :] < elen[:, None]  # [Bp, E]
-    q_index = torch.tensor([starts[i] for i in short])[:, None] + q_off[None, :]
+    q_index = q_starts[:, None] + q_off[None, :]
     q_index = torch.where(q_valid, q_index, torch.zeros_like(q_index))
     # query j of request b sits at absolute position seq - elen + j and sees keys <= that position
     q_abs = (seq - elen)[:, None] + q_off[None, :]  # [Bp, E]
     mask = (kv_pos[None, None, :] <= q_abs[:, :, None]) & kv_valid[:, None, :]  # [Bp, E, S]
     if window is not None:
         mask &= kv_pos[None, None, :] > q_abs[:, :, None] - window
-    need_mask = not bool(mask[q_valid].all())
     pure_decode = all_short and ext == 1
     return PaddedShortGroup(
         q_index=None if pure_decode else q_index,
@@ -217,6 +231,8 @@ def paged_attention(
     n, hq, d = q.shape
     short = meta.short
 
+    if isinstance(short, FlashInferGroup):
+        return short.attend(q, k_buf, v_buf).view(n, hq * d)
     if isinstance(short, PoolShortGroup) and short.q_index is None:
         out = short.attend(q.contiguous(), k_buf, v_buf, short.kv_slots, short.q_rows, short.kv_lens, scale)
         return out.view(n, hq * d)

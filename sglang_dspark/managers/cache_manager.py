@@ -70,14 +70,14 @@ class CacheManager:
 
     def free_after_kv(self, req: Req, end: int) -> None:
         """Free the slots of req's positions [kv_len, end): allocated for tokens whose KV is not kept."""
-        self.allocator.free(self.req_pool.req_to_token[req.req_pool_idx, req.kv_len : end].clone())
+        self.allocator.free(self.req_pool.req_to_token[req.req_pool_idx, req.kv_len : end].to("cpu", copy=True))
 
     def release(self, req: Req) -> None:
         """Return req's row and slots: committed KV goes into the radix tree, the rest is freed."""
         row = req.req_pool_idx
         if row is None:
             return
-        slots = self.req_pool.req_to_token[row, : req.kv_len].clone()
+        slots = self.req_pool.req_to_token[row, : req.kv_len].to("cpu", copy=True)  # the allocator's side
         if self.tree is None:
             self.allocator.free(slots)
         else:

@@ -28,7 +28,9 @@ class PositionLogprobs:
 def position_logprobs(logits: torch.Tensor, tokens: list[int], top_nums: list[int]) -> list[PositionLogprobs]:
     """logits [N, V] rows (grammar-masked where a grammar applies), tokens [N] the token each row scores,
     top_nums [N] how many alternatives each position reports at most (0: none)."""
-    lps, top_v, top_i = compute_logprobs(logits, torch.tensor(tokens, dtype=torch.int64), max(top_nums, default=0))
+    lps, top_v, top_i = compute_logprobs(
+        logits, torch.tensor(tokens, dtype=torch.int64, device=logits.device), max(top_nums, default=0)
+    )
     token_lps = lps.tolist()
     top_v = top_v.tolist() if top_v is not None else None
     top_i = top_i.tolist() if top_i is not None else None

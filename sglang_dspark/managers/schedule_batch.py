@@ -202,16 +202,17 @@ class ForwardInput:
                 sample_rows.append(row + n - 1)
                 sample_reqs.append(req)
             row += n
+        dev = {"dtype": torch.int64, "device": req_to_token.device}
         batch = ForwardBatch(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64),
-            positions=torch.tensor(positions, dtype=torch.int64),
+            input_ids=torch.tensor(input_ids, **dev),
+            positions=torch.tensor(positions, **dev),
             out_cache_loc=torch.cat(
                 [req_to_token[c.req.req_pool_idx, c.req.kv_len : c.req.kv_len + c.num_tokens] for c in chunks]
             ),
-            req_pool_indices=torch.tensor([c.req.req_pool_idx for c in chunks], dtype=torch.int64),
+            req_pool_indices=torch.tensor([c.req.req_pool_idx for c in chunks], **dev),
             seq_lens=[c.req.kv_len + c.num_tokens for c in chunks],
             extend_lens=[c.num_tokens for c in chunks],
-            logits_indices=torch.tensor(logprob_rows + sample_rows + verify_rows, dtype=torch.int64),
+            logits_indices=torch.tensor(logprob_rows + sample_rows + verify_rows, **dev),
             kv_pool=kv_pool,
             req_to_token=req_to_token,
             capture_layers=capture_layers,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sglang_dspark.layers.sampler import SamplingBatchInfo, greedy_or_sample, process_logits
+from sglang_dspark.layers.sampler import SamplingBatchInfo, greedy_or_sample, make_generator, process_logits
 from sglang_dspark.managers.cache_manager import CacheManager, KVUsage
 from sglang_dspark.managers.grammar_manager import GrammarManager
 from sglang_dspark.managers.io_struct import ReqOutput, TokenizedGenerateReqInput
@@ -113,7 +113,7 @@ class Scheduler:
             if seed is None and self.args.random_seed is not None:
                 seed = self.seed_rng.randrange(2**62)
             if seed is not None:
-                generator = torch.Generator().manual_seed(seed)
+                generator = make_generator(seed, self.runner.device)
         scheduled = Req(req, generator)
         if not self.grammars.submit(scheduled):
             self.waiting.append(scheduled)
@@ -296,7 +296,7 @@ class Scheduler:
     def _sample_ids(self, reqs: list[Req], logits: torch.Tensor) -> list[int]:
         """The next token of each request (grammar masks, penalties, sampling) and its logprobs if asked."""
         params = [r.sampling_params for r in reqs]
-        info = SamplingBatchInfo.from_params(params, self.vocab_size)
+        info = SamplingBatchInfo.from_params(params, self.vocab_size, logits.device)
         prompt_ids = [r.origin_input_ids for r in reqs]
         output_ids = [r.output_ids for r in reqs]
         want_lp = [i for i, r in enumerate(reqs) if r.return_logprob]
@@ -327,7 +327,7 @@ class Scheduler:
         rows = [i for i, r in enumerate(reqs) if len(r.output_ids) < r.sampling_params.min_new_tokens]
         if not rows:
             return None
-        banned = torch.zeros(len(reqs), self.vocab_size, dtype=torch.bool)
+        banned = torch.zeros(len(reqs), self.vocab_size, dtype=torch.bool, device=logits.device)
         for i in rows:
             params = reqs[i].sampling_params
             stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_ids)

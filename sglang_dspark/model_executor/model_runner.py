@@ -23,10 +23,11 @@ from sglang_dspark.distributed.parallel_state import TpGroup, init_tp_group
 from sglang_dspark.distributed.partition import even_span, head_shard
 from sglang_dspark.kernels.cpu_ops import CpuOps, describe_cpu_ops, select_cpu_ops
 from sglang_dspark.kernels.quant_linear import load_quant_kernel
-from sglang_dspark.layers.attention import build_attention_metadata
+from sglang_dspark.layers.attention_backend import select_attention_backend
 from sglang_dspark.layers.layernorm import RMSNorm
 from sglang_dspark.layers.linear import LinearBase
 from sglang_dspark.mem_cache.memory_pool import KVPool, ReqToTokenPool, TokenAllocator
+from sglang_dspark.model_executor.cuda_graph_runner import CudaGraphRunner
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.model_executor.tp_processes import TpRanks, local_ranks, start_tp_ranks
 from sglang_dspark.models.config import DecoderConfig
@@ -41,7 +42,10 @@ logger = logging.getLogger(__name__)
 MAX_AUTO_KV_TOKENS = 1 << 18
 
 
-def physical_memory_bytes() -> int:
+def physical_memory_bytes(device: str = "cpu") -> int:
+    """The memory the KV pool's share (--mem-fraction-static) is taken of: the GPU's, or the machine's."""
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[1]
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -109,7 +113,9 @@ def check_tp_split(cfg: DecoderConfig, tp_size: int) -> None:
 class ModelRunner:
     def __init__(self, server_args: ServerArgs, model_dir: Path, tp_rank: int = 0) -> None:
         """``tp_rank``: this process's global tensor-parallel rank; rank 0 starts the other ranks of its node."""
-        self.device = server_args.device
+        self.device = server_args.resolved_device()
+        if self.device != "cpu" and server_args.tp_size > 1:
+            raise ValueError("--tp-size > 1 runs on the CPU only (torch.distributed over gloo); use --tp-size 1")
         self.dtype = getattr(torch, server_args.torch_dtype_name)
         self.tp: TpGroup | None = None
         self.tp_ranks: TpRanks | None = None  # the processes of the other ranks rank 0 started
@@ -141,7 +147,25 @@ class ModelRunner:
         if self.cpu_ops is not None:
             use_cpu_ops(self.model, self.cpu_ops)
         self.fused = self.quantization != "none" and self.model.fuse_decoder()
+        attn = self.model.layers[0].self_attn
+        self.attention = select_attention_backend(
+            server_args.attention_backend,
+            self.device,
+            self.cpu_ops.pool_attention if self.cpu_ops is not None else None,
+            self.batch_invariant,
+            self.config.sliding_window,
+            {
+                "dtype": self.dtype,
+                "num_heads": attn.num_heads,
+                "num_kv_heads": attn.num_kv_heads,
+                "head_dim": attn.head_dim,
+                "scale": attn.scale,
+            },
+        )
         self.kernels = describe_cpu_ops(self.cpu_ops, quantized=self.quantization != "none", fused=self.fused)
+        if self.device != "cpu":
+            self.kernels = f"{self.device} torch"
+        self.kernels += f", {self.attention.name} attention"
 
         cfg = self.config
         kv_heads = cfg.num_kv_heads
@@ -153,7 +177,7 @@ class ModelRunner:
         if server_args.max_total_tokens is not None:
             self.max_total_tokens = server_args.max_total_tokens
         else:
-            budget = int(server_args.mem_fraction_static * physical_memory_bytes()) // per_token
+            budget = int(server_args.mem_fraction_static * physical_memory_bytes(self.device)) // per_token
             cap = server_args.max_running_requests * self.context_len
             self.max_total_tokens = max(1, min(budget, cap, MAX_AUTO_KV_TOKENS))
         local_kv_heads = self.model.layers[0].self_attn.num_kv_heads
@@ -163,6 +187,17 @@ class ModelRunner:
         self.token_allocator = TokenAllocator(self.max_total_tokens)
         # two rows per running request leave room for requests that are being retracted and re-admitted
         self.req_to_token_pool = ReqToTokenPool(2 * server_args.max_running_requests, self.context_len, self.device)
+        self.graph_runner = None
+        if self.device == "cuda" and not server_args.disable_cuda_graph and self.attention.name == "triton":
+            self.graph_runner = CudaGraphRunner(
+                self.model,
+                self.kv_pool,
+                self.attention.pool_attention,
+                min(server_args.cuda_graph_max_bs, server_args.max_running_requests),
+                self.context_len,
+                cfg.sliding_window,
+                self.device,
+            )
         logger.info(
             "%smodel %s (%s), dtype %s, weights %s (%.1f MiB quantized), %s kernels, KV pool %d tokens (%.1f MiB), "
             "context %d",
@@ -226,14 +261,10 @@ class ModelRunner:
     def forward(self, fb: ForwardBatch) -> ModelOutput:
         if self.tp is not None:
             self.tp.broadcast_from_rank0(TpBatch.of(fb))
-        fb.attn_metadata = self._attention_metadata(fb)
+        fb.attn_metadata = self.attention.metadata(fb)
+        if self.graph_runner is not None and self.graph_runner.can_run(fb):
+            return self.graph_runner.replay(fb)
         return self.model(fb)
-
-    def _attention_metadata(self, fb: ForwardBatch):
-        pool_attention = self.cpu_ops.pool_attention if self.cpu_ops else None
-        return build_attention_metadata(
-            fb, pool_attention, all_in_pool=self.batch_invariant, sliding_window=self.config.sliding_window
-        )
 
     def follow(self) -> None:
         """A rank other than 0: run every forward rank 0 broadcasts, until it sends None."""
@@ -242,7 +273,7 @@ class ModelRunner:
             if batch is None:
                 return
             fb = batch.forward_batch(self.kv_pool)
-            fb.attn_metadata = self._attention_metadata(fb)
+            fb.attn_metadata = self.attention.metadata(fb)
             self.model(fb)
 
     def close(self) -> None:

@@ -38,9 +38,10 @@ class SequenceRunner:
         self.model = model
         self.pool_attention = pool_attention
         self.all_in_pool = all_in_pool
-        dtype = next(model.parameters()).dtype
-        self.pool = KVPool(max_tokens, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, dtype)
-        self.req_to_token = torch.zeros(rows, max_len or max_tokens, dtype=torch.int64)
+        weight = next(model.parameters())
+        self.device = weight.device
+        self.pool = KVPool(max_tokens, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, weight.dtype, self.device)
+        self.req_to_token = torch.zeros(rows, max_len or max_tokens, dtype=torch.int64, device=self.device)
         self.next_slot = 1
         self.lens = [0] * rows
 
@@ -59,7 +60,7 @@ class SequenceRunner:
             start, n = self.lens[row], len(toks)
             if self.next_slot + n > self.pool.size + 1:
                 raise ValueError(f"KV pool of {self.pool.size} tokens is full")
-            slots = torch.arange(self.next_slot, self.next_slot + n)
+            slots = torch.arange(self.next_slot, self.next_slot + n, device=self.device)
             self.next_slot += n
             self.req_to_token[row, start : start + n] = slots
             wanted = range(n) if logits_positions is None else logits_positions.get(row, [])
@@ -71,14 +72,15 @@ class SequenceRunner:
             self.lens[row] += n
             seq.append(self.lens[row])
             ext.append(n)
+        dev = {"dtype": torch.int64, "device": self.device}
         fb = ForwardBatch(
-            input_ids=torch.tensor(ids),
-            positions=torch.tensor(pos),
+            input_ids=torch.tensor(ids, **dev),
+            positions=torch.tensor(pos, **dev),
             out_cache_loc=torch.cat(locs),
-            req_pool_indices=torch.tensor(rows),
+            req_pool_indices=torch.tensor(rows, **dev),
             seq_lens=seq,
             extend_lens=ext,
-            logits_indices=torch.tensor(keep, dtype=torch.int64),
+            logits_indices=torch.tensor(keep, **dev),
             kv_pool=self.pool,
             req_to_token=self.req_to_token,
             capture_layers=tuple(capture),
@@ -130,7 +132,7 @@ def score_next_tokens(model, sequences: list[list[int]], starts: list[int]) -> l
     outs = forward_sequences(model, sequences, logits_positions=positions)
     scores = []
     for seq, pos, out in zip(sequences, positions, outs, strict=True):
-        following = torch.tensor(seq)[torch.tensor(pos) + 1]
+        following = torch.tensor(seq, device=out.logits.device)[torch.tensor(pos, device=out.logits.device) + 1]
         logprob = torch.log_softmax(out.logits.float(), dim=-1).gather(1, following[:, None])[:, 0]
         scores.append(NextTokenScores(out.logits.argmax(dim=-1), logprob))
     return scores

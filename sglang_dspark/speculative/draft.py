@@ -56,9 +56,10 @@ def expected_drafts(draft: Draft) -> float:
     return float(torch.tensor(draft.confidences, dtype=torch.float64).clamp(0, 1).cumprod(0).sum())
 
 
-def seeded_generator(seed: int | None) -> torch.Generator:
-    """The generator sampled drafts draw from: seeded with ``seed``, or from the OS when None."""
-    generator = torch.Generator()
+def seeded_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator sampled drafts draw from, on the device they are drawn on: seeded with ``seed``, or from
+    the OS when None."""
+    generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
     else:

@@ -60,10 +60,12 @@ class DSparkProposer:
         self.drafter = drafter
         self.req_to_token = req_to_token  # [rows, context] KV slot of every (request, position)
         self.capture_layers = cfg.target_layer_ids
-        self.features = torch.zeros(num_slots, len(cfg.target_layer_ids) * cfg.hidden_size, dtype=drafter.dtype)
+        self.device = req_to_token.device  # the target's, where the drafter runs too
+        width = len(cfg.target_layer_ids) * cfg.hidden_size
+        self.features = torch.zeros(num_slots, width, dtype=drafter.dtype, device=self.device)
         self.calibration = calibration
         self.states: dict[str, DrafterState] = {}
-        self.generator = seeded_generator(seed)
+        self.generator = seeded_generator(seed, self.device)
 
     def store_features(self, hidden_states: list[torch.Tensor], slots: torch.Tensor) -> None:
         """hidden_states: one [N, d] per capture layer of a target forward; slots [N] its tokens' KV slots."""
@@ -86,18 +88,18 @@ class DSparkProposer:
         batch = [reqs[i] for i in active]
         forced = [forced_of[i] for i in active]
         states = self._extend_context(batch)
-        anchors = torch.tensor([_token_at(r, r.kv_len) for r in batch])  # [R]
-        positions = torch.tensor([r.kv_len for r in batch])  # [R]
-        temps = torch.tensor([draft_temperature(r) for r in batch])  # [R], 0 = greedy
+        anchors = torch.tensor([_token_at(r, r.kv_len) for r in batch], device=self.device)  # [R]
+        positions = torch.tensor([r.kv_len for r in batch], device=self.device)  # [R]
+        temps = torch.tensor([draft_temperature(r) for r in batch], device=self.device)  # [R], 0 = greedy
         walk = DraftGrammarWalk(batch, cfg.vocab_size, cfg.block_size, forced)
         mask_fn = walk if walk.active else None
         out = self.drafter.draft(states, anchors, positions, temps, mask_fn=mask_fn, generator=self.generator)
         sampled = temps > 0  # [R]
         if out.confidence_logits is None:  # no confidence head (DFlash): offer the whole block
-            conf = torch.ones(out.tokens.shape)  # [R, G]
+            conf = torch.ones(out.tokens.shape, device=self.device)  # [R, G]
         else:
             conf = self.calibration(out.confidence_logits, sampled)  # [R, G]
-        conf = conf.masked_fill(walk.forced, 1.0)
+        conf = conf.masked_fill(walk.forced.to(self.device), 1.0)
         for j, i in enumerate(active):
             lo = len(forced[j])
             hi = lo + min(num_tokens[i], cfg.block_size - lo)
@@ -117,7 +119,7 @@ class DSparkProposer:
                 slots = self.req_to_token[r.req_pool_idx, state.length : end]  # [n]
                 grow.append(state)
                 feats.append(self.features[slots])  # [n, m*d]
-                positions.append(torch.arange(state.length, end))  # [n]
+                positions.append(torch.arange(state.length, end, device=self.device))  # [n]
         if grow:
             self.drafter.append_context(grow, feats, positions)
         return states

@@ -50,7 +50,7 @@ class SelfDraftProposer:
         self.runner = runner
         self.num_layers = num_layers
         self.max_tokens = max_tokens
-        self.generator = seeded_generator(seed)
+        self.generator = seeded_generator(seed, runner.device)
 
     def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]:
         drafts = [Draft([], []) for _ in reqs]

@@ -23,7 +23,7 @@ class StandaloneProposer:
         self.runner = runner
         self.rows: dict[str, int] = {}  # rid -> row of the draft request table
         self.lengths: dict[str, int] = {}  # rid -> tokens with draft KV
-        self.generator = seeded_generator(seed)
+        self.generator = seeded_generator(seed, runner.device)
 
     def propose(self, reqs: list[SpecRequest], num_tokens: list[int]) -> list[Draft]:
         drafts = [Draft([], []) for _ in reqs]
@@ -86,5 +86,6 @@ class StandaloneProposer:
     def _truncate(self, rid: str, length: int) -> None:
         row, old = self.rows[rid], self.lengths[rid]
         if length < old:
-            self.runner.token_allocator.free(self.runner.req_to_token_pool.req_to_token[row, length:old].clone())
+            table = self.runner.req_to_token_pool.req_to_token
+            self.runner.token_allocator.free(table[row, length:old].to("cpu", copy=True))
             self.lengths[rid] = length

@@ -45,7 +45,7 @@ def draft_stepwise(
         if logits is None:
             break
         rows = list(chunks)
-        tok, p = choose_tokens(logits, torch.tensor([temperatures[i] for i in rows]), generator)
+        tok, p = choose_tokens(logits, torch.tensor([temperatures[i] for i in rows], device=logits.device), generator)
         chunks = {}
         for j, i in enumerate(rows):
             tokens[i].append(int(tok[j]))
@@ -105,14 +105,15 @@ def extend_rows(
         seq_lens.append(start + n)
         at += n
         last.append(at - 1)
+    dev = {"dtype": torch.int64, "device": table.device}
     fb = ForwardBatch(
-        input_ids=torch.tensor(ids, dtype=torch.int64),
-        positions=torch.tensor(positions, dtype=torch.int64),
-        out_cache_loc=slots,
-        req_pool_indices=torch.tensor(rows, dtype=torch.int64),
+        input_ids=torch.tensor(ids, **dev),
+        positions=torch.tensor(positions, **dev),
+        out_cache_loc=slots.to(table.device),
+        req_pool_indices=torch.tensor(rows, **dev),
         seq_lens=seq_lens,
         extend_lens=[len(c) for c in chunks],
-        logits_indices=torch.tensor(last, dtype=torch.int64),
+        logits_indices=torch.tensor(last, **dev),
         kv_pool=runner.kv_pool,
         req_to_token=table,
         num_layers=num_layers,

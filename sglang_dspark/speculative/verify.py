@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sglang_dspark.kernels.spec_verify import draw_verify_noise, greedy_accept_lengths, rejection_sample
+from sglang_dspark.kernels import spec_verify
+from sglang_dspark.kernels.spec_verify import draw_verify_noise
 from sglang_dspark.layers.sampler import SamplingBatchInfo, probs_from_logits, process_logits
 from sglang_dspark.speculative.draft import Draft, SpecRequest
 
@@ -45,35 +46,49 @@ def verify_drafts(
             rows_params.append(req.sampling_params)
             rows_prompt.append(req.origin_input_ids)
             rows_output.append(req.output_ids + d[:k])
-    info = SamplingBatchInfo.from_params(rows_params, vocab_size)
+    dev = logits.device
+    info = SamplingBatchInfo.from_params(rows_params, vocab_size, dev)
     processed = process_logits(logits, info, rows_prompt, rows_output)  # [T, V]
     _force_rows_(processed, drafts, forced)
 
     B, K = len(reqs), max(len(d) for d in drafts)
     draft_tokens = torch.zeros(B, K, dtype=torch.int64)  # [B, K], padded with 0
-    draft_lens = torch.tensor([len(d) for d in drafts], dtype=torch.int64)  # [B]
     row_index = torch.zeros(B, K + 1, dtype=torch.int64)  # [B, K + 1] -> row of processed
     start = 0
     for b, d in enumerate(drafts):
         draft_tokens[b, : len(d)] = torch.tensor(d, dtype=torch.int64)
         row_index[b] = start + torch.arange(K + 1).clamp(max=len(d))
         start += len(d) + 1
+    draft_tokens, row_index = draft_tokens.to(dev), row_index.to(dev)
+    draft_lens = torch.tensor([len(d) for d in drafts], dtype=torch.int64, device=dev)  # [B]
 
-    greedy = torch.tensor([r.sampling_params.is_greedy for r in reqs])
-    accept = torch.zeros(B, dtype=torch.int64)
-    nxt = torch.zeros(B, dtype=torch.int64)
-    if greedy.any():
-        g = greedy.nonzero().squeeze(1)
+    greedy_rows = [b for b, r in enumerate(reqs) if r.sampling_params.is_greedy]
+    sampled_rows = [b for b, r in enumerate(reqs) if not r.sampling_params.is_greedy]
+    greedy_accept, rejection = verify_kernels(dev)
+    accept = torch.zeros(B, dtype=torch.int64, device=dev)
+    nxt = torch.zeros(B, dtype=torch.int64, device=dev)
+    if greedy_rows:
+        g = torch.tensor(greedy_rows, device=dev)
         argmax = processed.argmax(dim=1)[row_index[g]]  # [Bg, K + 1]
-        accept[g], nxt[g] = greedy_accept_lengths(draft_tokens[g], draft_lens[g], argmax)
-    if (~greedy).any():
-        s = (~greedy).nonzero().squeeze(1)
+        accept[g], nxt[g] = greedy_accept(draft_tokens[g], draft_lens[g], argmax)
+    if sampled_rows:
+        s = torch.tensor(sampled_rows, device=dev)
         probs = probs_from_logits(processed, info)[row_index[s]]  # [Bs, K + 1, V]
-        gens = [reqs[i].generator for i in s.tolist()]
+        gens = [reqs[i].generator for i in sampled_rows]
         uniforms, expo = draw_verify_noise(draft_lens[s], K, vocab_size, gens)
-        q = _draft_probs([proposals[i] for i in s.tolist()], draft_tokens[s], draft_lens[s], vocab_size)
-        accept[s], nxt[s] = rejection_sample(draft_tokens[s], draft_lens[s], q, probs, uniforms, expo)
+        q = _draft_probs([proposals[i] for i in sampled_rows], draft_tokens[s], draft_lens[s], vocab_size)
+        accept[s], nxt[s] = rejection(draft_tokens[s], draft_lens[s], q, probs, uniforms, expo)
     return Verdict(accept.tolist(), nxt.tolist())
+
+
+def verify_kernels(device: torch.device):
+    """(greedy_accept_lengths, rejection_sample): the Triton kernels on a GPU, the torch references on the CPU
+    (kernels/spec_verify.py; same contracts, same results given the same noise)."""
+    if device.type == "cuda":
+        from sglang_dspark.kernels import spec_verify_triton
+
+        return spec_verify_triton.greedy_accept_lengths_triton, spec_verify_triton.rejection_sample_triton
+    return spec_verify.greedy_accept_lengths, spec_verify.rejection_sample
 
 
 def _draft_probs(

@@ -10,6 +10,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sglang_dspark.server_args import DEVICES
 from sglang_dspark.training.data import SPLITS
 from sglang_dspark.training.regenerate import GenerationSpec
 
@@ -65,6 +66,9 @@ class TrainConfig:
     target_dtype: str = "float32"
     save_dtype: str = "bfloat16"
     num_threads: int | None = None
+    device: str = "cpu"  # where the target and the drafters run: cpu, cuda, or auto (cuda when there is one)
+    max_minutes: float | None = None  # stop (checkpoint and export) after this much training time
+    export_shard_mib: float | None = None  # exported weights in files of at most this many MiB (None = one file)
     seed: int = 0
     log_every: int = 1
     save_every: int = 10  # optimizer steps between checkpoints
@@ -73,6 +77,8 @@ class TrainConfig:
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise ValueError(f"unknown variants {bad}; choose from {VARIANTS}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         self.generation_spec  # noqa: B018 - validates the generation fields

@@ -51,7 +51,7 @@ def dspark_loss(
     """draft_logits [A, G, V], target_logits [A, G, V], labels [A, G], valid [A, G] bool,
     confidence_logits [A, G] | None -> (loss, metrics)."""
     g = draft_logits.shape[1]
-    w = position_weights(g, weights.decay)[None, :] * valid.float()  # [A, G]
+    w = position_weights(g, weights.decay).to(valid.device)[None, :] * valid.float()  # [A, G]
     ce = F.cross_entropy(draft_logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)
     accept = acceptance_probability(draft_logits, target_logits)  # [A, G], differentiable in the draft
     l1 = 2.0 * (1.0 - accept)

@@ -94,7 +94,7 @@ class TargetView:
 
     def aligned_logits(self, anchors: torch.Tensor, block_size: int) -> torch.Tensor:
         """anchors [A] -> target logits [A, G, V] predicting tokens anchor + 1 .. anchor + G."""
-        rows = anchors[:, None] + torch.arange(block_size) - self.prompt_len
+        rows = anchors[:, None] + torch.arange(block_size, device=anchors.device) - self.prompt_len
         return self.logits[rows.clamp(max=self.logits.shape[0] - 1)]
 
 
@@ -103,7 +103,7 @@ def target_view(target, seq: Sequence, layer_ids: tuple[int, ...]) -> TargetView
     p = len(seq.prompt_ids)
     (out,) = forward_sequences(target, [ids], layer_ids, [list(range(p, len(ids) - 1))])
     feats = torch.cat(out.hidden_states, dim=-1).float()
-    return TargetView(torch.tensor(ids), feats, out.logits, p)
+    return TargetView(torch.tensor(ids, device=feats.device), feats, out.logits, p)
 
 
 class Trainer:
@@ -113,6 +113,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.autocast = cfg.dtype == "bfloat16"
         embed, head = target.embed_tokens.weight, target.lm_head_weight
+        self.device = embed.device  # the target's: the drafters train where it runs
         self.drafters: dict[str, DSparkDrafter] = {}
         for v in cfg.variants:
             ckpt = self.out / v / CHECKPOINT_DIR
@@ -121,6 +122,7 @@ class Trainer:
             else:
                 torch.manual_seed(cfg.seed)
                 self.drafters[v] = DSparkDrafter(drafter_config(cfg, v, target.config, tokenizer), embed, head)
+                self.drafters[v].to(self.device)
                 if cfg.init_from_target:
                     init_from_target(self.drafters[v], target)
                 if cfg.grow_from:
@@ -146,7 +148,7 @@ class Trainer:
         for v in self.drafters:
             state_path = self.out / v / CHECKPOINT_DIR / TRAINER_STATE
             if state_path.is_file():
-                state = torch.load(state_path, weights_only=False)
+                state = torch.load(state_path, weights_only=False, map_location=self.device)
                 self.optimizers[v].load_state_dict(state["optimizer"])
                 steps.add(state["step"])
             else:
@@ -178,16 +180,18 @@ class Trainer:
         """The final drafters in save_dtype, each with the token frequencies of the training responses."""
         dtype = getattr(torch, self.cfg.save_dtype)
         freqs = response_token_frequencies(sequences)
+        shard = None if self.cfg.export_shard_mib is None else int(self.cfg.export_shard_mib * 2**20)
         for v, d in self.drafters.items():
-            save_drafter(d, self.out / v / EXPORT_DIR, dtype=dtype, extra_files={FREQUENCIES_NAME: freqs.save})
+            extra = {FREQUENCIES_NAME: freqs.save}
+            save_drafter(d, self.out / v / EXPORT_DIR, dtype=dtype, extra_files=extra, max_shard_bytes=shard)
 
     def micro_step(self, seq: Sequence, gen: torch.Generator) -> dict[str, dict[str, float]]:
         view = target_view(self.target, seq, self.layer_ids)
-        anchors = sample_anchors(view.prompt_len, len(view.ids), self.cfg.num_anchors, gen)
+        anchors = sample_anchors(view.prompt_len, len(view.ids), self.cfg.num_anchors, gen).to(self.device)
         target_logits = view.aligned_logits(anchors, self.cfg.block_size)
         metrics = {}
         for v, d in self.drafters.items():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 tf = d.teacher_forced(view.feats, view.ids, anchors)
             loss, m = dspark_loss(
                 tf.logits.float(), target_logits, tf.labels, tf.valid, tf.confidence_logits, self.weights[v]
@@ -202,7 +206,8 @@ class Trainer:
         return max(1, math.ceil(self.cfg.epochs * num_sequences / self.cfg.grad_accum))
 
     def train(self, data_path: Path) -> None:
-        """Train until total_steps; the data file is re-read every epoch (it may still be growing)."""
+        """Train until total_steps (or max_minutes); the data file is re-read every epoch (it may still be growing).
+        Ends with a checkpoint and the exported drafters."""
         log_path = self.out / "train_log.csv"
         self.out.mkdir(parents=True, exist_ok=True)
         new_log = not log_path.exists()
@@ -216,7 +221,8 @@ class Trainer:
         start = time.perf_counter()
         bar = tqdm(total=total, initial=self.step, desc="train")
         try:
-            while self.step < total:
+            deadline = None if self.cfg.max_minutes is None else start + 60 * self.cfg.max_minutes
+            while self.step < total and (deadline is None or time.perf_counter() < deadline):
                 epoch, offset = divmod(self.step * self.cfg.grad_accum, max(1, len(sequences)))
                 order = list(range(len(sequences)))
                 random.Random(self.cfg.seed + epoch).shuffle(order)
@@ -246,10 +252,11 @@ class Trainer:
                 log_file.flush()
                 bar.update(1)
                 bar.set_postfix({v: f"loss {m['loss']:.3f} tau1 {m['tau_t1']:.2f}" for v, m in sums.items()})
-                if self.step % self.cfg.save_every == 0 or self.step == total:
+                if self.step % self.cfg.save_every == 0:
                     self.save()
                 if offset + self.cfg.grad_accum >= len(sequences):  # epoch boundary: pick up new data
                     sequences = _usable(load_sequences(data_path, min_response=2))
+            self.save()
             self.export(sequences)
         finally:
             bar.close()

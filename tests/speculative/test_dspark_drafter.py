@@ -185,3 +185,24 @@ def test_quantized_drafter_multiplies_in_q8_0_and_drafts_close_to_the_dense_one(
     quant = d.draft([fresh], torch.tensor([25]), torch.tensor([15]))
     torch.testing.assert_close(quant.confidence_logits, dense.confidence_logits, atol=0.05, rtol=0.05)
     assert torch.isin(quant.tokens, d.draft_vocab).all()
+
+
+def test_sharded_checkpoint_round_trip(tmp_path):
+    """max_shard_bytes: HF's sharded layout (an index naming each tensor's file), every file's tensors within
+    the limit, loaded back to the same weights; a tensor larger than a shard is an error naming it."""
+    target = tiny_random_model()
+    d = make_drafter(target)
+    limit = max(v.numel() * v.element_size() for v in d.state_dict().values())  # the largest tensor
+    path = save_drafter(d, tmp_path / "drafter", max_shard_bytes=limit)
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 1 and not (path / "model.safetensors").exists()
+    state = d.state_dict()
+    for file in files:
+        names = [k for k, f in index["weight_map"].items() if f == file]
+        assert sum(state[k].numel() * state[k].element_size() for k in names) <= limit
+    loaded = load_drafter(path, target.embed_tokens.weight, target.lm_head_weight)
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    with pytest.raises(ValueError, match="larger than a shard"):
+        save_drafter(d, tmp_path / "tiny_shards", max_shard_bytes=64)

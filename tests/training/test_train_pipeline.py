@@ -204,3 +204,20 @@ def test_a_grown_drafter_starts_drafting_what_the_smaller_one_did_and_trains_on(
             target,
             None,
         )
+
+
+def test_a_time_box_ends_training_with_a_checkpoint_and_a_sharded_export(tmp_path):
+    """max_minutes stops the loop (here before the first step), then checkpoints and exports as the end of
+    training does; export_shard_mib splits the exported weights (how a remote GPU run brings them back)."""
+    write_data(tmp_path / "data.jsonl", malformed=False)
+    target = tiny_random_model()
+    cfg = config(tmp_path, max_minutes=0.0, export_shard_mib=0.05, variants=["dspark"])
+    trainer = Trainer(cfg, target, None)
+    trainer.train(tmp_path / "data.jsonl")
+    assert trainer.step == 0
+    out = tmp_path / "out" / "dspark"
+    assert (out / CHECKPOINT_DIR / "model.safetensors").is_file()
+    index = json.loads((out / EXPORT_DIR / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    exported = load_drafter(out / EXPORT_DIR, target.embed_tokens.weight, target.lm_head_weight)
+    assert exported.dtype == torch.bfloat16

@@ -81,7 +81,7 @@ class DSparkDrafter(DraftBackbone):
         if token_ids is None:
             self.draft_vocab, self._draft_rows = None, None
             return
-        ids = token_ids.to(torch.int64)
+        ids = token_ids.to(device=self.lm_head_weight.device, dtype=torch.int64)
         if ids.dim() != 1 or not len(ids) or bool((ids[1:] <= ids[:-1]).any()):
             raise ValueError("a draft vocabulary must be non-empty, ascending and without repeats")
         if int(ids[0]) < 0 or int(ids[-1]) >= self.config.vocab_size:
@@ -135,13 +135,13 @@ class DSparkDrafter(DraftBackbone):
     def teacher_forced(self, feats: torch.Tensor, ids: torch.Tensor, anchors: torch.Tensor) -> TeacherForced:
         """feats [S, m*d] target features of the whole sequence, ids [S], anchors [A] (positions < S - 1)."""
         seq_len, g = ids.shape[0], self.config.block_size
-        a = anchors.shape[0]
-        offsets = torch.arange(g)
+        a, dev = anchors.shape[0], ids.device
+        offsets = torch.arange(g, device=dev)
         positions = anchors[:, None] + offsets  # [A, G]
-        ctx_kv = self.context_kv(feats[None], torch.arange(seq_len)[None])
+        ctx_kv = self.context_kv(feats[None], torch.arange(seq_len, device=dev)[None])
         # query (j, t) sees context positions < anchor_j and every slot of its own block j
-        block_id = torch.arange(a).repeat_interleave(g)  # [A*G]
-        ctx_mask = torch.arange(seq_len)[None, :] < anchors[block_id][:, None]  # [A*G, S]
+        block_id = torch.arange(a, device=dev).repeat_interleave(g)  # [A*G]
+        ctx_mask = torch.arange(seq_len, device=dev)[None, :] < anchors[block_id][:, None]  # [A*G, S]
         mask = torch.cat([ctx_mask, block_id[:, None] == block_id[None, :]], dim=1)[None, None]
         hidden = self(self._block_input(ids[anchors])[None].flatten(1, 2), positions.view(1, -1), ctx_kv, mask)
         hidden = hidden.view(a, g, -1)
@@ -174,7 +174,8 @@ class DSparkDrafter(DraftBackbone):
             kv = [(k[None, : st.length], v[None, : st.length]) for k, v in zip(st.keys, st.values, strict=True)]
             return kv, None
         s = max(st.length for st in states)
-        valid = torch.arange(s)[None, :] < torch.tensor([st.length for st in states])[:, None]
+        dev = states[0].keys[0].device
+        valid = torch.arange(s, device=dev)[None, :] < torch.tensor([st.length for st in states], device=dev)[:, None]
         kv = []
         for layer in range(len(self.layers)):
             pair = []
@@ -207,7 +208,8 @@ class DSparkDrafter(DraftBackbone):
         if any(st.length == 0 for st in states):
             raise ValueError("draft() needs at least one context position per request (call append_context)")
         ctx_kv, ctx_valid = self._padded_context(states)
-        positions = anchor_positions[:, None] + torch.arange(g)  # [R, G]
+        dev = anchor_tokens.device
+        positions = anchor_positions[:, None] + torch.arange(g, device=dev)  # [R, G]
         mask = None  # every query sees its request's whole context and block
         if ctx_valid is not None:
             mask = torch.cat([ctx_valid[:, None, :].expand(r, g, -1), ctx_valid.new_ones(r, g, g)], dim=2)[:, None]
@@ -215,10 +217,10 @@ class DSparkDrafter(DraftBackbone):
         vocab = self.draft_vocab  # [K] or None
         lm_rows, w2_rows = self._draft_rows or (None, None)
         base = self._lm_logits(hidden, lm_rows)  # [R, G, K] (K = V without a draft vocabulary)
-        temps = torch.zeros(r) if temperatures is None else temperatures.float()
+        temps = torch.zeros(r, device=dev) if temperatures is None else temperatures.float()
         greedy = temps <= 0
         all_greedy = bool(greedy.all())  # an all-greedy batch draws no random numbers and keeps no distributions
-        no_outside = torch.zeros(r, dtype=torch.bool)
+        no_outside = torch.zeros(r, dtype=torch.bool, device=dev)
         tokens, probs, outsides = [], [], []
         prev, markov_state = anchor_tokens, None
         for k in range(g):
@@ -230,7 +232,8 @@ class DSparkDrafter(DraftBackbone):
             outside = no_outside  # [R] rows whose mask allows no draftable token
             if mask_fn is not None:
                 allowed = mask_fn(k, torch.stack(tokens, dim=1) if tokens else anchor_tokens.new_empty(r, 0))
-                if allowed is not None:  # [R, V]
+                if allowed is not None:  # [R, V], the grammar's mask from the host
+                    allowed = allowed.to(dev)
                     draftable = allowed if vocab is None else allowed[:, vocab]  # [R, K]
                     outside = ~draftable.any(dim=1)
                     logits = logits.masked_fill(~draftable & ~outside[:, None], float("-inf"))
