@@ -57,12 +57,13 @@ class FlashInferPlanner:
 
     def plan(self, fb: ForwardBatch, window: int | None) -> FlashInferGroup:
         """Plans the wrapper of layers with ``window`` (None = full attention) for this batch."""
-        dev = fb.req_to_token.device
-        qo_indptr = _indptr(fb.extend_lens, dev)  # [B + 1] int32
-        kv_indptr = _indptr(fb.seq_lens, dev)  # [B + 1] int32
+        # offsets and page lengths on the host (FlashInfer plans from host copies: no device read), the page
+        # indices on the device
+        qo_indptr = _indptr(fb.extend_lens)  # [B + 1] int32
+        kv_indptr = _indptr(fb.seq_lens)  # [B + 1] int32
         rows = fb.req_to_token[fb.req_pool_indices]  # [B, max_context]
         kv_indices = torch.cat([rows[b, :s] for b, s in enumerate(fb.seq_lens)]).to(torch.int32)  # [sum(seq)]
-        last_page_len = torch.ones(len(fb.seq_lens), dtype=torch.int32, device=dev)  # [B] every page holds 1
+        last_page_len = torch.ones(len(fb.seq_lens), dtype=torch.int32)  # [B] every page holds one token
         num_heads, num_kv_heads, head_dim = self.shape
         wrapper = self.wrappers[window]
         wrapper.plan(
@@ -83,9 +84,9 @@ class FlashInferPlanner:
         return FlashInferGroup(wrapper)
 
 
-def _indptr(lengths: list[int], device: torch.device) -> torch.Tensor:
-    """lengths [B] -> [B + 1] int32 offsets (0, l0, l0 + l1, ...)."""
+def _indptr(lengths: list[int]) -> torch.Tensor:
+    """lengths [B] -> [B + 1] int32 offsets (0, l0, l0 + l1, ...), on the host."""
     out = [0]
     for n in lengths:
         out.append(out[-1] + n)
-    return torch.tensor(out, dtype=torch.int32, device=device)
+    return torch.tensor(out, dtype=torch.int32)
