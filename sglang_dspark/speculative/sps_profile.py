@@ -30,7 +30,7 @@ def verify_forward_fn(
     all_in_pool: bool = False,
 ) -> Callable[[int], None]:
     """-> forward_fn(B): one forward of B tokens spread over requests with `context`-token prefixes.
-    pool_attention, all_in_pool: the attention the runtime uses (ModelRunner.cpu_ops, .batch_invariant)."""
+    pool_attention, all_in_pool: the attention the runtime uses (ModelRunner.attention)."""
     rows = math.ceil(max_tokens / per_request)
     runner = SequenceRunner(
         model, rows, rows * (context + per_request), context + per_request, pool_attention, all_in_pool
@@ -45,7 +45,9 @@ def verify_forward_fn(
         for r in range(math.ceil(batch_tokens / per_request)):
             chunks[r] = [1] * min(per_request, left)
             left -= len(chunks[r])
-        runner.extend(chunks, logits_positions={r: list(range(len(c))) for r, c in chunks.items()})
+        logits, _ = runner.extend(chunks, logits_positions={r: list(range(len(c))) for r, c in chunks.items()})
+        if logits.is_cuda:  # the forward's time, not its launches'
+            torch.cuda.synchronize()
         for r in chunks:  # rewind so every call measures the same shape
             runner.lens[r] = context
         runner.next_slot = prefix_slots
@@ -62,9 +64,9 @@ def profile_runner_sps(
 ) -> SPSTable:
     """SPS(B) for B in sizes: the median of `repeats` timed forwards each, made monotone (a bigger batch
     never runs faster, so noise from other processes cannot invert the table)."""
-    attention = runner.cpu_ops.pool_attention if runner.cpu_ops else None
+    attention = runner.attention  # the kernel the runtime attends with (SDPA stands in for FlashInfer)
     forward = verify_forward_fn(
-        runner.model, max(sizes), context, tokens_per_request, attention, runner.batch_invariant
+        runner.model, max(sizes), context, tokens_per_request, attention.pool_attention, attention.all_in_pool
     )
     measured = profile_sps(forward, sizes, repeats=repeats)
     step_times = torch.tensor([1.0 / v for v in measured.steps_per_sec]).cummax(0).values
