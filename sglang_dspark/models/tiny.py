@@ -1,4 +1,4 @@
-"""A tiny randomly initialised Llama-architecture model, for CI-sized tests and smoke runs."""
+"""Tiny randomly initialised models (Llama, Gemma 3), for CI-sized tests and smoke runs."""
 
 from __future__ import annotations
 
@@ -34,4 +34,30 @@ def tiny_random_model(
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2) if p.dim() > 1 else p.fill_(1.0)
+    return model.eval()
+
+
+def tiny_random_gemma3(head_dim: int = 16, seed: int = 0):
+    """A 3-layer random Gemma 3 (sliding, full, sliding attention; window 8), fp32, ours."""
+    from transformers import Gemma3TextConfig
+
+    from sglang_dspark.models.registry import model_class
+
+    hf = Gemma3TextConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=head_dim,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(seed)
+    model = model_class("Gemma3ForCausalLM")(DecoderConfig.from_hf(hf.to_dict()))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
     return model.eval()

@@ -12,10 +12,8 @@ from sglang_dspark.layers.attention_backend import select_attention_backend
 from sglang_dspark.mem_cache.memory_pool import KVPool
 from sglang_dspark.model_executor.cuda_graph_runner import CudaGraphRunner
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
-from sglang_dspark.models.config import DecoderConfig
 from sglang_dspark.models.model_source import ModelLoadError, default_model_gguf
-from sglang_dspark.models.registry import model_class
-from sglang_dspark.models.tiny import tiny_random_model
+from sglang_dspark.models.tiny import tiny_random_gemma3, tiny_random_model
 
 pytestmark = [
     pytest.mark.gpu,
@@ -33,26 +31,7 @@ def exact_fp32():
 
 
 def tiny_gemma3():
-    from transformers import Gemma3TextConfig
-
-    hf = Gemma3TextConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,  # FlashInfer's smallest head size
-        sliding_window=8,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(0)
-    model = model_class("Gemma3ForCausalLM")(DecoderConfig.from_hf(hf.to_dict()))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    return model.eval()
+    return tiny_random_gemma3(head_dim=64)  # FlashInfer's smallest head size
 
 
 def tiny_llama():

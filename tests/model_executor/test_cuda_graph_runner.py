@@ -4,40 +4,16 @@ but its own slots and the padding slot. (Capture and replay on a GPU: tests/gpu,
 
 import pytest
 import torch
-from transformers import Gemma3TextConfig
 
 from sglang_dspark.kernels.cpu_ops import load_cpu_ops
 from sglang_dspark.layers.attention import build_attention_metadata
 from sglang_dspark.model_executor.cuda_graph_runner import CudaGraphRunner
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.model_executor.sequence_forward import SequenceRunner
-from sglang_dspark.models.config import DecoderConfig
-from sglang_dspark.models.registry import model_class
-from sglang_dspark.models.tiny import tiny_random_model
+from sglang_dspark.models.tiny import tiny_random_gemma3, tiny_random_model
 
 NATIVE = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 PROMPT_LENS = [3, 20, 9, 14, 6]  # the Gemma model's window is 8: some requests attend past it
-
-
-def tiny_gemma3():
-    cfg = Gemma3TextConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        sliding_window=8,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(0)
-    model = model_class("Gemma3ForCausalLM")(DecoderConfig.from_hf(cfg.to_dict()))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    return model.eval()
 
 
 def decode_batch(runner: SequenceRunner, rows: list[int], capture: tuple[int, ...]) -> ForwardBatch:
@@ -69,7 +45,7 @@ def decode_batch(runner: SequenceRunner, rows: list[int], capture: tuple[int, ..
 @pytest.mark.skipif(not NATIVE, reason="needs the native CPU pool-attention kernel (AVX2)")
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_a_padded_bucket_gives_the_batchs_own_forward(arch):
-    model = tiny_random_model() if arch == "llama" else tiny_gemma3()
+    model = tiny_random_model() if arch == "llama" else tiny_random_gemma3()
     attend = load_cpu_ops().pool_attention
     runner = SequenceRunner(model, len(PROMPT_LENS), 256, 64, attend, all_in_pool=True)
     runner.extend({row: list(range(1, n + 1)) for row, n in enumerate(PROMPT_LENS)})
