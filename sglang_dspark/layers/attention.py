@@ -99,10 +99,13 @@ def _group(
     kv_slots = fb.req_to_token[:, : max(seq_list)][fb.req_pool_indices[short]]  # [Bs, S]
     elen = torch.tensor(ext_list, device=dev)  # [Bs]
     seq = torch.tensor(seq_list, device=dev)  # [Bs]
-    q_starts = torch.tensor([starts[i] for i in short], device=dev)  # [Bs] first flat row of each request
     # decided from the host's lists, so that building the metadata never waits for the device
     decode = max(ext_list) == 1
     windowed = window is not None and max(seq_list) > window
+    # the short queries' flat rows are needed unless they are the whole batch in order (one per request)
+    q_starts = None  # [Bs] first flat row of each request
+    if long or (pool_attention is None and not decode):
+        q_starts = torch.tensor([starts[i] for i in short], device=dev)
     if pool_attention is not None:
         cut = window if windowed else None  # rows of their own only where some window starts past a first key
         group = _pool_group(q_starts, elen, seq, kv_slots, not long, pool_attention, cut, sum(ext_list), decode)
@@ -128,7 +131,7 @@ def _long_extend(fb: ForwardBatch, i: int, q_start: int, window: int | None) -> 
 
 
 def _pool_group(
-    q_starts: torch.Tensor,
+    q_starts: torch.Tensor | None,
     elen: torch.Tensor,
     seq: torch.Tensor,
     kv_slots: torch.Tensor,
@@ -158,7 +161,7 @@ def _pool_group(
 
 
 def _padded_group(
-    q_starts: torch.Tensor,
+    q_starts: torch.Tensor | None,
     elen: torch.Tensor,
     seq: torch.Tensor,
     kv_slots: torch.Tensor,
@@ -167,27 +170,25 @@ def _padded_group(
     ext: int,
     need_mask: bool,
 ) -> PaddedShortGroup:
-    """ext: the most new tokens of a request; need_mask: whether some query does not see every key."""
+    """ext: the most new tokens of a request; need_mask: whether some query does not see every key;
+    q_starts: None when every request decodes and is the whole batch (no query rows to look up)."""
     dev, max_s = seq.device, kv_slots.shape[1]
     kv_pos = torch.arange(max_s, device=dev)
     kv_valid = kv_pos[None, :] < seq[:, None]  # [Bp, S]
     kv_slots = torch.where(kv_valid, kv_slots, torch.zeros_like(kv_slots))
     q_off = torch.arange(ext, device=dev)
-    q_valid = q_off[None, :] < elen[:, None]  # [Bp, E]
-    q_index = q_starts[:, None] + q_off[None, :]
-    q_index = torch.where(q_valid, q_index, torch.zeros_like(q_index))
-    # query j of request b sits at absolute position seq - elen + j and sees keys <= that position
-    q_abs = (seq - elen)[:, None] + q_off[None, :]  # [Bp, E]
-    mask = (kv_pos[None, None, :] <= q_abs[:, :, None]) & kv_valid[:, None, :]  # [Bp, E, S]
-    if window is not None:
-        mask &= kv_pos[None, None, :] > q_abs[:, :, None] - window
-    pure_decode = all_short and ext == 1
-    return PaddedShortGroup(
-        q_index=None if pure_decode else q_index,
-        q_valid=None if pure_decode else q_valid,
-        kv_slots=kv_slots,
-        mask=mask[:, None] if need_mask else None,
-    )
+    q_valid = q_index = mask = None
+    if not (all_short and ext == 1):
+        q_valid = q_off[None, :] < elen[:, None]  # [Bp, E]
+        q_index = torch.where(q_valid, q_starts[:, None] + q_off[None, :], 0)
+    if need_mask:
+        # query j of request b sits at absolute position seq - elen + j and sees keys <= that position
+        q_abs = (seq - elen)[:, None] + q_off[None, :]  # [Bp, E]
+        mask = (kv_pos[None, None, :] <= q_abs[:, :, None]) & kv_valid[:, None, :]  # [Bp, E, S]
+        if window is not None:
+            mask &= kv_pos[None, None, :] > q_abs[:, :, None] - window
+        mask = mask[:, None]
+    return PaddedShortGroup(q_index=q_index, q_valid=q_valid, kv_slots=kv_slots, mask=mask)
 
 
 def _grouped_sdpa(

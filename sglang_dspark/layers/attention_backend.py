@@ -34,10 +34,10 @@ class AttentionBackend:
         """The batch's attention metadata, for full and (with a window) sliding-window layers."""
         if self.flashinfer is None:
             return build_attention_metadata(fb, self.pool_attention, self.all_in_pool, self.sliding_window)
-        meta = AttentionMetadata(self.flashinfer.plan(fb, None), [])
+        groups = self.flashinfer.plan(fb)
+        meta = AttentionMetadata(groups[None], [])
         if self.sliding_window is not None:
-            window = self.sliding_window
-            meta.windowed = AttentionMetadata(self.flashinfer.plan(fb, window), [], window)
+            meta.windowed = AttentionMetadata(groups[self.sliding_window], [], self.sliding_window)
         return meta
 
 

@@ -55,33 +55,35 @@ class FlashInferPlanner:
         self.dtype = dtype
         self.scale = scale
 
-    def plan(self, fb: ForwardBatch, window: int | None) -> FlashInferGroup:
-        """Plans the wrapper of layers with ``window`` (None = full attention) for this batch."""
+    def plan(self, fb: ForwardBatch) -> dict[int | None, FlashInferGroup]:
+        """Plans every layer kind's wrapper for this batch: window (None = full attention) -> its group."""
         # offsets and page lengths on the host (FlashInfer plans from host copies: no device read), the page
-        # indices on the device
+        # indices on the device; the same for every layer kind
         qo_indptr = _indptr(fb.extend_lens)  # [B + 1] int32
         kv_indptr = _indptr(fb.seq_lens)  # [B + 1] int32
-        rows = fb.req_to_token[fb.req_pool_indices]  # [B, max_context]
-        kv_indices = torch.cat([rows[b, :s] for b, s in enumerate(fb.seq_lens)]).to(torch.int32)  # [sum(seq)]
+        table, rows = fb.req_to_token, fb.req_pool_indices
+        kv_indices = torch.cat([table[rows[b], :s] for b, s in enumerate(fb.seq_lens)]).to(torch.int32)  # [sum]
         last_page_len = torch.ones(len(fb.seq_lens), dtype=torch.int32)  # [B] every page holds one token
         num_heads, num_kv_heads, head_dim = self.shape
-        wrapper = self.wrappers[window]
-        wrapper.plan(
-            qo_indptr,
-            kv_indptr,
-            kv_indices,
-            last_page_len,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            1,  # page size
-            causal=True,
-            sm_scale=self.scale,
-            window_left=-1 if window is None else window - 1,
-            q_data_type=self.dtype,
-            kv_data_type=self.dtype,
-        )
-        return FlashInferGroup(wrapper)
+        groups = {}
+        for window, wrapper in self.wrappers.items():
+            wrapper.plan(
+                qo_indptr,
+                kv_indptr,
+                kv_indices,
+                last_page_len,
+                num_heads,
+                num_kv_heads,
+                head_dim,
+                1,  # page size
+                causal=True,
+                sm_scale=self.scale,
+                window_left=-1 if window is None else window - 1,
+                q_data_type=self.dtype,
+                kv_data_type=self.dtype,
+            )
+            groups[window] = FlashInferGroup(wrapper)
+        return groups
 
 
 def _indptr(lengths: list[int]) -> torch.Tensor:

@@ -38,6 +38,10 @@ class StaticSlots:
         """Rows [0, b) from a decode group's metadata, the rest padding."""
         self.kv_slots[:b, : group.kv_slots.shape[1]].copy_(group.kv_slots)
         self.kv_lens[:b].copy_(group.kv_lens)
+        self.pad(b)
+
+    def pad(self, b: int) -> None:
+        """Rows from b on: one key, the padding slot."""
         self.kv_slots[b:, 0] = 0
         self.kv_lens[b:] = 1
 
@@ -105,7 +109,7 @@ class CudaGraphRunner:
             static[:b].copy_(value)
             static[b:] = 0
         self.out_cache_loc[:b].copy_(fb.out_cache_loc)
-        self.out_cache_loc[b:] = 0
+        self.out_cache_loc[b:] = 0  # padding rows write the padding slot
         self.full.fill(fb.attn_metadata.short, b)
         if self.windowed is not None:
             self.windowed.fill(fb.attn_metadata.windowed.short, b)
@@ -158,5 +162,4 @@ class CudaGraphRunner:
             t.zero_()
         for static in (self.full, self.windowed):
             if static is not None:
-                static.kv_slots[:, 0] = 0
-                static.kv_lens.fill_(1)
+                static.pad(0)
