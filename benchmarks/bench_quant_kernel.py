@@ -4,7 +4,9 @@ Weights come from memory as in a decode step: 64 distinct random weights of one 
 than the caches hold. Prints, per format and rows of x, microseconds per call and the weight bytes read
 per second.
 
-    python benchmarks/bench_quant_kernel.py --formats Q4_1,Q8_0 --shape 1536x576
+    python benchmarks/bench_quant_kernel.py --formats Q4_1,Q4_1x16,Q8_0 --shape 1536x576
+
+(``Q4_0x16`` / ``Q4_1x16``: Q4_0 / Q4_1 in the 16-row tiles the model loader repacks them into.)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sglang_dspark.kernels.quant_formats import FORMATS, random_blocks
+from sglang_dspark.kernels.quant_formats import FORMATS, INTERLEAVED, QuantizedWeight, interleave, random_blocks
 from sglang_dspark.kernels.quant_linear import load_quant_kernel, quant_linear
 
 COPIES = 64
@@ -32,9 +34,15 @@ def seconds_per_call(matmul, x: torch.Tensor, weights: list, repeats: int) -> fl
     return best / len(weights)
 
 
+def random_weight(name: str, n: int, k: int, gen: torch.Generator) -> QuantizedWeight:
+    """Random blocks of format ``name``: a GGML type, or an interleaved one (``Q4_1x16``)."""
+    base = next((b for b, fmt in INTERLEAVED.items() if fmt.name == name), None)
+    return interleave(random_blocks(FORMATS[base], n, k, gen)) if base else random_blocks(FORMATS[name], n, k, gen)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--formats", default="Q4_1,Q8_0,Q5_0,Q4_K,Q6_K")
+    ap.add_argument("--formats", default="Q4_1,Q4_1x16,Q8_0,Q5_0,Q4_K,Q6_K")
     ap.add_argument("--shape", default="1536x768", help="N x K of the weight (K a multiple of 256 for K-quants)")
     ap.add_argument("--rows", default="1,4,16,64", help="rows of x")
     ap.add_argument("--threads", type=int, default=2)
@@ -57,7 +65,7 @@ def main() -> None:
     print("| bf16 `F.linear` | " + " | ".join(cells) + " |")
     del dense
     for name in args.formats.split(","):
-        weights = [random_blocks(FORMATS[name], n, k, gen) for _ in range(COPIES)]
+        weights = [random_weight(name, n, k, gen) for _ in range(COPIES)]
         cells = []
         for m in rows:
             x = torch.randn(m, k, generator=gen).bfloat16()

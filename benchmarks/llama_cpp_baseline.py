@@ -22,19 +22,29 @@ class CppRequest:
     first_token_seconds: float
 
 
+def cpu_has_amx() -> bool:
+    """Whether /proc/cpuinfo lists AMX tiles."""
+    try:
+        return "amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 class LlamaCppBaseline:
     """One llama.cpp context over ``gguf`` with ``threads`` threads.
 
-    ``extra_buffers`` is llama.cpp's ``use_extra_bufts`` (weights repacked for AMX or wider SIMD). It is off by
-    default: on the AMX machine these benchmarks run on, llama.cpp 0.3.36's AMX matmul crashes the process
-    (SIGSEGV in ggml_backend_amx_mul_mat at the first prompt), so llama.cpp runs its AVX-512 kernels.
+    ``extra_buffers`` is llama.cpp's ``use_extra_bufts`` (weights repacked for AMX or wider SIMD). By default it
+    is llama.cpp's own default (on) except on a CPU with AMX: there llama.cpp 0.3.36's AMX matmul crashes the
+    process (SIGSEGV in ggml_backend_amx_mul_mat at the first prompt), so llama.cpp runs its AVX-512 kernels.
     """
 
-    def __init__(self, gguf: Path, threads: int, n_ctx: int = 4096, extra_buffers: bool = False) -> None:
+    def __init__(self, gguf: Path, threads: int, n_ctx: int = 4096, extra_buffers: bool | None = None) -> None:
         import llama_cpp.llama_cpp as api
         from llama_cpp import Llama
 
         defaults = api.llama_model_default_params
+        if extra_buffers is None:
+            extra_buffers = not cpu_has_amx()
 
         def model_params():
             params = defaults()

@@ -5,7 +5,9 @@ blocks along K, in the byte layout of the GGUF file, so a GGUF tensor is used as
 (quant_linear.py, csrc_avx512/quant_linear.cpp, which documents each layout) streams exactly the file's bytes.
 Blocks of 32 weights: ``Q4_0``, ``Q4_1``, ``Q5_0``, ``Q5_1``, ``Q8_0`` (also what ``--quantization int8``
 makes of a dense weight); super-blocks of 256 weights (the K-quants of llama.cpp's Q4_K_M / Q5_K_M files):
-``Q4_K``, ``Q5_K``, ``Q6_K``.
+``Q4_K``, ``Q5_K``, ``Q6_K``. ``interleave`` repacks Q4_0, Q4_1 and Q8_0 at load time into tiles of 16 rows
+(``Q4_0x16``, ``Q4_1x16``, ``Q8_0x16``: the same bytes, reordered so that one 512-bit byte dot product serves
+16 rows).
 
 ``dequantize`` is gguf-py's dequantizer (the reference the native kernel is tested against, and what an
 embedding lookup uses for the few rows it reads).
@@ -28,6 +30,7 @@ class QuantFormat:
     block_bytes: int
     kernel_id: int  # the native kernel's switch value (csrc_avx512/quant_linear.cpp, QType)
     fp16_offsets: tuple[int, ...]  # byte offsets of a block's fp16 scales / minimums
+    tile_rows: int = 1  # weight rows interleaved per tile (1: GGML's layout, each row a run of blocks)
 
 
 FORMATS = {
@@ -44,6 +47,13 @@ FORMATS = {
     )
 }
 Q8_0_BLOCK = 32  # weights per Q8_0 block (``--quantization int8``)
+TILE_ROWS = 16  # weight rows per tile of an interleaved format: the int32 lanes of a 512-bit register
+# the GGML format each interleaved format repacks
+INTERLEAVED = {
+    "Q4_0": QuantFormat("Q4_0x16", 32, 18, 8, (), TILE_ROWS),
+    "Q4_1": QuantFormat("Q4_1x16", 32, 20, 9, (), TILE_ROWS),
+    "Q8_0": QuantFormat("Q8_0x16", 32, 34, 10, (), TILE_ROWS),
+}
 
 
 @dataclass
@@ -70,7 +80,9 @@ class QuantizedWeight:
         return self.data.numel()
 
     def rows(self, ids: Tensor) -> QuantizedWeight:
-        """The weight's rows ``ids`` [n] (an embedding lookup)."""
+        """The weight's rows ``ids`` [n] (an embedding lookup), in GGML's layout."""
+        if self.fmt.tile_rows > 1:
+            return _untiled_rows(self, ids)
         return QuantizedWeight(self.fmt, self.data[ids], self.cols)
 
 
@@ -98,6 +110,8 @@ def dequantize(w: AnyQuantizedWeight) -> Tensor:
     """w [N, K] quantized -> [N, K] float32 (gguf-py's dequantizer)."""
     if isinstance(w, QuantizedRowStack):
         return torch.cat([dequantize(p) for p in w.parts])
+    if w.fmt.tile_rows > 1:
+        w = deinterleave(w)
     dense = gguf.quants.dequantize(w.data.numpy(), gguf.GGMLQuantizationType[w.fmt.name])
     return torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
 
@@ -107,7 +121,7 @@ def dequantize_rows(w: QuantizedWeight, ids: Tensor) -> Tensor:
     of SmolLM2 and of ``--quantization int8``; gguf-py's numpy path costs a tenth of a decode step), gguf-py
     for the other formats."""
     rows = w.rows(ids)
-    if w.fmt.name != "Q8_0":
+    if rows.fmt.name != "Q8_0":
         return dequantize(rows)
     blocks = rows.data.view(len(ids), -1, w.fmt.block_bytes)  # [n, K / 32, 34]: fp16 d, then 32 int8 q
     d = blocks[..., :2].contiguous().view(torch.float16).float()  # [n, K / 32, 1]
@@ -143,6 +157,52 @@ def concat_rows(parts: list[QuantizedWeight]) -> AnyQuantizedWeight:
             runs.append([p])
     merged = [QuantizedWeight(run[0].fmt, torch.cat([p.data for p in run]), run[0].cols) for run in runs]
     return merged[0] if len(merged) == 1 else QuantizedRowStack(merged)
+
+
+def interleave(w: AnyQuantizedWeight) -> AnyQuantizedWeight:
+    """A Q4_0 / Q4_1 / Q8_0 weight [N, K] with N a multiple of 16 in its 16-row tiled format (the matmul's
+    fast layout), every other weight (each part of a row stack) as it is.
+
+    data [N, K / 32 * B] keeps its shape and bytes; viewed as [N / 16, K / 32, 16 B] (tile, group), a group of
+    a tile holds the 16 rows' quant bytes as dwords, dword j of every row in turn (dword j of a row: its bytes
+    4j..4j+3 after the scales; Q8_0: weights 4j..4j+3; Q4_x: low nibbles weights 4j..4j+3, high nibbles
+    16+4j..16+4j+3), then the 16 fp16 scales d, then (Q4_1) the 16 fp16 minimums m."""
+    if isinstance(w, QuantizedRowStack):
+        return QuantizedRowStack([interleave(p) for p in w.parts])
+    fmt = INTERLEAVED.get(w.fmt.name)
+    if fmt is None or w.shape[0] % TILE_ROWS:
+        return w
+    tiles, groups = w.shape[0] // TILE_ROWS, w.cols // fmt.block_weights
+    head, body = _scale_and_quant_bytes(w.fmt)
+    blocks = w.data.view(tiles, TILE_ROWS, groups, fmt.block_bytes)
+    quants = blocks[..., head:].reshape(tiles, TILE_ROWS, groups, body // 4, 4).permute(0, 2, 3, 1, 4)
+    scales = blocks[..., :head].reshape(tiles, TILE_ROWS, groups, head // 2, 2).permute(0, 2, 3, 1, 4)
+    data = torch.cat([quants.reshape(tiles, groups, -1), scales.reshape(tiles, groups, -1)], dim=-1)
+    return QuantizedWeight(fmt, data.reshape(w.data.shape).contiguous(), w.cols)
+
+
+def deinterleave(w: QuantizedWeight) -> QuantizedWeight:
+    """The inverse of ``interleave``: the weight in its GGML format's layout."""
+    return _untiled_rows(w, torch.arange(w.shape[0]))
+
+
+def _scale_and_quant_bytes(base: QuantFormat) -> tuple[int, int]:
+    """Bytes of a 32-weight block's fp16 scales (first) and of its quants (the rest)."""
+    head = 2 * len(base.fp16_offsets)
+    return head, base.block_bytes - head
+
+
+def _untiled_rows(w: QuantizedWeight, ids: Tensor) -> QuantizedWeight:
+    """Rows ``ids`` [n] of a tiled weight, in its GGML format's layout."""
+    base = FORMATS[w.fmt.name.removesuffix(f"x{TILE_ROWS}")]
+    head, body = _scale_and_quant_bytes(base)
+    n, groups = len(ids), w.cols // base.block_weights
+    tiles = w.data.view(-1, groups, TILE_ROWS * base.block_bytes)[ids // TILE_ROWS]  # [n, G, 16 B]
+    lane, row = ids % TILE_ROWS, torch.arange(n)
+    quants = tiles[..., : TILE_ROWS * body].reshape(n, groups, body // 4, TILE_ROWS, 4)[row, :, :, lane]
+    scales = tiles[..., TILE_ROWS * body :].reshape(n, groups, head // 2, TILE_ROWS, 2)[row, :, :, lane]
+    blocks = torch.cat([scales.reshape(n, groups, head), quants.reshape(n, groups, body)], dim=-1)
+    return QuantizedWeight(base, blocks.reshape(n, -1), w.cols)
 
 
 def random_blocks(fmt: QuantFormat, rows: int, cols: int, gen: torch.Generator) -> QuantizedWeight:

@@ -23,7 +23,13 @@ from torch import nn
 from sglang_dspark.distributed.parallel_state import TpGroup
 from sglang_dspark.distributed.partition import HeadShard, Span, even_span, head_shard
 from sglang_dspark.kernels.cpu_ops import LinearFn
-from sglang_dspark.kernels.quant_formats import QuantizedWeight, concat_rows, quantize_q8_0
+from sglang_dspark.kernels.quant_formats import (
+    AnyQuantizedWeight,
+    QuantizedWeight,
+    concat_rows,
+    interleave,
+    quantize_q8_0,
+)
 from sglang_dspark.kernels.quant_linear import quant_linear
 
 
@@ -58,7 +64,7 @@ class LinearBase(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.linear_fn: LinearFn = F.linear
-        self.qweight: QuantizedWeight | None = None
+        self.qweight: AnyQuantizedWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] -> [..., out]."""
@@ -82,13 +88,14 @@ class LinearBase(nn.Module):
         with torch.no_grad():
             self.weight.copy_(tensor)
 
-    def set_quantized(self, qweight: QuantizedWeight) -> None:
-        """Use ``qweight`` [out, in] and drop the dense weight."""
+    def set_quantized(self, qweight: AnyQuantizedWeight) -> None:
+        """Use ``qweight`` [out, in] (Q4_0 / Q4_1 repacked in the matmul's 16-row tiles) and drop the dense
+        weight."""
         if qweight.shape != (self.out_features, self.in_features):
             expected = (self.out_features, self.in_features)
             raise ValueError(f"quantized weight of shape {qweight.shape}, expected {expected}")
         self.weight = None
-        self.qweight = qweight
+        self.qweight = interleave(qweight)
 
 
 class ReplicatedLinear(nn.Linear):
@@ -99,7 +106,7 @@ class ReplicatedLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
         self.linear_fn: LinearFn = F.linear
-        self.qweight: QuantizedWeight | None = None
+        self.qweight: AnyQuantizedWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] -> [..., out]."""
@@ -110,7 +117,7 @@ class ReplicatedLinear(nn.Linear):
 
     def quantize(self) -> None:
         """Multiply with the weight in Q8_0 blocks from now on (inference only: the dense weight is dropped)."""
-        self.qweight = quantize_q8_0(self.weight)
+        self.qweight = interleave(quantize_q8_0(self.weight))
         self.weight = None
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sglang_dspark.kernels.quant_formats import QuantizedWeight, dequantize, dequantize_rows
+from sglang_dspark.kernels.quant_formats import QuantizedWeight, dequantize, dequantize_rows, interleave
 from sglang_dspark.kernels.quant_linear import quant_linear
 
 
@@ -33,13 +33,14 @@ class VocabParallelEmbedding(nn.Embedding):
         return dequantize(self.qweight).to(self.dense_dtype)
 
     def set_quantized(self, qweight: QuantizedWeight) -> None:
-        """Use ``qweight`` [V, d] and drop the dense table (its dtype stays the lookups' dtype)."""
+        """Use ``qweight`` [V, d] (in the matmul's 16-row tiles where it has them) and drop the dense table (its
+        dtype stays the lookups' dtype)."""
         if qweight.shape != (self.num_embeddings, self.embedding_dim):
             expected = (self.num_embeddings, self.embedding_dim)
             raise ValueError(f"quantized table of shape {qweight.shape}, expected {expected}")
         self.dense_dtype = self._parameters["weight"].dtype
         self._parameters["weight"] = None
-        self.qweight = qweight
+        self.qweight = interleave(qweight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [N] -> [N, d]."""

@@ -10,11 +10,15 @@ import torch
 
 from sglang_dspark.kernels.quant_formats import (
     FORMATS,
+    INTERLEAVED,
+    TILE_ROWS,
     QuantizedRowStack,
     QuantizedWeight,
     concat_rows,
+    deinterleave,
     dequantize,
     dequantize_rows,
+    interleave,
     quantize_q8_0,
     random_blocks,
 )
@@ -22,14 +26,23 @@ from sglang_dspark.kernels.quant_linear import int8_activations, missing_cpu_fla
 
 needs_avx512 = pytest.mark.skipif(bool(missing_cpu_flags()), reason="the quantized kernel needs AVX-512")
 COLS = 512  # two K-quant super-blocks, sixteen 32-weight blocks
+TILED = {fmt.name: base for base, fmt in INTERLEAVED.items()}  # Q4_1x16 -> Q4_1
+KERNEL_FORMATS = sorted(FORMATS) + sorted(TILED)
 
 
 def random_weight(name: str, rows: int, seed: int, cols: int = COLS) -> QuantizedWeight:
-    return random_blocks(FORMATS[name], rows, cols, torch.Generator().manual_seed(seed))
+    """Random blocks of a GGML format, or of an interleaved one (rows rounded up to whole tiles of 16)."""
+    gen = torch.Generator().manual_seed(seed)
+    if name in TILED:
+        rows = -(-rows // TILE_ROWS) * TILE_ROWS
+        return interleave(random_blocks(FORMATS[TILED[name]], rows, cols, gen))
+    return random_blocks(FORMATS[name], rows, cols, gen)
 
 
 def gguf_dequantize(w: QuantizedWeight) -> torch.Tensor:
     """gguf-py's dequantizer, called directly: the reference."""
+    if w.fmt.tile_rows > 1:
+        w = deinterleave(w)
     dense = gguf.quants.dequantize(w.data.numpy(), gguf.GGMLQuantizationType[w.fmt.name])
     return torch.from_numpy(np.array(dense, dtype=np.float32))
 
@@ -42,7 +55,7 @@ def assert_matches_reference(got: torch.Tensor, x: torch.Tensor, dense: torch.Te
 
 
 @needs_avx512
-@pytest.mark.parametrize("name", sorted(FORMATS))
+@pytest.mark.parametrize("name", KERNEL_FORMATS)
 def test_decode_matches_gguf(name):
     """x = 127 I quantizes exactly (scale 1, q = 127), so the output is 127 times the decoded weights."""
     w = random_weight(name, 13, seed=2)
@@ -63,17 +76,18 @@ def test_int8_activations_round_per_group_of_32():
 
 
 @needs_avx512
-@pytest.mark.parametrize("name", sorted(FORMATS))
+@pytest.mark.parametrize("name", KERNEL_FORMATS)
 @pytest.mark.parametrize("rows", [1, 3, 4, 9, 70])  # tiles of 4 rows, remainders, more than one 64-row pass
 @pytest.mark.parametrize("bias", [False, True])
 def test_matmul_matches_dequantized_reference(name, rows, bias):
-    w = random_weight(name, 45, seed=rows)  # 45 weight rows: panels of 4 and a remainder of 1
+    w = random_weight(name, 45, seed=rows)  # 45 weight rows: panels of 4 and a remainder of 1 (tiled: 48)
+    n = w.shape[0]
     gen = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, COLS, generator=gen)
-    b = torch.randn(45, generator=gen) if bias else None
+    b = torch.randn(n, generator=gen) if bias else None
     dense = gguf_dequantize(w)
     got = quant_linear(x, w, b)
-    assert got.dtype == torch.float32 and got.shape == (rows, 45)
+    assert got.dtype == torch.float32 and got.shape == (rows, n)
     assert_matches_reference(got, int8_activations(x), dense, b)
     got_bf16 = quant_linear(x.bfloat16(), w, b)  # bf16 activations: widened to fp32, result rounded to bf16
     assert got_bf16.dtype == torch.bfloat16
@@ -86,7 +100,7 @@ def test_matmul_matches_dequantized_reference(name, rows, bias):
 
 
 @needs_avx512
-@pytest.mark.parametrize("name", sorted(FORMATS))
+@pytest.mark.parametrize("name", KERNEL_FORMATS)
 def test_every_row_is_independent_of_the_batch(name):
     """Bit-identical rows whether computed alone or inside a batch of any size: what makes a verify chain give
     the same logits as decoding its tokens one by one."""
@@ -112,6 +126,27 @@ def test_shards_of_different_formats_merge_into_a_row_stack():
     gen = torch.Generator().manual_seed(4)
     x, b = torch.randn(3, COLS, generator=gen), torch.randn(16, generator=gen)
     assert_matches_reference(quant_linear(x, merged, b), int8_activations(x), dense, b)
+
+
+@pytest.mark.parametrize("base", sorted(INTERLEAVED))
+def test_interleaving_reorders_bytes_only(base):
+    """The 16-row tiles hold the same bytes as GGML's layout (round trip exact, same decoded weights, rows
+    looked up as before); a format without a tiled kernel, or a row count that is not whole tiles, stays as it
+    is."""
+    w = random_weight(base, 48, seed=11)
+    tiled = interleave(w)
+    assert tiled.fmt == INTERLEAVED[base] and tiled.data.shape == w.data.shape and tiled.nbytes == w.nbytes
+    assert not torch.equal(tiled.data, w.data)
+    assert torch.equal(tiled.data.flatten().sort().values, w.data.flatten().sort().values)
+    assert torch.equal(deinterleave(tiled).data, w.data)
+    assert torch.equal(dequantize(tiled), gguf_dequantize(w))
+    ids = torch.tensor([47, 0, 17, 17, 5])
+    assert torch.equal(tiled.rows(ids).data, w.rows(ids).data)
+    assert torch.equal(dequantize_rows(tiled, ids), gguf_dequantize(w)[ids])
+    odd = random_weight(base, 40, seed=12)
+    assert interleave(odd) is odd and interleave(random_weight("Q6_K", 16, seed=13)).fmt.name == "Q6_K"
+    stack = interleave(concat_rows([w, random_weight("Q6_K", 16, seed=14)]))
+    assert [p.fmt.name for p in stack.parts] == [INTERLEAVED[base].name, "Q6_K"]
 
 
 def test_q8_0_quantizer_matches_gguf():

@@ -40,10 +40,10 @@ def test_default_model_keeps_the_gguf_quantization(engines):
     model = quant.scheduler.runner.model
     assert quant.scheduler.runner.quantization == "gguf"
     assert model.fused_decoder is not None and dense.scheduler.runner.model.fused_decoder is None
-    assert model.embed_tokens.qweight.fmt.name == "Q8_0"  # the tied embedding / LM head too
+    assert model.embed_tokens.qweight.fmt.name == "Q8_0x16"  # the tied embedding / LM head too, tiled
     layers = [m for m in model.modules() if isinstance(m, LinearBase)]
     assert layers and all(m.qweight is not None and m.weight is None for m in layers)
-    assert {m.qweight.fmt.name for m in layers} == {"Q4_1"}
+    assert {m.qweight.fmt.name for m in layers} == {"Q4_1x16"}  # the file's Q4_1, in the matmul's tiles
     dense_bytes = sum(p.numel() * p.element_size() for p in dense.scheduler.runner.model.parameters())
     quant_bytes = quantized_bytes(model) + sum(p.numel() * p.element_size() for p in model.parameters())
     assert dense_bytes > 2.5 * quant_bytes  # 269 MB of bf16 vs 97 MB of blocks
@@ -86,7 +86,7 @@ def test_int8_quantizes_a_dense_checkpoint():
     dense.load_weights(hf.state_dict().items())
     quant.load_weights(hf.state_dict().items())
     quantize_to_int8(quant)
-    assert quant.embed_tokens.qweight.fmt.name == "Q8_0" and not list(quant.embed_tokens.parameters())
+    assert quant.embed_tokens.qweight.fmt.name == "Q8_0x16" and not list(quant.embed_tokens.parameters())
     assert all(m.qweight is not None for m in quant.modules() if isinstance(m, LinearBase))
     ids = torch.randint(0, 128, (30,), generator=torch.Generator().manual_seed(1)).tolist()
     (want,) = forward_sequences(dense, [ids])

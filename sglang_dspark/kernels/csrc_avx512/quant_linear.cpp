@@ -28,6 +28,16 @@
 //   Q5_K (256 w, 176 B): as Q4_K plus qh[32] before qs: bit i of qh[l] is bit 4 of weight l of sub-block i
 //   Q6_K (256 w, 210 B): ql[128], qh[64], int8 sc[16], d: weight 128h + r takes 4 bits from
 //        ql[64h + r % 64] (nibble r / 64) and 2 bits from qh[32h + r % 32] (pair r / 32); w = d sc[i / 16] (q - 32)
+//   Q4_0x16 / Q4_1x16 / Q8_0x16: Q4_0 / Q4_1 / Q8_0 repacked at load (quant_formats.interleave) in tiles of 16
+//        weight rows; per group of a tile, the rows' quant bytes as 4 (Q8_0: 8) x 16 dwords, then 16 scales d,
+//        then (Q4_1) 16 minimums m.
+//
+// The tiled formats turn the loops around: dword j of all 16 rows is one 512-bit register, so one VPDPBUSD
+// with dword j of x broadcast advances 16 rows' dot products by 4 weights, and one group costs 8 of them, a
+// conversion and two fused multiply-adds for 16 rows (per row of x), where the row-major formats spend about
+// four 256-bit operations per row and group plus the unpacking and scale loads. Q8_0's signed bytes become
+// unsigned by flipping their sign bit (u = w + 128, offset c = -128 d). Each output is one lane of a register:
+// per group, in order, acc = dot (d dx) + acc, then acc = c (dx sum of q) + acc.
 #pragma GCC optimize("fp-contract=off")
 
 #include <ATen/Parallel.h>
@@ -44,11 +54,14 @@
 
 namespace {
 
-enum QType : int64_t { kQ4_0 = 0, kQ4_1, kQ8_0, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K, kNumTypes };
+enum QType : int64_t {
+  kQ4_0 = 0, kQ4_1, kQ8_0, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K, kQ4_0x16, kQ4_1x16, kQ8_0x16, kNumTypes
+};
 
-constexpr int64_t kBlockBytes[kNumTypes] = {18, 20, 34, 22, 24, 144, 176, 210};
-constexpr int64_t kBlockWeights[kNumTypes] = {32, 32, 32, 32, 32, 256, 256, 256};
+constexpr int64_t kBlockBytes[kNumTypes] = {18, 20, 34, 22, 24, 144, 176, 210, 18, 20, 34};
+constexpr int64_t kBlockWeights[kNumTypes] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32, 32};
 constexpr int64_t kGroup = 32;  // weights per activation scale and per unpacked weight group
+constexpr int64_t kTileRows = 16;  // weight rows per tile of the interleaved formats
 
 inline float fp16(const uint8_t* p) {
   uint16_t h;
@@ -276,6 +289,72 @@ void run(const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* w, int64_
   });
 }
 
+// Q4_0x16 / Q4_1x16 / Q8_0x16 (T: the base format): the 16 outputs of one tile (from weight row n0) for MT
+// rows of x
+template <QType T, int MT, typename OutT>
+inline void tile16(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int64_t n0, const float* bias, OutT* y,
+                   int64_t N) {
+  constexpr int64_t group_bytes = kTileRows * kBlockBytes[T];
+  constexpr int64_t quant_bytes = kTileRows * (T == kQ8_0 ? 32 : 16);  // then the scales
+  const int64_t groups = xq.groups, len = xq.offset_len;
+  __m512 acc[MT];
+  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* p = tile + g * group_bytes;
+    _mm_prefetch(reinterpret_cast<const char*>(p + 4 * group_bytes), _MM_HINT_T0);
+    __m512i w[8];  // w[j]: unsigned weights 4j..4j+3 of the 16 rows (one per lane), to meet dword j of x
+    if constexpr (T == kQ8_0) {
+      for (int j = 0; j < 8; ++j)
+        w[j] = _mm512_xor_si512(_mm512_loadu_si512(p + 64 * j), _mm512_set1_epi8(static_cast<char>(0x80)));
+    } else {  // low nibbles: weights 4j..4j+3, high nibbles: 16+4j..16+4j+3
+      const __m512i low = _mm512_set1_epi8(0x0F);
+      for (int j = 0; j < 4; ++j) {
+        const __m512i v = _mm512_loadu_si512(p + 64 * j);
+        w[j] = _mm512_and_si512(v, low);
+        w[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+      }
+    }
+    const __m512 d = _mm512_cvtph_ps(load32(p + quant_bytes));
+    const float offset = T == kQ8_0 ? -128.0f : -8.0f;  // Q8_0, Q4_0: c = offset d (exact)
+    const __m512 c =
+        T == kQ4_1 ? _mm512_cvtph_ps(load32(p + quant_bytes + 32)) : _mm512_mul_ps(d, _mm512_set1_ps(offset));
+    for (int m = 0; m < MT; ++m) {
+      const int64_t xg = (m0 + m) * groups + g;
+      int32_t q[8];
+      std::memcpy(q, xq.q.data() + xg * kGroup, sizeof(q));
+      __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();  // two chains, summed exactly
+      for (int j = 0; j < 4; ++j) {
+        lo = _mm512_dpbusd_epi32(lo, w[j], _mm512_set1_epi32(q[j]));
+        hi = _mm512_dpbusd_epi32(hi, w[4 + j], _mm512_set1_epi32(q[4 + j]));
+      }  // Q8_0: |u . q| <= 255 * 127 * 32 fits the int32 lanes
+      const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
+      acc[m] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d, _mm512_set1_ps(xq.dx[xg])), acc[m]);
+      acc[m] = _mm512_fmadd_ps(c, _mm512_set1_ps(xq.sum[(m0 + m) * len + g]), acc[m]);
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    alignas(64) float out[kTileRows];
+    _mm512_store_ps(out, bias ? _mm512_add_ps(acc[m], _mm512_loadu_ps(bias + n0)) : acc[m]);
+    for (int n = 0; n < kTileRows; ++n) y[(m0 + m) * N + n0 + n] = static_cast<OutT>(out[n]);
+  }
+}
+
+template <QType T, typename OutT>
+void run_tiles(const QuantizedRows& xq, int64_t M, const uint8_t* w, int64_t rb, const float* bias, OutT* y,
+               int64_t N) {
+  at::parallel_for(0, N / kTileRows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const uint8_t* tile = w + t * kTileRows * rb;
+      const int64_t n0 = t * kTileRows;
+      int64_t m = 0;
+      for (; m + 8 <= M; m += 8) tile16<T, 8>(xq, m, tile, n0, bias, y, N);
+      for (; m + 4 <= M; m += 4) tile16<T, 4>(xq, m, tile, n0, bias, y, N);
+      for (; m + 2 <= M; m += 2) tile16<T, 2>(xq, m, tile, n0, bias, y, N);
+      if (m < M) tile16<T, 1>(xq, m, tile, n0, bias, y, N);
+    }
+  });
+}
+
 template <typename OutT>
 void dispatch(int64_t qtype, const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* wp, int64_t rb,
               const float* bp, OutT* yp, int64_t N) {
@@ -287,7 +366,10 @@ void dispatch(int64_t qtype, const QuantizedRows& xq, int64_t M, int64_t K, cons
     case kQ5_1: run<kQ5_1>(xq, M, K, wp, rb, bp, yp, N); break;
     case kQ4_K: run<kQ4_K>(xq, M, K, wp, rb, bp, yp, N); break;
     case kQ5_K: run<kQ5_K>(xq, M, K, wp, rb, bp, yp, N); break;
-    default: run<kQ6_K>(xq, M, K, wp, rb, bp, yp, N); break;
+    case kQ6_K: run<kQ6_K>(xq, M, K, wp, rb, bp, yp, N); break;
+    case kQ4_0x16: run_tiles<kQ4_0>(xq, M, wp, rb, bp, yp, N); break;
+    case kQ4_1x16: run_tiles<kQ4_1>(xq, M, wp, rb, bp, yp, N); break;
+    default: run_tiles<kQ8_0>(xq, M, wp, rb, bp, yp, N); break;
   }
 }
 
@@ -317,6 +399,7 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
               "weight must be contiguous uint8 [N, K / block weights * block bytes]");
   TORCH_CHECK(x.dim() == 2 && x.size(1) == K && x.is_contiguous(), "x must be contiguous [M, K]");
   const int64_t M = x.size(0), N = weight.size(0);
+  TORCH_CHECK(qtype < kQ4_0x16 || N % kTileRows == 0, "an interleaved weight has a multiple of 16 rows");
   const std::vector<float> xf = x.scalar_type() == at::kFloat ? std::vector<float>() : as_float(x);
   const QuantizedRows xq(x.scalar_type() == at::kFloat ? x.data_ptr<float>() : xf.data(), M, K, qtype == kQ6_K ? 2 : 1);
   std::vector<float> bf;
