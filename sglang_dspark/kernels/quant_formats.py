@@ -16,6 +16,7 @@ embedding lookup uses for the few rows it reads).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import gguf
 import numpy as np
@@ -183,7 +184,20 @@ def interleave(w: AnyQuantizedWeight) -> AnyQuantizedWeight:
 
 def deinterleave(w: QuantizedWeight) -> QuantizedWeight:
     """The inverse of ``interleave``: the weight in its GGML format's layout."""
-    return _untiled_rows(w, torch.arange(w.shape[0]))
+    base = _base_format(w.fmt)
+    head, body = _scale_and_quant_bytes(base)
+    tiles, groups = w.shape[0] // TILE_ROWS, w.cols // base.block_weights
+    grouped = w.data.view(tiles, groups, TILE_ROWS * base.block_bytes)
+    quants = grouped[..., : TILE_ROWS * body].reshape(tiles, groups, body // 4, TILE_ROWS, 4).permute(0, 3, 1, 2, 4)
+    scales = grouped[..., TILE_ROWS * body :].reshape(tiles, groups, head // 2, TILE_ROWS, 2).permute(0, 3, 1, 2, 4)
+    blocks = torch.cat(
+        [scales.reshape(tiles, TILE_ROWS, groups, head), quants.reshape(tiles, TILE_ROWS, groups, body)], dim=-1
+    )
+    return QuantizedWeight(base, blocks.reshape(w.data.shape).contiguous(), w.cols)
+
+
+def _base_format(tiled: QuantFormat) -> QuantFormat:
+    return FORMATS[tiled.name.removesuffix(f"x{TILE_ROWS}")]
 
 
 def _scale_and_quant_bytes(base: QuantFormat) -> tuple[int, int]:
@@ -192,17 +206,25 @@ def _scale_and_quant_bytes(base: QuantFormat) -> tuple[int, int]:
     return head, base.block_bytes - head
 
 
-def _untiled_rows(w: QuantizedWeight, ids: Tensor) -> QuantizedWeight:
-    """Rows ``ids`` [n] of a tiled weight, in its GGML format's layout."""
-    base = FORMATS[w.fmt.name.removesuffix(f"x{TILE_ROWS}")]
+@cache
+def _tiled_byte_offsets(tiled: QuantFormat, groups: int) -> tuple[Tensor, Tensor]:
+    """Where a row's GGML bytes lie in a tiled weight: (offsets [G, B] of row 0's, extra offset per lane [B])."""
+    base = _base_format(tiled)
     head, body = _scale_and_quant_bytes(base)
-    n, groups = len(ids), w.cols // base.block_weights
-    tiles = w.data.view(-1, groups, TILE_ROWS * base.block_bytes)[ids // TILE_ROWS]  # [n, G, 16 B]
-    lane, row = ids % TILE_ROWS, torch.arange(n)
-    quants = tiles[..., : TILE_ROWS * body].reshape(n, groups, body // 4, TILE_ROWS, 4)[row, :, :, lane]
-    scales = tiles[..., TILE_ROWS * body :].reshape(n, groups, head // 2, TILE_ROWS, 2)[row, :, :, lane]
-    blocks = torch.cat([scales.reshape(n, groups, head), quants.reshape(n, groups, body)], dim=-1)
-    return QuantizedWeight(base, blocks.reshape(n, -1), w.cols)
+    b = torch.arange(base.block_bytes)
+    quant = b >= head
+    k = (b - head).clamp(min=0)
+    within = torch.where(quant, k // 4 * TILE_ROWS * 4 + k % 4, TILE_ROWS * body + b // 2 * TILE_ROWS * 2 + b % 2)
+    offsets = torch.arange(groups)[:, None] * TILE_ROWS * base.block_bytes + within  # [G, B]
+    return offsets, torch.where(quant, 4, 2)
+
+
+def _untiled_rows(w: QuantizedWeight, ids: Tensor) -> QuantizedWeight:
+    """Rows ``ids`` [n] of a tiled weight, in its GGML format's layout (one gather of their bytes)."""
+    offsets, per_lane = _tiled_byte_offsets(w.fmt, w.cols // w.fmt.block_weights)
+    tile_bytes = offsets.numel() * TILE_ROWS
+    where = (ids // TILE_ROWS * tile_bytes)[:, None, None] + offsets + (ids % TILE_ROWS)[:, None, None] * per_lane
+    return QuantizedWeight(_base_format(w.fmt), w.data.view(-1)[where.reshape(len(ids), -1)], w.cols)
 
 
 def random_blocks(fmt: QuantFormat, rows: int, cols: int, gen: torch.Generator) -> QuantizedWeight:

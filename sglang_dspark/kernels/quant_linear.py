@@ -39,6 +39,7 @@ from sglang_dspark.kernels.quant_formats import (
     AnyQuantizedWeight,
     QuantizedWeight,
     dequantize,
+    dequantize_rows,
     interleave,
     random_blocks,
 )
@@ -115,6 +116,14 @@ def _run(
         outs.append(kernel(x, part.data, part.fmt.kernel_id, part.cols, part_bias, float_out))
         start = end
     return torch.cat(outs, dim=1)
+
+
+def quantized_rows(w: QuantizedWeight, ids: Tensor) -> Tensor:
+    """Rows ``ids`` [n] of w decoded, [n, K] float32 (an embedding lookup): natively for a tiled format (the
+    kernel must have loaded), else ``dequantize_rows``."""
+    if w.fmt.tile_rows == 1:
+        return dequantize_rows(w, ids)
+    return _build_module().tiled_rows(w.data, ids, w.fmt.kernel_id, w.cols)
 
 
 def int8_activations(x: Tensor) -> Tensor:

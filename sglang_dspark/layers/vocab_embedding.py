@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sglang_dspark.kernels.quant_formats import QuantizedWeight, dequantize, dequantize_rows, interleave
-from sglang_dspark.kernels.quant_linear import quant_linear
+from sglang_dspark.kernels.quant_formats import QuantizedWeight, dequantize, interleave
+from sglang_dspark.kernels.quant_linear import quant_linear, quantized_rows
 
 
 class VocabParallelEmbedding(nn.Embedding):
@@ -46,7 +46,7 @@ class VocabParallelEmbedding(nn.Embedding):
         """ids [N] -> [N, d]."""
         if self.qweight is None:
             return F.embedding(ids, self.weight)
-        return dequantize_rows(self.qweight, ids).to(self.dense_dtype)
+        return quantized_rows(self.qweight, ids).to(self.dense_dtype)
 
     def logits(self, hidden: torch.Tensor, linear_fn) -> torch.Tensor:
         """As the LM head: hidden [M, d] -> [M, V] float32 (``linear_fn`` for a dense table)."""

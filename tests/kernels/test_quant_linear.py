@@ -22,7 +22,7 @@ from sglang_dspark.kernels.quant_formats import (
     quantize_q8_0,
     random_blocks,
 )
-from sglang_dspark.kernels.quant_linear import int8_activations, missing_cpu_flags, quant_linear
+from sglang_dspark.kernels.quant_linear import int8_activations, missing_cpu_flags, quant_linear, quantized_rows
 
 needs_avx512 = pytest.mark.skipif(bool(missing_cpu_flags()), reason="the quantized kernel needs AVX-512")
 COLS = 512  # two K-quant super-blocks, sixteen 32-weight blocks
@@ -173,6 +173,16 @@ def test_row_lookup_decodes_as_gguf(name):
     w = random_weight(name, 9, seed=4)
     ids = torch.tensor([8, 0, 3, 3])
     assert torch.equal(dequantize_rows(w, ids), gguf_dequantize(w)[ids])
+
+
+@needs_avx512
+@pytest.mark.parametrize("name", sorted(TILED))
+def test_native_row_lookup_of_tiles_decodes_as_gguf(name):
+    w = random_weight(name, 48, seed=6)
+    ids = torch.tensor([47, 0, 16, 16, 31, 5])
+    assert torch.equal(quantized_rows(w, ids), gguf_dequantize(w)[ids])
+    with pytest.raises(RuntimeError, match="out of range"):
+        quantized_rows(w, torch.tensor([48]))
 
 
 def test_bad_shapes_are_refused():

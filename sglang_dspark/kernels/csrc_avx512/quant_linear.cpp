@@ -418,3 +418,47 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
   }
   return y;
 }
+
+// Rows ids [n] of a tiled weight (Q4_0x16, Q4_1x16, Q8_0x16) [N, K], decoded as gguf-py decodes their blocks
+// (w = d q, d (q - 8), d q + m in fp32) -> [n, K] fp32: an embedding lookup.
+torch::Tensor tiled_rows(const torch::Tensor& weight, const torch::Tensor& ids, int64_t qtype, int64_t K) {
+  TORCH_CHECK(qtype >= kQ4_0x16 && qtype < kNumTypes, "tiled_rows takes a tiled format, not ", qtype);
+  TORCH_CHECK(weight.scalar_type() == at::kByte && weight.dim() == 2 && weight.is_contiguous() &&
+                  weight.size(0) % kTileRows == 0 && weight.size(1) == K / kGroup * kBlockBytes[qtype],
+              "weight must be contiguous uint8 [N, K / 32 * block bytes], N a multiple of 16");
+  TORCH_CHECK(ids.scalar_type() == at::kLong && ids.dim() == 1, "ids must be int64 [n]");
+  const int64_t n = ids.numel(), N = weight.size(0), groups = K / kGroup, group_bytes = kTileRows * kBlockBytes[qtype];
+  const int64_t quant_bytes = kTileRows * (qtype == kQ8_0x16 ? 32 : 16);
+  const torch::Tensor idx = ids.contiguous();
+  const int64_t* rows = idx.data_ptr<int64_t>();
+  const uint8_t* w = weight.data_ptr<uint8_t>();
+  torch::Tensor out = torch::empty({n, K}, weight.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = rows[i];
+    TORCH_CHECK(r >= 0 && r < N, "row ", r, " out of range for ", N, " rows");
+    const int64_t lane = r % kTileRows;
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint8_t* p = w + (r / kTileRows) * groups * group_bytes + g * group_bytes;
+      const uint8_t* q = p + 4 * lane;  // byte j of the row's quants: q[(j / 4) * 64 + j % 4]
+      const float d = fp16(p + quant_bytes + 2 * lane);
+      float* y = o + i * K + g * kGroup;
+      if (qtype == kQ8_0x16) {
+        for (int j = 0; j < 32; ++j) y[j] = d * static_cast<float>(static_cast<int8_t>(q[j / 4 * 64 + j % 4]));
+        continue;
+      }
+      const float m = qtype == kQ4_1x16 ? fp16(p + quant_bytes + 32 + 2 * lane) : 0.f;
+      for (int j = 0; j < 16; ++j) {
+        const int lo = q[j / 4 * 64 + j % 4] & 0x0F, hi = q[j / 4 * 64 + j % 4] >> 4;
+        if (qtype == kQ4_0x16) {
+          y[j] = d * static_cast<float>(lo - 8);
+          y[j + 16] = d * static_cast<float>(hi - 8);
+        } else {
+          y[j] = d * static_cast<float>(lo) + m;
+          y[j + 16] = d * static_cast<float>(hi) + m;
+        }
+      }
+    }
+  }
+  return out;
+}
