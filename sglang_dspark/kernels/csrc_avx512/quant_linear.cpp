@@ -297,11 +297,12 @@ inline void tile16(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int
   constexpr int64_t group_bytes = kTileRows * kBlockBytes[T];
   constexpr int64_t quant_bytes = kTileRows * (T == kQ8_0 ? 32 : 16);  // then the scales
   const int64_t groups = xq.groups, len = xq.offset_len;
+  // no software prefetch: a tile is one sequential stream, which the hardware prefetchers follow; prefetching
+  // 1-32 groups ahead read the layer matmuls at 20-22 GB/s instead of 29-32 (Zen 4, 2 threads)
   __m512 acc[MT];
   for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     const uint8_t* p = tile + g * group_bytes;
-    _mm_prefetch(reinterpret_cast<const char*>(p + 4 * group_bytes), _MM_HINT_T0);
     __m512i w[8];  // w[j]: unsigned weights 4j..4j+3 of the 16 rows (one per lane), to meet dword j of x
     if constexpr (T == kQ8_0) {
       for (int j = 0; j < 8; ++j)
