@@ -24,7 +24,9 @@ def engine(algorithm: str | None) -> Engine:
 
 
 def params(i: int) -> dict:
-    extra = {"json_schema": SCHEMA} if i == 1 else {}
+    """Request i's sampling params: the free-text requests run their 24 tokens (all three must be running at
+    once for the faults to be injected), the JSON one until its object closes."""
+    extra = {"json_schema": SCHEMA} if i == 1 else {"ignore_eos": True}
     return {"temperature": 0, "max_new_tokens": 24, **extra}
 
 
