@@ -5,9 +5,9 @@ blocks along K, in the byte layout of the GGUF file, so a GGUF tensor is used as
 (quant_linear.py, csrc_avx512/quant_linear.cpp, which documents each layout) streams exactly the file's bytes.
 Blocks of 32 weights: ``Q4_0``, ``Q4_1``, ``Q5_0``, ``Q5_1``, ``Q8_0`` (also what ``--quantization int8``
 makes of a dense weight); super-blocks of 256 weights (the K-quants of llama.cpp's Q4_K_M / Q5_K_M files):
-``Q4_K``, ``Q5_K``, ``Q6_K``. ``interleave`` repacks Q4_0, Q4_1 and Q8_0 at load time into tiles of 16 rows
-(``Q4_0x16``, ``Q4_1x16``, ``Q8_0x16``: the same bytes, reordered so that one 512-bit byte dot product serves
-16 rows).
+``Q4_K``, ``Q5_K``, ``Q6_K``. ``interleave`` repacks Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 at load time into tiles
+of 16 rows (``Q4_0x16`` .. ``Q8_0x16``: the same bytes, reordered so that one 512-bit byte dot product serves
+16 rows; Q5_x's fifth bits as masks).
 
 ``dequantize`` is gguf-py's dequantizer (the reference the native kernel is tested against, and what an
 embedding lookup uses for the few rows it reads).
@@ -16,7 +16,6 @@ embedding lookup uses for the few rows it reads).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 
 import gguf
 import numpy as np
@@ -54,7 +53,10 @@ INTERLEAVED = {
     "Q4_0": QuantFormat("Q4_0x16", 32, 18, 8, (), TILE_ROWS),
     "Q4_1": QuantFormat("Q4_1x16", 32, 20, 9, (), TILE_ROWS),
     "Q8_0": QuantFormat("Q8_0x16", 32, 34, 10, (), TILE_ROWS),
+    "Q5_0": QuantFormat("Q5_0x16", 32, 22, 11, (), TILE_ROWS),
+    "Q5_1": QuantFormat("Q5_1x16", 32, 24, 12, (), TILE_ROWS),
 }
+HIGH_BITS = {"Q5_0": 4, "Q5_1": 4}  # bytes of a block's fifth bits (after its scales, before its nibbles)
 
 
 @dataclass
@@ -161,70 +163,80 @@ def concat_rows(parts: list[QuantizedWeight]) -> AnyQuantizedWeight:
 
 
 def interleave(w: AnyQuantizedWeight) -> AnyQuantizedWeight:
-    """A Q4_0 / Q4_1 / Q8_0 weight [N, K] with N a multiple of 16 in its 16-row tiled format (the matmul's
-    fast layout), every other weight (each part of a row stack) as it is.
+    """A Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 weight [N, K] with N a multiple of 16 in its 16-row tiled format
+    (the matmul's fast layout), every other weight (each part of a row stack) as it is.
 
-    data [N, K / 32 * B] keeps its shape and bytes; viewed as [N / 16, K / 32, 16 B] (tile, group), a group of
-    a tile holds the 16 rows' quant bytes as dwords, dword j of every row in turn (dword j of a row: its bytes
-    4j..4j+3 after the scales; Q8_0: weights 4j..4j+3; Q4_x: low nibbles weights 4j..4j+3, high nibbles
-    16+4j..16+4j+3), then the 16 fp16 scales d, then (Q4_1) the 16 fp16 minimums m."""
+    data [N, K / 32 * B] keeps its shape and its size; viewed as [N / 16, K / 32, 16 B] (tile, group), a group
+    of a tile holds
+    - the 16 rows' quant bytes as dwords, dword j of every row in turn (dword j of a row: its bytes 4j..4j+3
+      of nibbles or int8; Q8_0: weights 4j..4j+3; Q4_x / Q5_x: low nibbles weights 4j..4j+3, high nibbles
+      16+4j..16+4j+3);
+    - Q5_x: 8 little-endian 64-bit masks, mask j's bit 4r + b the fifth bit of weight 4j + b of row r (of
+      the low nibbles for j < 4, the high ones for j >= 4, as the bytes above);
+    - the 16 fp16 scales d, then (Q4_1, Q5_1) the 16 fp16 minimums m."""
     if isinstance(w, QuantizedRowStack):
         return QuantizedRowStack([interleave(p) for p in w.parts])
     fmt = INTERLEAVED.get(w.fmt.name)
     if fmt is None or w.shape[0] % TILE_ROWS:
         return w
     tiles, groups = w.shape[0] // TILE_ROWS, w.cols // fmt.block_weights
-    head, body = _scale_and_quant_bytes(w.fmt)
+    head, high, body = _block_parts(w.fmt)
     blocks = w.data.view(tiles, TILE_ROWS, groups, fmt.block_bytes)
-    quants = blocks[..., head:].reshape(tiles, TILE_ROWS, groups, body // 4, 4).permute(0, 2, 3, 1, 4)
+    quants = blocks[..., head + high :].reshape(tiles, TILE_ROWS, groups, body // 4, 4).permute(0, 2, 3, 1, 4)
     scales = blocks[..., :head].reshape(tiles, TILE_ROWS, groups, head // 2, 2).permute(0, 2, 3, 1, 4)
-    data = torch.cat([quants.reshape(tiles, groups, -1), scales.reshape(tiles, groups, -1)], dim=-1)
-    return QuantizedWeight(fmt, data.reshape(w.data.shape).contiguous(), w.cols)
+    parts = [quants.reshape(tiles, groups, -1)]
+    if high:
+        parts.append(_fifth_bit_masks(blocks[..., head : head + high]))
+    parts.append(scales.reshape(tiles, groups, -1))
+    return QuantizedWeight(fmt, torch.cat(parts, dim=-1).reshape(w.data.shape).contiguous(), w.cols)
 
 
 def deinterleave(w: QuantizedWeight) -> QuantizedWeight:
     """The inverse of ``interleave``: the weight in its GGML format's layout."""
-    base = _base_format(w.fmt)
-    head, body = _scale_and_quant_bytes(base)
+    base = FORMATS[w.fmt.name.removesuffix(f"x{TILE_ROWS}")]
+    head, high, body = _block_parts(base)
     tiles, groups = w.shape[0] // TILE_ROWS, w.cols // base.block_weights
     grouped = w.data.view(tiles, groups, TILE_ROWS * base.block_bytes)
-    quants = grouped[..., : TILE_ROWS * body].reshape(tiles, groups, body // 4, TILE_ROWS, 4).permute(0, 3, 1, 2, 4)
-    scales = grouped[..., TILE_ROWS * body :].reshape(tiles, groups, head // 2, TILE_ROWS, 2).permute(0, 3, 1, 2, 4)
-    blocks = torch.cat(
-        [scales.reshape(tiles, TILE_ROWS, groups, head), quants.reshape(tiles, TILE_ROWS, groups, body)], dim=-1
-    )
-    return QuantizedWeight(base, blocks.reshape(w.data.shape).contiguous(), w.cols)
+    at = TILE_ROWS * body
+    quants = grouped[..., :at].reshape(tiles, groups, body // 4, TILE_ROWS, 4).permute(0, 3, 1, 2, 4)
+    parts = [quants.reshape(tiles, TILE_ROWS, groups, body)]
+    if high:
+        parts.insert(0, _fifth_bit_bytes(grouped[..., at : at + 64]))
+        at += 64
+    scales = grouped[..., at:].reshape(tiles, groups, head // 2, TILE_ROWS, 2).permute(0, 3, 1, 2, 4)
+    parts.insert(0, scales.reshape(tiles, TILE_ROWS, groups, head))
+    return QuantizedWeight(base, torch.cat(parts, dim=-1).reshape(w.data.shape).contiguous(), w.cols)
 
 
-def _base_format(tiled: QuantFormat) -> QuantFormat:
-    return FORMATS[tiled.name.removesuffix(f"x{TILE_ROWS}")]
+def _block_parts(base: QuantFormat) -> tuple[int, int, int]:
+    """Bytes of a 32-weight block's fp16 scales (first), fifth bits (next; Q5_x) and quants (the rest)."""
+    head, high = 2 * len(base.fp16_offsets), HIGH_BITS.get(base.name, 0)
+    return head, high, base.block_bytes - head - high
 
 
-def _scale_and_quant_bytes(base: QuantFormat) -> tuple[int, int]:
-    """Bytes of a 32-weight block's fp16 scales (first) and of its quants (the rest)."""
-    head = 2 * len(base.fp16_offsets)
-    return head, base.block_bytes - head
+def _fifth_bit_masks(qh: Tensor) -> Tensor:
+    """qh [T, 16, G, 4] uint8 (each row's 32 fifth bits, little-endian) -> the tiles' masks [T, G, 64] uint8."""
+    bits = sum(qh[..., i].to(torch.int64) << (8 * i) for i in range(4)).permute(0, 2, 1)  # [T, G, 16]
+    nibbles = (bits[..., None, :] >> (4 * torch.arange(8))[:, None]) & 15  # [T, G, 8 masks, 16 rows]
+    masks = (nibbles << (4 * torch.arange(TILE_ROWS))).sum(dim=-1)  # disjoint bits: the sum is their OR
+    return masks.view(torch.uint8).reshape(*masks.shape[:2], 64)
 
 
-@cache
-def _tiled_byte_offsets(tiled: QuantFormat, groups: int) -> tuple[Tensor, Tensor]:
-    """Where a row's GGML bytes lie in a tiled weight: (offsets [G, B] of row 0's, extra offset per lane [B])."""
-    base = _base_format(tiled)
-    head, body = _scale_and_quant_bytes(base)
-    b = torch.arange(base.block_bytes)
-    quant = b >= head
-    k = (b - head).clamp(min=0)
-    within = torch.where(quant, k // 4 * TILE_ROWS * 4 + k % 4, TILE_ROWS * body + b // 2 * TILE_ROWS * 2 + b % 2)
-    offsets = torch.arange(groups)[:, None] * TILE_ROWS * base.block_bytes + within  # [G, B]
-    return offsets, torch.where(quant, 4, 2)
+def _fifth_bit_bytes(masks: Tensor) -> Tensor:
+    """The inverse of ``_fifth_bit_masks``: [T, G, 64] uint8 -> qh [T, 16, G, 4] uint8."""
+    words = masks.contiguous().view(torch.int64)  # [T, G, 8]
+    nibbles = (words[..., None] >> (4 * torch.arange(TILE_ROWS))) & 15  # [T, G, 8, 16]
+    bits = (nibbles << (4 * torch.arange(8))[:, None]).sum(dim=-2)  # [T, G, 16]
+    qh = torch.stack([(bits >> (8 * i)) & 255 for i in range(4)], dim=-1).to(torch.uint8)
+    return qh.permute(0, 2, 1, 3)
 
 
 def _untiled_rows(w: QuantizedWeight, ids: Tensor) -> QuantizedWeight:
-    """Rows ``ids`` [n] of a tiled weight, in its GGML format's layout (one gather of their bytes)."""
-    offsets, per_lane = _tiled_byte_offsets(w.fmt, w.cols // w.fmt.block_weights)
-    tile_bytes = offsets.numel() * TILE_ROWS
-    where = (ids // TILE_ROWS * tile_bytes)[:, None, None] + offsets + (ids % TILE_ROWS)[:, None, None] * per_lane
-    return QuantizedWeight(_base_format(w.fmt), w.data.view(-1)[where.reshape(len(ids), -1)], w.cols)
+    """Rows ``ids`` [n] of a tiled weight, in its GGML format's layout (their tiles, deinterleaved)."""
+    tiles = w.data.view(-1, TILE_ROWS * w.data.shape[1])[ids // TILE_ROWS]  # [n, 16 rows' bytes]
+    rows = deinterleave(QuantizedWeight(w.fmt, tiles.view(-1, w.data.shape[1]), w.cols))
+    picked = rows.data.view(len(ids), TILE_ROWS, -1)[torch.arange(len(ids)), ids % TILE_ROWS]
+    return QuantizedWeight(rows.fmt, picked, w.cols)
 
 
 def random_blocks(fmt: QuantFormat, rows: int, cols: int, gen: torch.Generator) -> QuantizedWeight:

@@ -1,10 +1,10 @@
 """The matmul over block-quantized weights (``--quantization``): native AVX-512 VNNI kernel, csrc_avx512/.
 
 Formats: every one of kernels/quant_formats.py (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q4_K, Q5_K,
-Q6_K) as stored in the GGUF file, and Q4_0 / Q4_1 / Q8_0 repacked at load time into tiles of 16 weight rows
+Q6_K) as stored in the GGUF file, and all but the K-quants repacked at load time into tiles of 16 weight rows
 (``interleave``; fp16 scales exact either way). The tiles are what the model's layers use: one 512-bit byte
-dot product then serves 16 weight rows, which on the 2-core Zen 4 host made a 3072 x 576 Q4_1 call 1.6x
-faster at one row of x and 2.2x at eight (bench_quant_kernel.py, same run).
+dot product then serves 16 weight rows, which on the 2-core Zen 4 host made a 3072 x 576 Q4_1 call 1.3x
+faster at one row of x and 1.9x at eight (bench_quant_kernel.py, same run: benchmarks/results/engine.md).
 
 Activations are quantized to int8 per 32 values, as llama.cpp does for its dot products
 (``int8_activations`` is the reference): each 32-weight group then costs one exact byte dot product

@@ -89,7 +89,7 @@ class LinearBase(nn.Module):
             self.weight.copy_(tensor)
 
     def set_quantized(self, qweight: AnyQuantizedWeight) -> None:
-        """Use ``qweight`` [out, in] (Q4_0 / Q4_1 repacked in the matmul's 16-row tiles) and drop the dense
+        """Use ``qweight`` [out, in] (Q4_x / Q5_x / Q8_0 repacked in the matmul's 16-row tiles) and drop the dense
         weight."""
         if qweight.shape != (self.out_features, self.in_features):
             expected = (self.out_features, self.in_features)

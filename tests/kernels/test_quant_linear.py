@@ -10,6 +10,7 @@ import torch
 
 from sglang_dspark.kernels.quant_formats import (
     FORMATS,
+    HIGH_BITS,
     INTERLEAVED,
     TILE_ROWS,
     QuantizedRowStack,
@@ -130,14 +131,15 @@ def test_shards_of_different_formats_merge_into_a_row_stack():
 
 @pytest.mark.parametrize("base", sorted(INTERLEAVED))
 def test_interleaving_reorders_bytes_only(base):
-    """The 16-row tiles hold the same bytes as GGML's layout (round trip exact, same decoded weights, rows
-    looked up as before); a format without a tiled kernel, or a row count that is not whole tiles, stays as it
-    is."""
+    """The 16-row tiles hold the same weights as GGML's layout in as many bytes (the same bytes but for Q5_x's
+    fifth bits; round trip exact, same decoded weights, rows looked up as before); a format without a tiled
+    kernel, or a row count that is not whole tiles, stays as it is."""
     w = random_weight(base, 48, seed=11)
     tiled = interleave(w)
     assert tiled.fmt == INTERLEAVED[base] and tiled.data.shape == w.data.shape and tiled.nbytes == w.nbytes
     assert not torch.equal(tiled.data, w.data)
-    assert torch.equal(tiled.data.flatten().sort().values, w.data.flatten().sort().values)
+    if base not in HIGH_BITS:
+        assert torch.equal(tiled.data.flatten().sort().values, w.data.flatten().sort().values)
     assert torch.equal(deinterleave(tiled).data, w.data)
     assert torch.equal(dequantize(tiled), gguf_dequantize(w))
     ids = torch.tensor([47, 0, 17, 17, 5])

@@ -4,7 +4,7 @@
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quant_linear", &quant_linear,
         "y = x W^T (+ b) with W in a GGML block format (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) or a "
-        "16-row tiled one (Q4_0x16, Q4_1x16, Q8_0x16) and x quantized to int8 per 32 values");
+        "16-row tiled one (Q4_0x16 .. Q5_1x16, Q8_0x16) and x quantized to int8 per 32 values");
   m.def("tiled_rows", &tiled_rows, "rows of a weight in a 16-row tiled format, decoded to fp32 (a lookup)");
   py::class_<QuantLinear>(m, "QuantLinear")
       .def(py::init<std::vector<torch::Tensor>, std::vector<int64_t>, int64_t, c10::optional<torch::Tensor>>(),

@@ -28,9 +28,9 @@
 //   Q5_K (256 w, 176 B): as Q4_K plus qh[32] before qs: bit i of qh[l] is bit 4 of weight l of sub-block i
 //   Q6_K (256 w, 210 B): ql[128], qh[64], int8 sc[16], d: weight 128h + r takes 4 bits from
 //        ql[64h + r % 64] (nibble r / 64) and 2 bits from qh[32h + r % 32] (pair r / 32); w = d sc[i / 16] (q - 32)
-//   Q4_0x16 / Q4_1x16 / Q8_0x16: Q4_0 / Q4_1 / Q8_0 repacked at load (quant_formats.interleave) in tiles of 16
-//        weight rows; per group of a tile, the rows' quant bytes as 4 (Q8_0: 8) x 16 dwords, then 16 scales d,
-//        then (Q4_1) 16 minimums m.
+//   Q4_0x16 .. Q5_1x16, Q8_0x16: Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 repacked at load (quant_formats.interleave)
+//        in tiles of 16 weight rows; per group of a tile, the rows' quant bytes as 4 (Q8_0: 8) x 16 dwords,
+//        (Q5_x) 8 64-bit masks of fifth bits, 16 scales d, then (Q4_1, Q5_1) 16 minimums m.
 //
 // The tiled formats turn the loops around: dword j of all 16 rows is one 512-bit register, so one VPDPBUSD
 // with dword j of x broadcast advances 16 rows' dot products by 4 weights, and one group costs 8 of them, a
@@ -55,11 +55,12 @@
 namespace {
 
 enum QType : int64_t {
-  kQ4_0 = 0, kQ4_1, kQ8_0, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K, kQ4_0x16, kQ4_1x16, kQ8_0x16, kNumTypes
+  kQ4_0 = 0, kQ4_1, kQ8_0, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K, kQ4_0x16, kQ4_1x16, kQ8_0x16, kQ5_0x16, kQ5_1x16,
+  kNumTypes
 };
 
-constexpr int64_t kBlockBytes[kNumTypes] = {18, 20, 34, 22, 24, 144, 176, 210, 18, 20, 34};
-constexpr int64_t kBlockWeights[kNumTypes] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32, 32};
+constexpr int64_t kBlockBytes[kNumTypes] = {18, 20, 34, 22, 24, 144, 176, 210, 18, 20, 34, 22, 24};
+constexpr int64_t kBlockWeights[kNumTypes] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32, 32, 32, 32};
 constexpr int64_t kGroup = 32;  // weights per activation scale and per unpacked weight group
 constexpr int64_t kTileRows = 16;  // weight rows per tile of the interleaved formats
 
@@ -289,13 +290,18 @@ void run(const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* w, int64_
   });
 }
 
-// Q4_0x16 / Q4_1x16 / Q8_0x16 (T: the base format): the 16 outputs of one tile (from weight row n0) for MT
-// rows of x
+// A tiled group's layout (T: the base format): bytes of quants and fifth-bit masks before the scales, and the
+// offset c of w = d u + c where it is a multiple of d (the others store m)
+constexpr bool kFiveBit(QType T) { return T == kQ5_0 || T == kQ5_1; }
+constexpr int64_t kTiledQuantBytes(QType T) { return kTileRows * (T == kQ8_0 ? 32 : 16) + (kFiveBit(T) ? 64 : 0); }
+constexpr float kOffsetTimesD(QType T) { return T == kQ8_0 ? -128.0f : T == kQ5_0 ? -16.0f : -8.0f; }
+
+// A tiled weight (T: the base format): the 16 outputs of one tile (from weight row n0) for MT rows of x
 template <QType T, int MT, typename OutT>
 inline void tile16(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int64_t n0, const float* bias, OutT* y,
                    int64_t N) {
   constexpr int64_t group_bytes = kTileRows * kBlockBytes[T];
-  constexpr int64_t quant_bytes = kTileRows * (T == kQ8_0 ? 32 : 16);  // then the scales
+  constexpr int64_t quant_bytes = kTiledQuantBytes(T);  // then the scales
   const int64_t groups = xq.groups, len = xq.offset_len;
   // no software prefetch: a tile is one sequential stream, which the hardware prefetchers follow; prefetching
   // 1-32 groups ahead read the layer matmuls at 20-22 GB/s instead of 29-32 (Zen 4, 2 threads)
@@ -314,11 +320,17 @@ inline void tile16(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int
         w[j] = _mm512_and_si512(v, low);
         w[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
       }
+      if constexpr (kFiveBit(T)) {  // + 16 where the fifth bit is set
+        for (int j = 0; j < 8; ++j) {
+          uint64_t high;
+          std::memcpy(&high, p + 256 + 8 * j, 8);
+          w[j] = _mm512_mask_add_epi8(w[j], high, w[j], _mm512_set1_epi8(16));
+        }
+      }
     }
     const __m512 d = _mm512_cvtph_ps(load32(p + quant_bytes));
-    const float offset = T == kQ8_0 ? -128.0f : -8.0f;  // Q8_0, Q4_0: c = offset d (exact)
-    const __m512 c =
-        T == kQ4_1 ? _mm512_cvtph_ps(load32(p + quant_bytes + 32)) : _mm512_mul_ps(d, _mm512_set1_ps(offset));
+    const __m512 c = T == kQ4_1 || T == kQ5_1 ? _mm512_cvtph_ps(load32(p + quant_bytes + 32))
+                                              : _mm512_mul_ps(d, _mm512_set1_ps(kOffsetTimesD(T)));  // exact
     for (int m = 0; m < MT; ++m) {
       const int64_t xg = (m0 + m) * groups + g;
       int32_t q[8];
@@ -370,7 +382,9 @@ void dispatch(int64_t qtype, const QuantizedRows& xq, int64_t M, int64_t K, cons
     case kQ6_K: run<kQ6_K>(xq, M, K, wp, rb, bp, yp, N); break;
     case kQ4_0x16: run_tiles<kQ4_0>(xq, M, wp, rb, bp, yp, N); break;
     case kQ4_1x16: run_tiles<kQ4_1>(xq, M, wp, rb, bp, yp, N); break;
-    default: run_tiles<kQ8_0>(xq, M, wp, rb, bp, yp, N); break;
+    case kQ8_0x16: run_tiles<kQ8_0>(xq, M, wp, rb, bp, yp, N); break;
+    case kQ5_0x16: run_tiles<kQ5_0>(xq, M, wp, rb, bp, yp, N); break;
+    default: run_tiles<kQ5_1>(xq, M, wp, rb, bp, yp, N); break;
   }
 }
 
@@ -420,16 +434,20 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
   return y;
 }
 
-// Rows ids [n] of a tiled weight (Q4_0x16, Q4_1x16, Q8_0x16) [N, K], decoded as gguf-py decodes their blocks
-// (w = d q, d (q - 8), d q + m in fp32) -> [n, K] fp32: an embedding lookup.
+// Rows ids [n] of a tiled weight (Q4_0x16 .. Q5_1x16) [N, K], decoded as gguf-py decodes their blocks
+// (w = d q, d (q - 8), d q + m, d (q - 16) in fp32) -> [n, K] fp32: an embedding lookup.
 torch::Tensor tiled_rows(const torch::Tensor& weight, const torch::Tensor& ids, int64_t qtype, int64_t K) {
   TORCH_CHECK(qtype >= kQ4_0x16 && qtype < kNumTypes, "tiled_rows takes a tiled format, not ", qtype);
   TORCH_CHECK(weight.scalar_type() == at::kByte && weight.dim() == 2 && weight.is_contiguous() &&
                   weight.size(0) % kTileRows == 0 && weight.size(1) == K / kGroup * kBlockBytes[qtype],
               "weight must be contiguous uint8 [N, K / 32 * block bytes], N a multiple of 16");
   TORCH_CHECK(ids.scalar_type() == at::kLong && ids.dim() == 1, "ids must be int64 [n]");
+  const QType base = qtype == kQ4_0x16 ? kQ4_0 : qtype == kQ4_1x16 ? kQ4_1 : qtype == kQ8_0x16 ? kQ8_0
+                     : qtype == kQ5_0x16 ? kQ5_0 : kQ5_1;
+  const bool five = base == kQ5_0 || base == kQ5_1, minimum = base == kQ4_1 || base == kQ5_1;
   const int64_t n = ids.numel(), N = weight.size(0), groups = K / kGroup, group_bytes = kTileRows * kBlockBytes[qtype];
-  const int64_t quant_bytes = kTileRows * (qtype == kQ8_0x16 ? 32 : 16);
+  const int64_t quant_bytes = kTileRows * (base == kQ8_0 ? 32 : 16) + (five ? 64 : 0);
+  const float offset = base == kQ8_0 || minimum ? 0.f : base == kQ5_0 ? -16.f : -8.f;
   const torch::Tensor idx = ids.contiguous();
   const int64_t* rows = idx.data_ptr<int64_t>();
   const uint8_t* w = weight.data_ptr<uint8_t>();
@@ -441,23 +459,23 @@ torch::Tensor tiled_rows(const torch::Tensor& weight, const torch::Tensor& ids, 
     const int64_t lane = r % kTileRows;
     for (int64_t g = 0; g < groups; ++g) {
       const uint8_t* p = w + (r / kTileRows) * groups * group_bytes + g * group_bytes;
-      const uint8_t* q = p + 4 * lane;  // byte j of the row's quants: q[(j / 4) * 64 + j % 4]
+      const uint8_t* q = p + 4 * lane;  // quant byte j of the row: q[(j / 4) * 64 + j % 4]
       const float d = fp16(p + quant_bytes + 2 * lane);
+      const float m = minimum ? fp16(p + quant_bytes + 32 + 2 * lane) : 0.f;
       float* y = o + i * K + g * kGroup;
-      if (qtype == kQ8_0x16) {
-        for (int j = 0; j < 32; ++j) y[j] = d * static_cast<float>(static_cast<int8_t>(q[j / 4 * 64 + j % 4]));
-        continue;
-      }
-      const float m = qtype == kQ4_1x16 ? fp16(p + quant_bytes + 32 + 2 * lane) : 0.f;
-      for (int j = 0; j < 16; ++j) {
-        const int lo = q[j / 4 * 64 + j % 4] & 0x0F, hi = q[j / 4 * 64 + j % 4] >> 4;
-        if (qtype == kQ4_0x16) {
-          y[j] = d * static_cast<float>(lo - 8);
-          y[j + 16] = d * static_cast<float>(hi - 8);
-        } else {
-          y[j] = d * static_cast<float>(lo) + m;
-          y[j + 16] = d * static_cast<float>(hi) + m;
+      for (int j = 0; j < 32; ++j) {  // weight j
+        const uint8_t byte = q[(j % 16) / 4 * 64 + j % 4 + (base == kQ8_0 ? j / 16 * 256 : 0)];
+        if (base == kQ8_0) {
+          y[j] = d * static_cast<float>(static_cast<int8_t>(byte));
+          continue;
         }
+        int u = j < 16 ? byte & 0x0F : byte >> 4;
+        if (five) {
+          uint64_t high;  // mask j / 4, bit 4 lane + j % 4
+          std::memcpy(&high, p + 256 + 8 * (j / 4), 8);
+          u += static_cast<int>((high >> (4 * lane + j % 4)) & 1) << 4;
+        }
+        y[j] = minimum ? d * static_cast<float>(u) + m : d * static_cast<float>(u + static_cast<int>(offset));
       }
     }
   }

@@ -7,5 +7,5 @@
 torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, int64_t qtype, int64_t K,
                            const c10::optional<torch::Tensor>& bias, bool float_out);
 
-// rows ids [n] of a weight in a 16-row tiled format (Q4_0x16, Q4_1x16, Q8_0x16), decoded to fp32 [n, K]
+// rows ids [n] of a weight in a 16-row tiled format (Q4_0x16 .. Q5_1x16, Q8_0x16), decoded to fp32 [n, K]
 torch::Tensor tiled_rows(const torch::Tensor& weight, const torch::Tensor& ids, int64_t qtype, int64_t K);
