@@ -292,7 +292,12 @@ void run(const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* w, int64_
 
 // A tiled group's layout (T: the base format): bytes of quants and fifth-bit masks before the scales, and the
 // offset c of w = d u + c where it is a multiple of d (the others store m)
+constexpr QType kTiledBase(int64_t qtype) {
+  constexpr QType bases[] = {kQ4_0, kQ4_1, kQ8_0, kQ5_0, kQ5_1};  // of kQ4_0x16 .. kQ5_1x16
+  return bases[qtype - kQ4_0x16];
+}
 constexpr bool kFiveBit(QType T) { return T == kQ5_0 || T == kQ5_1; }
+constexpr bool kHasMinimum(QType T) { return T == kQ4_1 || T == kQ5_1; }
 constexpr int64_t kTiledQuantBytes(QType T) { return kTileRows * (T == kQ8_0 ? 32 : 16) + (kFiveBit(T) ? 64 : 0); }
 constexpr float kOffsetTimesD(QType T) { return T == kQ8_0 ? -128.0f : T == kQ5_0 ? -16.0f : -8.0f; }
 
@@ -329,8 +334,8 @@ inline void tile16(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int
       }
     }
     const __m512 d = _mm512_cvtph_ps(load32(p + quant_bytes));
-    const __m512 c = T == kQ4_1 || T == kQ5_1 ? _mm512_cvtph_ps(load32(p + quant_bytes + 32))
-                                              : _mm512_mul_ps(d, _mm512_set1_ps(kOffsetTimesD(T)));  // exact
+    const __m512 c = kHasMinimum(T) ? _mm512_cvtph_ps(load32(p + quant_bytes + 32))
+                                    : _mm512_mul_ps(d, _mm512_set1_ps(kOffsetTimesD(T)));  // exact
     for (int m = 0; m < MT; ++m) {
       const int64_t xg = (m0 + m) * groups + g;
       int32_t q[8];
@@ -339,7 +344,7 @@ inline void tile16(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int
       for (int j = 0; j < 4; ++j) {
         lo = _mm512_dpbusd_epi32(lo, w[j], _mm512_set1_epi32(q[j]));
         hi = _mm512_dpbusd_epi32(hi, w[4 + j], _mm512_set1_epi32(q[4 + j]));
-      }  // Q8_0: |u . q| <= 255 * 127 * 32 fits the int32 lanes
+      }  // |u . q| <= 255 * 127 * 32: exact in int32
       const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
       acc[m] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d, _mm512_set1_ps(xq.dx[xg])), acc[m]);
       acc[m] = _mm512_fmadd_ps(c, _mm512_set1_ps(xq.sum[(m0 + m) * len + g]), acc[m]);
@@ -442,12 +447,10 @@ torch::Tensor tiled_rows(const torch::Tensor& weight, const torch::Tensor& ids, 
                   weight.size(0) % kTileRows == 0 && weight.size(1) == K / kGroup * kBlockBytes[qtype],
               "weight must be contiguous uint8 [N, K / 32 * block bytes], N a multiple of 16");
   TORCH_CHECK(ids.scalar_type() == at::kLong && ids.dim() == 1, "ids must be int64 [n]");
-  const QType base = qtype == kQ4_0x16 ? kQ4_0 : qtype == kQ4_1x16 ? kQ4_1 : qtype == kQ8_0x16 ? kQ8_0
-                     : qtype == kQ5_0x16 ? kQ5_0 : kQ5_1;
-  const bool five = base == kQ5_0 || base == kQ5_1, minimum = base == kQ4_1 || base == kQ5_1;
+  const QType base = kTiledBase(qtype);
+  const bool five = kFiveBit(base), minimum = kHasMinimum(base);
   const int64_t n = ids.numel(), N = weight.size(0), groups = K / kGroup, group_bytes = kTileRows * kBlockBytes[qtype];
-  const int64_t quant_bytes = kTileRows * (base == kQ8_0 ? 32 : 16) + (five ? 64 : 0);
-  const float offset = base == kQ8_0 || minimum ? 0.f : base == kQ5_0 ? -16.f : -8.f;
+  const int64_t quant_bytes = kTiledQuantBytes(base);
   const torch::Tensor idx = ids.contiguous();
   const int64_t* rows = idx.data_ptr<int64_t>();
   const uint8_t* w = weight.data_ptr<uint8_t>();
@@ -475,7 +478,7 @@ torch::Tensor tiled_rows(const torch::Tensor& weight, const torch::Tensor& ids, 
           std::memcpy(&high, p + 256 + 8 * (j / 4), 8);
           u += static_cast<int>((high >> (4 * lane + j % 4)) & 1) << 4;
         }
-        y[j] = minimum ? d * static_cast<float>(u) + m : d * static_cast<float>(u + static_cast<int>(offset));
+        y[j] = minimum ? d * static_cast<float>(u) + m : d * (static_cast<float>(u) + kOffsetTimesD(base));
       }
     }
   }
