@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sglang_dspark.kernels.quant_formats import FORMATS, INTERLEAVED, QuantizedWeight, interleave, random_blocks
+from sglang_dspark.kernels.quant_formats import ALL_FORMATS, random_blocks
 from sglang_dspark.kernels.quant_linear import load_quant_kernel, quant_linear
 
 COPIES = 64
@@ -32,12 +32,6 @@ def seconds_per_call(matmul, x: torch.Tensor, weights: list, repeats: int) -> fl
             matmul(x, w)
         best = min(best, time.perf_counter() - start)
     return best / len(weights)
-
-
-def random_weight(name: str, n: int, k: int, gen: torch.Generator) -> QuantizedWeight:
-    """Random blocks of format ``name``: a GGML type, or an interleaved one (``Q4_1x16``)."""
-    base = next((b for b, fmt in INTERLEAVED.items() if fmt.name == name), None)
-    return interleave(random_blocks(FORMATS[base], n, k, gen)) if base else random_blocks(FORMATS[name], n, k, gen)
 
 
 def main() -> None:
@@ -65,7 +59,7 @@ def main() -> None:
     print("| bf16 `F.linear` | " + " | ".join(cells) + " |")
     del dense
     for name in args.formats.split(","):
-        weights = [random_weight(name, n, k, gen) for _ in range(COPIES)]
+        weights = [random_blocks(ALL_FORMATS[name], n, k, gen) for _ in range(COPIES)]
         cells = []
         for m in rows:
             x = torch.randn(m, k, generator=gen).bfloat16()

@@ -1,8 +1,8 @@
 """Block-quantized weight formats (GGML's layouts), kept quantized in memory: layout, dequantize, quantize.
 
 A quantized weight [N, K] is a uint8 tensor [N, K / block_weights * block_bytes]: each row is a run of GGML
-blocks along K, in the byte layout of the GGUF file, so a GGUF tensor is used as read and the native matmul
-(quant_linear.py, csrc_avx512/quant_linear.cpp, which documents each layout) streams exactly the file's bytes.
+blocks along K, in the byte layout of the GGUF file, so a GGUF tensor is used as read by the native matmul
+(quant_linear.py, csrc_avx512/quant_linear.cpp, which documents each layout).
 Blocks of 32 weights: ``Q4_0``, ``Q4_1``, ``Q5_0``, ``Q5_1``, ``Q8_0`` (also what ``--quantization int8``
 makes of a dense weight); super-blocks of 256 weights (the K-quants of llama.cpp's Q4_K_M / Q5_K_M files):
 ``Q4_K``, ``Q5_K``, ``Q6_K``. ``interleave`` repacks Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 at load time into tiles
@@ -10,7 +10,8 @@ of 16 rows (``Q4_0x16`` .. ``Q8_0x16``: the same bytes, reordered so that one 51
 16 rows; Q5_x's fifth bits as masks).
 
 ``dequantize`` is gguf-py's dequantizer (the reference the native kernel is tested against, and what an
-embedding lookup uses for the few rows it reads).
+embedding lookup of a row-major table uses for the few rows it reads; a tiled table's rows are decoded
+natively: quant_linear.quantized_rows).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ INTERLEAVED = {
     "Q5_0": QuantFormat("Q5_0x16", 32, 22, 11, (), TILE_ROWS),
     "Q5_1": QuantFormat("Q5_1x16", 32, 24, 12, (), TILE_ROWS),
 }
+ALL_FORMATS = {**FORMATS, **{f.name: f for f in INTERLEAVED.values()}}  # by name, GGML's and the tiled
 HIGH_BITS = {"Q5_0": 4, "Q5_1": 4}  # bytes of a block's fifth bits (after its scales, before its nibbles)
 
 
@@ -120,9 +122,8 @@ def dequantize(w: AnyQuantizedWeight) -> Tensor:
 
 
 def dequantize_rows(w: QuantizedWeight, ids: Tensor) -> Tensor:
-    """Rows ``ids`` [n] of w as ``dequantize`` gives them, [n, K] float32: in torch for Q8_0 (the embedding
-    of SmolLM2 and of ``--quantization int8``; gguf-py's numpy path costs a tenth of a decode step), gguf-py
-    for the other formats."""
+    """Rows ``ids`` [n] of w as ``dequantize`` gives them, [n, K] float32: in torch for Q8_0 (a table whose rows
+    are not whole tiles; gguf-py's numpy path costs a tenth of a decode step), gguf-py for the other formats."""
     rows = w.rows(ids)
     if rows.fmt.name != "Q8_0":
         return dequantize(rows)
@@ -193,7 +194,7 @@ def interleave(w: AnyQuantizedWeight) -> AnyQuantizedWeight:
 
 def deinterleave(w: QuantizedWeight) -> QuantizedWeight:
     """The inverse of ``interleave``: the weight in its GGML format's layout."""
-    base = FORMATS[w.fmt.name.removesuffix(f"x{TILE_ROWS}")]
+    base = _base_format(w.fmt)
     head, high, body = _block_parts(base)
     tiles, groups = w.shape[0] // TILE_ROWS, w.cols // base.block_weights
     grouped = w.data.view(tiles, groups, TILE_ROWS * base.block_bytes)
@@ -206,6 +207,10 @@ def deinterleave(w: QuantizedWeight) -> QuantizedWeight:
     scales = grouped[..., at:].reshape(tiles, groups, head // 2, TILE_ROWS, 2).permute(0, 3, 1, 2, 4)
     parts.insert(0, scales.reshape(tiles, TILE_ROWS, groups, head))
     return QuantizedWeight(base, torch.cat(parts, dim=-1).reshape(w.data.shape).contiguous(), w.cols)
+
+
+def _base_format(tiled: QuantFormat) -> QuantFormat:
+    return next(FORMATS[name] for name, fmt in INTERLEAVED.items() if fmt == tiled)
 
 
 def _block_parts(base: QuantFormat) -> tuple[int, int, int]:
@@ -240,7 +245,10 @@ def _untiled_rows(w: QuantizedWeight, ids: Tensor) -> QuantizedWeight:
 
 
 def random_blocks(fmt: QuantFormat, rows: int, cols: int, gen: torch.Generator) -> QuantizedWeight:
-    """Random bytes in ``fmt``'s layout with finite fp16 scales in (0, 0.1): every other bit pattern occurs."""
+    """Random bytes in ``fmt``'s layout with finite fp16 scales in (0, 0.1): every other bit pattern occurs (a
+    tiled format: random blocks of its GGML format, interleaved; rows a multiple of 16)."""
+    if fmt.tile_rows > 1:
+        return interleave(random_blocks(_base_format(fmt), rows, cols, gen))
     data = torch.randint(0, 256, (rows, cols // fmt.block_weights * fmt.block_bytes), generator=gen, dtype=torch.uint8)
     blocks = data.view(rows, -1, fmt.block_bytes)
     for offset in fmt.fp16_offsets:

@@ -40,7 +40,6 @@ from sglang_dspark.kernels.quant_formats import (
     QuantizedWeight,
     dequantize,
     dequantize_rows,
-    interleave,
     random_blocks,
 )
 
@@ -139,7 +138,7 @@ def _check_against_dequantized(kernel: QuantLinearKernel) -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 512, generator=gen)
     weights = [random_blocks(fmt, 7, 512, gen) for fmt in FORMATS.values()]
-    weights += [interleave(random_blocks(FORMATS[name], TILE_ROWS, 512, gen)) for name in INTERLEAVED]
+    weights += [random_blocks(fmt, TILE_ROWS, 512, gen) for fmt in INTERLEAVED.values()]
     for w in weights:
         got = _run(kernel, x, w, None)
         want = int8_activations(x) @ dequantize(w).T

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from sglang_dspark.kernels.quant_formats import (
+    ALL_FORMATS,
     FORMATS,
     HIGH_BITS,
     INTERLEAVED,
-    TILE_ROWS,
     QuantizedRowStack,
     QuantizedWeight,
     concat_rows,
@@ -27,17 +27,15 @@ from sglang_dspark.kernels.quant_linear import int8_activations, missing_cpu_fla
 
 needs_avx512 = pytest.mark.skipif(bool(missing_cpu_flags()), reason="the quantized kernel needs AVX-512")
 COLS = 512  # two K-quant super-blocks, sixteen 32-weight blocks
-TILED = {fmt.name: base for base, fmt in INTERLEAVED.items()}  # Q4_1x16 -> Q4_1
-KERNEL_FORMATS = sorted(FORMATS) + sorted(TILED)
+TILED = sorted(fmt.name for fmt in INTERLEAVED.values())  # Q4_0x16, ...
+KERNEL_FORMATS = sorted(FORMATS) + TILED
 
 
 def random_weight(name: str, rows: int, seed: int, cols: int = COLS) -> QuantizedWeight:
     """Random blocks of a GGML format, or of an interleaved one (rows rounded up to whole tiles of 16)."""
-    gen = torch.Generator().manual_seed(seed)
-    if name in TILED:
-        rows = -(-rows // TILE_ROWS) * TILE_ROWS
-        return interleave(random_blocks(FORMATS[TILED[name]], rows, cols, gen))
-    return random_blocks(FORMATS[name], rows, cols, gen)
+    fmt = ALL_FORMATS[name]
+    rows = -(-rows // fmt.tile_rows) * fmt.tile_rows
+    return random_blocks(fmt, rows, cols, torch.Generator().manual_seed(seed))
 
 
 def gguf_dequantize(w: QuantizedWeight) -> torch.Tensor:
@@ -178,7 +176,7 @@ def test_row_lookup_decodes_as_gguf(name):
 
 
 @needs_avx512
-@pytest.mark.parametrize("name", sorted(TILED))
+@pytest.mark.parametrize("name", TILED)
 def test_native_row_lookup_of_tiles_decodes_as_gguf(name):
     w = random_weight(name, 48, seed=6)
     ids = torch.tensor([47, 0, 16, 16, 31, 5])
