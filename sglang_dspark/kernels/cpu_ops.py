@@ -8,7 +8,8 @@ and its bf16 ``rms_norm`` and per-layer K/V gathers cost more than the math they
 - ``rms_norm`` / ``add_rms_norm``: HF's rounding order, one pass, residual add fused;
 - ``pool_attention``: decode, verify and short-extend queries over K/V read in place from the token
   pool (causal: query n sees the first ``kv_lens[n]`` slots of its request's slot row);
-- ``rotary``: the rotary embedding of q and k in place, HF's rounding (one call instead of a dozen ops).
+- ``rotary``: the rotary embedding of q and k in place, HF's rounding (one call instead of a dozen ops);
+- ``silu_mul``: SiLU(gate) * up of a merged gate/up output (one pass instead of a split and two ops).
 
 They are compiled on first use with torch's JIT extension builder (about a minute; cached in
 ~/.cache/torch_extensions) and checked against torch before they are used.
@@ -48,6 +49,8 @@ class CpuOps:
     add_rms_norm: Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]  # -> (normed, x + residual)
     pool_attention: PoolAttentionFn
     rotary: RotaryFn | None  # in place on q and k; None: the model keeps torch's rotary
+    # gate_up [N, 2 I] -> SiLU(gate) * up [N, I]; None: the model keeps torch's (its own exp, so not HF's bits)
+    silu_mul: Callable[[Tensor], Tensor] | None
 
 
 def cpu_lacks_bf16_gemm() -> bool:
@@ -62,7 +65,9 @@ def load_cpu_ops() -> CpuOps:
     if capability not in ("AVX2", "AVX512"):
         raise RuntimeError(f"the native CPU kernels need AVX2 + FMA (CPU capability: {capability})")
     module = build_extension("sglang_dspark_cpu_ops", SOURCES, ["-O3", "-mavx2", "-mfma"])
-    ops = CpuOps(module.bf16_linear, module.rms_norm, module.add_rms_norm, module.pool_attention, module.rotary)
+    ops = CpuOps(
+        module.bf16_linear, module.rms_norm, module.add_rms_norm, module.pool_attention, module.rotary, module.silu_mul
+    )
     _check_against_torch(ops)
     return ops
 
@@ -138,6 +143,8 @@ def _check_against_torch(ops: CpuOps) -> None:
     want = q.float() * cos + rotated.float() * sin
     got, _ = ops.rotary(q.clone(), q[:, :1].clone(), cos.bfloat16(), sin.bfloat16())
     _expect_close("rotary", got, want)
+    gate_up = 4 * torch.randn(3, 2 * 20, generator=gen)
+    _expect_close("silu_mul", ops.silu_mul(gate_up), F.silu(gate_up[:, :20]) * gate_up[:, 20:])
 
 
 def _expect_close(name: str, got: Tensor, want: Tensor) -> None:
@@ -164,13 +171,16 @@ def select_cpu_ops(choice: str, device: str, dtype: torch.dtype, batch_invariant
     if device != "cpu" or dtype != torch.bfloat16 or choice == "torch":
         return None
     if choice == "native":
-        return load_cpu_ops()
-    try:
         ops = load_cpu_ops()
-    except Exception as e:  # no compiler, no ninja, unexpected CPU: the model still runs, only slower
-        logger.warning("native CPU kernels unavailable (%s); using torch's bf16 ops", e)
-        return None
-    return ops if cpu_lacks_bf16_gemm() else dataclasses.replace(ops, linear=F.linear)
+    else:
+        try:
+            ops = load_cpu_ops()
+        except Exception as e:  # no compiler, no ninja, unexpected CPU: the model still runs, only slower
+            logger.warning("native CPU kernels unavailable (%s); using torch's bf16 ops", e)
+            return None
+        if not cpu_lacks_bf16_gemm():
+            ops = dataclasses.replace(ops, linear=F.linear)
+    return dataclasses.replace(ops, silu_mul=None)  # torch's SiLU: a dense bf16 model keeps HF's bits
 
 
 def batch_invariant_ops(device: str, dtype: torch.dtype) -> CpuOps:

@@ -49,7 +49,7 @@ KERNELS = Path(__file__).parent
 # the matmul, the fused decoder layer (kernels/fused_decoder.py) and the native kernels that layer calls
 SOURCES = [
     *sorted((KERNELS / "csrc_avx512").glob("*.cpp")),
-    *(KERNELS / "csrc" / name for name in ("pool_attention.cpp", "rms_norm.cpp", "rotary.cpp")),
+    *(KERNELS / "csrc" / name for name in ("activation.cpp", "pool_attention.cpp", "rms_norm.cpp", "rotary.cpp")),
 ]
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
 CPUINFO = Path("/proc/cpuinfo")

@@ -58,8 +58,8 @@ def release_freed_memory() -> None:
 
 
 def use_cpu_ops(model: nn.Module, ops: CpuOps) -> None:
-    """Route the model's matmuls (LinearBase layers and the LM head), RMSNorms and rotary embeddings through
-    native kernels."""
+    """Route the model's matmuls (LinearBase layers and the LM head), RMSNorms, rotary embeddings and SiLU MLP
+    activations through native kernels."""
     for module in model.modules():
         if isinstance(module, RMSNorm):
             module.cpu_ops = ops
@@ -67,6 +67,8 @@ def use_cpu_ops(model: nn.Module, ops: CpuOps) -> None:
             module.linear_fn = ops.linear
         if "rotary_fn" in vars(module) and ops.rotary is not None:
             module.rotary_fn = ops.rotary
+        if "silu_mul_fn" in vars(module):
+            module.silu_mul_fn = ops.silu_mul
 
 
 @dataclass

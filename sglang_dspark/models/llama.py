@@ -81,9 +81,14 @@ class LlamaMLP(nn.Module):
         except KeyError:
             supported = sorted(ACTIVATIONS)
             raise ValueError(f"unsupported MLP activation {cfg.hidden_act!r}; supported: {supported}") from None
+        # the native SiLU(gate) * up where the model runner loads it, for a SiLU activation
+        self.silu_mul_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if self.silu_mul_fn is not None and self.act is F.silu:
+            return self.down_proj(self.silu_mul_fn(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(self.act(gate) * up)
 
 
@@ -91,10 +96,12 @@ def fused_weights(
     attn: LlamaAttention, mlp: LlamaMLP, act: Callable[[torch.Tensor], torch.Tensor], **norms
 ) -> FusedLayerWeights | None:
     """A layer's weights for the fused stack (kernels/fused_decoder.py), or None where it cannot run there:
-    a dense linear layer, tensor parallelism, another activation. ``norms``: the layer's own norm weights and
-    flags (FusedLayerWeights' fields)."""
+    a dense linear layer, tensor parallelism, another activation, SiLU without its native kernel (the stack's).
+    ``norms``: the layer's own norm weights and flags (FusedLayerWeights' fields)."""
     linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
     if any(m.qweight is None for m in linears) or attn.o_proj.tp is not None or mlp.act is not act:
+        return None
+    if act is F.silu and mlp.silu_mul_fn is None:
         return None
     return FusedLayerWeights(
         qkv=attn.qkv_proj.qweight,

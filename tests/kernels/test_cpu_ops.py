@@ -178,6 +178,31 @@ def test_rotary_rejects_mismatched_inputs(ops):
         ops.rotary(q, k, torch.randn(3, 1, 8), torch.randn(3, 1, 8))
 
 
+# ---------------------------------------------------------------- SiLU(gate) * up
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("i", [8, 13, 1536])  # whole 8-wide chunks, a partial last chunk
+def test_silu_mul_matches_torch(ops, dtype, i):
+    gen = _gen(i)
+    gate_up = (6 * torch.randn(5, 2 * i, generator=gen)).to(dtype)
+    gate_up[0, :4] = torch.tensor([0.0, -90.0, 90.0, -1e-30])  # zero, far tails, a tiny negative
+    got = ops.silu_mul(gate_up)
+    want = F.silu(gate_up[:, :i]) * gate_up[:, i:]  # rounded as torch rounds: SiLU, then the product
+    assert got.dtype == dtype and got.shape == (5, i)
+    if dtype == torch.bfloat16:  # another exp: the rounded SiLU may differ from torch's by one unit (2^-8)
+        torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=1e-6)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    # each row alone: the same bits as in the batch
+    assert all(torch.equal(ops.silu_mul(gate_up[n : n + 1])[0], got[n]) for n in range(5))
+
+
+def test_silu_mul_rejects_odd_widths(ops):
+    with pytest.raises(RuntimeError, match="2 I"):
+        ops.silu_mul(torch.randn(2, 7))
+
+
 # ---------------------------------------------------------------- selection and wiring
 
 
@@ -191,6 +216,9 @@ def test_selection():
     # auto: native attention and norms everywhere; the matmul is torch's where the CPU has bf16 GEMM
     assert auto.pool_attention is native.pool_attention and auto.add_rms_norm is native.add_rms_norm
     assert (auto.linear is torch.nn.functional.linear) == (not cpu_lacks_bf16_gemm())
+    # torch's SiLU for dense bf16 models (HF's bits); the batch-invariant ops (quantized models) take the native one
+    assert native.silu_mul is None and auto.silu_mul is None
+    assert select_cpu_ops("auto", "cpu", torch.bfloat16, batch_invariant=True).silu_mul is not None
 
 
 def test_layers_route_through_the_kernels(ops):

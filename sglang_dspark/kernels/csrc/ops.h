@@ -19,6 +19,10 @@ torch::Tensor pool_attention(const torch::Tensor& q, const torch::Tensor& k_buf,
 std::tuple<torch::Tensor, torch::Tensor> rotary(torch::Tensor q, torch::Tensor k, const torch::Tensor& cos,
                                                 const torch::Tensor& sin);
 
+// SiLU(gate) * up of gate_up [N, 2 I] (gate columns first) -> [N, I]: SiLU rounded to the dtype, then the product
+// (as torch's F.silu(gate) * up rounds), each element alone (batch-invariant).
+torch::Tensor silu_mul(const torch::Tensor& gate_up);
+
 // HF RMSNorm of x [N, d]; with a residual, of x + residual, returning (normed, x + residual).
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 std::tuple<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& x, const torch::Tensor& residual,
@@ -47,3 +51,20 @@ static inline float bf16_to_float(uint16_t v) {
 // 8 floats from bf16 or fp32 memory.
 static inline __m256 load8(const at::BFloat16* p) { return load_bf16x8(reinterpret_cast<const uint16_t*>(p)); }
 static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+
+// exp(x) for x <= 0: Cephes' polynomial, relative error about 2e-7.
+static inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}

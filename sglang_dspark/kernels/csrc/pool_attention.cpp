@@ -21,23 +21,6 @@ inline __m256 hsum8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// exp(x) for x <= 0 (scores minus their maximum): Cephes' polynomial, relative error about 2e-7.
-inline __m256 exp_nonpositive(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
 template <typename T>
 float dot(const float* q, const T* k, int64_t D) {
   __m256 acc = _mm256_setzero_ps();
@@ -103,10 +86,11 @@ void weighted_values(const float* probs, const T* v_buf, const int64_t* row, int
   }
 }
 
-// q, out [N, Hq, D]; k_buf, v_buf [T, Hkv, D]; slots [B, S]; rows, lens [N]. One work item per (query, head):
-// the query heads sharing a KV head read its keys from cache.
+// q [N, Hq, D] (rows q_stride apart: a view of a fused QKV output), out [N, Hq, D]; k_buf, v_buf [T, Hkv, D];
+// slots [B, S]; rows, lens [N]. One work item per (query, head): the query heads sharing a KV head read its keys
+// from cache.
 template <typename T>
-void run(const T* q, const T* k_buf, const T* v_buf, const int64_t* slots, const int64_t* rows, const int64_t* lens,
+void run(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, const int64_t* slots, const int64_t* rows, const int64_t* lens,
          int64_t N, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, float scale, T* out) {
   const int64_t G = Hq / Hkv;
   at::parallel_for(0, N * Hq, 1, [&](int64_t begin, int64_t end) {
@@ -115,7 +99,7 @@ void run(const T* q, const T* k_buf, const T* v_buf, const int64_t* slots, const
       const int64_t n = item / Hq, head = item % Hq, h = head / G, len = lens[n], padded = (len + 7) / 8 * 8;
       const int64_t* row = slots + rows[n] * S;
       scores.resize(padded);
-      for (int64_t d = 0; d < D; ++d) qf[d] = static_cast<float>(q[(n * Hq + head) * D + d]) * scale;
+      for (int64_t d = 0; d < D; ++d) qf[d] = static_cast<float>(q[n * q_stride + head * D + d]) * scale;
       score_keys(qf.data(), k_buf, row, len, Hkv, h, D, scores.data());
       const float denom = softmax_numerators(scores.data(), len, padded);
       weighted_values(scores.data(), v_buf, row, len, Hkv, h, D, denom, res.data());
@@ -130,14 +114,15 @@ torch::Tensor pool_attention(const torch::Tensor& q, const torch::Tensor& k_buf,
                              const torch::Tensor& slots, const torch::Tensor& q_rows, const torch::Tensor& kv_lens,
                              double scale) {
   TORCH_CHECK(q.dim() == 3 && k_buf.dim() == 3 && v_buf.sizes() == k_buf.sizes(), "q [N, Hq, D], k/v [T, Hkv, D]");
-  TORCH_CHECK(q.is_contiguous() && k_buf.is_contiguous() && v_buf.is_contiguous(), "q, k, v must be contiguous");
+  TORCH_CHECK(q.stride(2) == 1 && q.stride(1) == q.size(2), "q must have contiguous heads");
+  TORCH_CHECK(k_buf.is_contiguous() && v_buf.is_contiguous(), "k, v must be contiguous");
   TORCH_CHECK(q.scalar_type() == k_buf.scalar_type() && q.scalar_type() == v_buf.scalar_type(), "one dtype for q, k, v");
   const int64_t N = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = k_buf.size(1);
   TORCH_CHECK(k_buf.size(2) == D && D % 8 == 0 && Hq % Hkv == 0, "head_dim must match and be a multiple of 8");
   TORCH_CHECK(slots.dim() == 2 && q_rows.numel() == N && kv_lens.numel() == N, "slots [B, S], q_rows and kv_lens [N]");
   const torch::Tensor s = slots.to(torch::kInt64).contiguous(), rows = q_rows.to(torch::kInt64).contiguous(),
                       lens = kv_lens.to(torch::kInt64).contiguous();
-  torch::Tensor out = torch::empty_like(q);
+  torch::Tensor out = torch::empty({N, Hq, D}, q.options());
   if (N == 0) return out;
   // bounds of every index the kernel reads through, checked in a loop (a handful of values per call)
   const int64_t *lp = lens.data_ptr<int64_t>(), *rp = rows.data_ptr<int64_t>();
@@ -147,11 +132,11 @@ torch::Tensor pool_attention(const torch::Tensor& q, const torch::Tensor& k_buf,
   }
   const float sc = static_cast<float>(scale);
   if (q.scalar_type() == at::kBFloat16) {
-    run(q.data_ptr<at::BFloat16>(), k_buf.data_ptr<at::BFloat16>(), v_buf.data_ptr<at::BFloat16>(), s.data_ptr<int64_t>(),
+    run(q.data_ptr<at::BFloat16>(), q.stride(0), k_buf.data_ptr<at::BFloat16>(), v_buf.data_ptr<at::BFloat16>(), s.data_ptr<int64_t>(),
         rows.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), N, s.size(1), Hq, Hkv, D, sc, out.data_ptr<at::BFloat16>());
   } else {
     TORCH_CHECK(q.scalar_type() == at::kFloat, "pool_attention supports bfloat16 and float32");
-    run(q.data_ptr<float>(), k_buf.data_ptr<float>(), v_buf.data_ptr<float>(), s.data_ptr<int64_t>(),
+    run(q.data_ptr<float>(), q.stride(0), k_buf.data_ptr<float>(), v_buf.data_ptr<float>(), s.data_ptr<int64_t>(),
         rows.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), N, s.size(1), Hq, Hkv, D, sc, out.data_ptr<float>());
   }
   return out;

@@ -52,6 +52,26 @@ std::tuple<torch::Tensor, torch::Tensor> add_norm(const DecoderLayer& L, const t
   return {gemma_norm(sum, weight, L.eps), sum};
 }
 
+// buf[loc[i]] = src[i] for the rows of src [n, H, D]: index_copy_ without its dispatch, for rows of the pool's dtype
+// with contiguous heads (a view of the QKV output)
+void store_rows(const torch::Tensor& src, const torch::Tensor& loc, torch::Tensor& buf) {
+  const int64_t n = src.size(0), row = src.size(1) * src.size(2);
+  if (src.scalar_type() != buf.scalar_type() || src.stride(2) != 1 || src.stride(1) != src.size(2) ||
+      !buf.is_contiguous() || buf[0].numel() != row || !loc.is_contiguous() || loc.scalar_type() != at::kLong) {
+    buf.index_copy_(0, loc, src.to(buf.scalar_type()));
+    return;
+  }
+  TORCH_CHECK(loc.numel() == n, "one KV slot per new token");
+  const int64_t bytes = row * src.element_size(), src_step = src.stride(0) * src.element_size(), slots = buf.size(0);
+  const int64_t* slot = loc.data_ptr<int64_t>();
+  const char* from = static_cast<const char*>(src.data_ptr());
+  char* to = static_cast<char*>(buf.data_ptr());
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(slot[i] >= 0 && slot[i] < slots, "KV slot ", slot[i], " out of range");
+    std::memcpy(to + slot[i] * bytes, from + i * src_step, bytes);
+  }
+}
+
 // (output before the residual add, residual) of one layer: LlamaDecoderLayer.forward / Gemma3DecoderLayer.forward
 std::pair<torch::Tensor, torch::Tensor> layer_forward(const DecoderLayer& L, const torch::Tensor& x,
                                                       torch::Tensor residual, const PoolBatch& b,
@@ -79,18 +99,17 @@ std::pair<torch::Tensor, torch::Tensor> layer_forward(const DecoderLayer& L, con
     k = k * b.cos + rotate_half(k) * b.sin;
   }
   const torch::Tensor v = qkv[2].view({n, L.num_kv_heads, L.head_dim});
-  k_buf.index_copy_(0, loc, k.to(k_buf.scalar_type()));
-  v_buf.index_copy_(0, loc, v.to(v_buf.scalar_type()));
-  const torch::Tensor attn =
-      pool_attention(q.contiguous(), k_buf, v_buf, b.slots, b.q_rows, b.kv_lens, L.scale).view({n, q_size});
+  store_rows(k, loc, k_buf);
+  store_rows(v, loc, v_buf);
+  const torch::Tensor attn = pool_attention(q, k_buf, v_buf, b.slots, b.q_rows, b.kv_lens, L.scale).view({n, q_size});
   torch::Tensor o = L.o(attn);
   if (L.gemma) {
     std::tie(h, residual) = add_norm(L, gemma_norm(o, L.post_norm, L.eps), residual, *L.pre_ff_norm);
   } else {
     std::tie(h, residual) = add_rms_norm(o.contiguous(), residual, L.post_norm, L.eps);
   }
+  if (!L.gemma) return {L.down(silu_mul(L.gate_up(h))), residual};
   const std::vector<torch::Tensor> gate_up = L.gate_up(h).chunk(2, -1);
-  if (!L.gemma) return {L.down(at::silu(gate_up[0]) * gate_up[1]), residual};
   const torch::Tensor out = L.down(at::gelu(gate_up[0], "tanh") * gate_up[1]);
   return {gemma_norm(out, *L.post_ff_norm, L.eps), residual};
 }
