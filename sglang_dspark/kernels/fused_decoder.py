@@ -55,8 +55,10 @@ class FusedLayerWeights:
 class FusedDecoder:
     """The decoder stack as one native object; ``forward`` runs its first ``num_layers`` layers."""
 
-    def __init__(self, layers: list[FusedLayerWeights]) -> None:
-        self._module = load_quant_module()
+    def __init__(self, layers: list[FusedLayerWeights], module=None) -> None:
+        """``module``: the compiled extension to run (default: this checkout's; benchmarks/bench_fused_ab.py
+        passes another commit's)."""
+        self._module = module or load_quant_module()
         self._stack = self._module.DecoderStack([self._layer(w) for w in layers])
 
     def _linear(self, weight: AnyQuantizedWeight, bias: Tensor | None = None):

@@ -51,6 +51,7 @@ SOURCES = [
     *sorted((KERNELS / "csrc_avx512").glob("*.cpp")),
     *(KERNELS / "csrc" / name for name in ("activation.cpp", "pool_attention.cpp", "rms_norm.cpp", "rotary.cpp")),
 ]
+CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"]
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c")
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -82,11 +83,7 @@ def load_quant_module():
 
 @cache
 def _build_module():
-    return build_extension(
-        "sglang_dspark_quant_linear",
-        SOURCES,
-        ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mf16c", "-mfma"],
-    )
+    return build_extension("sglang_dspark_quant_linear", SOURCES, CFLAGS)
 
 
 @cache
