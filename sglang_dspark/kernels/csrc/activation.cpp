@@ -24,8 +24,9 @@ inline void store8(at::BFloat16* p, __m256 v) {
   const __m256i bias = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1)),
                                         _mm256_set1_epi32(0x7FFF));
   __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
-  rounded = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC0)),
-                                                 _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  const __m256 quiet_nan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC0));
+  rounded = _mm256_castps_si256(
+      _mm256_blendv_ps(_mm256_castsi256_ps(rounded), quiet_nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded, rounded), 0x08);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }

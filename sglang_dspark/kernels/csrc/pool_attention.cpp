@@ -90,8 +90,8 @@ void weighted_values(const float* probs, const T* v_buf, const int64_t* row, int
 // slots [B, S]; rows, lens [N]. One work item per (query, head): the query heads sharing a KV head read its keys
 // from cache.
 template <typename T>
-void run(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, const int64_t* slots, const int64_t* rows, const int64_t* lens,
-         int64_t N, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, float scale, T* out) {
+void run(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, const int64_t* slots, const int64_t* rows,
+         const int64_t* lens, int64_t N, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, float scale, T* out) {
   const int64_t G = Hq / Hkv;
   at::parallel_for(0, N * Hq, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> qf(D), res(D), scores;
@@ -132,8 +132,9 @@ torch::Tensor pool_attention(const torch::Tensor& q, const torch::Tensor& k_buf,
   }
   const float sc = static_cast<float>(scale);
   if (q.scalar_type() == at::kBFloat16) {
-    run(q.data_ptr<at::BFloat16>(), q.stride(0), k_buf.data_ptr<at::BFloat16>(), v_buf.data_ptr<at::BFloat16>(), s.data_ptr<int64_t>(),
-        rows.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), N, s.size(1), Hq, Hkv, D, sc, out.data_ptr<at::BFloat16>());
+    run(q.data_ptr<at::BFloat16>(), q.stride(0), k_buf.data_ptr<at::BFloat16>(), v_buf.data_ptr<at::BFloat16>(),
+        s.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), N, s.size(1), Hq, Hkv, D, sc,
+        out.data_ptr<at::BFloat16>());
   } else {
     TORCH_CHECK(q.scalar_type() == at::kFloat, "pool_attention supports bfloat16 and float32");
     run(q.data_ptr<float>(), q.stride(0), k_buf.data_ptr<float>(), v_buf.data_ptr<float>(), s.data_ptr<int64_t>(),
