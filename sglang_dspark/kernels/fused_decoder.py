@@ -59,34 +59,7 @@ class FusedDecoder:
         """``module``: the compiled extension to run (default: this checkout's; benchmarks/bench_fused_ab.py
         passes another commit's)."""
         self._module = module or load_quant_module()
-        self._stack = self._module.DecoderStack([self._layer(w) for w in layers])
-
-    def _linear(self, weight: AnyQuantizedWeight, bias: Tensor | None = None):
-        parts = weight.parts if isinstance(weight, QuantizedRowStack) else [weight]
-        ids = [p.fmt.kernel_id for p in parts]
-        return self._module.QuantLinear([p.data for p in parts], ids, parts[0].cols, bias)
-
-    def _layer(self, w: FusedLayerWeights):
-        return self._module.DecoderLayer(
-            w.input_norm,
-            w.post_norm,
-            w.q_norm,
-            w.k_norm,
-            self._linear(w.qkv, w.qkv_bias),
-            self._linear(w.o),
-            self._linear(w.gate_up),
-            self._linear(w.down),
-            w.num_heads,
-            w.num_kv_heads,
-            w.head_dim,
-            w.eps,
-            w.scale,
-            w.native_rotary,
-            w.gemma,
-            w.pre_ff_norm,
-            w.post_ff_norm,
-            w.sliding,
-        )
+        self._stack = self._module.DecoderStack([native_layer(self._module, w) for w in layers])
 
     def forward(
         self,
@@ -104,3 +77,33 @@ class FusedDecoder:
         ``capture``)."""
         pool = kv_pool.k_buffer, kv_pool.v_buffer
         return self._stack.forward(x, *pool, loc, list(full), list(windowed), num_layers, capture)
+
+
+def native_linear(module, weight: AnyQuantizedWeight, bias: Tensor | None = None):
+    """The extension's QuantLinear over ``weight`` (one part per format of a row stack)."""
+    parts = weight.parts if isinstance(weight, QuantizedRowStack) else [weight]
+    return module.QuantLinear([p.data for p in parts], [p.fmt.kernel_id for p in parts], parts[0].cols, bias)
+
+
+def native_layer(module, w: FusedLayerWeights):
+    """The extension's DecoderLayer over ``w``."""
+    return module.DecoderLayer(
+        w.input_norm,
+        w.post_norm,
+        w.q_norm,
+        w.k_norm,
+        native_linear(module, w.qkv, w.qkv_bias),
+        native_linear(module, w.o),
+        native_linear(module, w.gate_up),
+        native_linear(module, w.down),
+        w.num_heads,
+        w.num_kv_heads,
+        w.head_dim,
+        w.eps,
+        w.scale,
+        w.native_rotary,
+        w.gemma,
+        w.pre_ff_norm,
+        w.post_ff_norm,
+        w.sliding,
+    )

@@ -1,4 +1,5 @@
 #include "decoder_layer.h"
+#include "drafter.h"
 #include "quant_linear.h"
 
 // module-local classes: another build of these sources (benchmarks/bench_fused_ab.py) can load beside this one
@@ -22,4 +23,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<DecoderStack>(m, "DecoderStack", py::module_local())
       .def(py::init<std::vector<DecoderLayer>>())
       .def("forward", &DecoderStack::forward, py::call_guard<py::gil_scoped_release>());
+  py::class_<DraftHeads>(m, "DraftHeads", py::module_local())
+      .def(py::init<QuantLinear, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>,
+                    c10::optional<torch::Tensor>, c10::optional<torch::Tensor>>(),
+           py::arg("lm_head"), py::arg("vocab"), py::arg("markov_w1"), py::arg("markov_w2"), py::arg("conf_weight"),
+           py::arg("conf_bias"));
+  py::class_<DraftStack>(m, "DraftStack", py::module_local())
+      .def(py::init<QuantLinear, torch::Tensor, std::vector<DecoderLayer>, std::vector<QuantLinear>, torch::Tensor,
+                    torch::Tensor, torch::Tensor, DraftHeads>(),
+           py::arg("fc"), py::arg("hidden_norm"), py::arg("layers"), py::arg("context_kv"), py::arg("norm"),
+           py::arg("rope_cos"), py::arg("rope_sin"), py::arg("heads"))
+      .def("context", &DraftStack::context, py::call_guard<py::gil_scoped_release>())
+      .def("block", &DraftStack::block, py::call_guard<py::gil_scoped_release>())
+      .def("greedy_walk", &DraftStack::greedy_walk, py::call_guard<py::gil_scoped_release>());
 }

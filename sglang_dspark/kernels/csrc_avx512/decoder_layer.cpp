@@ -29,11 +29,6 @@ torch::Tensor rotate_half(const torch::Tensor& x) {
   return at::cat({at::neg(x.slice(-1, half)), x.slice(-1, 0, half)}, -1);
 }
 
-// per-head RMSNorm of x [N, H, D] (RMSNorm.forward on the native kernels)
-torch::Tensor head_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  return rms_norm(x.reshape({-1, x.size(-1)}).contiguous(), weight, eps).view(x.sizes());
-}
-
 // Gemma's RMSNorm over the last dim (RMSNorm with unit_offset): normalize and scale by 1 + weight in fp32
 torch::Tensor gemma_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   const torch::Tensor normed = at::rms_norm(x.to(at::kFloat), {x.size(-1)}, c10::nullopt, eps);
@@ -50,6 +45,12 @@ std::tuple<torch::Tensor, torch::Tensor> add_norm(const DecoderLayer& L, const t
   if (!L.gemma) return add_rms_norm(x.contiguous(), residual.contiguous(), weight, L.eps);
   const torch::Tensor sum = x + residual;
   return {gemma_norm(sum, weight, L.eps), sum};
+}
+
+}  // namespace
+
+torch::Tensor head_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  return rms_norm(x.reshape({-1, x.size(-1)}).contiguous(), weight, eps).view(x.sizes());
 }
 
 // buf[loc[i]] = src[i] for the rows of src [n, H, D]: index_copy_ without its dispatch, for rows of the pool's dtype
@@ -72,11 +73,9 @@ void store_rows(const torch::Tensor& src, const torch::Tensor& loc, torch::Tenso
   }
 }
 
-// (output before the residual add, residual) of one layer: LlamaDecoderLayer.forward / Gemma3DecoderLayer.forward
 std::pair<torch::Tensor, torch::Tensor> layer_forward(const DecoderLayer& L, const torch::Tensor& x,
-                                                      torch::Tensor residual, const PoolBatch& b,
-                                                      const torch::Tensor& loc, torch::Tensor& k_buf,
-                                                      torch::Tensor& v_buf) {
+                                                      torch::Tensor residual, const torch::Tensor& cos,
+                                                      const torch::Tensor& sin, const Attend& attend) {
   torch::Tensor h;
   if (!residual.defined()) {
     residual = x;
@@ -93,15 +92,13 @@ std::pair<torch::Tensor, torch::Tensor> layer_forward(const DecoderLayer& L, con
     k = L.gemma ? gemma_norm(k, *L.k_norm, L.eps) : head_norm(k, *L.k_norm, L.eps);
   }
   if (L.native_rotary) {
-    rotary(q, k, b.cos, b.sin);
+    rotary(q, k, cos, sin);
   } else {
-    q = q * b.cos + rotate_half(q) * b.sin;
-    k = k * b.cos + rotate_half(k) * b.sin;
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
   }
   const torch::Tensor v = qkv[2].view({n, L.num_kv_heads, L.head_dim});
-  store_rows(k, loc, k_buf);
-  store_rows(v, loc, v_buf);
-  const torch::Tensor attn = pool_attention(q, k_buf, v_buf, b.slots, b.q_rows, b.kv_lens, L.scale).view({n, q_size});
+  const torch::Tensor attn = attend(q, k, v).view({n, q_size});
   torch::Tensor o = L.o(attn);
   if (L.gemma) {
     std::tie(h, residual) = add_norm(L, gemma_norm(o, L.post_norm, L.eps), residual, *L.pre_ff_norm);
@@ -113,6 +110,8 @@ std::pair<torch::Tensor, torch::Tensor> layer_forward(const DecoderLayer& L, con
   const torch::Tensor out = L.down(at::gelu(gate_up[0], "tanh") * gate_up[1]);
   return {gemma_norm(out, *L.post_ff_norm, L.eps), residual};
 }
+
+namespace {
 
 // the five tensors of a PoolBatch, or none (the model has no layers of that kind)
 c10::optional<PoolBatch> pool_batch(const std::vector<torch::Tensor>& t) {
@@ -138,7 +137,14 @@ std::tuple<torch::Tensor, torch::Tensor, std::vector<torch::Tensor>> DecoderStac
     const c10::optional<PoolBatch>& batch = L.sliding ? windowed_batch : full_batch;
     TORCH_CHECK(batch.has_value(), "layer ", i, L.sliding ? " attends in a window: pass the windowed batch"
                                                           : " attends to all keys: pass the full batch");
-    std::tie(x, residual) = layer_forward(L, x, residual, *batch, loc, k_buffers[i], v_buffers[i]);
+    const PoolBatch& b = *batch;
+    torch::Tensor &k_buf = k_buffers[i], &v_buf = v_buffers[i];
+    const Attend pool = [&](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+      store_rows(k, loc, k_buf);
+      store_rows(v, loc, v_buf);
+      return pool_attention(q, k_buf, v_buf, b.slots, b.q_rows, b.kv_lens, L.scale);
+    };
+    std::tie(x, residual) = layer_forward(L, x, residual, b.cos, b.sin, pool);
     for (size_t j = 0; j < capture.size(); ++j)
       if (capture[j] == i) captured[j] = x + residual;
   }

@@ -3,6 +3,7 @@
 #pragma once
 #include <torch/extension.h>
 
+#include <functional>
 #include <tuple>
 #include <vector>
 
@@ -30,6 +31,22 @@ struct DecoderLayer {
   c10::optional<torch::Tensor> pre_ff_norm, post_ff_norm;
   bool sliding;  // attends through the windowed batch (a sliding-window layer)
 };
+
+// A layer's attention: its new tokens' q [n, Hq, D], k and v [n, Hkv, D] (normed and rotated; k and v are views of
+// the QKV output) -> [n, Hq, D], with whatever keys they see besides (the KV pool, a drafter's context).
+using Attend = std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>;
+
+// (output before the residual add, residual) of one layer: LlamaDecoderLayer.forward / Gemma3DecoderLayer.forward,
+// rotating with cos, sin [n, 1, D]; the first layer takes an undefined residual.
+std::pair<torch::Tensor, torch::Tensor> layer_forward(const DecoderLayer& L, const torch::Tensor& x,
+                                                      torch::Tensor residual, const torch::Tensor& cos,
+                                                      const torch::Tensor& sin, const Attend& attend);
+
+// per-head RMSNorm of x [N, H, D] (RMSNorm.forward on the native kernels)
+torch::Tensor head_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+
+// buf[loc[i]] = src[i] for the rows of src [n, H, D] (index_copy_, without its dispatch where the layouts allow)
+void store_rows(const torch::Tensor& src, const torch::Tensor& loc, torch::Tensor& buf);
 
 // What one forward's layers attend with: cos, sin [N, 1, D], then pool_attention's slots [B, S], q_rows [N] and
 // kv_lens [N] (csrc/ops.h).

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from sglang_dspark.kernels.cpu_ops import LinearFn
-from sglang_dspark.kernels.quant_formats import Q8_0_BLOCK, QuantizedWeight, quantize_q8_0
+from sglang_dspark.kernels.fused_decoder import FusedLayerWeights
+from sglang_dspark.kernels.fused_drafter import FusedDrafter, FusedDrafterWeights
+from sglang_dspark.kernels.quant_formats import Q8_0_BLOCK, QuantizedWeight, concat_rows, interleave, quantize_q8_0
 from sglang_dspark.kernels.quant_linear import quant_linear
 from sglang_dspark.layers.linear import ReplicatedLinear
 from sglang_dspark.speculative.dspark.backbone import DraftBackbone
@@ -65,6 +67,7 @@ class DSparkDrafter(DraftBackbone):
         self.bind_target(embed_weight, lm_head_weight)
         self.draft_vocab: torch.Tensor | None = None  # [K] ids `draft` may propose; None = all
         self._draft_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # LM head, Markov W2 rows
+        self.fused: FusedDrafter | None = None  # the native drafter (``quantize``)
 
     def bind_target(self, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor) -> None:
         """Share the target's (frozen) embedding [V, d] and LM head [V, d]; they are not drafter parameters."""
@@ -78,6 +81,7 @@ class DSparkDrafter(DraftBackbone):
     def restrict_vocab(self, token_ids: torch.Tensor | None) -> None:
         """Let `draft` propose only token_ids [K] (ascending; draft_vocab.py), None = the whole vocabulary.
         Copies those rows of the LM head and the Markov W2: for inference (call again after changing them)."""
+        self.fused = None  # built from the rows below by ``quantize``
         if token_ids is None:
             self.draft_vocab, self._draft_rows = None, None
             return
@@ -101,7 +105,62 @@ class DSparkDrafter(DraftBackbone):
             ):
                 module.quantize()
         if self._draft_rows is not None and self.config.hidden_size % Q8_0_BLOCK == 0:
-            self._draft_rows = (quantize_q8_0(self._draft_rows[0]), self._draft_rows[1])
+            self._draft_rows = (interleave(quantize_q8_0(self._draft_rows[0])), self._draft_rows[1])
+        self.fused = FusedDrafter(self._fused_weights()) if self._fusable() else None
+
+    def _fusable(self) -> bool:
+        """Whether FusedDrafter runs this drafter: every backbone matmul and the draft vocabulary's LM head rows
+        quantized (``quantize``), and a Markov head, if any, that FusedDrafter walks (vanilla)."""
+        linears = [m for m in self.modules() if isinstance(m, ReplicatedLinear)]
+        if self.markov_head is not None:
+            linears = [m for m in linears if m is not self.markov_head.markov_w2]
+        return (
+            all(m.qweight is not None for m in linears)
+            and self._draft_rows is not None
+            and isinstance(self._draft_rows[0], QuantizedWeight)
+            and (self.markov_head is None or self.markov_head.kind == "vanilla")
+        )
+
+    def _fused_weights(self) -> FusedDrafterWeights:
+        cfg = self.config
+        layers = []
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            layers.append(
+                FusedLayerWeights(
+                    input_norm=layer.input_layernorm.weight,
+                    post_norm=layer.post_attention_layernorm.weight,
+                    qkv=concat_rows([attn.q_proj.qweight, attn.k_proj.qweight, attn.v_proj.qweight]),
+                    qkv_bias=None,
+                    o=attn.o_proj.qweight,
+                    gate_up=concat_rows([mlp.gate_proj.qweight, mlp.up_proj.qweight]),
+                    down=mlp.down_proj.qweight,
+                    q_norm=attn.q_norm.weight,
+                    k_norm=attn.k_norm.weight,
+                    num_heads=cfg.num_attention_heads,
+                    num_kv_heads=cfg.num_key_value_heads,
+                    head_dim=cfg.head_dim,
+                    eps=cfg.rms_norm_eps,
+                    scale=cfg.head_dim**-0.5,
+                    native_rotary=True,
+                )
+            )
+        markov, conf = self.markov_head, self.confidence_head
+        return FusedDrafterWeights(
+            fc=self.fc.qweight,
+            hidden_norm=self.hidden_norm.weight,
+            layers=layers,
+            context_kv=[concat_rows([la.self_attn.k_proj.qweight, la.self_attn.v_proj.qweight]) for la in self.layers],
+            norm=self.norm.weight,
+            rope_cos=self.rope_cos.to(self.dtype),
+            rope_sin=self.rope_sin.to(self.dtype),
+            lm_head=self._draft_rows[0],
+            vocab=self.draft_vocab,
+            markov_w1=None if markov is None else markov.markov_w1.weight.detach(),
+            markov_w2=None if markov is None else self._draft_rows[1],
+            conf_weight=None if conf is None else conf.proj.weight.detach()[0].contiguous(),
+            conf_bias=None if conf is None else conf.proj.bias.detach(),
+        )
 
     @property
     def dtype(self) -> torch.dtype:
@@ -160,7 +219,8 @@ class DSparkDrafter(DraftBackbone):
     ) -> None:
         """Add context positions to each request: feats[i] [n_i, m*d] target features, positions[i] [n_i]."""
         counts = [f.shape[0] for f in feats]
-        kv = self.context_kv(torch.cat(feats), torch.cat(positions))
+        feats, positions = torch.cat(feats), torch.cat(positions)
+        kv = self.context_kv(feats, positions) if self.fused is None else self.fused.context(feats, positions)
         for i, state in enumerate(states):
             lo = sum(counts[:i])
             state.append([(k[lo : lo + counts[i]], v[lo : lo + counts[i]]) for k, v in kv])
@@ -188,6 +248,26 @@ class DSparkDrafter(DraftBackbone):
             kv.append((pair[0], pair[1]))
         return kv, valid
 
+    def _block(
+        self, states: list[DrafterState], embeds: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone over each request's block, then the LM head: embeds [R, G, d], positions [R, G] ->
+        (hidden [R, G, d], base logits [R, G, K] fp32; K = V without a draft vocabulary)."""
+        r, g = positions.shape
+        if self.fused is not None:
+            for st in states:
+                st.reserve(st.length + g)
+            keys, values = [st.keys for st in states], [st.values for st in states]
+            lengths = [st.length for st in states]
+            hidden, base = self.fused.block(embeds.flatten(0, 1), positions.flatten(), keys, values, lengths)
+            return hidden.view(r, g, -1), base.view(r, g, -1)
+        ctx_kv, ctx_valid = self._padded_context(states)
+        mask = None  # every query sees its request's whole context and block
+        if ctx_valid is not None:
+            mask = torch.cat([ctx_valid[:, None, :].expand(r, g, -1), ctx_valid.new_ones(r, g, g)], dim=2)[:, None]
+        hidden = self(embeds, positions, ctx_kv, mask)
+        return hidden, self._lm_logits(hidden, None if self._draft_rows is None else self._draft_rows[0])
+
     @torch.no_grad()
     def draft(
         self,
@@ -207,19 +287,17 @@ class DSparkDrafter(DraftBackbone):
         r, g = anchor_tokens.shape[0], self.config.block_size
         if any(st.length == 0 for st in states):
             raise ValueError("draft() needs at least one context position per request (call append_context)")
-        ctx_kv, ctx_valid = self._padded_context(states)
         dev = anchor_tokens.device
         positions = anchor_positions[:, None] + torch.arange(g, device=dev)  # [R, G]
-        mask = None  # every query sees its request's whole context and block
-        if ctx_valid is not None:
-            mask = torch.cat([ctx_valid[:, None, :].expand(r, g, -1), ctx_valid.new_ones(r, g, g)], dim=2)[:, None]
-        hidden = self(self._block_input(anchor_tokens), positions, ctx_kv, mask)  # [R, G, d]
+        hidden, base = self._block(states, self._block_input(anchor_tokens), positions)  # [R, G, d], [R, G, K]
         vocab = self.draft_vocab  # [K] or None
-        lm_rows, w2_rows = self._draft_rows or (None, None)
-        base = self._lm_logits(hidden, lm_rows)  # [R, G, K] (K = V without a draft vocabulary)
+        w2_rows = None if self._draft_rows is None else self._draft_rows[1]
         temps = torch.zeros(r, device=dev) if temperatures is None else temperatures.float()
         greedy = temps <= 0
         all_greedy = bool(greedy.all())  # an all-greedy batch draws no random numbers and keeps no distributions
+        if self.fused is not None and all_greedy and mask_fn is None:
+            tokens, conf = self.fused.greedy_walk(hidden, base, anchor_tokens)
+            return DraftOutput(tokens, None, conf)
         no_outside = torch.zeros(r, dtype=torch.bool, device=dev)
         tokens, probs, outsides = [], [], []
         prev, markov_state = anchor_tokens, None
