@@ -132,3 +132,21 @@ def test_a_block_grows_a_full_context_buffer():
     assert state.length == capacity == state.keys[0].shape[0]
     out = d.draft([state], torch.tensor([ids[-1]]), torch.tensor([capacity]))
     assert state.keys[0].shape[0] >= capacity + 4 and out.tokens.shape == (1, 4)
+
+
+def test_the_greedy_walk_takes_the_argmax_of_base_plus_markov_bias():
+    """The walk prunes rows that cannot win (markov_argmax): against every row computed, on base logits spread
+    as widely as the Markov bias and on ones far wider, the same tokens."""
+    _, d = quantized_drafter()
+    w1, w2, vocab = d.markov_head.markov_w1.weight.detach(), d._draft_rows[1], d.draft_vocab
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(3, 4, d.config.hidden_size, generator=gen)
+    anchors = torch.tensor([5, 17, 90])
+    for spread in (0.1, 1.0, 30.0):
+        base = spread * torch.randn(3, 4, len(vocab), generator=gen)
+        tokens, _ = d.fused.greedy_walk(hidden, base, anchors)
+        prev = anchors
+        for k in range(4):
+            want = vocab[(base[:, k] + w1[prev] @ w2.T).argmax(dim=1)]
+            assert torch.equal(tokens[:, k], want), (spread, k)
+            prev = want

@@ -6,6 +6,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <limits>
 
 #include "../csrc/ops.h"
@@ -37,31 +38,48 @@ std::vector<float> widen(const T* p, int64_t n) {
   return out;
 }
 
-// argmax over j of base[j] + round_T(e . w2[j]) (the first index on ties, as torch.argmax), w2 [K, rank]
-template <typename T>
-int64_t markov_argmax(const float* base, const float* e, const T* w2, int64_t K, int64_t rank) {
-  const int64_t chunks = std::min<int64_t>(at::get_num_threads(), (K + 1023) / 1024);
-  std::vector<float> best(chunks, -std::numeric_limits<float>::infinity());
-  std::vector<int64_t> where(chunks, 0);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t lo = K * c / chunks, hi = K * (c + 1) / chunks;
-      float b = -std::numeric_limits<float>::infinity();
-      int64_t w = lo;
-      for (int64_t j = lo; j < hi; ++j) {
-        const float v = base[j] + static_cast<float>(static_cast<T>(dot(e, w2 + j * rank, rank)));
-        if (v > b) b = v, w = j;
-      }
-      best[c] = b, where[c] = w;
-    }
-  });
-  int64_t c = 0;
-  for (int64_t i = 1; i < chunks; ++i)
-    if (best[i] > best[c]) c = i;
-  return where[c];
+// the first index of the largest of v[0 .. K) (no NaN): the maximum 16 lanes at a time, then where it first is
+int64_t argmax(const float* v, int64_t K) {
+  __m512 top = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + 16 <= K; j += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(v + j));
+  float best = _mm512_reduce_max_ps(top);
+  for (; j < K; ++j) best = std::max(best, v[j]);
+  const __m512 target = _mm512_set1_ps(best);
+  for (j = 0; j + 16 <= K; j += 16)
+    if (const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + j), target, _CMP_EQ_OQ)) return j + __builtin_ctz(m);
+  while (v[j] != best) ++j;
+  return j;
 }
 
-int64_t argmax(const float* v, int64_t K) { return std::max_element(v, v + K) - v; }
+// argmax over j of base[j] + round_T(e . w2[j]) (the first index on ties, as torch.argmax), w2 [K, rank]. Exact, with
+// pruning: row_bound[j] >= |w2[j]| (1 + 2^-6) bounds |round_T(e . w2[j])| / |e| (Cauchy-Schwarz, T's rounding), and
+// float addition is monotone, so a row whose base[j] + |e| row_bound[j] is below the best sum so far cannot win;
+// starting from the largest base logit, most of the K rows are never multiplied.
+template <typename T>
+int64_t markov_argmax(const float* base, const float* e, const T* w2, const float* row_bound, int64_t K,
+                      int64_t rank) {
+  float e_norm = 0.0f;
+  for (int64_t i = 0; i < rank; ++i) e_norm += e[i] * e[i];
+  e_norm = std::sqrt(e_norm) * (1.0f + 1e-5f);
+  const auto sum = [&](int64_t j) { return base[j] + static_cast<float>(static_cast<T>(dot(e, w2 + j * rank, rank))); };
+  int64_t w = argmax(base, K);
+  float best = sum(w);
+  const __m512 scale = _mm512_set1_ps(e_norm);
+  for (int64_t j0 = 0; j0 < K; j0 += 16) {  // 16 bounds per compare; the rows that may still win, one by one
+    const int64_t n = std::min<int64_t>(16, K - j0);
+    const __mmask16 tail = static_cast<__mmask16>((1u << n) - 1);
+    const __m512 bound = _mm512_fmadd_ps(scale, _mm512_maskz_loadu_ps(tail, row_bound + j0),
+                                         _mm512_maskz_loadu_ps(tail, base + j0));
+    for (__mmask16 m = _mm512_mask_cmp_ps_mask(tail, bound, _mm512_set1_ps(best), _CMP_GE_OQ); m; m &= m - 1) {
+      const int64_t j = j0 + __builtin_ctz(m);
+      if (j == w) continue;
+      const float v = sum(j);
+      if (v > best || (v == best && j < w)) best = v, w = j;
+    }
+  }
+  return w;
+}
 
 // request r's G block rows attend over its buffers' first `length` rows and the block's own keys (written past them)
 torch::Tensor attend_block(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, torch::Tensor& k_buf,
@@ -77,6 +95,21 @@ torch::Tensor attend_block(const torch::Tensor& q, const torch::Tensor& k, const
 }
 
 }  // namespace
+
+DraftStack::DraftStack(QuantLinear fc, torch::Tensor hidden_norm, std::vector<DecoderLayer> layers,
+                       std::vector<QuantLinear> context_kv, torch::Tensor norm, torch::Tensor rope_cos,
+                       torch::Tensor rope_sin, DraftHeads heads)
+    : fc_(std::move(fc)),
+      hidden_norm_(std::move(hidden_norm)),
+      layers_(std::move(layers)),
+      context_kv_(std::move(context_kv)),
+      norm_(std::move(norm)),
+      cos_(std::move(rope_cos)),
+      sin_(std::move(rope_sin)),
+      heads_(std::move(heads)) {
+  if (heads_.markov_w2.has_value())  // markov_argmax's bound; 2^-6 covers the rounding of a product to bf16
+    w2_bound_ = (at::linalg_vector_norm(heads_.markov_w2->to(at::kFloat), 2, {1}) * (1.0 + 1.0 / 64)).contiguous();
+}
 
 std::vector<torch::Tensor> DraftStack::context(const torch::Tensor& feats, const torch::Tensor& positions) const {
   const torch::Tensor ctx = rms_norm(fc_(feats.to(hidden_norm_.scalar_type())), hidden_norm_, layers_[0].eps);
@@ -143,6 +176,7 @@ std::tuple<torch::Tensor, torch::Tensor> DraftStack::greedy_walk(const torch::Te
     const int64_t rank = heads_.markov_w1.has_value() ? heads_.markov_w1->size(1) : 0;
     const scalar_t* w1 = rank ? heads_.markov_w1->data_ptr<scalar_t>() : nullptr;
     const scalar_t* w2 = rank ? heads_.markov_w2->data_ptr<scalar_t>() : nullptr;
+    const float* row_bound = rank ? w2_bound_.data_ptr<float>() : nullptr;
     std::vector<float> cw, cb;
     if (conf.defined()) {
       cw = widen(heads_.conf_weight->data_ptr<scalar_t>(), heads_.conf_weight->numel());
@@ -155,7 +189,7 @@ std::tuple<torch::Tensor, torch::Tensor> DraftStack::greedy_walk(const torch::Te
       for (int64_t k = 0; k < G; ++k) {
         const float* logits = base.data_ptr<float>() + (r * G + k) * K;
         const std::vector<float> e = rank ? widen(w1 + prev * rank, rank) : std::vector<float>();
-        const int64_t local = rank ? markov_argmax(logits, e.data(), w2, K, rank) : argmax(logits, K);
+        const int64_t local = rank ? markov_argmax(logits, e.data(), w2, row_bound, K, rank) : argmax(logits, K);
         if (confidence) {  // w . [h_k ; W1[token k - 1]] + b, rounded as the bf16 / fp32 linear layer rounds
           const std::vector<float> h = widen(hidden.data_ptr<scalar_t>() + (r * G + k) * d, d);
           float acc = cb[0];

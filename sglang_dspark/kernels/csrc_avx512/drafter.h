@@ -25,15 +25,7 @@ class DraftStack {
   // projection rows; rope_cos / rope_sin [positions, D] in the layers' dtype
   DraftStack(QuantLinear fc, torch::Tensor hidden_norm, std::vector<DecoderLayer> layers,
              std::vector<QuantLinear> context_kv, torch::Tensor norm, torch::Tensor rope_cos, torch::Tensor rope_sin,
-             DraftHeads heads)
-      : fc_(std::move(fc)),
-        hidden_norm_(std::move(hidden_norm)),
-        layers_(std::move(layers)),
-        context_kv_(std::move(context_kv)),
-        norm_(std::move(norm)),
-        cos_(std::move(rope_cos)),
-        sin_(std::move(rope_sin)),
-        heads_(std::move(heads)) {}
+             DraftHeads heads);
 
   // feats [T, m d] target features, positions [T] -> per layer its keys and values [T, Hkv, D]: [k0, v0, k1, ...]
   std::vector<torch::Tensor> context(const torch::Tensor& feats, const torch::Tensor& positions) const;
@@ -57,4 +49,5 @@ class DraftStack {
   std::vector<QuantLinear> context_kv_;
   torch::Tensor norm_, cos_, sin_;
   DraftHeads heads_;
+  torch::Tensor w2_bound_;  // [K] fp32, a bound on |W2 row| (markov_argmax)
 };
