@@ -40,6 +40,8 @@ def verify_drafts(
     """logits [sum(len(d) + 1), V]: rows of each request's anchor + drafts, in order. forced[i]: indices of
     request i's drafts that its grammar forces. proposals[i]: the proposal drafts[i] was cut from (its
     ``probs`` are the draft distributions of sampled drafts), None for none."""
+    if all(_raw_greedy(r) for r in reqs):
+        return _greedy_verdict(drafts, forced, logits.argmax(dim=1).tolist())
     rows_params, rows_prompt, rows_output = [], [], []
     for req, d in zip(reqs, drafts):
         for k in range(len(d) + 1):
@@ -79,6 +81,28 @@ def verify_drafts(
         q = _draft_probs([proposals[i] for i in sampled_rows], draft_tokens[s], draft_lens[s], vocab_size)
         accept[s], nxt[s] = rejection(draft_tokens[s], draft_lens[s], q, probs, uniforms, expo)
     return Verdict(accept.tolist(), nxt.tolist())
+
+
+def _raw_greedy(req: SpecRequest) -> bool:
+    """A greedy request without penalties or logit bias: its processed logits are its raw logits."""
+    p = req.sampling_params
+    neutral = p.frequency_penalty == p.presence_penalty == 0 and p.repetition_penalty == 1
+    return p.is_greedy and neutral and not p.logit_bias
+
+
+def _greedy_verdict(drafts: list[list[int]], forced: list[list[int]], argmax: list[int]) -> Verdict:
+    """Greedy acceptance on the host from each verify row's argmax [sum(len(d) + 1)] (what the greedy kernel
+    computes, without building its padded tensors): drafts are accepted while they equal the argmax of the row
+    before them, a forced one as given; the next token is the argmax at the first mismatch (or the bonus row)."""
+    accepted, next_tokens, start = [], [], 0
+    for d, f in zip(drafts, forced, strict=True):
+        a = 0
+        while a < len(d) and (a in f or d[a] == argmax[start + a]):
+            a += 1
+        accepted.append(a)
+        next_tokens.append(argmax[start + a])
+        start += len(d) + 1
+    return Verdict(accepted, next_tokens)
 
 
 def verify_kernels(device: torch.device):

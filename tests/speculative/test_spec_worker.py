@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+from sglang_dspark.kernels.spec_verify import greedy_accept_lengths
 from sglang_dspark.sampling.sampling_params import SamplingParams
 from sglang_dspark.speculative.combined_proposer import BestOfProposer
 from sglang_dspark.speculative.draft import Draft, expected_drafts
@@ -10,6 +11,7 @@ from sglang_dspark.speculative.pacing import ProposalBackoff, ProposerGate, Roun
 from sglang_dspark.speculative.planner import SPSTable
 from sglang_dspark.speculative.spec_config import SpecConfig
 from sglang_dspark.speculative.spec_worker import SpecWorker
+from sglang_dspark.speculative.verify import _greedy_verdict
 from sglang_dspark.speculative.verify_policy import FixedVerify
 
 
@@ -287,3 +289,24 @@ def test_verify_accepts_forced_drafts_as_given(temperature):
     (forced,) = worker.verify([VerifyReq(temperature)], [drafts], logits.clone(), [[1]])
     assert plain == [5, 2]
     assert forced == [5, 6, 4]
+
+
+def test_greedy_verdict_on_the_host_matches_the_greedy_kernel():
+    """Plain greedy requests are verified from each verify row's argmax on the host (verify._greedy_verdict):
+    the same accepted lengths and next tokens as the greedy kernel over the padded tensors."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        lens = torch.randint(0, 5, (4,), generator=gen).tolist()
+        argmax = torch.randint(0, 3, (sum(lens) + 4,), generator=gen)  # few ids: drafts often match
+        drafts = [torch.randint(0, 3, (n,), generator=gen).tolist() for n in lens]
+        K = max(lens)
+        tokens = torch.zeros(4, max(K, 1), dtype=torch.int64)
+        rows = torch.zeros(4, K + 1, dtype=torch.int64)
+        start = 0
+        for b, d in enumerate(drafts):
+            tokens[b, : len(d)] = torch.tensor(d, dtype=torch.int64)
+            rows[b] = start + torch.arange(K + 1).clamp(max=len(d))
+            start += len(d) + 1
+        accept, nxt = greedy_accept_lengths(tokens[:, :K], torch.tensor(lens), argmax[rows])
+        got = _greedy_verdict(drafts, [[] for _ in drafts], argmax.tolist())
+        assert got.accepted == accept.tolist() and got.next_tokens == nxt.tolist()
