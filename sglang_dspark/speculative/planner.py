@@ -90,20 +90,20 @@ def profile_sps(
     clock: Callable[[], float] = time.perf_counter,
 ) -> SPSTable:
     """Measure SPS: ``forward_fn(B)`` runs (and synchronises) one target forward over B flat tokens; the
-    median of ``repeats`` timed calls after ``warmup`` untimed ones gives SPS(B)."""
-
-    def seconds(size: int) -> float:
-        for _ in range(warmup):
+    median of ``repeats`` timed calls after ``warmup`` untimed ones gives SPS(B). The sizes take turns, one
+    call each per pass, so that a machine whose speed drifts while it profiles (other processes on a
+    shared CPU) slows every size alike: the table's ratios, which the planner reads, stay right."""
+    sizes = sorted(set(sizes))
+    for _ in range(warmup):
+        for size in sizes:
             forward_fn(size)
-        times = []
-        for _ in range(repeats):
+    times: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(repeats):
+        for size in sizes:
             start = clock()
             forward_fn(size)
-            times.append(clock() - start)
-        return statistics.median(times)
-
-    sizes = sorted(set(sizes))
-    return SPSTable(tuple(sizes), tuple(1.0 / seconds(size) for size in sizes))
+            times[size].append(clock() - start)
+    return SPSTable(tuple(sizes), tuple(1.0 / statistics.median(times[size]) for size in sizes))
 
 
 def survival(conf: Tensor) -> Tensor:
