@@ -96,7 +96,9 @@ class DSparkDrafter(DraftBackbone):
     def quantize(self) -> None:
         """Multiply in Q8_0 blocks with the quantized target's int8 kernel (kernels/quant_linear.py) for inference:
         the backbone's linear layers and the draft vocabulary's LM head rows (call after ``restrict_vocab``).
-        Drafting reads half the bytes of bf16 in one kernel call per matmul; every draft stays verified."""
+        Drafting reads half the bytes of bf16 in one kernel call per matmul; every draft stays verified. Where
+        FusedDrafter can run the result (``_fusable``), ``draft`` and ``append_context`` call it instead of the
+        modules (kernels/fused_drafter.py)."""
         for module in self.modules():
             if (
                 isinstance(module, ReplicatedLinear)
