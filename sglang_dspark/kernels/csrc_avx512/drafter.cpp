@@ -4,8 +4,6 @@
 // attention), so its drafts are the modules' up to the attention's summation order; every draft is verified.
 #include "drafter.h"
 
-#include <ATen/Parallel.h>
-
 #include <cmath>
 #include <limits>
 
