@@ -14,7 +14,9 @@ verified):
 - context: the context keys/values of the positions committed since the request's last draft;
 - draft: the block through the drafter layer and the draft vocabulary's LM head (``block``), then the Markov
   head's steps and the confidences (``walk`` = draft - block, block input included);
-- calibration: STS of the confidences.
+- calibration: STS of the confidences;
+- round: the worker's whole drafting step of a round (SpecWorker.draft) = the n-gram proposer, propose, the
+  choice between their drafts, ``plan`` (the prefix scheduler's verify lengths) and the backoff's bookkeeping.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from bench_spec import DEFAULT_WORKLOADS, chat_ids, compiles, load_workload
 
 from sglang_dspark import Engine
 
-PARTS = ("propose", "context", "draft", "block", "walk", "calibration")
+PARTS = ("round", "plan", "propose", "context", "draft", "block", "walk", "calibration")
 
 
 def main() -> None:
@@ -54,7 +56,10 @@ def main() -> None:
         raise SystemExit("this drafter runs its modules only (a dense target, or no draft vocabulary)")
     times = {mode: defaultdict(list) for mode in ("native", "modules")}
     mode = "native"
+    worker = engine.scheduler.spec.worker
     for obj, name, part in (
+        (worker, "draft", "round"),
+        (worker.policy, "lengths", "plan"),
         (proposer, "propose", "propose"),
         (proposer, "_extend_context", "context"),
         (proposer, "calibration", "calibration"),

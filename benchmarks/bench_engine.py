@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from llama_cpp_baseline import LlamaCppBaseline
 from targets import TARGETS, target_gguf
-from workload_prompts import chat_prompt_ids
+
+from sglang_dspark.training.data import chat_prompt_ids
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "prompts"
 

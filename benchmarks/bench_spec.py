@@ -62,7 +62,6 @@ from workload_prompts import (
     CONTEXT_BUCKETS,
     Conversation,
     bucket_label,
-    chat_prompt_ids,
     load_conversations,
     load_long_messages,
 )
@@ -74,6 +73,7 @@ from sglang_dspark.speculative.dspark.checkpoint import packaged_drafter
 from sglang_dspark.speculative.metrics import conditional_acceptance, tau
 from sglang_dspark.speculative.setup import build_spec_worker
 from sglang_dspark.speculative.spec_worker import SpecWorker
+from sglang_dspark.training.data import chat_prompt_ids
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_WORKLOADS = ("code", "chat", "json")

@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from sglang_dspark.training.data import chat_prompt_ids
+
 FOLLOW_UP = "Now rewrite your answer so that it is shorter, keeping all of its key points."
 MULTITURN_SOURCES = ("mbpp.jsonl", "gsm8k.jsonl", "arena-hard-v2.jsonl")
 CONTEXT_BUCKETS = (2048, 4096, 6144)  # prompt tokens, chat template included
@@ -40,10 +42,6 @@ LONGCTX_MODULES = (  # standard-library modules of well over 6144 tokens each, i
     "tarfile",
     "threading",
     "typing",
-)
-PLAIN_CHAT_TEMPLATE = (
-    "{{ bos_token or '' }}{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 LONGCTX_INSTRUCTION = "Above is part of the source of Python's `{module}` module. Explain what this code does."
 
@@ -111,12 +109,3 @@ def long_message(tokenizer, module: str, bucket: int) -> str:
 def load_long_messages(tokenizer, bucket: int, n: int) -> list[str]:
     """The first n of LONGCTX_MODULES (at most all of them) as long_message prompts of one bucket."""
     return [long_message(tokenizer, module, bucket) for module in LONGCTX_MODULES[:n]]
-
-
-def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """The token ids of a chat, formatted for the assistant's next answer by the model's chat template, or as a
-    plain transcript (PLAIN_CHAT_TEMPLATE) for a base model that has none (Gemma 3 270M)."""
-    template = None if tokenizer.chat_template else PLAIN_CHAT_TEMPLATE
-    return tokenizer.apply_chat_template(
-        messages, chat_template=template, add_generation_prompt=True, tokenize=True, return_dict=False
-    )

@@ -16,8 +16,7 @@ import json
 from transformers import AutoTokenizer
 
 from sglang_dspark.models.model_source import resolve_model_path
-from sglang_dspark.training.data import load_json_schema_tasks
-from sglang_dspark.training.regenerate import chat_prompt_ids
+from sglang_dspark.training.data import chat_prompt_ids, load_json_schema_tasks
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
             record = json.loads(line)
             if record["source"] == "json":
                 task = tasks[record["id"].split("#")[0]]
-                if chat_prompt_ids(tokenizer, task.text) != record["prompt_ids"]:
+                if chat_prompt_ids(tokenizer, [{"role": "user", "content": task.text}]) != record["prompt_ids"]:
                     raise SystemExit(f"{record['id']}: its prompt is not task {task.id} of {args.schema_file}")
                 record["json_schema"] = task.json_schema
                 attached += 1

@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 
 from sglang_dspark.sampling.sampling_params import SamplingParams
+from sglang_dspark.speculative.planner import survival_of
 
 
 class SpecRequest(Protocol):
@@ -53,7 +54,7 @@ def draft_temperature(req: SpecRequest) -> float:
 
 def expected_drafts(draft: Draft) -> float:
     """Expected accepted drafts if all were verified: the sum of the survival probabilities."""
-    return float(torch.tensor(draft.confidences, dtype=torch.float64).clamp(0, 1).cumprod(0).sum())
+    return sum(survival_of(draft.confidences))
 
 
 def seeded_generator(seed: int | None, device: str | torch.device = "cpu") -> torch.Generator:

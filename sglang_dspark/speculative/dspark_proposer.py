@@ -44,6 +44,10 @@ class ConfidenceCalibration:
         def calibrate(sts: STSCalibration | None) -> torch.Tensor:
             return torch.sigmoid(logits.float()) if sts is None else sts(logits)
 
+        if not bool(sampled.any()):  # one calibration for a batch of one kind
+            return calibrate(self.greedy)
+        if bool(sampled.all()):
+            return calibrate(self.sampling)
         return torch.where(sampled[:, None], calibrate(self.sampling), calibrate(self.greedy))
 
 
@@ -99,7 +103,8 @@ class DSparkProposer:
             conf = torch.ones(out.tokens.shape, device=self.device)  # [R, G]
         else:
             conf = self.calibration(out.confidence_logits, sampled)  # [R, G]
-        conf = conf.masked_fill(walk.forced.to(self.device), 1.0)
+        if walk.active:
+            conf = conf.masked_fill(walk.forced.to(self.device), 1.0)
         for j, i in enumerate(active):
             lo = len(forced[j])
             hi = lo + min(num_tokens[i], cfg.block_size - lo)

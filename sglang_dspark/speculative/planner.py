@@ -18,8 +18,11 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
+from operator import mul
 from pathlib import Path
 
 import torch
@@ -55,18 +58,16 @@ class SPSTable:
         if any(y <= 0 for y in ys):
             raise ValueError(f"SPS rates must be positive, got {ys}")
 
-    def __call__(self, batch_tokens: Tensor) -> Tensor:
-        """batch_tokens [N] -> steps per second [N] float64."""
-        xs = torch.tensor(self.batch_tokens, dtype=torch.float64)  # [P]
-        ts = 1.0 / torch.tensor(self.steps_per_sec, dtype=torch.float64)  # [P] seconds per step
-        b = batch_tokens.to(torch.float64)  # [N]
-        if len(xs) == 1:
-            return torch.full_like(b, 1.0 / float(ts[0]))
-        hi = torch.searchsorted(xs, b, right=True).clamp(1, len(xs) - 1)  # [N] segment (hi - 1, hi)
-        slope = (ts[hi] - ts[hi - 1]) / (xs[hi] - xs[hi - 1])  # [N]
-        slope = torch.where(b > xs[-1], slope.clamp_min(0.0), slope)
-        t = torch.where(b <= xs[0], ts[0], ts[hi] + slope * (b - xs[hi]))  # [N]
-        return 1.0 / t
+    def __call__(self, batch_tokens: int) -> float:
+        """Steps per second at a flat batch of `batch_tokens` tokens."""
+        xs, ys = self.batch_tokens, self.steps_per_sec
+        if len(xs) == 1 or batch_tokens <= xs[0]:
+            return ys[0]
+        hi = min(bisect_right(xs, batch_tokens), len(xs) - 1)  # the segment (hi - 1, hi)
+        slope = (1 / ys[hi] - 1 / ys[hi - 1]) / (xs[hi] - xs[hi - 1])  # seconds per extra token
+        if batch_tokens > xs[-1]:
+            slope = max(slope, 0.0)
+        return 1 / (1 / ys[hi] + slope * (batch_tokens - xs[hi]))
 
     def save(self, path: str | Path) -> None:
         data = {
@@ -106,18 +107,31 @@ def profile_sps(
     return SPSTable(tuple(sizes), tuple(1.0 / statistics.median(times[size]) for size in sizes))
 
 
-def survival(conf: Tensor) -> Tensor:
-    """conf [R, G] -> a [R, G]: cumulative products of the confidences (clamped to [0, 1])."""
-    return conf.float().clamp(0.0, 1.0).cumprod(dim=1)
+def survival_of(conf: Sequence[float]) -> list[float]:
+    """One draft's confidences [G] -> its survival [G]: cumulative products (clamped to [0, 1])."""
+    return list(accumulate((min(max(c, 0.0), 1.0) for c in conf), mul))
 
 
-def _visit_order(a: Tensor) -> tuple[Tensor, Tensor]:
-    """a [R, G] -> (survival [N], request ids [N]) of the candidates with a > 0 in visit order: descending
-    survival, ties by position then request (a request's drafts always come in order)."""
-    R = a.shape[0]
-    values, order = torch.sort(a.t().reshape(-1), descending=True, stable=True)  # position-major [G * R]
-    keep = values > 0
-    return values[keep], order[keep] % R
+def survival(conf: Tensor) -> list[list[float]]:
+    """conf [R, G] -> a [R][G] on the host. The planner works on Python floats: its inputs are a few dozen
+    numbers, where each torch op would cost more than the whole loop."""
+    return [survival_of(row) for row in conf.tolist()]
+
+
+def _visit_order(a: list[list[float]]) -> list[tuple[float, int]]:
+    """a [R][G] -> (survival, request) of the candidates with a > 0 in visit order: descending survival, ties by
+    position then request (a request's drafts always come in order)."""
+    width = max(map(len, a), default=0)
+    candidates = [(row[j], r) for j in range(width) for r, row in enumerate(a) if row[j] > 0]  # position-major
+    return sorted(candidates, key=lambda c: -c[0])  # stable: ties keep the position-major order
+
+
+def _lengths(candidates: list[tuple[float, int]], num_requests: int) -> Tensor:
+    """The admitted candidates -> drafts verified per request [R] int64."""
+    lengths = [0] * num_requests
+    for _, r in candidates:
+        lengths[r] += 1
+    return torch.tensor(lengths, dtype=torch.int64)
 
 
 def plan_verify_lengths(conf: Tensor, sps: SPSTable, early_stop: bool = True) -> Tensor:
@@ -127,16 +141,16 @@ def plan_verify_lengths(conf: Tensor, sps: SPSTable, early_stop: bool = True) ->
     current confidences (kept to show the bias, and for ``async_batch_cap`` on realised ones).
     """
     R = conf.shape[0]
-    values, requests = _visit_order(survival(conf.cpu()))
-    admitted = torch.arange(values.numel() + 1)  # [N + 1] candidates admitted so far
-    tau = R + torch.cat([values.new_zeros(1), values.cumsum(0)]).double()  # [N + 1] expected tokens
-    theta = tau * sps(R + admitted)  # [N + 1] expected tokens per second
-    if early_stop:
-        drops = (theta[1:] <= theta[:-1]).nonzero()  # [D, 1] candidates that would not raise theta
-        count = int(drops[0, 0]) if drops.numel() else values.numel()
-    else:
-        count = int(theta.argmax())
-    return torch.bincount(requests[:count], minlength=R)
+    candidates = _visit_order(survival(conf))
+    tau, thetas = float(R), [R * sps(R)]  # theta = expected tokens per second after admitting 0, 1, ...
+    for admitted, (value, _) in enumerate(candidates, start=1):
+        tau += value
+        theta = tau * sps(R + admitted)
+        if early_stop and theta <= thetas[-1]:
+            break  # admitting this candidate would not raise theta
+        thetas.append(theta)
+    count = len(thetas) - 1 if early_stop else max(range(len(thetas)), key=thetas.__getitem__)
+    return _lengths(candidates[:count], R)
 
 
 def async_batch_cap(old_conf: Tensor, sps: SPSTable) -> int:
@@ -148,20 +162,18 @@ def async_batch_cap(old_conf: Tensor, sps: SPSTable) -> int:
 def plan_verify_lengths_async(conf: Tensor, batch_cap: int) -> Tensor:
     """conf [R, G] -> lengths [R] int64 on the host: the ``batch_cap`` candidates with the highest current
     survival. Lossless: whether (r, k) is in the top K depends only on candidates visited before it."""
-    _, requests = _visit_order(survival(conf.cpu()))
-    return torch.bincount(requests[:batch_cap], minlength=conf.shape[0])
+    return _lengths(_visit_order(survival(conf))[:batch_cap], conf.shape[0])
 
 
 def drafting_pays(conf: Tensor, lengths: Tensor, sps: SPSTable, draft_seconds: float) -> bool:
     """conf [R, G], lengths [R] drafts to verify: whether the round is expected to emit tokens faster
     than a plain decode step of the R requests once the drafting time is counted."""
-    R, G = conf.shape
-    verified = torch.arange(G) < lengths[:, None]  # [R, G]
-    expected_tokens = R + float((survival(conf) * verified).sum())
-    spec_seconds = 1.0 / float(sps(torch.tensor([R + int(lengths.sum())]))) + draft_seconds
-    return expected_tokens / spec_seconds > R * float(sps(torch.tensor([R])))
+    R, verified = conf.shape[0], lengths.tolist()
+    expected_tokens = R + sum(sum(row[:n]) for row, n in zip(survival(conf), verified))
+    spec_seconds = 1.0 / sps(R + sum(verified)) + draft_seconds
+    return expected_tokens / spec_seconds > R * sps(R)
 
 
 def threshold_lengths(conf: Tensor, threshold: float) -> Tensor:
     """Baseline: conf [R, G] -> [R] int64, the drafts whose survival a[r, j] >= threshold (a prefix)."""
-    return (survival(conf) >= threshold).sum(dim=1)
+    return torch.tensor([sum(x >= threshold for x in row) for row in survival(conf)], dtype=torch.int64)

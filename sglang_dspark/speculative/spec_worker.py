@@ -87,9 +87,7 @@ class SpecWorker:
         width = max((len(d.tokens) for d in drafts), default=0)
         if width == 0:
             return [[] for _ in reqs]
-        conf = torch.zeros(len(reqs), width)  # [R, G], missing drafts have confidence 0
-        for i, d in enumerate(drafts):
-            conf[i, : len(d.tokens)] = torch.tensor(d.confidences)
+        conf = torch.tensor([d.confidences + [0.0] * (width - len(d.tokens)) for d in drafts])  # [R, G], 0: no draft
         lengths = self.policy.lengths(conf, torch.tensor([len(d.tokens) for d in drafts]))
         if backoff is not None:
             backoff.record(len(reqs), self._paid(conf, lengths, draft_seconds, probe), probe)

@@ -16,6 +16,11 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 JSON_TASK_TEMPLATE = "Produce a JSON object matching this schema:\n{schema}\nAnswer with the JSON object only."
+# a base model without a chat template (Gemma 3 270M) reads a chat as a plain transcript
+PLAIN_CHAT_TEMPLATE = (
+    "{{ bos_token or '' }}{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,16 @@ class Prompt:
     source: str
     text: str
     json_schema: str | None = None  # a JSON-schema task's schema (compact JSON), to constrain its response
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The token ids of a chat, formatted for the assistant's next answer by the model's chat template, or by
+    PLAIN_CHAT_TEMPLATE where the model has none."""
+    template = None if tokenizer.chat_template else PLAIN_CHAT_TEMPLATE
+    rendered = tokenizer.apply_chat_template(
+        messages, chat_template=template, add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
 def read_jsonl(path: Path | str) -> list[dict]:

@@ -1,7 +1,9 @@
 """Initialise a drafter from its target: draft layers <- the target's last decoder layers (dequantized where the
 target keeps them quantized), final norm <- the target's, `fc` <- "take the deepest captured layer". A fresh
 drafter then starts close to a one-layer continuation of the target instead of from noise, which matters with a
-CPU-sized training budget.
+CPU-sized training budget. A Gemma 3 layer maps approximately: its norms' 1 + weight become plain weights, its
+pre-MLP norm is the drafter's post-attention norm, its post-attention and post-MLP norms and GeGLU have no
+counterpart (the drafter's MLP is SwiGLU).
 
 Or grow a trained drafter: a deeper one starts as the trained one plus layers that add nothing yet."""
 
@@ -18,6 +20,16 @@ from sglang_dspark.speculative.dspark import DSparkDrafter
 def _dense(linear) -> torch.Tensor:
     """A target linear layer's weight [out, in], dequantized where the target keeps it quantized."""
     return linear.weight if linear.qweight is None else dequantize(linear.qweight)
+
+
+def _scale(norm) -> torch.Tensor:
+    """The per-channel scale an RMSNorm applies (Gemma's scales by 1 + weight)."""
+    return norm.weight + 1 if norm.unit_offset else norm.weight
+
+
+def _pre_mlp_norm(layer):
+    """The norm in front of a target layer's MLP: Gemma 3's own, else the post-attention norm (Llama's)."""
+    return getattr(layer, "pre_feedforward_layernorm", layer.post_attention_layernorm)
 
 
 def _shard(linear, name: str) -> torch.Tensor:
@@ -37,15 +49,18 @@ def init_from_target(drafter: DSparkDrafter, target) -> None:
         dst.mlp.gate_proj.weight.copy_(_shard(gate_up, "gate"))
         dst.mlp.up_proj.weight.copy_(_shard(gate_up, "up"))
         dst.mlp.down_proj.weight.copy_(_dense(src.mlp.down_proj))
-        dst.input_layernorm.weight.copy_(src.input_layernorm.weight)
-        dst.post_attention_layernorm.weight.copy_(src.post_attention_layernorm.weight)
-    drafter.norm.weight.copy_(target.norm.weight)
+        dst.input_layernorm.weight.copy_(_scale(src.input_layernorm))
+        dst.post_attention_layernorm.weight.copy_(_scale(_pre_mlp_norm(src)))
+        if src.self_attn.q_norm is not None:  # Qwen3's and Gemma 3's per-head q/k norms
+            dst.self_attn.q_norm.weight.copy_(_scale(src.self_attn.q_norm))
+            dst.self_attn.k_norm.weight.copy_(_scale(src.self_attn.k_norm))
+    drafter.norm.weight.copy_(_scale(target.norm))
     d = drafter.config.hidden_size
     drafter.fc.weight.zero_()
     drafter.fc.weight[:, -d:].copy_(torch.eye(d))  # the last (deepest) captured layer passes through
     deepest = drafter.config.target_layer_ids[-1]
     if deepest + 1 < len(target.layers):
-        drafter.hidden_norm.weight.copy_(target.layers[deepest + 1].input_layernorm.weight)
+        drafter.hidden_norm.weight.copy_(_scale(target.layers[deepest + 1].input_layernorm))
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sglang_dspark.sampling.sampling_params import SamplingParams
-from sglang_dspark.training.data import Prompt, read_jsonl
+from sglang_dspark.training.data import Prompt, chat_prompt_ids, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +33,6 @@ class Sequence:
     @property
     def ids(self) -> list[int]:
         return self.prompt_ids + self.response_ids
-
-
-def chat_prompt_ids(tokenizer, text: str) -> list[int]:
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-    )
-    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
 def load_sequences(path: Path | str, min_response: int = 1) -> list[Sequence]:
@@ -91,7 +84,7 @@ def regenerate(engine, prompts: list[Prompt], out_path: Path | str, spec: Genera
         missing = [k for k in range(spec.samples) if sample_id(p, k) not in done]
         if not missing:
             continue
-        ids = chat_prompt_ids(engine.tokenizer, p.text)
+        ids = chat_prompt_ids(engine.tokenizer, [{"role": "user", "content": p.text}])
         if len(ids) > spec.max_prompt_tokens or not _constraint_compiles(engine, p, spec):
             continue
         todo += [(sample_id(p, k), p, ids) for k in missing]

@@ -11,6 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from sglang_dspark.models.model_source import resolve_model_path
+from sglang_dspark.training.data import chat_prompt_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,9 +48,9 @@ def test_conversations_alternate_sources_and_carry_the_answer() -> None:
 def test_turn_two_starts_with_turn_one_and_its_answer(tokenizer) -> None:
     """The prefix the radix cache holds after turn 1 (its prompt, then the answer) starts turn 2's prompt."""
     conv = wp.load_conversations(ROOT / "data" / "prompts", 1, max_chars=3000)[0]
-    first = wp.chat_prompt_ids(tokenizer, conv.messages())
+    first = chat_prompt_ids(tokenizer, conv.messages())
     answer = "def remove_occ(s, ch):\n    return s.replace(ch, '', 1)"
-    second = wp.chat_prompt_ids(tokenizer, conv.messages(answer))
+    second = chat_prompt_ids(tokenizer, conv.messages(answer))
     answer_ids = tokenizer.encode(answer, add_special_tokens=False)
     assert second[: len(first) + len(answer_ids)] == first + answer_ids
 
@@ -59,7 +60,7 @@ def test_long_prompts_fill_their_bucket(tokenizer, bucket: int) -> None:
     messages = wp.load_long_messages(tokenizer, bucket, len(wp.LONGCTX_MODULES))
     assert len(messages) == len(wp.LONGCTX_MODULES) == len(set(messages))
     for module, message in zip(wp.LONGCTX_MODULES, messages):
-        tokens = len(wp.chat_prompt_ids(tokenizer, [{"role": "user", "content": message}]))
+        tokens = len(chat_prompt_ids(tokenizer, [{"role": "user", "content": message}]))
         assert bucket - 128 <= tokens <= bucket, (module, tokens)
         assert message.endswith(wp.LONGCTX_INSTRUCTION.format(module=module))
     shorter = wp.long_message(tokenizer, "argparse", bucket // 2)
@@ -75,12 +76,3 @@ def test_module_source_of_a_package_and_of_a_missing_module() -> None:
     assert "def getLogger" in wp.module_source("logging")
     with pytest.raises(ValueError, match="no Python source"):
         wp.module_source("sys")  # built in
-
-
-def test_plain_transcript_without_a_chat_template() -> None:
-    """A base model (Gemma 3 270M ships none) gets its chats as a plain User/Assistant transcript."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None))
-    tokenizer.chat_template = None
-    conv = wp.Conversation("Say hi.", "Again.")
-    text = tokenizer.decode(wp.chat_prompt_ids(tokenizer, conv.messages("Hi!")))
-    assert text == f"{tokenizer.bos_token}User: Say hi.\n\nAssistant: Hi!\n\nUser: Again.\n\nAssistant:"

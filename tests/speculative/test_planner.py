@@ -19,13 +19,11 @@ from sglang_dspark.speculative.planner import (
 
 def test_sps_interpolates_step_time_and_extrapolates_the_last_slope():
     sps = SPSTable((2, 4), (10.0, 5.0))  # 0.1 s, 0.2 s per step
-    got = sps(torch.tensor([1, 2, 3, 4, 6]))
-    expected = 1 / torch.tensor([0.1, 0.1, 0.15, 0.2, 0.3], dtype=torch.float64)
-    torch.testing.assert_close(got, expected)
+    assert [sps(b) for b in (1, 2, 3, 4, 6)] == pytest.approx([1 / 0.1, 1 / 0.1, 1 / 0.15, 1 / 0.2, 1 / 0.3])
     # A faster larger probe (noise) interpolates, but past the end time never falls.
     noisy = SPSTable((1, 2), (1.0, 2.0))
-    torch.testing.assert_close(noisy(torch.tensor([2, 9])), torch.tensor([2.0, 2.0], dtype=torch.float64))
-    torch.testing.assert_close(SPSTable((4,), (8.0,))(torch.tensor([1, 100])), torch.full((2,), 8.0).double())
+    assert [noisy(1), noisy(1.5), noisy(2), noisy(9)] == pytest.approx([1.0, 1 / 0.75, 2.0, 2.0])
+    assert [SPSTable((4,), (8.0,))(b) for b in (1, 100)] == [8.0, 8.0]
 
 
 @pytest.mark.parametrize(
@@ -62,7 +60,7 @@ def test_profile_sps_times_the_forward_with_the_median_sizes_taking_turns():
 
 def test_survival_is_the_cumulative_product():
     conf = torch.tensor([[0.5, 0.5, 2.0], [1.0, -1.0, 0.5]])
-    assert survival(conf).tolist() == [[0.5, 0.25, 0.25], [1.0, 0.0, 0.0]]
+    assert survival(conf) == [[0.5, 0.25, 0.25], [1.0, 0.0, 0.0]]
 
 
 def test_appendix_a_plans(appendix_a_sps):
