@@ -1,20 +1,23 @@
 """Initialise a drafter from its target: draft layers <- the target's last decoder layers (dequantized where the
 target keeps them quantized), final norm <- the target's, `fc` <- "take the deepest captured layer". A fresh
 drafter then starts close to a one-layer continuation of the target instead of from noise, which matters with a
-CPU-sized training budget. A Gemma 3 layer maps approximately: its norms' 1 + weight become plain weights, its
-pre-MLP norm is the drafter's post-attention norm, its post-attention and post-MLP norms and GeGLU have no
-counterpart (the drafter's MLP is SwiGLU).
+CPU-sized training budget. A Gemma 3 target's layers do not map onto the drafter's (norms around both sublayers'
+outputs, GeGLU); copied anyway, they start the drafter far worse than random weights do (docs/training_drafters.md),
+so its drafter keeps its random initialisation.
 
 Or grow a trained drafter: a deeper one starts as the trained one plus layers that add nothing yet."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 
 from sglang_dspark.kernels.quant_formats import dequantize
 from sglang_dspark.speculative.dspark import DSparkDrafter
+
+logger = logging.getLogger(__name__)
 
 
 def _dense(linear) -> torch.Tensor:
@@ -22,23 +25,21 @@ def _dense(linear) -> torch.Tensor:
     return linear.weight if linear.qweight is None else dequantize(linear.qweight)
 
 
-def _scale(norm) -> torch.Tensor:
-    """The per-channel scale an RMSNorm applies (Gemma's scales by 1 + weight)."""
-    return norm.weight + 1 if norm.unit_offset else norm.weight
-
-
-def _pre_mlp_norm(layer):
-    """The norm in front of a target layer's MLP: Gemma 3's own, else the post-attention norm (Llama's)."""
-    return getattr(layer, "pre_feedforward_layernorm", layer.post_attention_layernorm)
-
-
 def _shard(linear, name: str) -> torch.Tensor:
     start, size = linear.shard_offsets[name]
     return _dense(linear)[start : start + size]
 
 
+def _maps_onto_drafter(target) -> bool:
+    """Whether the target's decoder layers have the drafter's shape (Llama, Qwen2, Qwen3; not Gemma 3)."""
+    return not hasattr(target.layers[0], "pre_feedforward_layernorm")
+
+
 @torch.no_grad()
 def init_from_target(drafter: DSparkDrafter, target) -> None:
+    if not _maps_onto_drafter(target):
+        logger.warning("the target's layers do not map onto the drafter's: it starts from its random initialisation")
+        return
     src_layers = target.layers[len(target.layers) - len(drafter.layers) :]
     for dst, src in zip(drafter.layers, src_layers, strict=True):
         qkv, gate_up = src.self_attn.qkv_proj, src.mlp.gate_up_proj
@@ -49,18 +50,18 @@ def init_from_target(drafter: DSparkDrafter, target) -> None:
         dst.mlp.gate_proj.weight.copy_(_shard(gate_up, "gate"))
         dst.mlp.up_proj.weight.copy_(_shard(gate_up, "up"))
         dst.mlp.down_proj.weight.copy_(_dense(src.mlp.down_proj))
-        dst.input_layernorm.weight.copy_(_scale(src.input_layernorm))
-        dst.post_attention_layernorm.weight.copy_(_scale(_pre_mlp_norm(src)))
-        if src.self_attn.q_norm is not None:  # Qwen3's and Gemma 3's per-head q/k norms
-            dst.self_attn.q_norm.weight.copy_(_scale(src.self_attn.q_norm))
-            dst.self_attn.k_norm.weight.copy_(_scale(src.self_attn.k_norm))
-    drafter.norm.weight.copy_(_scale(target.norm))
+        dst.input_layernorm.weight.copy_(src.input_layernorm.weight)
+        dst.post_attention_layernorm.weight.copy_(src.post_attention_layernorm.weight)
+        if src.self_attn.q_norm is not None:  # Qwen3's per-head q/k norms
+            dst.self_attn.q_norm.weight.copy_(src.self_attn.q_norm.weight)
+            dst.self_attn.k_norm.weight.copy_(src.self_attn.k_norm.weight)
+    drafter.norm.weight.copy_(target.norm.weight)
     d = drafter.config.hidden_size
     drafter.fc.weight.zero_()
     drafter.fc.weight[:, -d:].copy_(torch.eye(d))  # the last (deepest) captured layer passes through
     deepest = drafter.config.target_layer_ids[-1]
     if deepest + 1 < len(target.layers):
-        drafter.hidden_norm.weight.copy_(_scale(target.layers[deepest + 1].input_layernorm))
+        drafter.hidden_norm.weight.copy_(target.layers[deepest + 1].input_layernorm.weight)
 
 
 @torch.no_grad()

@@ -1,5 +1,4 @@
-"""A fresh drafter starts as a copy of its target's last layers, dense or quantized (the default GGUF target), or
-as the nearest Llama-shaped copy of a Gemma 3 layer."""
+"""A fresh drafter starts as a copy of its target's last layers, dense or quantized (the default GGUF target)."""
 
 from __future__ import annotations
 
@@ -41,22 +40,11 @@ def test_draft_layers_copy_the_targets_last_layers_dense_or_quantized():
         assert torch.equal(drafter.norm.weight, target.norm.weight)
 
 
-def test_a_gemma3_layer_becomes_the_drafters_with_its_norms_scales():
+def test_a_gemma3_target_leaves_the_drafter_as_initialised(caplog):
+    """Gemma 3's layers (norms around both sublayers' outputs, GeGLU) do not map onto the drafter's."""
     target = tiny_random_gemma3()
-    for norm in target.modules():
-        if getattr(norm, "unit_offset", False):
-            norm.weight.data.normal_(0, 0.1)  # random ones zero-initialised: make `1 + weight` visible
     drafter = make_drafter(target)
+    before = {k: v.clone() for k, v in drafter.state_dict().items()}
     init_from_target(drafter, target)
-    src, dst = target.layers[-1], drafter.layers[-1]
-    assert torch.equal(dst.input_layernorm.weight, src.input_layernorm.weight + 1)
-    assert torch.equal(dst.post_attention_layernorm.weight, src.pre_feedforward_layernorm.weight + 1)
-    assert torch.equal(dst.self_attn.q_norm.weight, src.self_attn.q_norm.weight + 1)
-    assert torch.equal(dst.self_attn.k_norm.weight, src.self_attn.k_norm.weight + 1)
-    assert torch.equal(drafter.norm.weight, target.norm.weight + 1)
-    # the drafter's first layer normalises and scales as the target's last layer: same q projection of a row
-    x = torch.randn(2, target.config.hidden_size)
-    torch.testing.assert_close(
-        dst.self_attn.q_proj(dst.input_layernorm(x)),
-        src.self_attn.qkv_proj(src.input_layernorm(x))[:, : src.self_attn.qkv_proj.q_size],
-    )
+    assert all(torch.equal(before[k], v) for k, v in drafter.state_dict().items())
+    assert "random initialisation" in caplog.text

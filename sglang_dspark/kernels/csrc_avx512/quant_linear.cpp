@@ -301,6 +301,14 @@ constexpr bool kHasMinimum(QType T) { return T == kQ4_1 || T == kQ5_1; }
 constexpr int64_t kTiledQuantBytes(QType T) { return kTileRows * (T == kQ8_0 ? 32 : 16) + (kFiveBit(T) ? 64 : 0); }
 constexpr float kOffsetTimesD(QType T) { return T == kQ8_0 ? -128.0f : T == kQ5_0 ? -16.0f : -8.0f; }
 
+// Dword j of a group of x in every lane: one broadcast load (copied to an array first, the group went through
+// general registers, a vpbroadcastd from a GPR and a shift per pair of dwords).
+inline __m512i broadcast_dword(const int8_t* q, int j) {
+  int32_t v;
+  std::memcpy(&v, q + 4 * j, sizeof(v));
+  return _mm512_set1_epi32(v);
+}
+
 // A tiled weight (T: the base format): the 16 outputs of one tile (from weight row n0) for MT rows of x
 template <QType T, int MT, typename OutT>
 inline void tile16(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int64_t n0, const float* bias, OutT* y,
@@ -338,12 +346,11 @@ inline void tile16(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int
                                     : _mm512_mul_ps(d, _mm512_set1_ps(kOffsetTimesD(T)));  // exact
     for (int m = 0; m < MT; ++m) {
       const int64_t xg = (m0 + m) * groups + g;
-      int32_t q[8];
-      std::memcpy(q, xq.q.data() + xg * kGroup, sizeof(q));
+      const int8_t* q = xq.q.data() + xg * kGroup;
       __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();  // two chains, summed exactly
       for (int j = 0; j < 4; ++j) {
-        lo = _mm512_dpbusd_epi32(lo, w[j], _mm512_set1_epi32(q[j]));
-        hi = _mm512_dpbusd_epi32(hi, w[4 + j], _mm512_set1_epi32(q[4 + j]));
+        lo = _mm512_dpbusd_epi32(lo, w[j], broadcast_dword(q, j));
+        hi = _mm512_dpbusd_epi32(hi, w[4 + j], broadcast_dword(q, 4 + j));
       }  // |u . q| <= 255 * 127 * 32: exact in int32
       const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
       acc[m] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d, _mm512_set1_ps(xq.dx[xg])), acc[m]);
