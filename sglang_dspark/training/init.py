@@ -15,6 +15,7 @@ import logging
 import torch
 
 from sglang_dspark.kernels.quant_formats import dequantize
+from sglang_dspark.models.gemma3 import Gemma3DecoderLayer
 from sglang_dspark.speculative.dspark import DSparkDrafter
 
 logger = logging.getLogger(__name__)
@@ -30,14 +31,9 @@ def _shard(linear, name: str) -> torch.Tensor:
     return _dense(linear)[start : start + size]
 
 
-def _maps_onto_drafter(target) -> bool:
-    """Whether the target's decoder layers have the drafter's shape (Llama, Qwen2, Qwen3; not Gemma 3)."""
-    return not hasattr(target.layers[0], "pre_feedforward_layernorm")
-
-
 @torch.no_grad()
 def init_from_target(drafter: DSparkDrafter, target) -> None:
-    if not _maps_onto_drafter(target):
+    if isinstance(target.layers[0], Gemma3DecoderLayer):
         logger.warning("the target's layers do not map onto the drafter's: it starts from its random initialisation")
         return
     src_layers = target.layers[len(target.layers) - len(drafter.layers) :]

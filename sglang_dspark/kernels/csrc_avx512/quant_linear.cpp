@@ -301,8 +301,8 @@ constexpr bool kHasMinimum(QType T) { return T == kQ4_1 || T == kQ5_1; }
 constexpr int64_t kTiledQuantBytes(QType T) { return kTileRows * (T == kQ8_0 ? 32 : 16) + (kFiveBit(T) ? 64 : 0); }
 constexpr float kOffsetTimesD(QType T) { return T == kQ8_0 ? -128.0f : T == kQ5_0 ? -16.0f : -8.0f; }
 
-// Dword j of a group of x in every lane: one broadcast load (copied to an array first, the group went through
-// general registers, a vpbroadcastd from a GPR and a shift per pair of dwords).
+// Dword j of a group of x in every lane, read from x's memory so that it compiles to one broadcast load (from a
+// local copy of the group the compiler moves the dwords through general registers: a move and a shift each).
 inline __m512i broadcast_dword(const int8_t* q, int j) {
   int32_t v;
   std::memcpy(&v, q + 4 * j, sizeof(v));
