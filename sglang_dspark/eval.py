@@ -28,15 +28,23 @@ def load_or_score(args: argparse.Namespace, drafters: dict[str, str], seqs: list
     ids = [s.id for s in seqs]
     if args.records and Path(args.records).is_file():
         cached = torch.load(args.records, weights_only=False)
-        if (cached["ids"], cached["drafters"], cached.get("grammar_mask")) == (ids, drafters, args.grammar_mask):
+        key = (cached["ids"], cached["drafters"], cached.get("grammar_mask"), cached.get("draft_vocab_size", 0))
+        if key == (ids, drafters, args.grammar_mask, args.draft_vocab_size):
             return cached["records"]
-        logging.warning("%s was scored on other sequences, drafters or masking; scoring again", args.records)
+        logging.warning("%s was scored on other sequences, drafters, masks or vocabularies; rescoring", args.records)
     if args.records:  # before scoring, which takes minutes: a path that cannot be written fails now
         Path(args.records).parent.mkdir(parents=True, exist_ok=True)
     scored = score(args, drafters, seqs)
     if args.records:
         torch.save(
-            {"ids": ids, "drafters": drafters, "grammar_mask": args.grammar_mask, "records": scored}, args.records
+            {
+                "ids": ids,
+                "drafters": drafters,
+                "grammar_mask": args.grammar_mask,
+                "draft_vocab_size": args.draft_vocab_size,
+                "records": scored,
+            },
+            args.records,
         )
     return scored
 

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(
         cfg.model_path,
         dtype=cfg.target_dtype,
+        quantization=cfg.target_quantization,
         device=cfg.device,
         num_threads=cfg.num_threads,
         max_total_tokens=cfg.gen_batch_size * (cfg.max_prompt_tokens + cfg.max_new_tokens),

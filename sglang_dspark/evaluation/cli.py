@@ -23,6 +23,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="scoring processes (one target copy each)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the T=1 acceptance draws")
     parser.add_argument(
+        "--draft-vocab-size",
+        type=int,
+        default=0,
+        help="score drafting among the K most frequent tokens of each drafter's token_frequencies.json, as "
+        "the server's --speculative-dspark-draft-vocab-size does (default 0: the whole vocabulary)",
+    )
+    parser.add_argument(
         "--no-grammar-mask",
         dest="grammar_mask",
         action="store_false",
@@ -59,4 +66,6 @@ def load_data(args: argparse.Namespace) -> list[Sequence]:
 
 def score(args: argparse.Namespace, drafters: dict[str, str], seqs: list[Sequence]) -> list[dict[str, BlockRecords]]:
     with tqdm(total=len(seqs), desc="score") as bar:
-        return score_sequences(args.model_path, drafters, seqs, args.workers, bar.update, args.grammar_mask)
+        return score_sequences(
+            args.model_path, drafters, seqs, args.workers, bar.update, args.grammar_mask, args.draft_vocab_size
+        )

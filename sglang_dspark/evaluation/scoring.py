@@ -12,6 +12,7 @@ import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -19,6 +20,7 @@ from sglang_dspark.grammar.base import Constraint, GrammarBackend, GrammarError,
 from sglang_dspark.grammar.mask import allowed_from_bitmask
 from sglang_dspark.speculative.dspark import DSparkDrafter
 from sglang_dspark.speculative.dspark.checkpoint import load_drafter
+from sglang_dspark.speculative.dspark.draft_vocab import FREQUENCIES_NAME, TokenFrequencies
 from sglang_dspark.training.losses import acceptance_probability
 from sglang_dspark.training.regenerate import Sequence
 from sglang_dspark.training.trainer import target_view
@@ -66,19 +68,27 @@ def score_sequence(
     out = {}
     for name, d in drafters.items():
         parts: dict[str, list[torch.Tensor]] = {"g": [], "a": [], "v": [], "c": []}
+        vocab = d.draft_vocab  # [K] ids it drafts among, None: all V
         for lo in range(0, anchors.numel(), chunk):
             a = anchors[lo : lo + chunk]
-            tf = d.teacher_forced(view.feats, view.ids, a)
+            tf = d.teacher_forced(view.feats, view.ids, a, vocab)
             d_logits, t_logits = tf.logits, view.aligned_logits(a, d.config.block_size)
             conf = tf.confidence_logits
             if allowed is not None:
                 rows = a[:, None] + 1 + torch.arange(d.config.block_size) - view.prompt_len  # [A, G]
                 banned = ~allowed[rows.clamp(max=allowed.shape[0] - 1)]  # [A, G, V]
-                d_logits, t_logits = d_logits.masked_fill(banned, -torch.inf), t_logits.masked_fill(banned, -torch.inf)
+                t_logits = t_logits.masked_fill(banned, -torch.inf)
+                d_banned = banned if vocab is None else banned[..., vocab]
+                # a position whose mask allows none of the K drafts nothing the target accepts
+                d_logits = d_logits.masked_fill(d_banned & ~d_banned.all(-1, keepdim=True), -torch.inf)
                 if conf is not None:
                     conf = conf.masked_fill((~banned).sum(-1) == 1, torch.inf)  # forced: confidence 1
-            parts["g"].append(d_logits.argmax(-1) == t_logits.argmax(-1))
-            parts["a"].append(acceptance_probability(d_logits, t_logits))
+            t_probs = t_logits.softmax(-1)
+            d_greedy = d_logits.argmax(-1)
+            if vocab is not None:
+                t_probs, d_greedy = t_probs[..., vocab], vocab[d_greedy]
+            parts["g"].append(d_greedy == t_logits.argmax(-1))
+            parts["a"].append(acceptance_probability(d_logits, t_probs))
             parts["v"].append(tf.valid)
             if conf is not None:
                 parts["c"].append(conf)
@@ -93,10 +103,21 @@ def score_sequence(
     return out
 
 
+def scored_vocab(drafter_dir: Path, size: int, vocab_size: int) -> torch.Tensor:
+    """The `size` most frequent tokens of the drafter's token_frequencies.json [K], as the runtime drafts with
+    --speculative-dspark-draft-vocab-size."""
+    path = drafter_dir / FREQUENCIES_NAME
+    if not path.is_file():
+        raise SystemExit(f"--draft-vocab-size needs {path} (python -m sglang_dspark.train writes it)")
+    return TokenFrequencies.load(path).draft_vocab(min(size, vocab_size), vocab_size)
+
+
 _WORKER: dict = {}
 
 
-def _init_worker(model_path: str | None, drafter_paths: dict[str, str], threads: int, grammar_mask: bool) -> None:
+def _init_worker(
+    model_path: str | None, drafter_paths: dict[str, str], threads: int, grammar_mask: bool, draft_vocab_size: int
+) -> None:
     torch.set_num_threads(threads)
     from sglang_dspark.entrypoints.engine import Engine
 
@@ -105,6 +126,9 @@ def _init_worker(model_path: str | None, drafter_paths: dict[str, str], threads:
     embed, head = target.embed_tokens.weight, target.lm_head_weight
     _WORKER["target"] = target
     _WORKER["drafters"] = {n: load_drafter(p, embed, head, torch.float32) for n, p in drafter_paths.items()}
+    if draft_vocab_size:
+        for name, d in _WORKER["drafters"].items():
+            d.restrict_vocab(scored_vocab(Path(drafter_paths[name]), draft_vocab_size, d.config.vocab_size))
     _WORKER["grammars"] = engine.scheduler.grammars if grammar_mask else None
 
 
@@ -121,11 +145,13 @@ def score_sequences(
     workers: int,
     progress,
     grammar_mask: bool = True,
+    draft_vocab_size: int = 0,
 ) -> list[dict[str, BlockRecords]]:
     """Score every sequence in `workers` processes; `progress(n)` is called as sequences finish. With
-    grammar_mask, sequences carrying a JSON schema are scored under its grammar mask."""
+    grammar_mask, sequences carrying a JSON schema are scored under its grammar mask; with draft_vocab_size K,
+    every drafter drafts among the K most frequent tokens of its token_frequencies.json (0: all of them)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
-    init = (model_path, drafter_paths, threads, grammar_mask)
+    init = (model_path, drafter_paths, threads, grammar_mask, draft_vocab_size)
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as ex:
         results = []
         for rec in ex.map(_score, sequences):

@@ -50,6 +50,10 @@ class TrainConfig:
     markov_rank: int = 64
     markov_head_type: str = "vanilla"
     num_anchors: int = 32
+    # draft among the K most frequent response tokens only, as the runtime does (draft_vocab.py; serve with
+    # --speculative-dspark-draft-vocab-size <= K): the losses' work over the vocabulary shrinks by V / K.
+    # None: the whole vocabulary
+    draft_vocab_size: int | None = None
     init_from_target: bool = True  # draft layers start as copies of the target's last layers
     # a run directory whose exported drafters (<dir>/<variant>/drafter) the new ones grow from (init.grow_from):
     # their layers come first, the extra num_draft_layers start adding nothing
@@ -64,6 +68,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     dtype: str = "float32"  # drafter compute: float32 or bfloat16 (CPU autocast)
     target_dtype: str = "float32"
+    # the target's weights (the server's --quantization): "auto" = the model's own (a GGUF's block formats);
+    # "none" = dense in target_dtype, much faster over whole sequences where bf16 matmuls are (AMX)
+    target_quantization: str = "auto"
     save_dtype: str = "bfloat16"
     num_threads: int | None = None
     device: str = "cpu"  # where the target and the drafters run: cpu, cuda, or auto (cuda when there is one)
@@ -81,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.draft_vocab_size is not None and self.draft_vocab_size <= 0:
+            raise ValueError(f"draft_vocab_size must be positive (or None for all tokens), got {self.draft_vocab_size}")
         self.generation_spec  # noqa: B018 - validates the generation fields
         if self.split != "train" and not self.regenerate_only:
             raise ValueError(

@@ -6,6 +6,7 @@ target forward, the same anchors and the same optimisation budget.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import random
@@ -22,7 +23,7 @@ from sglang_dspark.speculative.dspark.checkpoint import load_drafter
 from sglang_dspark.speculative.dspark.draft_vocab import FREQUENCIES_NAME, TokenFrequencies
 from sglang_dspark.training.config import TrainConfig
 from sglang_dspark.training.init import grow_from, init_from_target
-from sglang_dspark.training.losses import DFLASH_WEIGHTS, DSPARK_WEIGHTS, LossWeights, dspark_loss
+from sglang_dspark.training.losses import DFLASH_WEIGHTS, DSPARK_WEIGHTS, LossWeights, TargetBlock, dspark_loss
 from sglang_dspark.training.regenerate import Sequence, load_sequences
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoint"  # latest resumable state (weights + optimizer), replaced atomically
 EXPORT_DIR = "drafter"  # final weights in save_dtype: what the runtime loads
 TRAINER_STATE = "trainer_state.pt"
+TRAIN_VOCAB = "train_vocab.json"  # the ids every variant drafts among in training, fixed for the whole run
 MASK_TOKEN_CANDIDATES = ("<|mask|>", "<mask>", "<empty_output>", "<|fim_pad|>")
 LOG_METRICS = ("loss", "ce", "l1", "conf_bce", "tau_t1", "tau_greedy")
 
@@ -92,10 +94,27 @@ class TargetView:
     logits: torch.Tensor  # [S - 1 - P, V] target logits at positions P .. S - 2
     prompt_len: int
 
+    def aligned_rows(self, anchors: torch.Tensor, block_size: int) -> torch.Tensor:
+        """anchors [A] -> [A, G] rows of `logits` predicting tokens anchor + 1 .. anchor + G."""
+        rows = anchors[:, None] + torch.arange(block_size, device=anchors.device) - self.prompt_len
+        return rows.clamp(max=self.logits.shape[0] - 1)
+
     def aligned_logits(self, anchors: torch.Tensor, block_size: int) -> torch.Tensor:
         """anchors [A] -> target logits [A, G, V] predicting tokens anchor + 1 .. anchor + G."""
-        rows = anchors[:, None] + torch.arange(block_size, device=anchors.device) - self.prompt_len
-        return self.logits[rows.clamp(max=self.logits.shape[0] - 1)]
+        return self.logits[self.aligned_rows(anchors, block_size)]
+
+    @torch.no_grad()
+    def target_block(self, anchors: torch.Tensor, labels: torch.Tensor, vocab: torch.Tensor | None) -> TargetBlock:
+        """anchors [A], labels [A, G] true token ids, vocab [K] ids the drafter drafts among (None: all V).
+        One softmax per response position, shared by every block that covers it."""
+        probs = self.logits.float().softmax(-1)  # [R, V]
+        greedy = self.logits.argmax(-1)  # [R]
+        if vocab is not None:
+            local = torch.full((probs.shape[-1],), -1, dtype=torch.int64, device=vocab.device)
+            local[vocab] = torch.arange(vocab.numel(), device=vocab.device)
+            probs, greedy, labels = probs[:, vocab], local[greedy], local[labels]
+        rows = self.aligned_rows(anchors, labels.shape[1])
+        return TargetBlock(probs[rows], greedy[rows], labels)
 
 
 def target_view(target, seq: Sequence, layer_ids: tuple[int, ...]) -> TargetView:
@@ -141,6 +160,7 @@ class Trainer:
             v: DFLASH_WEIGHTS if v == "dflash" else DSPARK_WEIGHTS for v in cfg.variants
         }
         self.step = 0
+        self.vocab: torch.Tensor | None = None  # [K] ids the drafters draft among (training_vocab); None: all
         self.resume()
 
     def resume(self) -> None:
@@ -158,6 +178,27 @@ class Trainer:
         self.step = steps.pop()
         if self.step:
             logger.info("resuming from step %d (%s)", self.step, self.out)
+
+    def training_vocab(self, sequences: list[Sequence]) -> torch.Tensor | None:
+        """The cfg.draft_vocab_size most frequent response tokens [K] (None: the whole vocabulary), counted at
+        the run's first start and kept in <output_dir>/train_vocab.json, so that a resumed run trains on the
+        same ids while the data file grows."""
+        k, path = self.cfg.draft_vocab_size, self.out / TRAIN_VOCAB
+        if path.is_file():
+            ids = json.loads(path.read_text(encoding="utf-8"))["token_ids"]
+            if len(ids) != k:
+                raise ValueError(
+                    f"{path} holds the {len(ids)} ids this run trains on, but draft_vocab_size is {k}: "
+                    "keep the run's size or train in a new output_dir"
+                )
+            return torch.tensor(ids, dtype=torch.int64, device=self.device)
+        if k is None:
+            return None
+        vocab_size = next(iter(self.drafters.values())).config.vocab_size
+        vocab = response_token_frequencies(sequences).draft_vocab(min(k, vocab_size), vocab_size)
+        self.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"token_ids": vocab.tolist()}) + "\n", encoding="utf-8")
+        return vocab.to(self.device)
 
     def lr_at(self, step: int, total: int) -> float:
         """Linear warm-up, then cosine decay to 10% of the peak."""
@@ -188,14 +229,14 @@ class Trainer:
     def micro_step(self, seq: Sequence, gen: torch.Generator) -> dict[str, dict[str, float]]:
         view = target_view(self.target, seq, self.layer_ids)
         anchors = sample_anchors(view.prompt_len, len(view.ids), self.cfg.num_anchors, gen).to(self.device)
-        target_logits = view.aligned_logits(anchors, self.cfg.block_size)
+        target = None  # the same for every variant: same anchors, same labels
         metrics = {}
         for v, d in self.drafters.items():
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                tf = d.teacher_forced(view.feats, view.ids, anchors)
-            loss, m = dspark_loss(
-                tf.logits.float(), target_logits, tf.labels, tf.valid, tf.confidence_logits, self.weights[v]
-            )
+                tf = d.teacher_forced(view.feats, view.ids, anchors, self.vocab)
+            if target is None:
+                target = view.target_block(anchors, tf.labels, self.vocab)
+            loss, m = dspark_loss(tf.logits.float(), target, tf.valid, tf.confidence_logits, self.weights[v])
             (loss / self.cfg.grad_accum).backward()
             metrics[v] = m
         return metrics
@@ -217,6 +258,7 @@ class Trainer:
             writer.writerow(["step", "variant", "lr", *LOG_METRICS, "elapsed_s"])
         tb = _tensorboard(self.out / "tb")
         sequences = _usable(load_sequences(data_path, min_response=2))
+        self.vocab = self.training_vocab(sequences)
         total = self.total_steps(len(sequences))
         start = time.perf_counter()
         bar = tqdm(total=total, initial=self.step, desc="train")

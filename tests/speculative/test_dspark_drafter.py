@@ -146,6 +146,18 @@ def test_draft_vocabulary_drafts_what_the_full_vocabulary_masked_to_it_drafts(ki
     assert torch.equal(d.draft([state], torch.tensor([25]), torch.tensor([15])).tokens, full.tokens)
 
 
+@pytest.mark.parametrize("kind", ["vanilla", "rnn"])
+def test_teacher_forced_logits_over_a_vocabulary_are_those_columns_of_the_whole_ones(kind):
+    target = tiny_random_model()
+    d = make_drafter(target, kind)
+    ids = torch.randint(0, 97, (20,), generator=torch.Generator().manual_seed(3))
+    feats, anchors, vocab = features(target, ids.tolist()), torch.tensor([2, 9, 15]), torch.arange(1, 97, 4)
+    whole, part = d.teacher_forced(feats, ids, anchors), d.teacher_forced(feats, ids, anchors, vocab)
+    torch.testing.assert_close(part.logits, whole.logits[..., vocab])
+    assert torch.equal(part.labels, whole.labels) and torch.equal(part.valid, whole.valid)
+    torch.testing.assert_close(part.confidence_logits, whole.confidence_logits)
+
+
 def test_a_mask_outside_the_draft_vocabulary_drafts_its_first_allowed_token_with_confidence_zero():
     d, state = drafter_with_context()
     d.restrict_vocab(torch.arange(0, 50))

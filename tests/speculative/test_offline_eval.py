@@ -18,6 +18,7 @@ from sglang_dspark.models.model_source import resolve_model_path
 from sglang_dspark.models.tiny import tiny_random_model
 from sglang_dspark.speculative.sts import STSCalibration, fit_sts
 from sglang_dspark.training.regenerate import Sequence
+from sglang_dspark.training.trainer import target_view
 
 
 def test_leading_ones_and_rounds():
@@ -103,3 +104,33 @@ def test_grammar_mask_forces_acceptance_and_confidence():
     assert torch.equal(masked.greedy_accept[free], plain.greedy_accept[free])
     assert torch.allclose(masked.alpha[free], plain.alpha[free])
     assert torch.equal(masked.confidence_logits[free], plain.confidence_logits[free])
+
+
+def test_scoring_with_a_draft_vocabulary_is_the_brute_force_over_it():
+    """alpha = sum over the K draftable tokens of min(p_d, p_t), p_d zero elsewhere; a greedy draft matches
+    only a target argmax among them (under a grammar mask and without)."""
+    target = tiny_random_model()
+    d = make_drafter(target)
+    g = torch.Generator().manual_seed(4)
+    seq = Sequence(
+        "j", "json", torch.randint(4, 97, (5,), generator=g).tolist(), torch.randint(4, 97, (16,), generator=g).tolist()
+    )
+    allowed = torch.ones(16, 97, dtype=torch.bool)  # [R, V]
+    allowed[5, :50] = False
+    vocab = torch.arange(0, 97, 2)
+    whole = score_sequence(target, {"d": d}, seq, allowed=allowed)["d"]
+    d.restrict_vocab(vocab)
+    part = score_sequence(target, {"d": d}, seq, allowed=allowed)["d"]
+    d.restrict_vocab(None)
+    view = target_view(target, seq, d.config.target_layer_ids)
+    anchors = torch.arange(5, 20)
+    tf = d.teacher_forced(view.feats, view.ids, anchors)
+    banned = ~allowed[(anchors[:, None] + 1 + torch.arange(4) - 5).clamp(max=15)]  # [A, G, V]
+    outside = torch.ones(97, dtype=torch.bool)
+    outside[vocab] = False
+    t_logits = view.aligned_logits(anchors, 4).masked_fill(banned, -torch.inf)
+    d_logits = tf.logits.masked_fill(banned | outside, -torch.inf)
+    alpha = torch.minimum(d_logits.softmax(-1), t_logits.softmax(-1)).sum(-1) * tf.valid
+    torch.testing.assert_close(part.alpha, alpha)
+    assert torch.equal(part.greedy_accept, (d_logits.argmax(-1) == t_logits.argmax(-1)) & tf.valid)
+    assert not torch.equal(part.alpha, whole.alpha)

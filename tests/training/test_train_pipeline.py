@@ -221,3 +221,21 @@ def test_a_time_box_ends_training_with_a_checkpoint_and_a_sharded_export(tmp_pat
     assert len(set(index["weight_map"].values())) > 1
     exported = load_drafter(out / EXPORT_DIR, target.embed_tokens.weight, target.lm_head_weight)
     assert exported.dtype == torch.bfloat16
+
+
+def test_training_over_a_draft_vocabulary_keeps_its_ids_for_the_whole_run(tmp_path):
+    write_data(tmp_path / "data.jsonl", malformed=False)
+    target = tiny_random_model()
+    Trainer(config(tmp_path, max_steps=8, draft_vocab_size=40), target, None).train(tmp_path / "data.jsonl")
+    losses = read_log(tmp_path / "out" / "train_log.csv")
+    for variant, curve in losses.items():
+        assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3, (variant, curve)
+    kept = json.loads((tmp_path / "out" / "train_vocab.json").read_text())["token_ids"]
+    sequences = load_sequences(tmp_path / "data.jsonl")
+    assert kept == response_token_frequencies(sequences).draft_vocab(40, 97).tolist()
+    write_data(tmp_path / "data.jsonl", n=12, malformed=False)  # more data: the run keeps its ids
+    resumed = Trainer(config(tmp_path, max_steps=10, draft_vocab_size=40), target, None)
+    resumed.train(tmp_path / "data.jsonl")
+    assert resumed.step == 10 and resumed.vocab.tolist() == kept
+    with pytest.raises(ValueError, match="holds the 40 ids .* draft_vocab_size is 30"):
+        Trainer(config(tmp_path, max_steps=12, draft_vocab_size=30), target, None).train(tmp_path / "data.jsonl")

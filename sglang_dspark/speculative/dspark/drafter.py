@@ -1,8 +1,9 @@
 """DSparkDrafter: backbone + Markov head + confidence head, sharing the target's embedding and LM head.
 
 Two entry points:
-- `teacher_forced(feats, ids, anchors)`: training / offline evaluation. Every anchor block sees the
-  context features of the positions before its anchor and, in the Markov head, the true previous token.
+- `teacher_forced(feats, ids, anchors, vocab)`: training / offline evaluation. Every anchor block sees the
+  context features of the positions before its anchor and, in the Markov head, the true previous token;
+  the logits cover the whole vocabulary or the K ids of `vocab`.
 - `append_context(states, feats, positions)` + `draft(states, anchor_tokens, anchor_positions, ...)`:
   the runtime. Context K/V are cached per request; a draft runs the gamma-token block once, then the
   Markov head samples left to right (greedy or with a temperature), optionally masking every step.
@@ -34,7 +35,7 @@ LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per draft layer (keys, valu
 
 @dataclass
 class TeacherForced:
-    logits: torch.Tensor  # [A, G, V] float32, draft logits (Markov bias included)
+    logits: torch.Tensor  # [A, G, V] (or [A, G, K] over a vocab subset) float32, draft logits (Markov bias included)
     confidence_logits: torch.Tensor | None  # [A, G] float32, pre-sigmoid
     labels: torch.Tensor  # [A, G] int64, the true tokens anchor + 1 .. anchor + G
     valid: torch.Tensor  # [A, G] bool, label inside the sequence
@@ -193,8 +194,11 @@ class DSparkDrafter(DraftBackbone):
         block[:, 0] = anchor_tokens
         return self._embed(block)
 
-    def teacher_forced(self, feats: torch.Tensor, ids: torch.Tensor, anchors: torch.Tensor) -> TeacherForced:
-        """feats [S, m*d] target features of the whole sequence, ids [S], anchors [A] (positions < S - 1)."""
+    def teacher_forced(
+        self, feats: torch.Tensor, ids: torch.Tensor, anchors: torch.Tensor, vocab: torch.Tensor | None = None
+    ) -> TeacherForced:
+        """feats [S, m*d] target features of the whole sequence, ids [S], anchors [A] (positions < S - 1),
+        vocab [K] ids the logits cover (None: all V)."""
         seq_len, g = ids.shape[0], self.config.block_size
         a, dev = anchors.shape[0], ids.device
         offsets = torch.arange(g, device=dev)
@@ -210,9 +214,9 @@ class DSparkDrafter(DraftBackbone):
         valid = label_pos < seq_len
         labels = ids[label_pos.clamp(max=seq_len - 1)]
         prev = torch.cat([ids[anchors][:, None], labels[:, :-1]], dim=1)  # [A, G]
-        logits = self._lm_logits(hidden)
+        logits = self._lm_logits(hidden, None if vocab is None else self.lm_head_weight[vocab])
         if self.markov_head is not None:
-            logits = self.markov_head.block_logits(logits, hidden, prev)
+            logits = self.markov_head.block_logits(logits, hidden, prev, vocab)
         return TeacherForced(logits, self._confidence(hidden, prev), labels, valid)
 
     @torch.no_grad()

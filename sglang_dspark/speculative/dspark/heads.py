@@ -11,6 +11,7 @@ p_k(v | x_<k) = softmax(U_k + B_k(v)), computed left to right, one step per draf
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sglang_dspark.layers.linear import ReplicatedLinear
@@ -54,8 +55,11 @@ class MarkovHead(nn.Module):
         e, state = self.transition(hidden, prev_ids, state)
         return self.markov_w2(e), state
 
-    def block_logits(self, base: torch.Tensor, hidden: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced: base [A, G, V], hidden [A, G, d], prev_ids [A, G] -> logits [A, G, V].
+    def block_logits(
+        self, base: torch.Tensor, hidden: torch.Tensor, prev_ids: torch.Tensor, vocab: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced: base [A, G, V], hidden [A, G, d], prev_ids [A, G] -> logits [A, G, V]; with vocab
+        [K] ids, base and logits cover those K tokens only.
 
         Only the rank-r inputs of W2 are computed position by position (the rnn state chains them); the
         vocabulary-wide projection and the sum are one batched op (slicing [A, G, V] per position would cost
@@ -69,7 +73,8 @@ class MarkovHead(nn.Module):
         else:  # no state: every position at once
             e, _ = self.transition(hidden.flatten(0, 1), prev_ids.flatten(), None)
             e = e.view(*prev_ids.shape, -1)
-        return base + self.markov_w2(e).to(base.dtype)
+        bias = self.markov_w2(e) if vocab is None else F.linear(e, self.markov_w2.weight[vocab])
+        return base + bias.to(base.dtype)
 
 
 class ConfidenceHead(nn.Module):
