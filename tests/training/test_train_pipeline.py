@@ -136,6 +136,8 @@ def test_regenerate_only_writes_the_requested_split(tmp_path):
     freqs = TokenFrequencies.load(drafter_dir / FREQUENCIES_NAME)
     assert freqs == response_token_frequencies(load_sequences(train)) and freqs.counted_tokens > 0
     assert list(drafter_dir.iterdir()) == [drafter_dir / FREQUENCIES_NAME]
+    with pytest.raises(ValueError, match="quantization"):  # the target's weights are the server's --quantization
+        main([*flags, "--regenerate-only", "--data-file", str(out), "--target-quantization", "int3"])
     with pytest.raises(ValueError, match="--regenerate-only"):
         TrainConfig(split="eval")
     with pytest.raises(ValueError, match="split must be one of"):
