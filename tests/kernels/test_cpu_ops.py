@@ -97,7 +97,7 @@ def test_rms_norm_module_routes_through_kernel(ops):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("hq, hkv", [(4, 4), (6, 2), (9, 3)])
+@pytest.mark.parametrize("hq, hkv", [(4, 4), (6, 2), (9, 3), (14, 2), (4, 1)])
 def test_pool_attention_matches_sdpa_over_gathered_kv(ops, dtype, hq, hkv):
     gen = _gen(hq, hkv)
     d, pool = 32, 50
@@ -137,6 +137,29 @@ def test_pool_attention_over_long_contexts(ops, dtype, d):
         want = F.scaled_dot_product_attention(q[n].float()[:, None], kk, vv, scale=d**-0.5, enable_gqa=True)[:, 0]
         tol = 1e-2 if dtype == torch.bfloat16 else 5e-5  # fp32 sums over up to 300 keys in another order
         torch.testing.assert_close(got[n].float(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("hq, hkv, d", [(9, 3, 64), (14, 2, 72), (4, 1, 32)])
+def test_pool_attention_heads_do_not_depend_on_their_work_item(ops, dtype, hq, hkv, d):
+    """The query heads of a KV head are scored and weighed together (up to three per work item): each head's
+    output is bit for bit what it gets attending alone, so no head's numbers depend on how heads are grouped."""
+    gen = _gen(hq, d)
+    pool = 400
+    k_buf = torch.randn(pool, hkv, d, generator=gen).to(dtype)
+    v_buf = torch.randn(pool, hkv, d, generator=gen).to(dtype)
+    slots = torch.randperm(pool, generator=gen)[: 2 * 150].view(2, 150)
+    rows, lens = torch.tensor([0, 1, 1]), torch.tensor([150, 9, 131])
+    q = torch.randn(3, hq, d, generator=gen).to(dtype)
+    got = ops.pool_attention(q, k_buf, v_buf, slots, rows, lens, d**-0.5)
+    g = hq // hkv
+    for head in range(hq):
+        kv = slice(head // g, head // g + 1)
+        alone = ops.pool_attention(
+            q[:, head : head + 1].contiguous(), k_buf[:, kv].contiguous(), v_buf[:, kv].contiguous(), slots, rows, lens,
+            d**-0.5,
+        )
+        assert torch.equal(got[:, head], alone[:, 0]), head
 
 
 def test_pool_attention_rejects_bad_inputs(ops):

@@ -14,11 +14,19 @@
 
 namespace {
 
-// [sum(a0), sum(a1), ..., sum(a7)]: eight horizontal sums in one vector.
-inline __m256 hsum8(const __m256* a) {
-  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+// Query heads per work item: up to three heads that share a KV head score and weigh each key after one load and
+// widening of it, with their accumulators and that key in AVX2's sixteen registers (one head: eight keys, or 64
+// output dims, at a time; more: four keys, or 32 dims).
+constexpr int kMaxHeads = 3;
+template <int NH>
+constexpr int kKeysPerBlock = NH == 1 ? 8 : 4;
+template <int NH>
+constexpr int kValueChunks = NH == 1 ? 8 : 4;  // 8-dim chunks of the output in registers
+
+// Four sums in one vector, each as ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) over its vector's lanes.
+inline __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
 }
 
 template <typename T>
@@ -28,23 +36,42 @@ float dot(const float* q, const T* k, int64_t D) {
   return hsum(acc);
 }
 
-// scores[t] = q . k_t for the keys of one (query, head): eight keys per horizontal reduction.
-template <typename T>
-void score_keys(const float* q, const T* k_buf, const int64_t* row, int64_t len, int64_t Hkv, int64_t h, int64_t D,
-                float* scores) {
-  int64_t t = 0;
-  for (; t + 8 <= len; t += 8) {
-    const T* k[8];
-    for (int j = 0; j < 8; ++j) k[j] = k_buf + (row[t + j] * Hkv + h) * D;
-    __m256 acc[8];
-    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+// scores[i][t] = q[i] . k_t for NH query heads over the keys of their KV head h, kKeysPerBlock at a time. Each
+// score is the same sequence of operations whatever NH is: 8-lane products summed over D in order, reduced by
+// hsum4's tree for the keys before the last len % 8 and by hsum's for those.
+template <typename T, int NH>
+void score_keys(const float* const* q, const T* k_buf, const int64_t* row, int64_t len, int64_t Hkv, int64_t h,
+                int64_t D, float* const* scores) {
+  constexpr int KB = kKeysPerBlock<NH>;
+  const int64_t blocked = len - len % 8;
+  for (int64_t t = 0; t < blocked; t += KB) {
+    const T* k[KB];
+#pragma GCC unroll 8
+    for (int j = 0; j < KB; ++j) k[j] = k_buf + (row[t + j] * Hkv + h) * D;
+    __m256 acc[NH * KB];
+#pragma GCC unroll 16
+    for (int a = 0; a < NH * KB; ++a) acc[a] = _mm256_setzero_ps();
     for (int64_t d = 0; d < D; d += 8) {
-      const __m256 qv = _mm256_loadu_ps(q + d);
-      for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(qv, load8(k[j] + d), acc[j]);
+      __m256 qv[NH];
+#pragma GCC unroll 4
+      for (int i = 0; i < NH; ++i) qv[i] = _mm256_loadu_ps(q[i] + d);
+#pragma GCC unroll 8
+      for (int j = 0; j < KB; ++j) {
+        const __m256 kv = load8(k[j] + d);
+#pragma GCC unroll 4
+        for (int i = 0; i < NH; ++i) acc[i * KB + j] = _mm256_fmadd_ps(qv[i], kv, acc[i * KB + j]);
+      }
     }
-    _mm256_storeu_ps(scores + t, hsum8(acc));
+#pragma GCC unroll 4
+    for (int i = 0; i < NH; ++i)
+#pragma GCC unroll 2
+      for (int j = 0; j < KB; j += 4) {
+        const __m256* a = acc + i * KB + j;
+        _mm_storeu_ps(scores[i] + t + j, hsum4(a[0], a[1], a[2], a[3]));
+      }
   }
-  for (; t < len; ++t) scores[t] = dot(q, k_buf + (row[t] * Hkv + h) * D, D);
+  for (int64_t t = blocked; t < len; ++t)
+    for (int i = 0; i < NH; ++i) scores[i][t] = dot(q[i], k_buf + (row[t] * Hkv + h) * D, D);
 }
 
 // probs[t] = exp(scores[t] - max) in place over the padded length (a multiple of 8); returns the sum over len.
@@ -64,46 +91,108 @@ inline float softmax_numerators(float* scores, int64_t len, int64_t padded) {
   return total;
 }
 
-// out[0:D] = sum_t probs[t] v_t / denom, 64 output dims at a time in registers.
-template <typename T>
-void weighted_values(const float* probs, const T* v_buf, const int64_t* row, int64_t len, int64_t Hkv, int64_t h,
-                     int64_t D, float denom, float* out) {
-  for (int64_t d0 = 0; d0 < D; d0 += 64) {
-    const int64_t chunks = std::min<int64_t>(8, (D - d0) / 8);
-    __m256 acc[8];
-    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t t = 0; t < len; ++t) {
-      const __m256 p = _mm256_set1_ps(probs[t]);
-      const T* v = v_buf + (row[t] * Hkv + h) * D + d0;
-      if (chunks == 8) {
-        for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(p, load8(v + 8 * i), acc[i]);
-      } else {
-        for (int64_t i = 0; i < chunks; ++i) acc[i] = _mm256_fmadd_ps(p, load8(v + 8 * i), acc[i]);
-      }
+// out[i][d0 : d0 + 8 C] = sum_t probs[i][t] v_t / denom[i] for NH query heads, the 8 C dims in registers: each
+// output a chain of fused multiply-adds over t in order, whatever C is.
+template <typename T, int NH, int C>
+void weighted_values_chunk(const float* const* probs, const T* v_buf, const int64_t* row, int64_t len, int64_t Hkv,
+                           int64_t h, int64_t D, int64_t d0, const float* denom, float* const* out) {
+  __m256 acc[NH * C];
+#pragma GCC unroll 16
+  for (int a = 0; a < NH * C; ++a) acc[a] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < len; ++t) {
+    const T* v = v_buf + (row[t] * Hkv + h) * D + d0;
+    __m256 p[NH];
+#pragma GCC unroll 4
+    for (int i = 0; i < NH; ++i) p[i] = _mm256_set1_ps(probs[i][t]);
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      const __m256 vc = load8(v + 8 * c);
+#pragma GCC unroll 4
+      for (int i = 0; i < NH; ++i) acc[i * C + c] = _mm256_fmadd_ps(p[i], vc, acc[i * C + c]);
     }
-    const __m256 inv = _mm256_set1_ps(1.0f / denom);
-    for (int64_t i = 0; i < chunks; ++i) _mm256_storeu_ps(out + d0 + 8 * i, _mm256_mul_ps(acc[i], inv));
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < NH; ++i) {
+    const __m256 inv = _mm256_set1_ps(1.0f / denom[i]);
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) _mm256_storeu_ps(out[i] + d0 + 8 * c, _mm256_mul_ps(acc[i * C + c], inv));
   }
 }
 
+// out[i][0:D] = sum_t probs[i][t] v_t / denom[i] for NH query heads: as many 8-dim chunks at a time as are left,
+// up to kValueChunks (8, 4, 2, 1).
+template <typename T, int NH>
+void weighted_values(const float* const* probs, const T* v_buf, const int64_t* row, int64_t len, int64_t Hkv,
+                     int64_t h, int64_t D, const float* denom, float* const* out) {
+  constexpr int C = kValueChunks<NH>;
+  for (int64_t d0 = 0; d0 < D;) {
+    const int64_t left = (D - d0) / 8;
+    if (left >= C) {
+      weighted_values_chunk<T, NH, C>(probs, v_buf, row, len, Hkv, h, D, d0, denom, out);
+      d0 += 8 * C;
+    } else if (C > 4 && left >= 4) {
+      weighted_values_chunk<T, NH, 4>(probs, v_buf, row, len, Hkv, h, D, d0, denom, out);
+      d0 += 32;
+    } else if (left >= 2) {
+      weighted_values_chunk<T, NH, 2>(probs, v_buf, row, len, Hkv, h, D, d0, denom, out);
+      d0 += 16;
+    } else {
+      weighted_values_chunk<T, NH, 1>(probs, v_buf, row, len, Hkv, h, D, d0, denom, out);
+      d0 += 8;
+    }
+  }
+}
+
+// Attention of NH query heads (from head0, all of KV head h) of query n; qf / scores / res: NH scratch rows.
+template <typename T, int NH>
+void attend_heads(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, const int64_t* row, int64_t n,
+                  int64_t len, int64_t head0, int64_t h, int64_t Hkv, int64_t Hq, int64_t D, float scale,
+                  std::vector<float>* qf, std::vector<float>* scores, std::vector<float>* res, T* out) {
+  const int64_t padded = (len + 7) / 8 * 8;
+  const float* qp[NH];
+  float *sp[NH], *rp[NH];
+  float denom[NH];
+  for (int i = 0; i < NH; ++i) {
+    const T* qh = q + n * q_stride + (head0 + i) * D;
+    for (int64_t d = 0; d < D; ++d) qf[i][d] = static_cast<float>(qh[d]) * scale;
+    scores[i].resize(padded);
+    qp[i] = qf[i].data();
+    sp[i] = scores[i].data();
+    rp[i] = res[i].data();
+  }
+  score_keys<T, NH>(qp, k_buf, row, len, Hkv, h, D, sp);
+  for (int i = 0; i < NH; ++i) denom[i] = softmax_numerators(sp[i], len, padded);
+  weighted_values<T, NH>(sp, v_buf, row, len, Hkv, h, D, denom, rp);
+  for (int i = 0; i < NH; ++i)
+    for (int64_t d = 0; d < D; ++d) out[(n * Hq + head0 + i) * D + d] = static_cast<T>(rp[i][d]);
+}
+
 // q [N, Hq, D] (rows q_stride apart: a view of a fused QKV output), out [N, Hq, D]; k_buf, v_buf [T, Hkv, D];
-// slots [B, S]; rows, lens [N]. One work item per (query, head): the query heads sharing a KV head read its keys
-// from cache.
+// slots [B, S]; rows, lens [N]. One work item per query and part of a KV head's query heads (G = Hq / Hkv heads in
+// ceil(G / kMaxHeads) parts of near-equal size): the heads of a part read each key once.
 template <typename T>
 void run(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, const int64_t* slots, const int64_t* rows,
          const int64_t* lens, int64_t N, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, float scale, T* out) {
-  const int64_t G = Hq / Hkv;
-  at::parallel_for(0, N * Hq, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(D), res(D), scores;
+  const int64_t G = Hq / Hkv, parts = (G + kMaxHeads - 1) / kMaxHeads;
+  at::parallel_for(0, N * Hkv * parts, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf[kMaxHeads], scores[kMaxHeads], res[kMaxHeads];
+    for (int i = 0; i < kMaxHeads; ++i) {
+      qf[i].resize(D);
+      res[i].resize(D);
+    }
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / Hq, head = item % Hq, h = head / G, len = lens[n], padded = (len + 7) / 8 * 8;
+      const int64_t n = item / (Hkv * parts), h = item / parts % Hkv, part = item % parts;
+      const int64_t head0 = h * G + part * (G / parts) + std::min(part, G % parts);  // part sizes G/parts (+1)
+      const int64_t heads = G / parts + (part < G % parts ? 1 : 0);
       const int64_t* row = slots + rows[n] * S;
-      scores.resize(padded);
-      for (int64_t d = 0; d < D; ++d) qf[d] = static_cast<float>(q[n * q_stride + head * D + d]) * scale;
-      score_keys(qf.data(), k_buf, row, len, Hkv, h, D, scores.data());
-      const float denom = softmax_numerators(scores.data(), len, padded);
-      weighted_values(scores.data(), v_buf, row, len, Hkv, h, D, denom, res.data());
-      for (int64_t d = 0; d < D; ++d) out[(n * Hq + head) * D + d] = static_cast<T>(res[d]);
+      const int64_t len = lens[n];
+      if (heads == 3) {
+        attend_heads<T, 3>(q, q_stride, k_buf, v_buf, row, n, len, head0, h, Hkv, Hq, D, scale, qf, scores, res, out);
+      } else if (heads == 2) {
+        attend_heads<T, 2>(q, q_stride, k_buf, v_buf, row, n, len, head0, h, Hkv, Hq, D, scale, qf, scores, res, out);
+      } else {
+        attend_heads<T, 1>(q, q_stride, k_buf, v_buf, row, n, len, head0, h, Hkv, Hq, D, scale, qf, scores, res, out);
+      }
     }
   });
 }
