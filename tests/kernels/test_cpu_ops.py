@@ -155,10 +155,8 @@ def test_pool_attention_heads_do_not_depend_on_their_work_item(ops, dtype, hq, h
     g = hq // hkv
     for head in range(hq):
         kv = slice(head // g, head // g + 1)
-        alone = ops.pool_attention(
-            q[:, head : head + 1].contiguous(), k_buf[:, kv].contiguous(), v_buf[:, kv].contiguous(), slots, rows, lens,
-            d**-0.5,
-        )
+        q1, k1, v1 = q[:, head : head + 1].contiguous(), k_buf[:, kv].contiguous(), v_buf[:, kv].contiguous()
+        alone = ops.pool_attention(q1, k1, v1, slots, rows, lens, d**-0.5)
         assert torch.equal(got[:, head], alone[:, 0]), head
 
 
