@@ -15,7 +15,7 @@ import torch
 
 from sglang_dspark.kernels import spec_verify
 from sglang_dspark.kernels.spec_verify import draw_verify_noise
-from sglang_dspark.layers.sampler import SamplingBatchInfo, probs_from_logits, process_logits
+from sglang_dspark.layers.sampler import SamplingBatchInfo, greedy_ids, probs_from_logits, process_logits
 from sglang_dspark.speculative.draft import Draft, SpecRequest
 
 
@@ -41,7 +41,7 @@ def verify_drafts(
     request i's drafts that its grammar forces. proposals[i]: the proposal drafts[i] was cut from (its
     ``probs`` are the draft distributions of sampled drafts), None for none."""
     if all(_raw_greedy(r) for r in reqs):
-        return _greedy_verdict(drafts, forced, logits.argmax(dim=1).tolist())
+        return _greedy_verdict(drafts, forced, greedy_ids(logits).tolist())
     rows_params, rows_prompt, rows_output = [], [], []
     for req, d in zip(reqs, drafts):
         for k in range(len(d) + 1):
@@ -71,7 +71,7 @@ def verify_drafts(
     nxt = torch.zeros(B, dtype=torch.int64, device=dev)
     if greedy_rows:
         g = torch.tensor(greedy_rows, device=dev)
-        argmax = processed.argmax(dim=1)[row_index[g]]  # [Bg, K + 1]
+        argmax = greedy_ids(processed)[row_index[g]]  # [Bg, K + 1]
         accept[g], nxt[g] = greedy_accept(draft_tokens[g], draft_lens[g], argmax)
     if sampled_rows:
         s = torch.tensor(sampled_rows, device=dev)

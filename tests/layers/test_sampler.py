@@ -12,6 +12,7 @@ from sglang_dspark.layers.sampler import (
     SamplingBatchInfo,
     apply_penalties,
     compute_logprobs,
+    greedy_ids,
     greedy_or_sample,
     make_generator,
     probs_from_logits,
@@ -222,6 +223,21 @@ def test_greedy_rows_one_hot():
     p = probs_from_logits(logits[:2], all_greedy)
     assert torch.equal(p, torch.nn.functional.one_hot(am[:2], V).float())
     assert torch.equal(sample(p, [None, make_generator(1)]), am[:2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_ids_is_argmax_with_ties_nan_and_inf(dtype):
+    """greedy_ids takes torch's max reduction for its speed: it must answer what argmax answers, the first
+    maximum of a row with ties, a NaN wherever one is, the first index of an all -inf row."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        rows, vocab = int(torch.randint(1, 9, (1,), generator=gen)), int(torch.randint(1, 70000, (1,), generator=gen))
+        logits = torch.randint(-4, 4, (rows, vocab), generator=gen).to(dtype)  # many ties at the maximum
+        if trial % 3 == 0:
+            logits[0, int(torch.randint(0, vocab, (1,), generator=gen))] = float("nan")
+        if trial % 4 == 0:
+            logits[-1] = float("-inf")
+        assert torch.equal(greedy_ids(logits), logits.argmax(dim=-1)), trial
 
 
 CASES = [
