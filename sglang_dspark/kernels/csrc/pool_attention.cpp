@@ -16,7 +16,8 @@ namespace {
 
 // Query heads per work item: up to three heads that share a KV head score and weigh each key after one load and
 // widening of it, with their accumulators and that key in AVX2's sixteen registers (one head: eight keys, or 64
-// output dims, at a time; more: four keys, or 32 dims).
+// output dims, at a time; more: four keys, or 32 dims). The loops over them are unrolled by pragma so that the
+// accumulator arrays live in registers (left rolled, GCC kept them on the stack).
 constexpr int kMaxHeads = 3;
 template <int NH>
 constexpr int kKeysPerBlock = NH == 1 ? 8 : 4;
