@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sglang_dspark.layers.sampler import greedy_ids
 from sglang_dspark.model_executor.forward_batch import ForwardBatch
 from sglang_dspark.model_executor.model_runner import ModelRunner
 from sglang_dspark.speculative.draft import Draft
@@ -68,7 +69,7 @@ def choose_tokens(
     no random numbers; their distribution is the softmax at temperature 1 (its argmax prob = the confidence)."""
     greedy = temps <= 0
     probs = torch.softmax(logits / torch.where(greedy, 1.0, temps)[:, None], dim=-1)
-    tokens = logits.argmax(dim=-1)
+    tokens = greedy_ids(logits)
     if not greedy.all():
         sampled = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         tokens = torch.where(greedy, tokens, sampled)
