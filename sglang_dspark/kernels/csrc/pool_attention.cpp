@@ -24,6 +24,17 @@ constexpr int kKeysPerBlock = NH == 1 ? 8 : 4;
 template <int NH>
 constexpr int kValueChunks = NH == 1 ? 8 : 4;  // 8-dim chunks of the output in registers
 
+// Keys (and values) are read through the request's slot list, a gather the hardware prefetchers do not follow
+// across rows: each row is prefetched this many keys ahead of its use.
+constexpr int64_t kPrefetchKeys = 32;
+
+// the cache lines of n elements from p
+template <typename T>
+inline void prefetch_row(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(T)); b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+}
+
 // Four sums in one vector, each as ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)) over its vector's lanes.
 inline __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
   const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
@@ -48,7 +59,10 @@ void score_keys(const float* const* q, const T* k_buf, const int64_t* row, int64
   for (int64_t t = 0; t < blocked; t += KB) {
     const T* k[KB];
 #pragma GCC unroll 8
-    for (int j = 0; j < KB; ++j) k[j] = k_buf + (row[t + j] * Hkv + h) * D;
+    for (int j = 0; j < KB; ++j) {
+      k[j] = k_buf + (row[t + j] * Hkv + h) * D;
+      if (t + j + kPrefetchKeys < len) prefetch_row(k_buf + (row[t + j + kPrefetchKeys] * Hkv + h) * D, D);
+    }
     __m256 acc[NH * KB];
 #pragma GCC unroll 16
     for (int a = 0; a < NH * KB; ++a) acc[a] = _mm256_setzero_ps();
@@ -102,6 +116,7 @@ void weighted_values_chunk(const float* const* probs, const T* v_buf, const int6
   for (int a = 0; a < NH * C; ++a) acc[a] = _mm256_setzero_ps();
   for (int64_t t = 0; t < len; ++t) {
     const T* v = v_buf + (row[t] * Hkv + h) * D + d0;
+    if (t + kPrefetchKeys < len) prefetch_row(v_buf + (row[t + kPrefetchKeys] * Hkv + h) * D + d0, 8 * C);
     __m256 p[NH];
 #pragma GCC unroll 4
     for (int i = 0; i < NH; ++i) p[i] = _mm256_set1_ps(probs[i][t]);
