@@ -76,7 +76,7 @@ def test_int8_activations_round_per_group_of_32():
 
 @needs_avx512
 @pytest.mark.parametrize("name", KERNEL_FORMATS)
-@pytest.mark.parametrize("rows", [1, 3, 4, 9, 70])  # tiles of 4 rows, remainders, more than one 64-row pass
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 9, 70])  # passes of up to 8 rows of x, and their remainders
 @pytest.mark.parametrize("bias", [False, True])
 def test_matmul_matches_dequantized_reference(name, rows, bias):
     w = random_weight(name, 45, seed=rows)  # 45 weight rows: panels of 4 and a remainder of 1 (tiled: 48)
@@ -106,7 +106,7 @@ def test_every_row_is_independent_of_the_batch(name):
     w = random_weight(name, 21, seed=5, cols=768)
     x = torch.randn(67, 768, generator=torch.Generator().manual_seed(5)).bfloat16()
     full = quant_linear(x, w, None)
-    for size in (1, 2, 5, 8):
+    for size in (1, 2, 3, 5, 6, 7, 8):  # every pass size over the tiles (67 = 8 x 8 + 3)
         parts = torch.cat([quant_linear(x[i : i + size], w, None) for i in range(0, 67, size)])
         assert torch.equal(parts, full), size
 

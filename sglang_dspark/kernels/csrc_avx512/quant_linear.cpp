@@ -7,7 +7,7 @@
 // is exact (VPDPBUSD, int32), the rest fp32. Q8_0's signed bytes take llama.cpp's sign trick instead
 // (|w| . sign(w) q); Q6_K's two scales per group weight each half of the dot product.
 //
-// Each weight row is read from memory once per call and unpacked once per tile of up to 8 rows of x, so
+// Each weight row is read from memory once per call and unpacked once per pass of up to 8 rows of x, so
 // batch-1 decode streams the quantized bytes once per token and does little work per byte.
 //
 // Row independence: output (m, n) is always the same sequence of fp32 operations (per group, in order: one
@@ -389,9 +389,16 @@ void run_tiles(const QuantizedRows& xq, int64_t M, const uint8_t* w, int64_t rb,
       const int64_t n0 = t * kTileRows;
       int64_t m = 0;
       for (; m + 8 <= M; m += 8) tile16<T, 8>(xq, m, tile, n0, bias, y, N, ahead);
-      for (; m + 4 <= M; m += 4) tile16<T, 4>(xq, m, tile, n0, bias, y, N, ahead);
-      for (; m + 2 <= M; m += 2) tile16<T, 2>(xq, m, tile, n0, bias, y, N, ahead);
-      if (m < M) tile16<T, 1>(xq, m, tile, n0, bias, y, N, ahead);
+      switch (M - m) {  // the rest in one more pass over the tile (a verify chain of 7: one pass, not 4 + 2 + 1)
+        case 7: tile16<T, 7>(xq, m, tile, n0, bias, y, N, ahead); break;
+        case 6: tile16<T, 6>(xq, m, tile, n0, bias, y, N, ahead); break;
+        case 5: tile16<T, 5>(xq, m, tile, n0, bias, y, N, ahead); break;
+        case 4: tile16<T, 4>(xq, m, tile, n0, bias, y, N, ahead); break;
+        case 3: tile16<T, 3>(xq, m, tile, n0, bias, y, N, ahead); break;
+        case 2: tile16<T, 2>(xq, m, tile, n0, bias, y, N, ahead); break;
+        case 1: tile16<T, 1>(xq, m, tile, n0, bias, y, N, ahead); break;
+        default: break;
+      }
     }
   });
 }
