@@ -9,21 +9,16 @@
 
 #include "../csrc/ops.h"
 #include "quant_linear.h"
+#include "widen.h"
 
 namespace {
-
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::BFloat16* p) {
-  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
 
 // a . b over n values, fp32 accumulation
 template <typename T>
 float dot(const float* a, const T* b, int64_t n) {
   __m512 acc = _mm512_setzero_ps();
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16(b + i), acc);
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16f(b + i), acc);
   float sum = _mm512_reduce_add_ps(acc);
   for (; i < n; ++i) sum += a[i] * static_cast<float>(b[i]);
   return sum;

@@ -45,6 +45,7 @@
 #include <torch/extension.h>
 
 #include "quant_linear.h"
+#include "widen.h"
 
 #include <algorithm>
 #include <cmath>
@@ -157,12 +158,13 @@ struct QuantizedRows {
   std::vector<int8_t> q;
   std::vector<float> dx, sum;
 
-  QuantizedRows(const float* x, int64_t M, int64_t K, int halves)
+  template <typename X>  // float or at::BFloat16
+  QuantizedRows(const X* x, int64_t M, int64_t K, int halves)
       : groups(K / kGroup), offset_len((groups * halves + 7) / 8 * 8), q(M * K), dx(M * groups),
         sum(M * offset_len, 0.f) {
     for (int64_t i = 0; i < M * groups; ++i) {
-      const float* xp = x + i * kGroup;
-      const __m512 v0 = _mm512_loadu_ps(xp), v1 = _mm512_loadu_ps(xp + 16);
+      const X* xp = x + i * kGroup;
+      const __m512 v0 = load16f(xp), v1 = load16f(xp + 16);
       const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
       const float d = amax / 127.0f;
       const float id = d != 0.f ? 1.0f / d : 0.f;
@@ -430,7 +432,7 @@ std::vector<float> as_float(const torch::Tensor& t) {
     const at::BFloat16* p = t.data_ptr<at::BFloat16>();
     for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(p[i]);
   } else {
-    TORCH_CHECK(t.scalar_type() == at::kFloat, "quant_linear supports bfloat16 and float32 inputs");
+    TORCH_CHECK(t.scalar_type() == at::kFloat, "quant_linear supports bfloat16 and float32 biases");
     std::memcpy(out.data(), t.data_ptr<float>(), out.size() * sizeof(float));
   }
   return out;
@@ -450,8 +452,11 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
   TORCH_CHECK(x.dim() == 2 && x.size(1) == K && x.is_contiguous(), "x must be contiguous [M, K]");
   const int64_t M = x.size(0), N = weight.size(0);
   TORCH_CHECK(qtype < kQ4_0x16 || N % kTileRows == 0, "an interleaved weight has a multiple of 16 rows");
-  const std::vector<float> xf = x.scalar_type() == at::kFloat ? std::vector<float>() : as_float(x);
-  const QuantizedRows xq(x.scalar_type() == at::kFloat ? x.data_ptr<float>() : xf.data(), M, K, qtype == kQ6_K ? 2 : 1);
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
+              "quant_linear supports bfloat16 and float32 inputs");
+  const int halves = qtype == kQ6_K ? 2 : 1;
+  const QuantizedRows xq = x.scalar_type() == at::kFloat ? QuantizedRows(x.data_ptr<float>(), M, K, halves)
+                                                         : QuantizedRows(x.data_ptr<at::BFloat16>(), M, K, halves);
   std::vector<float> bf;
   if (bias.has_value()) {
     TORCH_CHECK(bias->numel() == N && bias->is_contiguous(), "bias must be contiguous [N]");
