@@ -160,6 +160,34 @@ def test_pool_attention_heads_do_not_depend_on_their_work_item(ops, dtype, hq, h
         assert torch.equal(got[:, head], alone[:, 0]), head
 
 
+@pytest.mark.parametrize("queries", [1, 2, 7])
+def test_pool_attention_is_the_same_on_any_number_of_threads(ops, queries):
+    """Work items are split among the threads by the keys they read (requests of very different lengths here);
+    every query's every head is computed once and alike whatever the split, threads beyond the items included."""
+    gen = _gen(queries, 5)
+    hq, hkv, d, pool = 6, 2, 32, 600
+    k_buf = torch.randn(pool, hkv, d, generator=gen).bfloat16()
+    v_buf = torch.randn(pool, hkv, d, generator=gen).bfloat16()
+    slots = torch.randperm(pool, generator=gen)[: 7 * 80].view(7, 80)
+    lens = torch.tensor([80, 3, 77, 1, 40, 9, 64])[:queries]
+    rows = torch.arange(queries)
+    q = torch.randn(queries, hq, d, generator=gen).bfloat16()
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3, 8):
+            torch.set_num_threads(threads)
+            outs.append(ops.pool_attention(q, k_buf, v_buf, slots, rows, lens, d**-0.5))
+    finally:
+        torch.set_num_threads(before)
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+    kv_slots = slots[0, : lens[0]]
+    kk, vv = k_buf[kv_slots].float().transpose(0, 1), v_buf[kv_slots].float().transpose(0, 1)
+    want = F.scaled_dot_product_attention(q[0].float()[:, None], kk, vv, scale=d**-0.5, enable_gqa=True)[:, 0]
+    torch.testing.assert_close(outs[0][0].float(), want, rtol=1e-2, atol=1e-2)
+
+
 def test_pool_attention_rejects_bad_inputs(ops):
     q, kv, slots = torch.randn(1, 2, 8), torch.randn(4, 2, 8), torch.zeros(1, 3, dtype=torch.long)
     with pytest.raises(RuntimeError, match="kv_lens"):

@@ -183,6 +183,24 @@ void attend_heads(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, 
     for (int64_t d = 0; d < D; ++d) out[(n * Hq + head0 + i) * D + d] = static_cast<T>(rp[i][d]);
 }
 
+// Where each of `threads` contiguous ranges of work items starts (and the last ends): near-equal sums of the
+// items' key counts (plus a fixed 32 for each item's own work), so requests of different lengths keep no thread
+// idle at the end, and each thread still reads its requests' keys in order (handing items out one at a time
+// was 1.2x slower on equal lengths: neighbouring KV heads share cache lines).
+std::vector<int64_t> balanced_cuts(const int64_t* lens, int64_t items, int64_t per_query, int64_t threads) {
+  std::vector<int64_t> cuts(threads + 1, items);
+  int64_t total = 0;
+  for (int64_t i = 0; i < items; ++i) total += lens[i / per_query] + 32;
+  int64_t done = 0, t = 1;  // item i starts range t when its middle is past range t's share of the total
+  cuts[0] = 0;
+  for (int64_t i = 0; i < items && t < threads; ++i) {
+    const int64_t cost = lens[i / per_query] + 32;
+    while (t < threads && (2 * done + cost) * threads >= 2 * total * t) cuts[t++] = i;
+    done += cost;
+  }
+  return cuts;
+}
+
 // q [N, Hq, D] (rows q_stride apart: a view of a fused QKV output), out [N, Hq, D]; k_buf, v_buf [T, Hkv, D];
 // slots [B, S]; rows, lens [N]. One work item per query and part of a KV head's query heads (G = Hq / Hkv heads in
 // ceil(G / kMaxHeads) parts of near-equal size): the heads of a part read each key once.
@@ -190,13 +208,15 @@ template <typename T>
 void run(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, const int64_t* slots, const int64_t* rows,
          const int64_t* lens, int64_t N, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, float scale, T* out) {
   const int64_t G = Hq / Hkv, parts = (G + kMaxHeads - 1) / kMaxHeads;
-  at::parallel_for(0, N * Hkv * parts, 1, [&](int64_t begin, int64_t end) {
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N * Hkv * parts));
+  const std::vector<int64_t> cuts = balanced_cuts(lens, N * Hkv * parts, Hkv * parts, threads);
+  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
     std::vector<float> qf[kMaxHeads], scores[kMaxHeads], res[kMaxHeads];
     for (int i = 0; i < kMaxHeads; ++i) {
       qf[i].resize(D);
       res[i].resize(D);
     }
-    for (int64_t item = begin; item < end; ++item) {
+    for (int64_t item = cuts[first]; item < cuts[last]; ++item) {
       const int64_t n = item / (Hkv * parts), h = item / parts % Hkv, part = item % parts;
       const int64_t head0 = h * G + part * (G / parts) + std::min(part, G % parts);  // part sizes G/parts (+1)
       const int64_t heads = G / parts + (part < G % parts ? 1 : 0);
