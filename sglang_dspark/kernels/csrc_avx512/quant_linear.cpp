@@ -315,7 +315,7 @@ inline __m512i broadcast_dword(const int8_t* q, int j) {
 // stream. On Zen 4 the hardware prefetchers follow it: prefetching 1-32 groups ahead read the layer matmuls at
 // 20-22 GB/s instead of 29-32 (2 threads). On an Intel Xeon they left the L3-resident weights of a decode step at
 // about half of the L3's bandwidth, and every line 32 groups (10-17 KB) ahead made whole forwards of 1-8 rows
-// 1.15-1.27x faster (benchmarks/results/engine.md).
+// 1.13-1.27x faster (benchmarks/results/engine.md).
 inline int64_t prefetch_groups() {
   static const int64_t groups = [] {
     __builtin_cpu_init();
