@@ -3,7 +3,8 @@ working tree and from ``--base``'s sources, on the same weights, timed on the sa
 
 On a host whose speed drifts by tens of percent between minutes, two runs of ``bench_engine.py`` cannot show a
 5% kernel change; alternating the two builds call by call can. Each timed call is one verify-shaped forward
-(speculative/sps_profile.py's layout: B new tokens of one request over ``--context`` cached ones), the whole model
+(speculative/sps_profile.py's layout: B new tokens of one request over ``--context`` cached ones, or with
+``--decode`` one new token for each of B requests: a batched decode step), the whole model
 (embedding, fused stack, LM head) with only the stack swapped.
 
     python benchmarks/bench_fused_ab.py --base HEAD~1 --tokens 1,2,4,8
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--base", default="HEAD", help="the commit to compare the working tree with")
     ap.add_argument("--tokens", default="1,2,4,8", help="new tokens per forward (B)")
     ap.add_argument("--context", type=int, default=256, help="cached tokens before them")
+    ap.add_argument("--decode", action="store_true", help="B requests of one new token each, not one of B")
     ap.add_argument("--calls", type=int, default=60, help="timed forwards per build and B")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -72,8 +74,9 @@ def main() -> None:
     module, sha = build_base(args.base)
     base = FusedDecoder([layer.fused_weights() for layer in model.layers], module)
     attention = runner.attention
+    per_request = 1 if args.decode else max(sizes)
     forward = verify_forward_fn(
-        model, max(sizes), args.context, max(sizes), attention.pool_attention, attention.all_in_pool
+        model, max(sizes), args.context, per_request, attention.pool_attention, attention.all_in_pool
     )
     print(f"| B tokens | {sha} ms | working tree ms | speed-up |\n|---:|---:|---:|---:|")
     for b in sizes:
