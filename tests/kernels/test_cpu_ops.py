@@ -96,9 +96,18 @@ def test_rms_norm_module_routes_through_kernel(ops):
 # ---------------------------------------------------------------- pool attention
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+# bf16 pools: the CPU's bf16 dot products where it has them (AVX512_BF16), else (and with bf16_dot=False) the fp32
+# path of every AVX2 CPU; fp32 pools always take the latter
+DTYPES = [
+    pytest.param(torch.bfloat16, True, id="bf16"),
+    pytest.param(torch.bfloat16, False, id="bf16-fp32-path"),
+    pytest.param(torch.float32, False, id="fp32"),
+]
+
+
+@pytest.mark.parametrize("dtype, bf16_dot", DTYPES)
 @pytest.mark.parametrize("hq, hkv", [(4, 4), (6, 2), (9, 3), (14, 2), (4, 1)])
-def test_pool_attention_matches_sdpa_over_gathered_kv(ops, dtype, hq, hkv):
+def test_pool_attention_matches_sdpa_over_gathered_kv(ops, dtype, bf16_dot, hq, hkv):
     gen = _gen(hq, hkv)
     d, pool = 32, 50
     k_buf = torch.randn(pool, hkv, d, generator=gen).to(dtype)
@@ -108,7 +117,7 @@ def test_pool_attention_matches_sdpa_over_gathered_kv(ops, dtype, hq, hkv):
     rows = torch.tensor([2, 0, 1, 1, 1, 2])
     lens = torch.tensor([13, 1, 5, 6, 7, 4])
     q = torch.randn(6, hq, d, generator=gen).to(dtype)
-    got = ops.pool_attention(q, k_buf, v_buf, slots, rows, lens, d**-0.5)
+    got = ops.pool_attention(q, k_buf, v_buf, slots, rows, lens, d**-0.5, bf16_dot=bf16_dot)
     for n in range(6):
         kv_slots = slots[rows[n], : lens[n]]
         kk, vv = k_buf[kv_slots].float().transpose(0, 1), v_buf[kv_slots].float().transpose(0, 1)  # [Hkv, S, D]
@@ -117,9 +126,9 @@ def test_pool_attention_matches_sdpa_over_gathered_kv(ops, dtype, hq, hkv):
         torch.testing.assert_close(got[n].float(), want, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("d", [64, 128, 72])
-def test_pool_attention_over_long_contexts(ops, dtype, d):
+@pytest.mark.parametrize("dtype, bf16_dot", DTYPES)
+@pytest.mark.parametrize("d", [64, 128, 72, 256])
+def test_pool_attention_over_long_contexts(ops, dtype, bf16_dot, d):
     """Lengths around and past the 8-key blocks and head dims in 64-wide register chunks (72: a partial
     chunk), with scores spread wide enough that the softmax underflows for some keys."""
     gen = _gen(d, 7)
@@ -130,7 +139,7 @@ def test_pool_attention_over_long_contexts(ops, dtype, d):
     lens = torch.tensor([1, 7, 8, 9, 16, 63, 257, 300])
     rows = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
     q = (4 * torch.randn(len(lens), hq, d, generator=gen)).to(dtype)
-    got = ops.pool_attention(q, k_buf, v_buf, slots, rows, lens, d**-0.5)
+    got = ops.pool_attention(q, k_buf, v_buf, slots, rows, lens, d**-0.5, bf16_dot=bf16_dot)
     for n in range(len(lens)):
         kv_slots = slots[rows[n], : lens[n]]
         kk, vv = k_buf[kv_slots].float().transpose(0, 1), v_buf[kv_slots].float().transpose(0, 1)
@@ -139,9 +148,9 @@ def test_pool_attention_over_long_contexts(ops, dtype, d):
         torch.testing.assert_close(got[n].float(), want, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("hq, hkv, d", [(9, 3, 64), (14, 2, 72), (4, 1, 32)])
-def test_pool_attention_heads_do_not_depend_on_their_work_item(ops, dtype, hq, hkv, d):
+@pytest.mark.parametrize("dtype, bf16_dot", DTYPES)
+@pytest.mark.parametrize("hq, hkv, d", [(9, 3, 64), (14, 2, 72), (4, 1, 32), (4, 1, 256)])
+def test_pool_attention_heads_do_not_depend_on_their_work_item(ops, dtype, bf16_dot, hq, hkv, d):
     """The query heads of a KV head are scored and weighed together (up to three per work item): each head's
     output is bit for bit what it gets attending alone, so no head's numbers depend on how heads are grouped."""
     gen = _gen(hq, d)
@@ -151,12 +160,12 @@ def test_pool_attention_heads_do_not_depend_on_their_work_item(ops, dtype, hq, h
     slots = torch.randperm(pool, generator=gen)[: 2 * 150].view(2, 150)
     rows, lens = torch.tensor([0, 1, 1]), torch.tensor([150, 9, 131])
     q = torch.randn(3, hq, d, generator=gen).to(dtype)
-    got = ops.pool_attention(q, k_buf, v_buf, slots, rows, lens, d**-0.5)
+    got = ops.pool_attention(q, k_buf, v_buf, slots, rows, lens, d**-0.5, bf16_dot=bf16_dot)
     g = hq // hkv
     for head in range(hq):
         kv = slice(head // g, head // g + 1)
         q1, k1, v1 = q[:, head : head + 1].contiguous(), k_buf[:, kv].contiguous(), v_buf[:, kv].contiguous()
-        alone = ops.pool_attention(q1, k1, v1, slots, rows, lens, d**-0.5)
+        alone = ops.pool_attention(q1, k1, v1, slots, rows, lens, d**-0.5, bf16_dot=bf16_dot)
         assert torch.equal(got[:, head], alone[:, 0]), head
 
 
@@ -186,6 +195,19 @@ def test_pool_attention_is_the_same_on_any_number_of_threads(ops, queries):
     kk, vv = k_buf[kv_slots].float().transpose(0, 1), v_buf[kv_slots].float().transpose(0, 1)
     want = F.scaled_dot_product_attention(q[0].float()[:, None], kk, vv, scale=d**-0.5, enable_gqa=True)[:, 0]
     torch.testing.assert_close(outs[0][0].float(), want, rtol=1e-2, atol=1e-2)
+
+
+def test_pool_attention_takes_the_bf16_dot_products_where_the_cpu_has_them(ops):
+    """Both bf16 paths agree to bf16 rounding; they differ in the last bits exactly where AVX512_BF16 exists
+    (probabilities rounded to bf16 there, sums in another order), so the dispatch is not dead code."""
+    gen = _gen(11)
+    k_buf, v_buf = torch.randn(2, 300, 3, 64, generator=gen).bfloat16()
+    slots, rows, lens = torch.arange(300).view(1, 300), torch.zeros(4, dtype=torch.long), torch.tensor([300, 5, 77, 1])
+    q = torch.randn(4, 9, 64, generator=gen).bfloat16()
+    dot, fp32 = (ops.pool_attention(q, k_buf, v_buf, slots, rows, lens, 0.125, bf16_dot=b) for b in (True, False))
+    torch.testing.assert_close(dot, fp32, rtol=1e-2, atol=1e-2)
+    flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "").split()
+    assert torch.equal(dot, fp32) == ("avx512_bf16" not in flags)
 
 
 def test_pool_attention_rejects_bad_inputs(ops):

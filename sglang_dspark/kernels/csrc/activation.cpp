@@ -18,26 +18,11 @@ inline __m256 silu8(__m256 g) {
   return _mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
-// 8 values rounded to bf16 (to nearest even, NaN to a quiet NaN: c10::BFloat16's rounding) or stored as fp32
-inline void store8(at::BFloat16* p, __m256 v) {
-  const __m256i bits = _mm256_castps_si256(v);
-  const __m256i bias = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1)),
-                                        _mm256_set1_epi32(0x7FFF));
-  __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
-  const __m256 quiet_nan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC0));
-  rounded = _mm256_castps_si256(
-      _mm256_blendv_ps(_mm256_castsi256_ps(rounded), quiet_nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
-  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded, rounded), 0x08);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
-}
-inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
 
 // SiLU(g) * u of 8 values of x's dtype: SiLU rounded to it, then the product
 template <typename T>
 inline __m256 silu_mul8(__m256 g, __m256 u) {
-  alignas(32) T s[8];
-  store8(s, silu8(g));
-  return _mm256_mul_ps(load8(s), u);
+  return _mm256_mul_ps(round8<T>(silu8(g)), u);
 }
 
 template <typename T>

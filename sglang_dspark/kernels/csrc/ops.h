@@ -10,10 +10,11 @@
 torch::Tensor bf16_linear(const torch::Tensor& x, const torch::Tensor& weight, const c10::optional<torch::Tensor>& bias);
 
 // Attention of query tokens over keys/values read in place from the token-level pool: query n sees the
-// first kv_lens[n] slots of slots[q_rows[n]].
+// first kv_lens[n] slots of slots[q_rows[n]]. bf16_dot: bf16 pools use the CPU's bf16 dot products where it has
+// them (false: the fp32 path every AVX2 CPU runs).
 torch::Tensor pool_attention(const torch::Tensor& q, const torch::Tensor& k_buf, const torch::Tensor& v_buf,
                              const torch::Tensor& slots, const torch::Tensor& q_rows, const torch::Tensor& kv_lens,
-                             double scale);
+                             double scale, bool bf16_dot = true);
 
 // Rotary embedding of q [N, Hq, D] and k [N, Hkv, D] in place (HF's rotate_half and rounding); cos/sin [N, 1, D].
 std::tuple<torch::Tensor, torch::Tensor> rotary(torch::Tensor q, torch::Tensor k, const torch::Tensor& cos,
@@ -51,6 +52,28 @@ static inline float bf16_to_float(uint16_t v) {
 // 8 floats from bf16 or fp32 memory.
 static inline __m256 load8(const at::BFloat16* p) { return load_bf16x8(reinterpret_cast<const uint16_t*>(p)); }
 static inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+
+// 8 values rounded to bf16 (to nearest even, NaN to a quiet NaN: c10::BFloat16's rounding) or stored as fp32
+static inline void store8(at::BFloat16* p, __m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i bias = _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1)),
+                                        _mm256_set1_epi32(0x7FFF));
+  __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, bias), 16);
+  const __m256 quiet_nan = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC0));
+  rounded = _mm256_castps_si256(
+      _mm256_blendv_ps(_mm256_castsi256_ps(rounded), quiet_nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded, rounded), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+static inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+
+// 8 fp32 values rounded to T (bf16: as store8 rounds; fp32: unchanged)
+template <typename T>
+static inline __m256 round8(__m256 v) {
+  alignas(32) T r[8];
+  store8(r, v);
+  return load8(r);
+}
 
 // exp(x) for x <= 0: Cephes' polynomial, relative error about 2e-7.
 static inline __m256 exp_nonpositive(__m256 x) {

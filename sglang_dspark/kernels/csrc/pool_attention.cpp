@@ -2,12 +2,14 @@
 // their request's slot list (no gathered copy of K/V per layer). Query n sees the first kv_lens[n]
 // slots of slot row q_rows[n]: a decode token sees its whole request, the j-th of e new tokens of a
 // request with s keys (a verify chain, a short extend) sees s - e + j + 1 (causal).
-// Grouped-query attention: query heads h*G .. h*G+G-1 share KV head h. fp32 math throughout.
+// Grouped-query attention: query heads h*G .. h*G+G-1 share KV head h. fp32 math throughout, but for bf16
+// pools on CPUs with AVX512_BF16: bf16 products summed in fp32, the probabilities rounded to bf16 (dp below).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "ops.h"
@@ -91,18 +93,23 @@ void score_keys(const float* const* q, const T* k_buf, const int64_t* row, int64
 
 // probs[t] = exp(scores[t] - max) in place over the padded length (a multiple of 8); returns the sum over len.
 inline float softmax_numerators(float* scores, int64_t len, int64_t padded) {
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < len; ++t) mx = std::max(mx, scores[t]);
+  __m256 m8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t t = 0;
+  for (; t + 8 <= len; t += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(scores + t));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m8);
+  float mx = *std::max_element(lanes, lanes + 8);
+  for (; t < len; ++t) mx = std::max(mx, scores[t]);
   for (int64_t t = len; t < padded; ++t) scores[t] = mx;  // padding: exp(0), excluded from the sum below
   const __m256 mv = _mm256_set1_ps(mx);
   __m256 sum = _mm256_setzero_ps();
-  for (int64_t t = 0; t < padded; t += 8) {
+  for (t = 0; t < padded; t += 8) {
     const __m256 p = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + t), mv));
     _mm256_storeu_ps(scores + t, p);
     if (t + 8 <= len) sum = _mm256_add_ps(sum, p);
   }
   float total = hsum(sum);
-  for (int64_t t = len - len % 8; t < len; ++t) total += scores[t];
+  for (t = len - len % 8; t < len; ++t) total += scores[t];
   return total;
 }
 
@@ -183,6 +190,181 @@ void attend_heads(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, 
     for (int64_t d = 0; d < D; ++d) out[(n * Hq + head0 + i) * D + d] = static_cast<T>(rp[i][d]);
 }
 
+// ---- bf16 keys and values on CPUs with AVX512_BF16 (both builds, chosen at run time): the scores and the
+// weighted sum of the values as bf16 pair dot products (VDPBF16PS) into fp32, reading K and V without widening
+// them, and the probabilities rounded to bf16 before they weigh the values (as HF's eager attention rounds
+// them). Per key and query head about a third of the instructions of the 8-lane fp32 path above.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+namespace dp {
+
+constexpr int kKeys = 8;  // keys per score block
+template <int NH>
+constexpr int kChunks = NH == 1 ? 4 : 2;  // 32-dim chunks of the output in registers per pass over the values
+
+// the first min(32, n) elements of a 32-element chunk
+inline __mmask32 chunk_mask(int64_t n) { return n >= 32 ? ~__mmask32{0} : (__mmask32{1} << n) - 1; }
+
+inline __m512i load_chunk(const uint16_t* p, __mmask32 m) { return _mm512_maskz_loadu_epi16(m, p); }
+
+// the sums of the 16 lanes of a[0..7], in a's order; every vector's lanes summed by the same tree
+inline __m256 sum8(const __m512* a) {
+  __m512 s[4], w[2];
+  for (int j = 0; j < 4; ++j)  // [a(2j) lanes 0-7 + 8-15 | a(2j+1) the same], 128-bit quarters paired
+    s[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(a[2 * j], a[2 * j + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int j = 0; j < 2; ++j)  // quarter k: four partial sums of a(4j + k)
+    w[j] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * j], s[2 * j + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(s[2 * j], s[2 * j + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 m = _mm512_add_ps(_mm512_unpacklo_ps(w[0], w[1]), _mm512_unpackhi_ps(w[0], w[1]));
+  const __m512 t = _mm512_add_ps(m, _mm512_permute_ps(m, _MM_SHUFFLE(1, 0, 3, 2)));  // quarter k: a(k), a(4 + k)
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_castps512_ps256(_mm512_permutexvar_ps(order, t));
+}
+
+// scores[i][t] = scale * q[i] . k_t for NH query heads over the keys of KV head h, kKeys at a time (past len the
+// block repeats the last key; scores must hold len rounded up to kKeys).
+template <int NH>
+void scores(const uint16_t* const* q, const uint16_t* k_buf, const int64_t* row, int64_t len, int64_t Hkv,
+            int64_t h, int64_t D, float scale, float* const* out) {
+  const __m256 sc = _mm256_set1_ps(scale);
+  for (int64_t t = 0; t < len; t += kKeys) {
+    const uint16_t* k[kKeys];
+#pragma GCC unroll 8
+    for (int j = 0; j < kKeys; ++j) {
+      k[j] = k_buf + (row[std::min(t + j, len - 1)] * Hkv + h) * D;
+      if (t + j + kPrefetchKeys < len) prefetch_row(k_buf + (row[t + j + kPrefetchKeys] * Hkv + h) * D, D);
+    }
+    __m512 acc[NH * kKeys];
+#pragma GCC unroll 24
+    for (int a = 0; a < NH * kKeys; ++a) acc[a] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 32) {
+      const __mmask32 m = chunk_mask(D - d);
+      __m512bh qv[NH];
+#pragma GCC unroll 4
+      for (int i = 0; i < NH; ++i) qv[i] = (__m512bh)load_chunk(q[i] + d, m);
+#pragma GCC unroll 8
+      for (int j = 0; j < kKeys; ++j) {
+        const __m512bh kv = (__m512bh)load_chunk(k[j] + d, m);
+#pragma GCC unroll 4
+        for (int i = 0; i < NH; ++i) acc[i * kKeys + j] = _mm512_dpbf16_ps(acc[i * kKeys + j], qv[i], kv);
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < NH; ++i) _mm256_storeu_ps(out[i] + t, _mm256_mul_ps(sum8(acc + i * kKeys), sc));
+  }
+}
+
+// probs[t] = bf16(p[t] / denom) for t < len, 0 up to the padded length (a multiple of 8)
+inline void round_probs(const float* p, int64_t len, int64_t padded, float denom, uint16_t* probs) {
+  const __m256 inv = _mm256_set1_ps(1.0f / denom);
+  for (int64_t t = 0; t < padded; t += 8) {
+    const __mmask8 live = t + 8 <= len ? 0xFF : static_cast<__mmask8>((1u << std::max<int64_t>(len - t, 0)) - 1);
+    const __m256 x = _mm256_maskz_mul_ps(live, _mm256_loadu_ps(p + t), inv);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(probs + t), (__m128i)_mm256_cvtneps_pbh(x));
+  }
+}
+
+// out[i][d0 : d0 + 32 C] = sum_t probs[i][t] v_t, keys in pairs (t, t + 1): each output a chain of pair dot
+// products over t in order, whatever C is. A pair's two rows are interleaved by 16-bit element: a 128-bit quarter
+// L of the low half holds dims 8L .. 8L + 3 of both, of the high half 8L + 4 .. 8L + 7.
+template <int NH, int C>
+void values_chunk(const uint16_t* const* probs, const uint16_t* v_buf, const int64_t* row, int64_t len, int64_t Hkv,
+                  int64_t h, int64_t D, int64_t d0, float* const* out) {
+  __m512 acc[NH * 2 * C];
+#pragma GCC unroll 16
+  for (int a = 0; a < NH * 2 * C; ++a) acc[a] = _mm512_setzero_ps();
+  __mmask32 m[C];
+#pragma GCC unroll 4
+  for (int c = 0; c < C; ++c) m[c] = chunk_mask(D - d0 - 32 * c);
+  for (int64_t t = 0; t < len; t += 2) {
+    const uint16_t* a = v_buf + (row[t] * Hkv + h) * D + d0;
+    const uint16_t* b = t + 1 < len ? v_buf + (row[t + 1] * Hkv + h) * D + d0 : a;  // its probability is 0
+    for (int64_t u = t + kPrefetchKeys; u < std::min(t + kPrefetchKeys + 2, len); ++u)
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(v_buf + (row[u] * Hkv + h) * D + d0 + 32 * c), _MM_HINT_T0);
+    __m512bh p[NH];
+#pragma GCC unroll 4
+    for (int i = 0; i < NH; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, probs[i] + t, sizeof(pair));
+      p[i] = (__m512bh)_mm512_set1_epi32(pair);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      const __m512i va = load_chunk(a + 32 * c, m[c]), vb = load_chunk(b + 32 * c, m[c]);
+      const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(va, vb), hi = (__m512bh)_mm512_unpackhi_epi16(va, vb);
+#pragma GCC unroll 4
+      for (int i = 0; i < NH; ++i) {
+        acc[(i * C + c) * 2] = _mm512_dpbf16_ps(acc[(i * C + c) * 2], lo, p[i]);
+        acc[(i * C + c) * 2 + 1] = _mm512_dpbf16_ps(acc[(i * C + c) * 2 + 1], hi, p[i]);
+      }
+    }
+  }
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+#pragma GCC unroll 4
+  for (int i = 0; i < NH; ++i)
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      const __m512 lo = acc[(i * C + c) * 2], hi = acc[(i * C + c) * 2 + 1];
+      float* o = out[i] + d0 + 32 * c;
+      _mm512_mask_storeu_ps(o, static_cast<__mmask16>(m[c]), _mm512_permutex2var_ps(lo, first, hi));
+      _mm512_mask_storeu_ps(o + 16, static_cast<__mmask16>(m[c] >> 16), _mm512_permutex2var_ps(lo, second, hi));
+    }
+}
+
+// Attention of NH query heads (from head0, all of KV head h) of query n, bf16 q / k / v / out; scores, probs,
+// res: NH scratch rows.
+template <int NH>
+void attend_heads(const uint16_t* q, int64_t q_stride, const uint16_t* k_buf, const uint16_t* v_buf,
+                  const int64_t* row, int64_t n, int64_t len, int64_t head0, int64_t h, int64_t Hkv, int64_t Hq,
+                  int64_t D, float scale, std::vector<float>* scores_, std::vector<uint16_t>* probs_,
+                  std::vector<float>* res, at::BFloat16* out) {
+  const int64_t padded = (len + kKeys - 1) / kKeys * kKeys;
+  const uint16_t* qp[NH];
+  const uint16_t* pp[NH];
+  float *sp[NH], *rp[NH];
+  for (int i = 0; i < NH; ++i) {
+    qp[i] = q + n * q_stride + (head0 + i) * D;
+    scores_[i].resize(padded);
+    probs_[i].resize(padded);
+    sp[i] = scores_[i].data();
+    rp[i] = res[i].data();
+    pp[i] = probs_[i].data();
+  }
+  scores<NH>(qp, k_buf, row, len, Hkv, h, D, scale, sp);
+  for (int i = 0; i < NH; ++i) round_probs(sp[i], len, padded, softmax_numerators(sp[i], len, padded), probs_[i].data());
+  constexpr int C = kChunks<NH>;
+  for (int64_t d0 = 0; d0 < D; d0 += 32 * C) {
+    if (D - d0 > 32 * (C - 1) || C == 1)
+      values_chunk<NH, C>(pp, v_buf, row, len, Hkv, h, D, d0, rp);
+    else
+      values_chunk<NH, 1>(pp, v_buf, row, len, Hkv, h, D, d0, rp), d0 -= 32 * (C - 1);
+  }
+  for (int i = 0; i < NH; ++i)
+    for (int64_t d = 0; d < D; ++d) out[(n * Hq + head0 + i) * D + d] = static_cast<at::BFloat16>(rp[i][d]);
+}
+
+// one work item: query heads head0 .. head0 + heads - 1 (1 to kMaxHeads) of query n
+void attend(int64_t heads, const at::BFloat16* q, int64_t q_stride, const at::BFloat16* k_buf,
+            const at::BFloat16* v_buf, const int64_t* row, int64_t n, int64_t len, int64_t head0, int64_t h,
+            int64_t Hkv, int64_t Hq, int64_t D, float scale, std::vector<float>* scores_,
+            std::vector<uint16_t>* probs, std::vector<float>* res, at::BFloat16* out) {
+  const auto* q16 = reinterpret_cast<const uint16_t*>(q);
+  const auto* k16 = reinterpret_cast<const uint16_t*>(k_buf);
+  const auto* v16 = reinterpret_cast<const uint16_t*>(v_buf);
+  if (heads == 3)
+    attend_heads<3>(q16, q_stride, k16, v16, row, n, len, head0, h, Hkv, Hq, D, scale, scores_, probs, res, out);
+  else if (heads == 2)
+    attend_heads<2>(q16, q_stride, k16, v16, row, n, len, head0, h, Hkv, Hq, D, scale, scores_, probs, res, out);
+  else
+    attend_heads<1>(q16, q_stride, k16, v16, row, n, len, head0, h, Hkv, Hq, D, scale, scores_, probs, res, out);
+}
+
+}  // namespace dp
+#pragma GCC pop_options
+
 // Where each of `threads` contiguous ranges of work items starts (and the last ends): near-equal sums of the
 // items' key counts (plus a fixed 32 for each item's own work), so requests of different lengths keep no thread
 // idle at the end, and each thread still reads its requests' keys in order (handing items out one at a time
@@ -206,12 +388,14 @@ std::vector<int64_t> balanced_cuts(const int64_t* lens, int64_t items, int64_t p
 // ceil(G / kMaxHeads) parts of near-equal size): the heads of a part read each key once.
 template <typename T>
 void run(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, const int64_t* slots, const int64_t* rows,
-         const int64_t* lens, int64_t N, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, float scale, T* out) {
+         const int64_t* lens, int64_t N, int64_t S, int64_t Hq, int64_t Hkv, int64_t D, float scale, T* out,
+         bool bf16_dot) {
   const int64_t G = Hq / Hkv, parts = (G + kMaxHeads - 1) / kMaxHeads;
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N * Hkv * parts));
   const std::vector<int64_t> cuts = balanced_cuts(lens, N * Hkv * parts, Hkv * parts, threads);
   at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
     std::vector<float> qf[kMaxHeads], scores[kMaxHeads], res[kMaxHeads];
+    std::vector<uint16_t> probs[kMaxHeads];
     for (int i = 0; i < kMaxHeads; ++i) {
       qf[i].resize(D);
       res[i].resize(D);
@@ -222,6 +406,13 @@ void run(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, const int
       const int64_t heads = G / parts + (part < G % parts ? 1 : 0);
       const int64_t* row = slots + rows[n] * S;
       const int64_t len = lens[n];
+      if constexpr (std::is_same_v<T, at::BFloat16>) {
+        if (bf16_dot) {
+          dp::attend(heads, q, q_stride, k_buf, v_buf, row, n, len, head0, h, Hkv, Hq, D, scale, scores, probs, res,
+                     out);
+          continue;
+        }
+      }
       if (heads == 3) {
         attend_heads<T, 3>(q, q_stride, k_buf, v_buf, row, n, len, head0, h, Hkv, Hq, D, scale, qf, scores, res, out);
       } else if (heads == 2) {
@@ -237,7 +428,7 @@ void run(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, const int
 
 torch::Tensor pool_attention(const torch::Tensor& q, const torch::Tensor& k_buf, const torch::Tensor& v_buf,
                              const torch::Tensor& slots, const torch::Tensor& q_rows, const torch::Tensor& kv_lens,
-                             double scale) {
+                             double scale, bool bf16_dot) {
   TORCH_CHECK(q.dim() == 3 && k_buf.dim() == 3 && v_buf.sizes() == k_buf.sizes(), "q [N, Hq, D], k/v [T, Hkv, D]");
   TORCH_CHECK(q.stride(2) == 1 && q.stride(1) == q.size(2), "q must have contiguous heads");
   TORCH_CHECK(k_buf.is_contiguous() && v_buf.is_contiguous(), "k, v must be contiguous");
@@ -259,11 +450,12 @@ torch::Tensor pool_attention(const torch::Tensor& q, const torch::Tensor& k_buf,
   if (q.scalar_type() == at::kBFloat16) {
     run(q.data_ptr<at::BFloat16>(), q.stride(0), k_buf.data_ptr<at::BFloat16>(), v_buf.data_ptr<at::BFloat16>(),
         s.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), N, s.size(1), Hq, Hkv, D, sc,
-        out.data_ptr<at::BFloat16>());
+        out.data_ptr<at::BFloat16>(), bf16_dot && __builtin_cpu_supports("avx512bf16"));
   } else {
     TORCH_CHECK(q.scalar_type() == at::kFloat, "pool_attention supports bfloat16 and float32");
     run(q.data_ptr<float>(), q.stride(0), k_buf.data_ptr<float>(), v_buf.data_ptr<float>(), s.data_ptr<int64_t>(),
-        rows.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), N, s.size(1), Hq, Hkv, D, sc, out.data_ptr<float>());
+        rows.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), N, s.size(1), Hq, Hkv, D, sc, out.data_ptr<float>(),
+        false);
   }
   return out;
 }

@@ -3,33 +3,56 @@
 // `residual + hidden` does in bf16, and returns that sum for the next layer.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "ops.h"
 
 namespace {
 
+// 8 lanes of row[i ..] (the last partial chunk padded with zeros); store_lanes writes back the live ones
+template <typename T>
+inline __m256 load_lanes(const T* row, int64_t i, int64_t d) {
+  if (i + 8 <= d) return load8(row + i);
+  alignas(32) T pad[8] = {};
+  std::copy(row + i, row + d, pad);
+  return load8(pad);
+}
+template <typename T>
+inline void store_lanes(T* row, int64_t i, int64_t d, __m256 v) {
+  if (i + 8 <= d) return store8(row + i, v);
+  alignas(32) T pad[8];
+  store8(pad, v);
+  std::copy(pad, pad + (d - i), row + i);
+}
+
+// One row: src = x (+ residual, rounded to T into sum); sum of squares over 8 lanes (each a chain of fused
+// multiply-adds over the row in order) then hsum's tree; out = round(round(src * inv) * w).
+template <typename T>
+void norm_row(const T* x, const T* residual, const T* w, int64_t d, float eps, T* out, T* sum) {
+  const T* src = x;
+  if (residual != nullptr) {
+    for (int64_t i = 0; i < d; i += 8)
+      store_lanes(sum, i, d, _mm256_add_ps(load_lanes(x, i, d), load_lanes(residual, i, d)));
+    src = sum;
+  }
+  __m256 sq = _mm256_setzero_ps();
+  for (int64_t i = 0; i < d; i += 8) {
+    const __m256 v = load_lanes(src, i, d);
+    sq = _mm256_fmadd_ps(v, v, sq);
+  }
+  const __m256 inv = _mm256_set1_ps(1.f / std::sqrt(hsum(sq) / static_cast<float>(d) + eps));
+  for (int64_t i = 0; i < d; i += 8)
+    store_lanes(out, i, d, _mm256_mul_ps(round8<T>(_mm256_mul_ps(load_lanes(src, i, d), inv)), load_lanes(w, i, d)));
+}
+
+// Rows are few per call (a decode step's tokens) and each takes well under a microsecond: threads only from 64.
 template <typename T>
 void run(const T* x, const T* residual, const T* w, int64_t N, int64_t d, float eps, T* out, T* sum_out) {
-  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n) {
-      const T* xr = x + n * d;
-      T* o = out + n * d;
-      const T* src = xr;
-      if (residual != nullptr) {
-        T* s = sum_out + n * d;
-        for (int64_t i = 0; i < d; ++i) s[i] = static_cast<T>(static_cast<float>(xr[i]) + static_cast<float>(residual[n * d + i]));
-        src = s;
-      }
-      float sq = 0.f;
-      for (int64_t i = 0; i < d; ++i) {
-        const float v = static_cast<float>(src[i]);
-        sq += v * v;
-      }
-      const float inv = 1.f / std::sqrt(sq / static_cast<float>(d) + eps);
-      for (int64_t i = 0; i < d; ++i)
-        o[i] = static_cast<T>(static_cast<float>(static_cast<T>(static_cast<float>(src[i]) * inv)) * static_cast<float>(w[i]));
-    }
+  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n)
+      norm_row(x + n * d, residual != nullptr ? residual + n * d : nullptr, w, d, eps, out + n * d,
+               sum_out != nullptr ? sum_out + n * d : nullptr);
   });
 }
 
