@@ -7,7 +7,8 @@ and its bf16 ``rms_norm`` and per-layer K/V gathers cost more than the math they
 - ``linear``: reads every weight row once per tile of 4 rows of ``x``, fp32 accumulation;
 - ``rms_norm`` / ``add_rms_norm``: HF's rounding order, one pass, residual add fused;
 - ``pool_attention``: decode, verify and short-extend queries over K/V read in place from the token
-  pool (causal: query n sees the first ``kv_lens[n]`` slots of its request's slot row);
+  pool (causal: query n sees the first ``kv_lens[n]`` slots of its request's slot row); bf16 pools on CPUs
+  with AVX512_BF16 take bf16 dot products there (chosen at run time, in this build and the quantized one);
 - ``rotary``: the rotary embedding of q and k in place, HF's rounding (one call instead of a dozen ops);
 - ``silu_mul``: SiLU(gate) * up of a merged gate/up output (one pass instead of a split and two ops).
 

@@ -18,7 +18,6 @@ inline __m256 silu8(__m256 g) {
   return _mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
-
 // SiLU(g) * u of 8 values of x's dtype: SiLU rounded to it, then the product
 template <typename T>
 inline __m256 silu_mul8(__m256 g, __m256 u) {

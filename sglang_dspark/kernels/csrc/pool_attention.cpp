@@ -193,7 +193,7 @@ void attend_heads(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, 
 // ---- bf16 keys and values on CPUs with AVX512_BF16 (both builds, chosen at run time): the scores and the
 // weighted sum of the values as bf16 pair dot products (VDPBF16PS) into fp32, reading K and V without widening
 // them, and the probabilities rounded to bf16 before they weigh the values (as HF's eager attention rounds
-// them). Per key and query head about a third of the instructions of the 8-lane fp32 path above.
+// them). 1.16x-1.31x per call against that path on an Intel Xeon (benchmarks/results/engine.md).
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 namespace dp {
@@ -203,7 +203,9 @@ template <int NH>
 constexpr int kChunks = NH == 1 ? 4 : 2;  // 32-dim chunks of the output in registers per pass over the values
 
 // the first min(32, n) elements of a 32-element chunk
-inline __mmask32 chunk_mask(int64_t n) { return n >= 32 ? ~__mmask32{0} : (__mmask32{1} << n) - 1; }
+inline __mmask32 chunk_mask(int64_t n) {
+  return n >= 32 ? ~__mmask32{0} : n <= 0 ? __mmask32{0} : (__mmask32{1} << n) - 1;
+}
 
 inline __m512i load_chunk(const uint16_t* p, __mmask32 m) { return _mm512_maskz_loadu_epi16(m, p); }
 
@@ -282,7 +284,8 @@ void values_chunk(const uint16_t* const* probs, const uint16_t* v_buf, const int
     const uint16_t* b = t + 1 < len ? v_buf + (row[t + 1] * Hkv + h) * D + d0 : a;  // its probability is 0
     for (int64_t u = t + kPrefetchKeys; u < std::min(t + kPrefetchKeys + 2, len); ++u)
 #pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(v_buf + (row[u] * Hkv + h) * D + d0 + 32 * c), _MM_HINT_T0);
+      for (int c = 0; c < C; ++c)
+        _mm_prefetch(reinterpret_cast<const char*>(v_buf + (row[u] * Hkv + h) * D + d0 + 32 * c), _MM_HINT_T0);
     __m512bh p[NH];
 #pragma GCC unroll 4
     for (int i = 0; i < NH; ++i) {
@@ -334,7 +337,8 @@ void attend_heads(const uint16_t* q, int64_t q_stride, const uint16_t* k_buf, co
     pp[i] = probs_[i].data();
   }
   scores<NH>(qp, k_buf, row, len, Hkv, h, D, scale, sp);
-  for (int i = 0; i < NH; ++i) round_probs(sp[i], len, padded, softmax_numerators(sp[i], len, padded), probs_[i].data());
+  for (int i = 0; i < NH; ++i)
+    round_probs(sp[i], len, padded, softmax_numerators(sp[i], len, padded), probs_[i].data());
   constexpr int C = kChunks<NH>;
   for (int64_t d0 = 0; d0 < D; d0 += 32 * C) {
     if (D - d0 > 32 * (C - 1) || C == 1)

@@ -43,7 +43,8 @@ void norm_row(const T* x, const T* residual, const T* w, int64_t d, float eps, T
   }
   const __m256 inv = _mm256_set1_ps(1.f / std::sqrt(hsum(sq) / static_cast<float>(d) + eps));
   for (int64_t i = 0; i < d; i += 8)
-    store_lanes(out, i, d, _mm256_mul_ps(round8<T>(_mm256_mul_ps(load_lanes(src, i, d), inv)), load_lanes(w, i, d)));
+    store_lanes(out, i, d,
+                _mm256_mul_ps(round8<T>(_mm256_mul_ps(load_lanes(src, i, d), inv)), load_lanes(w, i, d)));
 }
 
 // Rows are few per call (a decode step's tokens) and each takes well under a microsecond: threads only from 64.
