@@ -194,6 +194,9 @@ void attend_heads(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, 
 // weighted sum of the values as bf16 pair dot products (VDPBF16PS) into fp32, reading K and V without widening
 // them, and the probabilities rounded to bf16 before they weigh the values (as HF's eager attention rounds
 // them). 1.16x-1.31x per call against that path on an Intel Xeon (benchmarks/results/engine.md).
+// GCC 10 or later compiles it (a target pragma); other compilers build the fp32 path alone.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10
+#define POOL_ATTENTION_BF16_DOT 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 namespace dp {
@@ -368,6 +371,18 @@ void attend(int64_t heads, const at::BFloat16* q, int64_t q_stride, const at::BF
 
 }  // namespace dp
 #pragma GCC pop_options
+#else
+#define POOL_ATTENTION_BF16_DOT 0
+#endif
+
+// whether bf16 pools take the dp path on this CPU
+inline bool cpu_has_bf16_dot() {
+#if POOL_ATTENTION_BF16_DOT
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
 
 // Where each of `threads` contiguous ranges of work items starts (and the last ends): near-equal sums of the
 // items' key counts (plus a fixed 32 for each item's own work), so requests of different lengths keep no thread
@@ -410,6 +425,7 @@ void run(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, const int
       const int64_t heads = G / parts + (part < G % parts ? 1 : 0);
       const int64_t* row = slots + rows[n] * S;
       const int64_t len = lens[n];
+#if POOL_ATTENTION_BF16_DOT
       if constexpr (std::is_same_v<T, at::BFloat16>) {
         if (bf16_dot) {
           dp::attend(heads, q, q_stride, k_buf, v_buf, row, n, len, head0, h, Hkv, Hq, D, scale, scores, probs, res,
@@ -417,6 +433,7 @@ void run(const T* q, int64_t q_stride, const T* k_buf, const T* v_buf, const int
           continue;
         }
       }
+#endif
       if (heads == 3) {
         attend_heads<T, 3>(q, q_stride, k_buf, v_buf, row, n, len, head0, h, Hkv, Hq, D, scale, qf, scores, res, out);
       } else if (heads == 2) {
@@ -454,7 +471,7 @@ torch::Tensor pool_attention(const torch::Tensor& q, const torch::Tensor& k_buf,
   if (q.scalar_type() == at::kBFloat16) {
     run(q.data_ptr<at::BFloat16>(), q.stride(0), k_buf.data_ptr<at::BFloat16>(), v_buf.data_ptr<at::BFloat16>(),
         s.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), N, s.size(1), Hq, Hkv, D, sc,
-        out.data_ptr<at::BFloat16>(), bf16_dot && __builtin_cpu_supports("avx512bf16"));
+        out.data_ptr<at::BFloat16>(), bf16_dot && cpu_has_bf16_dot());
   } else {
     TORCH_CHECK(q.scalar_type() == at::kFloat, "pool_attention supports bfloat16 and float32");
     run(q.data_ptr<float>(), q.stride(0), k_buf.data_ptr<float>(), v_buf.data_ptr<float>(), s.data_ptr<int64_t>(),
