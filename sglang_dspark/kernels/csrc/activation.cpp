@@ -34,15 +34,8 @@ void run(const T* x, int64_t N, int64_t I, T* out) {
       const T* gate = x + n * 2 * I;
       const T* up = gate + I;
       T* y = out + n * I;
-      int64_t i = 0;
-      for (; i + 8 <= I; i += 8) store8(y + i, silu_mul8<T>(load8(gate + i), load8(up + i)));
-      if (i < I) {  // the last partial chunk, through the same lanes padded with zeros
-        alignas(32) T g[8] = {}, u[8] = {}, r[8];
-        std::copy(gate + i, gate + I, g);
-        std::copy(up + i, up + I, u);
-        store8(r, silu_mul8<T>(load8(g), load8(u)));
-        std::copy(r, r + (I - i), y + i);
-      }
+      for (int64_t i = 0; i < I; i += 8)  // the last partial chunk through the same lanes, padded with zeros
+        store_lanes(y, i, I, silu_mul8<T>(load_lanes(gate, i, I), load_lanes(up, i, I)));
     }
   });
 }

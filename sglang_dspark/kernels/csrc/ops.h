@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -73,6 +74,22 @@ static inline __m256 round8(__m256 v) {
   alignas(32) T r[8];
   store8(r, v);
   return load8(r);
+}
+
+// 8 lanes of row[i ..] (the last partial chunk padded with zeros); store_lanes writes back the live ones
+template <typename T>
+static inline __m256 load_lanes(const T* row, int64_t i, int64_t d) {
+  if (i + 8 <= d) return load8(row + i);
+  alignas(32) T pad[8] = {};
+  std::copy(row + i, row + d, pad);
+  return load8(pad);
+}
+template <typename T>
+static inline void store_lanes(T* row, int64_t i, int64_t d, __m256 v) {
+  if (i + 8 <= d) return store8(row + i, v);
+  alignas(32) T pad[8];
+  store8(pad, v);
+  std::copy(pad, pad + (d - i), row + i);
 }
 
 // exp(x) for x <= 0: Cephes' polynomial, relative error about 2e-7.

@@ -342,13 +342,11 @@ void attend_heads(const uint16_t* q, int64_t q_stride, const uint16_t* k_buf, co
   scores<NH>(qp, k_buf, row, len, Hkv, h, D, scale, sp);
   for (int i = 0; i < NH; ++i)
     round_probs(sp[i], len, padded, softmax_numerators(sp[i], len, padded), probs_[i].data());
+  // passes of C chunks while the dims left fill more than C - 1 of them, then one chunk at a time
   constexpr int C = kChunks<NH>;
-  for (int64_t d0 = 0; d0 < D; d0 += 32 * C) {
-    if (D - d0 > 32 * (C - 1) || C == 1)
-      values_chunk<NH, C>(pp, v_buf, row, len, Hkv, h, D, d0, rp);
-    else
-      values_chunk<NH, 1>(pp, v_buf, row, len, Hkv, h, D, d0, rp), d0 -= 32 * (C - 1);
-  }
+  int64_t d0 = 0;
+  for (; D - d0 > 32 * (C - 1); d0 += 32 * C) values_chunk<NH, C>(pp, v_buf, row, len, Hkv, h, D, d0, rp);
+  for (; d0 < D; d0 += 32) values_chunk<NH, 1>(pp, v_buf, row, len, Hkv, h, D, d0, rp);
   for (int i = 0; i < NH; ++i)
     for (int64_t d = 0; d < D; ++d) out[(n * Hq + head0 + i) * D + d] = static_cast<at::BFloat16>(rp[i][d]);
 }

@@ -3,28 +3,11 @@
 // `residual + hidden` does in bf16, and returns that sum for the next layer.
 #include <ATen/Parallel.h>
 
-#include <algorithm>
 #include <cmath>
 
 #include "ops.h"
 
 namespace {
-
-// 8 lanes of row[i ..] (the last partial chunk padded with zeros); store_lanes writes back the live ones
-template <typename T>
-inline __m256 load_lanes(const T* row, int64_t i, int64_t d) {
-  if (i + 8 <= d) return load8(row + i);
-  alignas(32) T pad[8] = {};
-  std::copy(row + i, row + d, pad);
-  return load8(pad);
-}
-template <typename T>
-inline void store_lanes(T* row, int64_t i, int64_t d, __m256 v) {
-  if (i + 8 <= d) return store8(row + i, v);
-  alignas(32) T pad[8];
-  store8(pad, v);
-  std::copy(pad, pad + (d - i), row + i);
-}
 
 // One row: src = x (+ residual, rounded to T into sum); sum of squares over 8 lanes (each a chain of fused
 // multiply-adds over the row in order) then hsum's tree; out = round(round(src * inv) * w).
