@@ -5,9 +5,9 @@ blocks along K, in the byte layout of the GGUF file, so a GGUF tensor is used as
 (quant_linear.py, csrc_avx512/quant_linear.cpp, which documents each layout).
 Blocks of 32 weights: ``Q4_0``, ``Q4_1``, ``Q5_0``, ``Q5_1``, ``Q8_0`` (also what ``--quantization int8``
 makes of a dense weight); super-blocks of 256 weights (the K-quants of llama.cpp's Q4_K_M / Q5_K_M files):
-``Q4_K``, ``Q5_K``, ``Q6_K``. ``interleave`` repacks Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 at load time into tiles
-of 16 rows (``Q4_0x16`` .. ``Q8_0x16``: the same bytes, reordered so that one 512-bit byte dot product serves
-16 rows; Q5_x's fifth bits as masks).
+``Q4_K``, ``Q5_K``, ``Q6_K``. ``interleave`` repacks every one of them at load time into tiles of 16 rows
+(``Q4_0x16`` .. ``Q6_Kx16``: the same weights in as many bytes, reordered so that one 512-bit byte dot product
+serves 16 rows; fifth bits as masks, Q6_K's high bits as 2-bit fields).
 
 ``dequantize`` is gguf-py's dequantizer (the reference the native kernel is tested against, and what an
 embedding lookup of a row-major table uses for the few rows it reads; a tiled table's rows are decoded
@@ -56,9 +56,14 @@ INTERLEAVED = {
     "Q8_0": QuantFormat("Q8_0x16", 32, 34, 10, (), TILE_ROWS),
     "Q5_0": QuantFormat("Q5_0x16", 32, 22, 11, (), TILE_ROWS),
     "Q5_1": QuantFormat("Q5_1x16", 32, 24, 12, (), TILE_ROWS),
+    "Q4_K": QuantFormat("Q4_Kx16", 256, 144, 13, (), TILE_ROWS),
+    "Q5_K": QuantFormat("Q5_Kx16", 256, 176, 14, (), TILE_ROWS),
+    "Q6_K": QuantFormat("Q6_Kx16", 256, 210, 15, (), TILE_ROWS),
 }
 ALL_FORMATS = {**FORMATS, **{f.name: f for f in INTERLEAVED.values()}}  # by name, GGML's and the tiled
 HIGH_BITS = {"Q5_0": 4, "Q5_1": 4}  # bytes of a block's fifth bits (after its scales, before its nibbles)
+K_SUPER = 256  # weights per K-quant super-block
+K_GROUPS = 8  # 32-weight groups per super-block
 
 
 @dataclass
@@ -164,22 +169,28 @@ def concat_rows(parts: list[QuantizedWeight]) -> AnyQuantizedWeight:
 
 
 def interleave(w: AnyQuantizedWeight) -> AnyQuantizedWeight:
-    """A Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 weight [N, K] with N a multiple of 16 in its 16-row tiled format
-    (the matmul's fast layout), every other weight (each part of a row stack) as it is.
+    """A weight [N, K] with N a multiple of 16 in its 16-row tiled format (the matmul's fast layout), any other
+    weight (each part of a row stack) as it is.
 
-    data [N, K / 32 * B] keeps its shape and its size; viewed as [N / 16, K / 32, 16 B] (tile, group), a group
-    of a tile holds
-    - the 16 rows' quant bytes as dwords, dword j of every row in turn (dword j of a row: its bytes 4j..4j+3
-      of nibbles or int8; Q8_0: weights 4j..4j+3; Q4_x / Q5_x: low nibbles weights 4j..4j+3, high nibbles
-      16+4j..16+4j+3);
-    - Q5_x: 8 little-endian 64-bit masks, mask j's bit 4r + b the fifth bit of weight 4j + b of row r (of
-      the low nibbles for j < 4, the high ones for j >= 4, as the bytes above);
-    - the 16 fp16 scales d, then (Q4_1, Q5_1) the 16 fp16 minimums m."""
+    data [N, K / block_weights * B] keeps its shape and its size. Every 32-weight group of a tile holds
+    - its quants as bytes of 16 dwords, dword j of every row in turn: Q8_0 bytes 4j..4j+3 (weights 4j..4j+3);
+      the others nibbles, low ones weights 4j..4j+3 and high ones 16+4j..16+4j+3 (j < 4: 4 x 64 bytes);
+    - 5-bit formats: 8 little-endian 64-bit masks, mask j's bit 4r + b the fifth bit of weight 4j + b of row r
+      (of the low nibbles for j < 4, the high ones for j >= 4, as the bytes above);
+    - Q6_K: two 64-byte lines of the dwords' layout, 2-bit field f of line L's byte b holding bits 4-5 of
+      weight 16L + 4f + b.
+    Q4_0 .. Q5_1 and Q8_0, viewed as [N / 16, K / 32, 16 B] (tile, group): each group's quants, then the 16 fp16
+    scales d, then (Q4_1, Q5_1) the 16 fp16 minimums m. The K-quants, viewed as [N / 16, K / 256, 16 B] (tile,
+    super-block): its 8 groups' quants, then the 16 rows' other bytes of the block, byte by byte (each byte of
+    the 16 rows in turn; an fp16 as its 16 rows' pairs): Q4_K / Q5_K d, dmin and the 12 bytes of packed 6-bit
+    scales and minimums, Q6_K the 16 int8 scales and d."""
     if isinstance(w, QuantizedRowStack):
         return QuantizedRowStack([interleave(p) for p in w.parts])
     fmt = INTERLEAVED.get(w.fmt.name)
     if fmt is None or w.shape[0] % TILE_ROWS:
         return w
+    if fmt.block_weights == K_SUPER:
+        return _tile_k_quants(w, fmt)
     tiles, groups = w.shape[0] // TILE_ROWS, w.cols // fmt.block_weights
     head, high, body = _block_parts(w.fmt)
     blocks = w.data.view(tiles, TILE_ROWS, groups, fmt.block_bytes)
@@ -187,7 +198,8 @@ def interleave(w: AnyQuantizedWeight) -> AnyQuantizedWeight:
     scales = blocks[..., :head].reshape(tiles, TILE_ROWS, groups, head // 2, 2).permute(0, 2, 3, 1, 4)
     parts = [quants.reshape(tiles, groups, -1)]
     if high:
-        parts.append(_fifth_bit_masks(blocks[..., head : head + high]))
+        words = sum(blocks[..., head + i].to(torch.int64) << (8 * i) for i in range(4))  # [T, 16, G]
+        parts.append(_fifth_bit_masks(words))
     parts.append(scales.reshape(tiles, groups, -1))
     return QuantizedWeight(fmt, torch.cat(parts, dim=-1).reshape(w.data.shape).contiguous(), w.cols)
 
@@ -195,6 +207,8 @@ def interleave(w: AnyQuantizedWeight) -> AnyQuantizedWeight:
 def deinterleave(w: QuantizedWeight) -> QuantizedWeight:
     """The inverse of ``interleave``: the weight in its GGML format's layout."""
     base = _base_format(w.fmt)
+    if base.block_weights == K_SUPER:
+        return _untile_k_quants(w, base)
     head, high, body = _block_parts(base)
     tiles, groups = w.shape[0] // TILE_ROWS, w.cols // base.block_weights
     grouped = w.data.view(tiles, groups, TILE_ROWS * base.block_bytes)
@@ -202,7 +216,8 @@ def deinterleave(w: QuantizedWeight) -> QuantizedWeight:
     quants = grouped[..., :at].reshape(tiles, groups, body // 4, TILE_ROWS, 4).permute(0, 3, 1, 2, 4)
     parts = [quants.reshape(tiles, TILE_ROWS, groups, body)]
     if high:
-        parts.insert(0, _fifth_bit_bytes(grouped[..., at : at + 64]))
+        words = _fifth_bit_words(grouped[..., at : at + 64])  # [T, 16, G]
+        parts.insert(0, torch.stack([(words >> (8 * i)) & 255 for i in range(4)], dim=-1).to(torch.uint8))
         at += 64
     scales = grouped[..., at:].reshape(tiles, groups, head // 2, TILE_ROWS, 2).permute(0, 3, 1, 2, 4)
     parts.insert(0, scales.reshape(tiles, TILE_ROWS, groups, head))
@@ -219,25 +234,120 @@ def _block_parts(base: QuantFormat) -> tuple[int, int, int]:
     return head, high, base.block_bytes - head - high
 
 
-def _fifth_bit_masks(qh: Tensor) -> Tensor:
-    """qh [T, 16, G, 4] uint8 (each row's 32 fifth bits, little-endian) -> the tiles' masks [T, G, 64] uint8."""
-    bits = sum(qh[..., i].to(torch.int64) << (8 * i) for i in range(4)).permute(0, 2, 1)  # [T, G, 16]
+def _fifth_bit_masks(words: Tensor) -> Tensor:
+    """words [T, 16, G] (bit k: the fifth bit of weight k of a row's group) -> the tiles' masks [T, G, 64] uint8."""
+    bits = words.permute(0, 2, 1)  # [T, G, 16]
     nibbles = (bits[..., None, :] >> (4 * torch.arange(8))[:, None]) & 15  # [T, G, 8 masks, 16 rows]
     masks = (nibbles << (4 * torch.arange(TILE_ROWS))).sum(dim=-1)  # disjoint bits: the sum is their OR
     return masks.view(torch.uint8).reshape(*masks.shape[:2], 64)
 
 
-def _fifth_bit_bytes(masks: Tensor) -> Tensor:
-    """The inverse of ``_fifth_bit_masks``: [T, G, 64] uint8 -> qh [T, 16, G, 4] uint8."""
+def _fifth_bit_words(masks: Tensor) -> Tensor:
+    """The inverse of ``_fifth_bit_masks``: [T, G, 64] uint8 -> words [T, 16, G] int64."""
     words = masks.contiguous().view(torch.int64)  # [T, G, 8]
     nibbles = (words[..., None] >> (4 * torch.arange(TILE_ROWS))) & 15  # [T, G, 8, 16]
-    bits = (nibbles << (4 * torch.arange(8))[:, None]).sum(dim=-2)  # [T, G, 16]
-    qh = torch.stack([(bits >> (8 * i)) & 255 for i in range(4)], dim=-1).to(torch.uint8)
-    return qh.permute(0, 2, 1, 3)
+    return (nibbles << (4 * torch.arange(8))[:, None]).sum(dim=-2).permute(0, 2, 1)
+
+
+def _k_quants(w: QuantizedWeight) -> tuple[Tensor, Tensor]:
+    """A K-quant weight [N, K] -> its unsigned quants u [N, K / 256, 256] int64 (weight l of the super-block is
+    d s u - dmin m, or d s (u - 32) for Q6_K) and each block's other bytes [N, K / 256, 16 or 18] uint8 as
+    stored (Q4_K / Q5_K: d, dmin, 12 packed scale bytes; Q6_K: 16 int8 scales, d)."""
+    n, s = w.shape[0], w.cols // K_SUPER
+    raw = w.data.view(n, s, w.fmt.block_bytes)
+    b = raw.to(torch.int64)
+    if w.fmt.name == "Q6_K":  # weight 128h + r: nibble r // 64 of ql[64h + r % 64], bits 2 (r // 32) of qh[32h + r%32]
+        r = torch.arange(128)
+        low = (b[..., :128].view(n, s, 2, 64)[..., r % 64] >> (4 * (r // 64))) & 15
+        high = (b[..., 128:192].view(n, s, 2, 32)[..., r % 32] >> (2 * (r // 32))) & 3
+        return (low | (high << 4)).reshape(n, s, K_SUPER), raw[..., 192:]
+    qs = b[..., -128:].view(n, s, 4, 1, 32)  # sub-blocks 2j, 2j + 1: the low, high nibbles of qs[32j..32j + 31]
+    u = ((qs >> (4 * torch.arange(2))[:, None]) & 15).reshape(n, s, K_SUPER)
+    if w.fmt.name == "Q5_K":  # bit i of qh[l]: bit 4 of weight l of sub-block i
+        u |= (((b[..., 16:48, None] >> torch.arange(K_GROUPS)) & 1) << 4).transpose(-1, -2).reshape(n, s, K_SUPER)
+    return u, raw[..., :16]
+
+
+def _k_blocks(fmt: QuantFormat, u: Tensor, other: Tensor) -> Tensor:
+    """The inverse of ``_k_quants``: GGML's blocks [N, K / 256 * B] uint8."""
+    n, s = u.shape[:2]
+    if fmt.name == "Q6_K":
+        v = u.view(n, s, 2, 128)
+        ql = sum((v[..., 64 * i : 64 * i + 64] & 15) << (4 * i) for i in range(2))  # [N, S, 2, 64]
+        qh = sum(((v[..., 32 * i : 32 * i + 32] >> 4) & 3) << (2 * i) for i in range(4))  # [N, S, 2, 32]
+        parts = [ql.reshape(n, s, 128), qh.reshape(n, s, 64), other.to(torch.int64)]
+    else:
+        sub = u.view(n, s, 4, 2, 32)
+        parts = [other.to(torch.int64)]
+        if fmt.name == "Q5_K":
+            fifth = (u.view(n, s, K_GROUPS, 32) >> 4) & 1
+            parts.append((fifth << torch.arange(K_GROUPS)[:, None]).sum(dim=-2))
+        parts.append(((sub[..., 0, :] & 15) | ((sub[..., 1, :] & 15) << 4)).reshape(n, s, 128))
+    return torch.cat(parts, dim=-1).to(torch.uint8).reshape(n, s * fmt.block_bytes)
+
+
+def _tile_k_quants(w: QuantizedWeight, fmt: QuantFormat) -> QuantizedWeight:
+    u, other = _k_quants(w)
+    t, s = w.shape[0] // TILE_ROWS, u.shape[1]
+    g = u.view(t, TILE_ROWS, s, K_GROUPS, 32)
+    nib = (g[..., :16] & 15) | ((g[..., 16:] & 15) << 4)  # [T, 16, S, 8, 16]: byte b holds weights b, 16 + b
+    groups = [nib.view(t, TILE_ROWS, s, K_GROUPS, 4, 4).permute(0, 2, 3, 4, 1, 5).reshape(t, s, K_GROUPS, 256)]
+    if w.fmt.name == "Q5_K":
+        words = (((g >> 4) & 1) << torch.arange(32)).sum(dim=-1)  # [T, 16, S, 8]
+        groups.append(_fifth_bit_masks(words.reshape(t, TILE_ROWS, s * K_GROUPS)).view(t, s, K_GROUPS, 64))
+    if w.fmt.name == "Q6_K":  # weight 16L + 4f + b: field f of byte b of line L
+        high = ((g >> 4) & 3).view(t, TILE_ROWS, s, K_GROUPS, 2, 4, 4)
+        lines = sum(high[..., f, :] << (2 * f) for f in range(4))  # [T, 16, S, 8, 2, 4]
+        groups.append(lines.permute(0, 2, 3, 4, 1, 5).reshape(t, s, K_GROUPS, 128))
+    quants = torch.cat(groups, dim=-1).reshape(t, s, -1)
+    rows_bytes = other.view(t, TILE_ROWS, s, -1).permute(0, 2, 3, 1)  # [T, S, bytes, 16 rows]
+    fp16_at = [0, 2] if w.fmt.name != "Q6_K" else [16]
+    parts = [quants]
+    for at in range(rows_bytes.shape[2]):
+        if at in fp16_at:
+            parts.append(rows_bytes[:, :, at : at + 2].transpose(-1, -2).reshape(t, s, 32).to(torch.int64))
+        elif at - 1 not in fp16_at:
+            parts.append(rows_bytes[:, :, at].to(torch.int64))
+    data = torch.cat(parts, dim=-1).to(torch.uint8).reshape(w.data.shape).contiguous()
+    return QuantizedWeight(fmt, data, w.cols)
+
+
+def _untile_k_quants(w: QuantizedWeight, base: QuantFormat) -> QuantizedWeight:
+    t, s = w.shape[0] // TILE_ROWS, w.cols // K_SUPER
+    tiled = w.data.view(t, s, TILE_ROWS * base.block_bytes).to(torch.int64)
+    per_group = {"Q4_K": 256, "Q5_K": 320, "Q6_K": 384}[base.name]
+    groups = tiled[..., : K_GROUPS * per_group].view(t, s, K_GROUPS, per_group)
+    nib = groups[..., :256].view(t, s, K_GROUPS, 4, TILE_ROWS, 4).permute(0, 4, 1, 2, 3, 5)  # [T, 16, S, 8, 4, 4]
+    nib = nib.reshape(t, TILE_ROWS, s, K_GROUPS, 16)
+    u = torch.cat([nib & 15, nib >> 4], dim=-1)  # [T, 16, S, 8, 32]
+    if base.name == "Q5_K":
+        words = _fifth_bit_words(groups[..., 256:].reshape(t, s * K_GROUPS, 64).to(torch.uint8))
+        u |= ((words.view(t, TILE_ROWS, s, K_GROUPS, 1) >> torch.arange(32)) & 1) << 4
+    if base.name == "Q6_K":
+        lines = groups[..., 256:].view(t, s, K_GROUPS, 2, TILE_ROWS, 4).permute(0, 4, 1, 2, 3, 5)  # [T,16,S,8,2,4]
+        high = torch.stack([(lines >> (2 * f)) & 3 for f in range(4)], dim=-2)  # [T, 16, S, 8, 2, 4 f, 4 b]
+        u |= high.reshape(t, TILE_ROWS, s, K_GROUPS, 32) << 4
+    meta = tiled[..., K_GROUPS * per_group :]  # [T, S, 16 x bytes]: each byte of the 16 rows in turn
+    fp16_at = [0, 2] if base.name != "Q6_K" else [16]
+    nbytes = meta.shape[-1] // TILE_ROWS
+    cols, at = [], 0
+    for b in range(nbytes):
+        if b in fp16_at:
+            cols.append(meta[..., at : at + 32].view(t, s, TILE_ROWS, 2))
+            at += 32
+        elif b - 1 not in fp16_at:
+            cols.append(meta[..., at : at + 16].view(t, s, TILE_ROWS, 1))
+            at += 16
+    other = torch.cat(cols, dim=-1).permute(0, 2, 1, 3).reshape(w.shape[0], s, nbytes)
+    data = _k_blocks(base, u.reshape(w.shape[0], s, K_SUPER), other)
+    return QuantizedWeight(base, data.contiguous(), w.cols)
 
 
 def _untiled_rows(w: QuantizedWeight, ids: Tensor) -> QuantizedWeight:
     """Rows ``ids`` [n] of a tiled weight, in its GGML format's layout (their tiles, deinterleaved)."""
+    bad = ids[(ids < 0) | (ids >= w.shape[0])]
+    if len(bad):
+        raise IndexError(f"row {int(bad[0])} out of range for {w.shape[0]} rows")
     tiles = w.data.view(-1, TILE_ROWS * w.data.shape[1])[ids // TILE_ROWS]  # [n, 16 rows' bytes]
     rows = deinterleave(QuantizedWeight(w.fmt, tiles.view(-1, w.data.shape[1]), w.cols))
     picked = rows.data.view(len(ids), TILE_ROWS, -1)[torch.arange(len(ids)), ids % TILE_ROWS]

@@ -1,10 +1,11 @@
 """The matmul over block-quantized weights (``--quantization``): native AVX-512 VNNI kernel, csrc_avx512/.
 
 Formats: every one of kernels/quant_formats.py (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants Q4_K, Q5_K,
-Q6_K) as stored in the GGUF file, and all but the K-quants repacked at load time into tiles of 16 weight rows
-(``interleave``; fp16 scales exact either way). The tiles are what the model's layers use: one 512-bit byte
-dot product then serves 16 weight rows, which on the 2-core Zen 4 host made a 3072 x 576 Q4_1 call 1.3x
-faster at one row of x and 1.9x at eight (bench_quant_kernel.py, same run: benchmarks/results/engine.md).
+Q6_K) as stored in the GGUF file, and each repacked at load time into tiles of 16 weight rows (``interleave``;
+scales exact either way). The tiles are what the model's layers use: one 512-bit byte dot product then serves
+16 weight rows, which on the 2-core Zen 4 host made a 3072 x 576 Q4_1 call 1.3x faster at one row of x and
+1.9x at eight, and on the Intel Xeon host Qwen2.5-Coder's 896 x 4864 Q4_K down projection 1.8x at one row and
+2.6x at eight (Q6_K 1.5x, 2.3x; bench_quant_kernel.py, same runs: benchmarks/results/engine.md).
 
 Activations are quantized to int8 per 32 values, as llama.cpp does for its dot products
 (``int8_activations`` is the reference): each 32-weight group then costs one exact byte dot product
@@ -41,6 +42,7 @@ from sglang_dspark.kernels.cpu_ops import build_extension
 from sglang_dspark.kernels.quant_formats import (
     FORMATS,
     INTERLEAVED,
+    Q8_0_BLOCK,
     TILE_ROWS,
     AnyQuantizedWeight,
     QuantizedWeight,
@@ -121,9 +123,9 @@ def _run(
 
 
 def quantized_rows(w: QuantizedWeight, ids: Tensor) -> Tensor:
-    """Rows ``ids`` [n] of w decoded, [n, K] float32 (an embedding lookup): natively for a tiled format (the
-    kernel must have loaded), else ``dequantize_rows``."""
-    if w.fmt.tile_rows == 1:
+    """Rows ``ids`` [n] of w decoded, [n, K] float32 (an embedding lookup): natively for a tiled 32-weight format
+    (the kernel must have loaded), else ``dequantize_rows`` (no model here keeps its embedding in a K-quant)."""
+    if w.fmt.tile_rows == 1 or w.fmt.block_weights != Q8_0_BLOCK:
         return dequantize_rows(w, ids)
     return _build_module().tiled_rows(w.data, ids, w.fmt.kernel_id, w.cols)
 

@@ -28,16 +28,22 @@
 //   Q5_K (256 w, 176 B): as Q4_K plus qh[32] before qs: bit i of qh[l] is bit 4 of weight l of sub-block i
 //   Q6_K (256 w, 210 B): ql[128], qh[64], int8 sc[16], d: weight 128h + r takes 4 bits from
 //        ql[64h + r % 64] (nibble r / 64) and 2 bits from qh[32h + r % 32] (pair r / 32); w = d sc[i / 16] (q - 32)
-//   Q4_0x16 .. Q5_1x16, Q8_0x16: Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 repacked at load (quant_formats.interleave)
-//        in tiles of 16 weight rows; per group of a tile, the rows' quant bytes as 4 (Q8_0: 8) x 16 dwords,
-//        (Q5_x) 8 64-bit masks of fifth bits, 16 scales d, then (Q4_1, Q5_1) 16 minimums m.
+//   Q4_0x16 .. Q6_Kx16: every format above repacked at load (quant_formats.interleave) in tiles of 16 weight
+//        rows; per group of a tile, the rows' quant bytes as 4 (Q8_0: 8) x 16 dwords, (Q5_x, Q5_K) 8 64-bit
+//        masks of fifth bits, (Q6_K) two lines of 2-bit fields for bits 4-5; then for Q4_0 .. Q5_1 and Q8_0
+//        the group's 16 scales d and (Q4_1, Q5_1) 16 minimums m; for the K-quants, after the 8 groups of a
+//        super-block, its 16 rows' other bytes: Q4_K / Q5_K 16 d, 16 dmin and the 12 bytes of packed scales
+//        and minimums as 12 x 16 bytes (byte i of every row in turn), Q6_K its 16 x 16 int8 scales so, then 16 d.
 //
 // The tiled formats turn the loops around: dword j of all 16 rows is one 512-bit register, so one VPDPBUSD
 // with dword j of x broadcast advances 16 rows' dot products by 4 weights, and one group costs 8 of them, a
 // conversion and two fused multiply-adds for 16 rows (per row of x), where the row-major formats spend about
 // four 256-bit operations per row and group plus the unpacking and scale loads. Q8_0's signed bytes become
 // unsigned by flipping their sign bit (u = w + 128, offset c = -128 d). Each output is one lane of a register:
-// per group, in order, acc = dot (d dx) + acc, then acc = c (dx sum of q) + acc.
+// per group, in order, acc = dot (a dx) + acc, then acc = c (dx sum of q) + acc. A K-quant tile decodes a group's
+// a = d s and c = -dmin m from its super-block's bytes for 16 rows at once, as the row-major path does; Q6_K
+// (w = a (u - 32), a per 16 weights) takes the offset in int32, each half of a group as acc = ((u - 32) . q)
+// (a dx) + acc: exact where the fp32 offset would cancel a rounded product (a = d sc has up to 18 bits).
 #pragma GCC optimize("fp-contract=off")
 
 #include <ATen/Parallel.h>
@@ -57,11 +63,11 @@ namespace {
 
 enum QType : int64_t {
   kQ4_0 = 0, kQ4_1, kQ8_0, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K, kQ4_0x16, kQ4_1x16, kQ8_0x16, kQ5_0x16, kQ5_1x16,
-  kNumTypes
+  kQ4_Kx16, kQ5_Kx16, kQ6_Kx16, kNumTypes
 };
 
-constexpr int64_t kBlockBytes[kNumTypes] = {18, 20, 34, 22, 24, 144, 176, 210, 18, 20, 34, 22, 24};
-constexpr int64_t kBlockWeights[kNumTypes] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32, 32, 32, 32};
+constexpr int64_t kBlockBytes[kNumTypes] = {18, 20, 34, 22, 24, 144, 176, 210, 18, 20, 34, 22, 24, 144, 176, 210};
+constexpr int64_t kBlockWeights[kNumTypes] = {32, 32, 32, 32, 32, 256, 256, 256, 32, 32, 32, 32, 32, 256, 256, 256};
 constexpr int64_t kGroup = 32;  // weights per activation scale and per unpacked weight group
 constexpr int64_t kTileRows = 16;  // weight rows per tile of the interleaved formats
 
@@ -152,16 +158,18 @@ inline Group unpack(const uint8_t* row, int64_t g) {
 }
 
 // Rows of x quantized per group: q [M, K] int8, dx per group, and for the offsets dx * (sum of q) per group,
-// or per half group for Q6_K (halves = 2), zero-padded to a multiple of 8 per row (offset_len)
+// or per half group for Q6_K (halves = 2), zero-padded to a multiple of 8 per row (offset_len); and the sums of
+// q per half group as integers (half_sums [M * groups * 2])
 struct QuantizedRows {
   int64_t groups, offset_len;
   std::vector<int8_t> q;
   std::vector<float> dx, sum;
+  std::vector<int32_t> half_sums;
 
   template <typename X>  // float or at::BFloat16
   QuantizedRows(const X* x, int64_t M, int64_t K, int halves)
       : groups(K / kGroup), offset_len((groups * halves + 7) / 8 * 8), q(M * K), dx(M * groups),
-        sum(M * offset_len, 0.f) {
+        sum(M * offset_len, 0.f), half_sums(M * groups * 2) {
     for (int64_t i = 0; i < M * groups; ++i) {
       const X* xp = x + i * kGroup;
       const __m512 v0 = load16f(xp), v1 = load16f(xp + 16);
@@ -174,6 +182,8 @@ struct QuantizedRows {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(q.data() + i * kGroup + 16), _mm512_cvtepi32_epi8(q1));
       const int lo = _mm512_reduce_add_epi32(q0), hi = _mm512_reduce_add_epi32(q1);
       dx[i] = d;
+      half_sums[2 * i] = lo;
+      half_sums[2 * i + 1] = hi;
       float* row_sums = sum.data() + (i / groups) * offset_len + (i % groups) * halves;
       if (halves == 2) {
         row_sums[0] = d * static_cast<float>(lo);
@@ -295,12 +305,15 @@ void run(const QuantizedRows& xq, int64_t M, int64_t K, const uint8_t* w, int64_
 // A tiled group's layout (T: the base format): bytes of quants and fifth-bit masks before the scales, and the
 // offset c of w = d u + c where it is a multiple of d (the others store m)
 constexpr QType kTiledBase(int64_t qtype) {
-  constexpr QType bases[] = {kQ4_0, kQ4_1, kQ8_0, kQ5_0, kQ5_1};  // of kQ4_0x16 .. kQ5_1x16
+  constexpr QType bases[] = {kQ4_0, kQ4_1, kQ8_0, kQ5_0, kQ5_1, kQ4_K, kQ5_K, kQ6_K};  // of kQ4_0x16 .. kQ6_Kx16
   return bases[qtype - kQ4_0x16];
 }
-constexpr bool kFiveBit(QType T) { return T == kQ5_0 || T == kQ5_1; }
+constexpr bool kFiveBit(QType T) { return T == kQ5_0 || T == kQ5_1 || T == kQ5_K; }
 constexpr bool kHasMinimum(QType T) { return T == kQ4_1 || T == kQ5_1; }
-constexpr int64_t kTiledQuantBytes(QType T) { return kTileRows * (T == kQ8_0 ? 32 : 16) + (kFiveBit(T) ? 64 : 0); }
+constexpr int64_t kTiledQuantBytes(QType T) {
+  return kTileRows * (T == kQ8_0 ? 32 : 16) + (kFiveBit(T) ? 64 : 0) + (T == kQ6_K ? 128 : 0);
+}
+constexpr int64_t kGroupsPerBlock = 8;  // 32-weight groups per K-quant super-block
 constexpr float kOffsetTimesD(QType T) { return T == kQ8_0 ? -128.0f : T == kQ5_0 ? -16.0f : -8.0f; }
 
 // Dword j of a group of x in every lane, read from x's memory so that it compiles to one broadcast load (from a
@@ -324,55 +337,144 @@ inline int64_t prefetch_groups() {
   return groups;
 }
 
-// A tiled weight (T: the base format): the 16 outputs of one tile (from weight row n0) for MT rows of x,
-// prefetching `ahead` bytes ahead of each group read (0: not)
-template <QType T, int MT, typename OutT>
-inline void tile16(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int64_t n0, const float* bias, OutT* y,
-                   int64_t N, int64_t ahead) {
+// A tiled group's quants at p as unsigned bytes: w[j] holds weights 4j..4j+3 of the 16 rows (one per lane), to
+// meet dword j of x
+template <QType T>
+inline void unpack_tiled(const uint8_t* p, __m512i w[8]) {
+  if constexpr (T == kQ8_0) {
+    for (int j = 0; j < 8; ++j)
+      w[j] = _mm512_xor_si512(_mm512_loadu_si512(p + 64 * j), _mm512_set1_epi8(static_cast<char>(0x80)));
+    return;
+  }
+  const __m512i low = _mm512_set1_epi8(0x0F);  // low nibbles: weights 4j..4j+3, high nibbles: 16+4j..16+4j+3
+  for (int j = 0; j < 4; ++j) {
+    const __m512i v = _mm512_loadu_si512(p + 64 * j);
+    w[j] = _mm512_and_si512(v, low);
+    w[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+  }
+  if constexpr (kFiveBit(T)) {  // + 16 where the fifth bit is set
+    for (int j = 0; j < 8; ++j) {
+      uint64_t high;
+      std::memcpy(&high, p + 256 + 8 * j, 8);
+      w[j] = _mm512_mask_add_epi8(w[j], high, w[j], _mm512_set1_epi8(16));
+    }
+  }
+  if constexpr (T == kQ6_K) {  // bits 4-5 of w[4L + f]: field f of line L's bytes
+    const __m512i bits = _mm512_set1_epi8(0x30);
+    for (int L = 0; L < 2; ++L) {
+      const __m512i h = _mm512_loadu_si512(p + 256 + 64 * L);
+      w[4 * L] = _mm512_or_si512(w[4 * L], _mm512_and_si512(_mm512_slli_epi16(h, 4), bits));
+      w[4 * L + 1] = _mm512_or_si512(w[4 * L + 1], _mm512_and_si512(_mm512_slli_epi16(h, 2), bits));
+      w[4 * L + 2] = _mm512_or_si512(w[4 * L + 2], _mm512_and_si512(h, bits));
+      w[4 * L + 3] = _mm512_or_si512(w[4 * L + 3], _mm512_and_si512(_mm512_srli_epi16(h, 2), bits));
+    }
+  }
+}
+
+// acc[m] += group g's 16 outputs for row m0 + m of x: (u . q) (a dx) + c (dx sum of q); Q6_K (w = a (u - 32),
+// a0 and a1 for its halves): ((u - 32) . q) (a dx) for each half in turn, the offset taken in int32 (exact)
+template <int MT, bool Q6K>
+inline void accumulate(const QuantizedRows& xq, int64_t m0, int64_t g, const __m512i w[8], __m512 a0, __m512 a1,
+                       __m512 c, __m512 acc[MT]) {
+  const int64_t groups = xq.groups, len = xq.offset_len;
+  for (int m = 0; m < MT; ++m) {
+    const int64_t xg = (m0 + m) * groups + g;
+    const int8_t* q = xq.q.data() + xg * kGroup;
+    __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();  // weights 0..15, 16..31
+    for (int j = 0; j < 4; ++j) {
+      lo = _mm512_dpbusd_epi32(lo, w[j], broadcast_dword(q, j));
+      hi = _mm512_dpbusd_epi32(hi, w[4 + j], broadcast_dword(q, 4 + j));
+    }  // |u . q| <= 255 * 127 * 32: exact in int32
+    const __m512 dx = _mm512_set1_ps(xq.dx[xg]);
+    if constexpr (Q6K) {
+      lo = _mm512_sub_epi32(lo, _mm512_set1_epi32(32 * xq.half_sums[2 * xg]));
+      hi = _mm512_sub_epi32(hi, _mm512_set1_epi32(32 * xq.half_sums[2 * xg + 1]));
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(a0, dx), acc[m]);
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(a1, dx), acc[m]);
+    } else {
+      const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
+      acc[m] = _mm512_fmadd_ps(dot, _mm512_mul_ps(a0, dx), acc[m]);
+      acc[m] = _mm512_fmadd_ps(c, _mm512_set1_ps(xq.sum[(m0 + m) * len + g]), acc[m]);
+    }
+  }
+}
+
+inline void prefetch_lines(const uint8_t* p, int64_t bytes) {
+  for (int64_t line = 0; line < bytes; line += 64) _mm_prefetch(reinterpret_cast<const char*>(p + line), _MM_HINT_T0);
+}
+
+// 16 int8 (or uint8) of a scale plane (one per row) as fp32
+inline __m512 plane_i8(const uint8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16(p))); }
+inline __m512 plane_u8(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
+
+// The groups of a 32-weight tiled format (T: the base format), prefetching `ahead` bytes ahead (0: not)
+template <QType T, int MT>
+inline void tile_groups(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int64_t ahead, __m512 acc[MT]) {
   constexpr int64_t group_bytes = kTileRows * kBlockBytes[T];
   constexpr int64_t quant_bytes = kTiledQuantBytes(T);  // then the scales
-  const int64_t groups = xq.groups, len = xq.offset_len;
-  __m512 acc[MT];
-  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = 0; g < xq.groups; ++g) {
     const uint8_t* p = tile + g * group_bytes;
-    if (ahead)  // past the weight's end near its last tiles: a prefetch does not fault
-      for (int64_t line = 0; line < group_bytes; line += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(p + ahead + line), _MM_HINT_T0);
-    __m512i w[8];  // w[j]: unsigned weights 4j..4j+3 of the 16 rows (one per lane), to meet dword j of x
-    if constexpr (T == kQ8_0) {
-      for (int j = 0; j < 8; ++j)
-        w[j] = _mm512_xor_si512(_mm512_loadu_si512(p + 64 * j), _mm512_set1_epi8(static_cast<char>(0x80)));
-    } else {  // low nibbles: weights 4j..4j+3, high nibbles: 16+4j..16+4j+3
-      const __m512i low = _mm512_set1_epi8(0x0F);
-      for (int j = 0; j < 4; ++j) {
-        const __m512i v = _mm512_loadu_si512(p + 64 * j);
-        w[j] = _mm512_and_si512(v, low);
-        w[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-      }
-      if constexpr (kFiveBit(T)) {  // + 16 where the fifth bit is set
-        for (int j = 0; j < 8; ++j) {
-          uint64_t high;
-          std::memcpy(&high, p + 256 + 8 * j, 8);
-          w[j] = _mm512_mask_add_epi8(w[j], high, w[j], _mm512_set1_epi8(16));
-        }
-      }
-    }
+    if (ahead) prefetch_lines(p + ahead, group_bytes);  // past the weight's end near its last tiles: no fault
+    __m512i w[8];
+    unpack_tiled<T>(p, w);
     const __m512 d = _mm512_cvtph_ps(load32(p + quant_bytes));
     const __m512 c = kHasMinimum(T) ? _mm512_cvtph_ps(load32(p + quant_bytes + 32))
                                     : _mm512_mul_ps(d, _mm512_set1_ps(kOffsetTimesD(T)));  // exact
-    for (int m = 0; m < MT; ++m) {
-      const int64_t xg = (m0 + m) * groups + g;
-      const int8_t* q = xq.q.data() + xg * kGroup;
-      __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();  // two chains, summed exactly
-      for (int j = 0; j < 4; ++j) {
-        lo = _mm512_dpbusd_epi32(lo, w[j], broadcast_dword(q, j));
-        hi = _mm512_dpbusd_epi32(hi, w[4 + j], broadcast_dword(q, 4 + j));
-      }  // |u . q| <= 255 * 127 * 32: exact in int32
-      const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(lo, hi));
-      acc[m] = _mm512_fmadd_ps(dot, _mm512_mul_ps(d, _mm512_set1_ps(xq.dx[xg])), acc[m]);
-      acc[m] = _mm512_fmadd_ps(c, _mm512_set1_ps(xq.sum[(m0 + m) * len + g]), acc[m]);
+    accumulate<MT, false>(xq, m0, g, w, d, d, c, acc);
+  }
+}
+
+// The super-blocks of a K-quant tiled format: each group's scales decoded for the 16 rows from the block's bytes
+template <QType T, int MT>
+inline void tile_super_blocks(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int64_t ahead,
+                              __m512 acc[MT]) {
+  constexpr int64_t block_bytes = kTileRows * kBlockBytes[T], quant_bytes = kTiledQuantBytes(T);
+  for (int64_t b = 0; b < xq.groups / kGroupsPerBlock; ++b) {
+    const uint8_t* blk = tile + b * block_bytes;
+    const uint8_t* other = blk + kGroupsPerBlock * quant_bytes;
+    if (ahead) prefetch_lines(blk + ahead, block_bytes);
+    __m512i w[8];
+    if constexpr (T == kQ6_K) {  // w = d sc (u - 32), sc per 16 weights: planes 2i, 2i + 1 for group i
+      const __m512 d = _mm512_cvtph_ps(load32(other + 256));
+      for (int i = 0; i < kGroupsPerBlock; ++i) {
+        const __m512 a0 = _mm512_mul_ps(d, plane_i8(other + 32 * i));
+        const __m512 a1 = _mm512_mul_ps(d, plane_i8(other + 32 * i + 16));
+        unpack_tiled<T>(blk + i * quant_bytes, w);
+        accumulate<MT, true>(xq, m0, b * kGroupsPerBlock + i, w, a0, a1, a0, acc);
+      }
+    } else {  // w = d s u - dmin m, 6-bit s and m of group i packed in 12 bytes (scale_min_k4)
+      const __m512 d = _mm512_cvtph_ps(load32(other));
+      const __m512 neg_dmin = _mm512_mul_ps(_mm512_cvtph_ps(load32(other + 32)), _mm512_set1_ps(-1.0f));
+      __m128i P[12];
+      for (int k = 0; k < 12; ++k) P[k] = load16(other + 64 + 16 * k);
+      const __m128i six = _mm_set1_epi8(63), four = _mm_set1_epi8(0x0F), top = _mm_set1_epi8(0x30);
+      for (int i = 0; i < kGroupsPerBlock; ++i) {
+        __m128i s, m;
+        if (i < 4) {
+          s = _mm_and_si128(P[i], six);
+          m = _mm_and_si128(P[i + 4], six);
+        } else {  // low 4 bits from byte i + 4, bits 4-5 from the top of byte i - 4 (s) or i (m)
+          s = _mm_or_si128(_mm_and_si128(P[i + 4], four), _mm_and_si128(_mm_srli_epi16(P[i - 4], 2), top));
+          m = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(P[i + 4], 4), four), _mm_and_si128(_mm_srli_epi16(P[i], 2), top));
+        }
+        const __m512 a = _mm512_mul_ps(d, plane_u8(s)), c = _mm512_mul_ps(neg_dmin, plane_u8(m));
+        unpack_tiled<T>(blk + i * quant_bytes, w);
+        accumulate<MT, false>(xq, m0, b * kGroupsPerBlock + i, w, a, a, c, acc);
+      }
     }
+  }
+}
+
+// A tiled weight (T: the base format): the 16 outputs of one tile (from weight row n0) for MT rows of x
+template <QType T, int MT, typename OutT>
+inline void tile16(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int64_t n0, const float* bias, OutT* y,
+                   int64_t N, int64_t ahead) {
+  __m512 acc[MT];
+  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  if constexpr (kBlockWeights[T] == kGroup) {
+    tile_groups<T, MT>(xq, m0, tile, ahead, acc);
+  } else {
+    tile_super_blocks<T, MT>(xq, m0, tile, ahead, acc);
   }
   for (int m = 0; m < MT; ++m) {
     alignas(64) float out[kTileRows];
@@ -384,7 +486,7 @@ inline void tile16(const QuantizedRows& xq, int64_t m0, const uint8_t* tile, int
 template <QType T, typename OutT>
 void run_tiles(const QuantizedRows& xq, int64_t M, const uint8_t* w, int64_t rb, const float* bias, OutT* y,
                int64_t N) {
-  const int64_t ahead = prefetch_groups() * kTileRows * kBlockBytes[T];
+  const int64_t ahead = prefetch_groups() * kTileRows * kBlockBytes[T] * kGroup / kBlockWeights[T];
   at::parallel_for(0, N / kTileRows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const uint8_t* tile = w + t * kTileRows * rb;
@@ -421,7 +523,10 @@ void dispatch(int64_t qtype, const QuantizedRows& xq, int64_t M, int64_t K, cons
     case kQ4_1x16: run_tiles<kQ4_1>(xq, M, wp, rb, bp, yp, N); break;
     case kQ8_0x16: run_tiles<kQ8_0>(xq, M, wp, rb, bp, yp, N); break;
     case kQ5_0x16: run_tiles<kQ5_0>(xq, M, wp, rb, bp, yp, N); break;
-    default: run_tiles<kQ5_1>(xq, M, wp, rb, bp, yp, N); break;
+    case kQ5_1x16: run_tiles<kQ5_1>(xq, M, wp, rb, bp, yp, N); break;
+    case kQ4_Kx16: run_tiles<kQ4_K>(xq, M, wp, rb, bp, yp, N); break;
+    case kQ5_Kx16: run_tiles<kQ5_K>(xq, M, wp, rb, bp, yp, N); break;
+    default: run_tiles<kQ6_K>(xq, M, wp, rb, bp, yp, N); break;
   }
 }
 
@@ -454,7 +559,7 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
   TORCH_CHECK(qtype < kQ4_0x16 || N % kTileRows == 0, "an interleaved weight has a multiple of 16 rows");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
               "quant_linear supports bfloat16 and float32 inputs");
-  const int halves = qtype == kQ6_K ? 2 : 1;
+  const int halves = qtype == kQ6_K || qtype == kQ6_Kx16 ? 2 : 1;
   const QuantizedRows xq = x.scalar_type() == at::kFloat ? QuantizedRows(x.data_ptr<float>(), M, K, halves)
                                                          : QuantizedRows(x.data_ptr<at::BFloat16>(), M, K, halves);
   std::vector<float> bf;
@@ -474,10 +579,10 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
   return y;
 }
 
-// Rows ids [n] of a tiled weight (Q4_0x16 .. Q5_1x16) [N, K], decoded as gguf-py decodes their blocks
+// Rows ids [n] of a tiled 32-weight format (Q4_0x16 .. Q5_1x16) [N, K], decoded as gguf-py decodes their blocks
 // (w = d q, d (q - 8), d q + m, d (q - 16) in fp32) -> [n, K] fp32: an embedding lookup.
 torch::Tensor tiled_rows(const torch::Tensor& weight, const torch::Tensor& ids, int64_t qtype, int64_t K) {
-  TORCH_CHECK(qtype >= kQ4_0x16 && qtype < kNumTypes, "tiled_rows takes a tiled format, not ", qtype);
+  TORCH_CHECK(qtype >= kQ4_0x16 && qtype <= kQ5_1x16, "tiled_rows takes a tiled 32-weight format, not ", qtype);
   TORCH_CHECK(weight.scalar_type() == at::kByte && weight.dim() == 2 && weight.is_contiguous() &&
                   weight.size(0) % kTileRows == 0 && weight.size(1) == K / kGroup * kBlockBytes[qtype],
               "weight must be contiguous uint8 [N, K / 32 * block bytes], N a multiple of 16");
