@@ -559,7 +559,7 @@ torch::Tensor quant_linear(const torch::Tensor& x, const torch::Tensor& weight, 
   TORCH_CHECK(qtype < kQ4_0x16 || N % kTileRows == 0, "an interleaved weight has a multiple of 16 rows");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat,
               "quant_linear supports bfloat16 and float32 inputs");
-  const int halves = qtype == kQ6_K || qtype == kQ6_Kx16 ? 2 : 1;
+  const int halves = qtype == kQ6_K ? 2 : 1;  // the row-major Q6_K offsets; its tiles take half_sums
   const QuantizedRows xq = x.scalar_type() == at::kFloat ? QuantizedRows(x.data_ptr<float>(), M, K, halves)
                                                          : QuantizedRows(x.data_ptr<at::BFloat16>(), M, K, halves);
   std::vector<float> bf;
