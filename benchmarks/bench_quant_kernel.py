@@ -6,7 +6,7 @@ per second.
 
     python benchmarks/bench_quant_kernel.py --formats Q4_1,Q4_1x16,Q8_0 --shape 1536x576
 
-(``Q4_0x16`` .. ``Q5_1x16``, ``Q8_0x16``: those formats in the 16-row tiles the model loader repacks them into.)
+(``Q4_0x16`` .. ``Q6_Kx16``: those formats in the 16-row tiles the model loader repacks them into.)
 """
 
 from __future__ import annotations
