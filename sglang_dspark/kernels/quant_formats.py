@@ -64,6 +64,9 @@ ALL_FORMATS = {**FORMATS, **{f.name: f for f in INTERLEAVED.values()}}  # by nam
 HIGH_BITS = {"Q5_0": 4, "Q5_1": 4}  # bytes of a block's fifth bits (after its scales, before its nibbles)
 K_SUPER = 256  # weights per K-quant super-block
 K_GROUPS = 8  # 32-weight groups per super-block
+K_CHUNK_ROWS = 1024  # rows repacked at a time: the int64 temporaries of a K-quant repack are ~40x its bytes
+K_TILE_GROUP_BYTES = {"Q4_K": 256, "Q5_K": 320, "Q6_K": 384}  # a tiled group's quants (+ fifth or top bits)
+K_FP16_AT = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (16,)}  # the fp16s among a block's other bytes
 
 
 @dataclass
@@ -190,7 +193,7 @@ def interleave(w: AnyQuantizedWeight) -> AnyQuantizedWeight:
     if fmt is None or w.shape[0] % TILE_ROWS:
         return w
     if fmt.block_weights == K_SUPER:
-        return _tile_k_quants(w, fmt)
+        return QuantizedWeight(fmt, _in_row_chunks(w, _tile_k_quants), w.cols)
     tiles, groups = w.shape[0] // TILE_ROWS, w.cols // fmt.block_weights
     head, high, body = _block_parts(w.fmt)
     blocks = w.data.view(tiles, TILE_ROWS, groups, fmt.block_bytes)
@@ -208,7 +211,7 @@ def deinterleave(w: QuantizedWeight) -> QuantizedWeight:
     """The inverse of ``interleave``: the weight in its GGML format's layout."""
     base = _base_format(w.fmt)
     if base.block_weights == K_SUPER:
-        return _untile_k_quants(w, base)
+        return QuantizedWeight(base, _in_row_chunks(w, _untile_k_quants), w.cols)
     head, high, body = _block_parts(base)
     tiles, groups = w.shape[0] // TILE_ROWS, w.cols // base.block_weights
     grouped = w.data.view(tiles, groups, TILE_ROWS * base.block_bytes)
@@ -286,7 +289,13 @@ def _k_blocks(fmt: QuantFormat, u: Tensor, other: Tensor) -> Tensor:
     return torch.cat(parts, dim=-1).to(torch.uint8).reshape(n, s * fmt.block_bytes)
 
 
-def _tile_k_quants(w: QuantizedWeight, fmt: QuantFormat) -> QuantizedWeight:
+def _in_row_chunks(w: QuantizedWeight, repack) -> Tensor:
+    """repack (a weight -> its data repacked, same shape) over runs of ``K_CHUNK_ROWS`` rows of w."""
+    runs = range(0, w.shape[0], K_CHUNK_ROWS)
+    return torch.cat([repack(QuantizedWeight(w.fmt, w.data[i : i + K_CHUNK_ROWS], w.cols)) for i in runs])
+
+
+def _tile_k_quants(w: QuantizedWeight) -> Tensor:
     u, other = _k_quants(w)
     t, s = w.shape[0] // TILE_ROWS, u.shape[1]
     g = u.view(t, TILE_ROWS, s, K_GROUPS, 32)
@@ -301,21 +310,21 @@ def _tile_k_quants(w: QuantizedWeight, fmt: QuantFormat) -> QuantizedWeight:
         groups.append(lines.permute(0, 2, 3, 4, 1, 5).reshape(t, s, K_GROUPS, 128))
     quants = torch.cat(groups, dim=-1).reshape(t, s, -1)
     rows_bytes = other.view(t, TILE_ROWS, s, -1).permute(0, 2, 3, 1)  # [T, S, bytes, 16 rows]
-    fp16_at = [0, 2] if w.fmt.name != "Q6_K" else [16]
+    fp16_at = K_FP16_AT[w.fmt.name]
     parts = [quants]
     for at in range(rows_bytes.shape[2]):
         if at in fp16_at:
             parts.append(rows_bytes[:, :, at : at + 2].transpose(-1, -2).reshape(t, s, 32).to(torch.int64))
         elif at - 1 not in fp16_at:
             parts.append(rows_bytes[:, :, at].to(torch.int64))
-    data = torch.cat(parts, dim=-1).to(torch.uint8).reshape(w.data.shape).contiguous()
-    return QuantizedWeight(fmt, data, w.cols)
+    return torch.cat(parts, dim=-1).to(torch.uint8).reshape(w.data.shape).contiguous()
 
 
-def _untile_k_quants(w: QuantizedWeight, base: QuantFormat) -> QuantizedWeight:
+def _untile_k_quants(w: QuantizedWeight) -> Tensor:
+    base = _base_format(w.fmt)
     t, s = w.shape[0] // TILE_ROWS, w.cols // K_SUPER
     tiled = w.data.view(t, s, TILE_ROWS * base.block_bytes).to(torch.int64)
-    per_group = {"Q4_K": 256, "Q5_K": 320, "Q6_K": 384}[base.name]
+    per_group = K_TILE_GROUP_BYTES[base.name]
     groups = tiled[..., : K_GROUPS * per_group].view(t, s, K_GROUPS, per_group)
     nib = groups[..., :256].view(t, s, K_GROUPS, 4, TILE_ROWS, 4).permute(0, 4, 1, 2, 3, 5)  # [T, 16, S, 8, 4, 4]
     nib = nib.reshape(t, TILE_ROWS, s, K_GROUPS, 16)
@@ -328,7 +337,7 @@ def _untile_k_quants(w: QuantizedWeight, base: QuantFormat) -> QuantizedWeight:
         high = torch.stack([(lines >> (2 * f)) & 3 for f in range(4)], dim=-2)  # [T, 16, S, 8, 2, 4 f, 4 b]
         u |= high.reshape(t, TILE_ROWS, s, K_GROUPS, 32) << 4
     meta = tiled[..., K_GROUPS * per_group :]  # [T, S, 16 x bytes]: each byte of the 16 rows in turn
-    fp16_at = [0, 2] if base.name != "Q6_K" else [16]
+    fp16_at = K_FP16_AT[base.name]
     nbytes = meta.shape[-1] // TILE_ROWS
     cols, at = [], 0
     for b in range(nbytes):
@@ -339,8 +348,7 @@ def _untile_k_quants(w: QuantizedWeight, base: QuantFormat) -> QuantizedWeight:
             cols.append(meta[..., at : at + 16].view(t, s, TILE_ROWS, 1))
             at += 16
     other = torch.cat(cols, dim=-1).permute(0, 2, 1, 3).reshape(w.shape[0], s, nbytes)
-    data = _k_blocks(base, u.reshape(w.shape[0], s, K_SUPER), other)
-    return QuantizedWeight(base, data.contiguous(), w.cols)
+    return _k_blocks(base, u.reshape(w.shape[0], s, K_SUPER), other).contiguous()
 
 
 def _untiled_rows(w: QuantizedWeight, ids: Tensor) -> QuantizedWeight:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sglang_dspark.kernels import quant_formats
 from sglang_dspark.kernels.quant_formats import (
     ALL_FORMATS,
     FORMATS,
@@ -147,6 +148,16 @@ def test_interleaving_keeps_the_weights_in_as_many_bytes(base):
     other = "Q8_0" if base == "Q6_K" else "Q6_K"
     stack = interleave(concat_rows([w, random_weight(other, 8, seed=14)]))
     assert [p.fmt.name for p in stack.parts] == [INTERLEAVED[base].name, other]
+
+
+@pytest.mark.parametrize("base", ["Q4_K", "Q5_K", "Q6_K"])
+def test_k_quants_repack_in_runs_of_rows_as_in_one(base, monkeypatch):
+    """A K-quant weight is repacked a run of rows at a time (bounded temporaries): the same bytes either way."""
+    w = random_weight(base, 48, seed=15)
+    whole = interleave(w)
+    monkeypatch.setattr(quant_formats, "K_CHUNK_ROWS", 16)
+    runs = interleave(w)
+    assert torch.equal(runs.data, whole.data) and torch.equal(deinterleave(runs).data, w.data)
 
 
 def test_q8_0_quantizer_matches_gguf():
