@@ -42,7 +42,7 @@ from sglang_dspark.kernels.cpu_ops import build_extension
 from sglang_dspark.kernels.quant_formats import (
     FORMATS,
     INTERLEAVED,
-    Q8_0_BLOCK,
+    K_SUPER,
     TILE_ROWS,
     AnyQuantizedWeight,
     QuantizedWeight,
@@ -125,7 +125,7 @@ def _run(
 def quantized_rows(w: QuantizedWeight, ids: Tensor) -> Tensor:
     """Rows ``ids`` [n] of w decoded, [n, K] float32 (an embedding lookup): natively for a tiled 32-weight format
     (the kernel must have loaded), else ``dequantize_rows`` (no model here keeps its embedding in a K-quant)."""
-    if w.fmt.tile_rows == 1 or w.fmt.block_weights != Q8_0_BLOCK:
+    if w.fmt.tile_rows == 1 or w.fmt.block_weights == K_SUPER:
         return dequantize_rows(w, ids)
     return _build_module().tiled_rows(w.data, ids, w.fmt.kernel_id, w.cols)
 
