@@ -66,7 +66,8 @@ K_SUPER = 256  # weights per K-quant super-block
 K_GROUPS = 8  # 32-weight groups per super-block
 K_CHUNK_ROWS = 1024  # rows repacked at a time: the int64 temporaries of a K-quant repack are ~40x its bytes
 K_TILE_GROUP_BYTES = {"Q4_K": 256, "Q5_K": 320, "Q6_K": 384}  # a tiled group's quants (+ fifth or top bits)
-K_FP16_AT = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (16,)}  # the fp16s among a block's other bytes
+# the fields of a K-quant block's other bytes, in order, as byte widths (2: an fp16)
+K_OTHER_FIELDS = {"Q4_K": (2, 2) + (1,) * 12, "Q5_K": (2, 2) + (1,) * 12, "Q6_K": (1,) * 16 + (2,)}
 
 
 @dataclass
@@ -309,14 +310,9 @@ def _tile_k_quants(w: QuantizedWeight) -> Tensor:
         lines = sum(high[..., f, :] << (2 * f) for f in range(4))  # [T, 16, S, 8, 2, 4]
         groups.append(lines.permute(0, 2, 3, 4, 1, 5).reshape(t, s, K_GROUPS, 128))
     quants = torch.cat(groups, dim=-1).reshape(t, s, -1)
-    rows_bytes = other.view(t, TILE_ROWS, s, -1).permute(0, 2, 3, 1)  # [T, S, bytes, 16 rows]
-    fp16_at = K_FP16_AT[w.fmt.name]
-    parts = [quants]
-    for at in range(rows_bytes.shape[2]):
-        if at in fp16_at:
-            parts.append(rows_bytes[:, :, at : at + 2].transpose(-1, -2).reshape(t, s, 32).to(torch.int64))
-        elif at - 1 not in fp16_at:
-            parts.append(rows_bytes[:, :, at].to(torch.int64))
+    rows_bytes = other.view(t, TILE_ROWS, s, -1).permute(0, 2, 1, 3)  # [T, S, 16 rows, bytes]
+    fields = rows_bytes.split(K_OTHER_FIELDS[w.fmt.name], dim=-1)  # each: its 16 rows' bytes side by side
+    parts = [quants, *(f.reshape(t, s, -1).to(torch.int64) for f in fields)]
     return torch.cat(parts, dim=-1).to(torch.uint8).reshape(w.data.shape).contiguous()
 
 
@@ -336,18 +332,10 @@ def _untile_k_quants(w: QuantizedWeight) -> Tensor:
         lines = groups[..., 256:].view(t, s, K_GROUPS, 2, TILE_ROWS, 4).permute(0, 4, 1, 2, 3, 5)  # [T,16,S,8,2,4]
         high = torch.stack([(lines >> (2 * f)) & 3 for f in range(4)], dim=-2)  # [T, 16, S, 8, 2, 4 f, 4 b]
         u |= high.reshape(t, TILE_ROWS, s, K_GROUPS, 32) << 4
-    meta = tiled[..., K_GROUPS * per_group :]  # [T, S, 16 x bytes]: each byte of the 16 rows in turn
-    fp16_at = K_FP16_AT[base.name]
-    nbytes = meta.shape[-1] // TILE_ROWS
-    cols, at = [], 0
-    for b in range(nbytes):
-        if b in fp16_at:
-            cols.append(meta[..., at : at + 32].view(t, s, TILE_ROWS, 2))
-            at += 32
-        elif b - 1 not in fp16_at:
-            cols.append(meta[..., at : at + 16].view(t, s, TILE_ROWS, 1))
-            at += 16
-    other = torch.cat(cols, dim=-1).permute(0, 2, 1, 3).reshape(w.shape[0], s, nbytes)
+    widths = K_OTHER_FIELDS[base.name]
+    meta = tiled[..., K_GROUPS * per_group :].split([TILE_ROWS * b for b in widths], dim=-1)  # each field's 16 rows
+    fields = [f.view(t, s, TILE_ROWS, b) for f, b in zip(meta, widths, strict=True)]
+    other = torch.cat(fields, dim=-1).permute(0, 2, 1, 3).reshape(w.shape[0], s, sum(widths))
     return _k_blocks(base, u.reshape(w.shape[0], s, K_SUPER), other).contiguous()
 
 
