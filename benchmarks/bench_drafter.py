@@ -2,6 +2,7 @@
 
     python benchmarks/bench_drafter.py                           # default model, shipped drafter, code prompts
     python benchmarks/bench_drafter.py --workload json --num-prompts 16
+    python benchmarks/bench_drafter.py --model qwen-coder --drafter runs/qwen_coder/dspark/drafter
 
 One engine drafts in every decode round (``{"backoff": false, "gate": false}``: the drafter is called each round
 whatever it gains). Every prompt runs twice in a row, once with the native drafter (kernels/fused_drafter.py,
@@ -28,6 +29,7 @@ from collections import defaultdict
 
 import torch
 from bench_spec import DEFAULT_WORKLOADS, chat_ids, compiles, load_workload
+from targets import TARGETS, target_gguf
 
 from sglang_dspark import Engine
 
@@ -36,6 +38,7 @@ PARTS = ("round", "plan", "propose", "context", "draft", "block", "walk", "calib
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=TARGETS, default="default", help="the target (benchmarks/targets.py)")
     parser.add_argument("--workload", default="code", choices=DEFAULT_WORKLOADS)
     parser.add_argument("--num-prompts", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -44,6 +47,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     engine = Engine(
+        model_path=str(target_gguf(args.model)),
         log_level="warning",
         speculative_algorithm="DSPARK",
         speculative_draft_model_path=args.drafter,
