@@ -85,7 +85,8 @@ def build_extension(name: str, sources: list[Path], cflags: list[str]):
     build_dir = Path(_get_build_directory(name, verbose=False))
     with _ninja_on_path(), _exclusive(build_dir / "build.flock"):
         (build_dir / "lock").unlink(missing_ok=True)
-        logger.info("building the native CPU kernels %s (first use only, about a minute)", name)
+        built = (build_dir / f"{name}.so").is_file()  # torch still rebuilds it if a source or flag changed
+        logger.info("loading the native CPU kernels %s%s", name, "" if built else " (compiling: about a minute)")
         return load(
             name=name,
             sources=[str(p) for p in sources],
