@@ -10,6 +10,7 @@ import pytest
 
 from sglang_dspark import Engine
 from sglang_dspark.models.model_source import ModelLoadError
+from sglang_dspark.models.qwen_coder_assembly import qwen_coder_gguf
 from sglang_dspark.speculative.dspark.checkpoint import PACKAGED_DIR, packaged_drafter
 from sglang_dspark.training.data import chat_prompt_ids
 
@@ -17,8 +18,6 @@ QWEN_DIR = PACKAGED_DIR / "qwen2.5-coder-0.5b-instruct"
 
 
 def qwen_gguf():
-    from sglang_dspark.models.qwen_coder_assembly import qwen_coder_gguf
-
     try:
         return qwen_coder_gguf()
     except ModelLoadError as e:
@@ -59,6 +58,8 @@ def test_qwen_coder_with_its_shipped_drafter_is_lossless(sps_path):
             both = engine.generate(input_ids=ids, sampling_params=greedy)
             constrained = engine.generate(input_ids=ids, sampling_params=dict(greedy, json_schema=json.dumps(schema)))
             outputs[algorithm] = one + [o["output_ids"] for o in both + constrained]
+            if algorithm is not None:  # the drafter drafted, and some drafts were accepted
+                assert sum(o["meta_info"].get("spec_num_correct_drafts", 0) for o in both + constrained) > 0
         finally:
             engine.shutdown()
     assert outputs["DSPARK"] == outputs[None]
